@@ -1,0 +1,242 @@
+//! Types shared by the kernel programs and userspace.
+//!
+//! Everything here is `#[repr(C)]` with explicit padding fields and u32 flags
+//! instead of bool, so the byte layout the kernel writes is exactly the layout
+//! userspace reads and no uninitialised padding can leak into the ring buffer.
+#![no_std]
+
+/// Longest `sun_path` (see `struct sockaddr_un` in include/uapi/linux/un.h).
+pub const UNIX_PATH_MAX: usize = 108;
+/// `TASK_COMM_LEN` in include/linux/sched.h.
+pub const TASK_COMM_LEN: usize = 16;
+
+/// What happened. The discriminants are part of the recording format: append only.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// A connect() on a stream or seqpacket socket succeeded.
+    Connect = 1,
+    /// A connect() failed; `errno` says why.
+    ConnectFailed = 2,
+    /// accept()/accept4() returned a new socket.
+    Accept = 3,
+    /// socketpair() created two connected sockets.
+    Socketpair = 4,
+    /// The last reference to a socket went away.
+    Close = 5,
+    /// connect() on a datagram socket set its default peer.
+    DgramConnect = 6,
+    /// listen() on a bound socket.
+    Listen = 7,
+    /// A task group exited or exec'd: its sockets may have been released
+    /// without a close() call, so userspace re-checks them.
+    TaskExit = 8,
+}
+
+impl EventKind {
+    pub fn from_u32(v: u32) -> Option<Self> {
+        Some(match v {
+            1 => Self::Connect,
+            2 => Self::ConnectFailed,
+            3 => Self::Accept,
+            4 => Self::Socketpair,
+            5 => Self::Close,
+            6 => Self::DgramConnect,
+            7 => Self::Listen,
+            8 => Self::TaskExit,
+            _ => return None,
+        })
+    }
+}
+
+/// Which attach strategy produced an event.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Tracepoint = 1,
+    Fentry = 2,
+    Kprobe = 3,
+}
+
+/// One event as written by the kernel into the `EVENTS` ring buffer.
+///
+/// Socket identities: `inode` is the socket's inode number (`sock_i_ino`) and
+/// is 0 while the kernel has not given the socket a file yet (the server
+/// half of a stream connection before accept). `sk` is the kernel address of
+/// `struct sock`, which exists from the start, so userspace joins a connect
+/// to its later accept through `peer_sk` == `sk`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct UnixEvent {
+    /// bpf_ktime_get_ns(): CLOCK_MONOTONIC.
+    pub ts_ns: u64,
+    pub sk: u64,
+    pub peer_sk: u64,
+    pub inode: u64,
+    pub peer_inode: u64,
+    pub kind: u32,
+    /// Thread group id (what userspace calls pid).
+    pub pid: u32,
+    pub tid: u32,
+    pub uid: u32,
+    /// Inode number of the network namespace (`net->ns.inum`).
+    pub netns: u32,
+    /// SOCK_STREAM=1, SOCK_DGRAM=2, SOCK_SEQPACKET=5; 0 if unknown.
+    pub sock_type: u32,
+    /// Positive errno for failures, 0 on success.
+    pub errno: i32,
+    /// fd of `inode` in `pid`, or -1.
+    pub fd: i32,
+    /// fd of `peer_inode` in `pid` (socketpair), or -1.
+    pub peer_fd: i32,
+    /// The listening fd for accept, or -1.
+    pub listen_fd: i32,
+    /// Backend that saw it (see [`Backend`]).
+    pub backend: u32,
+    /// Bytes used in `path`; the first byte is 0 for abstract names.
+    pub path_len: u32,
+    pub comm: [u8; TASK_COMM_LEN],
+    pub path: [u8; UNIX_PATH_MAX],
+    pub _pad: [u8; 4],
+}
+
+impl UnixEvent {
+    pub const fn zeroed() -> Self {
+        Self {
+            ts_ns: 0,
+            sk: 0,
+            peer_sk: 0,
+            inode: 0,
+            peer_inode: 0,
+            kind: 0,
+            pid: 0,
+            tid: 0,
+            uid: 0,
+            netns: 0,
+            sock_type: 0,
+            errno: 0,
+            fd: -1,
+            peer_fd: -1,
+            listen_fd: -1,
+            backend: 0,
+            path_len: 0,
+            comm: [0; TASK_COMM_LEN],
+            path: [0; UNIX_PATH_MAX],
+            _pad: [0; 4],
+        }
+    }
+}
+
+/// One socket fd found by the `iter/task_file` program.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TaskSocketFd {
+    pub inode: u64,
+    pub pid: u32,
+    pub fd: u32,
+    pub comm: [u8; TASK_COMM_LEN],
+}
+
+/// Kernel struct field offsets, read from the running kernel's BTF by
+/// userspace and written into the programs' `.rodata` at load time. Nothing
+/// in the kernel programs knows a layout by itself.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    pub task_struct_files: u64,
+    pub task_struct_tgid: u64,
+    pub files_struct_fdt: u64,
+    pub fdtable_fd: u64,
+    pub fdtable_max_fds: u64,
+    pub file_private_data: u64,
+    pub file_f_inode: u64,
+    /// `f_ref` (6.13+, file_ref_t) or `f_count` (older, atomic_long_t).
+    pub file_refcount: u64,
+    pub inode_i_mode: u64,
+    pub inode_i_ino: u64,
+    pub socket_sk: u64,
+    pub socket_file: u64,
+    /// `socket_alloc.vfs_inode - socket_alloc.socket`: SOCK_INODE().
+    pub socket_to_inode: u64,
+    pub sock_family: u64,
+    pub sock_type: u64,
+    pub sock_net: u64,
+    pub sock_socket: u64,
+    pub net_ns_inum: u64,
+    pub unix_sock_peer: u64,
+    pub unix_sock_addr: u64,
+    pub unix_address_len: u64,
+    pub unix_address_name: u64,
+    /// The raw counter value that means "one reference": 0 for file_ref_t
+    /// (it stores refs - 1), 1 for atomic_long_t.
+    pub file_one_ref: u64,
+    /// 1 when `sock.sk_type` is a full u16 (4.19+); the programs refuse to
+    /// guess a bitfield.
+    pub sock_type_is_u16: u32,
+    pub _pad: u32,
+}
+
+/// Filters applied inside the kernel, set at load time.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelFilter {
+    /// Only this thread group (0: all).
+    pub pid: u32,
+    /// Never report this thread group (unixtrace itself).
+    pub self_pid: u32,
+    /// 1 when `comm` must match.
+    pub comm_enabled: u32,
+    pub _pad: u32,
+    pub comm: [u8; TASK_COMM_LEN],
+}
+
+/// Indices into the `COUNTERS` per-CPU array.
+pub mod counter {
+    /// bpf_ringbuf_reserve failed: an event was lost.
+    pub const LOST: u32 = 0;
+    /// A pointer walk failed (a read returned an error).
+    pub const READ_ERRORS: u32 = 1;
+    pub const MAX: u32 = 4;
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all of these are #[repr(C)] plain old data with explicit
+    // padding, valid for every bit pattern.
+    unsafe impl aya::Pod for super::UnixEvent {}
+    unsafe impl aya::Pod for super::KernelOffsets {}
+    unsafe impl aya::Pod for super::KernelFilter {}
+    unsafe impl aya::Pod for super::TaskSocketFd {}
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+    use core::mem::{align_of, size_of};
+
+    // The layouts are a contract with the kernel programs and the
+    // recording format; a silent change must fail here.
+    #[test]
+    fn event_layout_has_no_hidden_padding() {
+        let fields = 5 * 8 + 12 * 4 + TASK_COMM_LEN + UNIX_PATH_MAX + 4;
+        assert_eq!(size_of::<UnixEvent>(), fields);
+        assert_eq!(size_of::<UnixEvent>() % align_of::<UnixEvent>(), 0);
+    }
+
+    #[test]
+    fn offsets_layout_has_no_hidden_padding() {
+        assert_eq!(size_of::<KernelOffsets>(), 23 * 8 + 2 * 4);
+        assert_eq!(size_of::<KernelFilter>(), 4 * 4 + TASK_COMM_LEN);
+        assert_eq!(size_of::<TaskSocketFd>(), 8 + 4 + 4 + TASK_COMM_LEN);
+    }
+
+    #[test]
+    fn event_kind_round_trips() {
+        for k in 1..=8 {
+            assert_eq!(EventKind::from_u32(k).map(|e| e as u32), Some(k));
+        }
+        assert_eq!(EventKind::from_u32(0), None);
+        assert_eq!(EventKind::from_u32(9), None);
+    }
+}

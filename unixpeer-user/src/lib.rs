@@ -1,0 +1,3 @@
+//! unixtrace: who talks to whom over UNIX-domain sockets.
+//!
+//! Data flows one way: kernel → events → model → output.
