@@ -145,6 +145,7 @@ pub struct TaskSocketFd {
 pub struct KernelOffsets {
     pub task_struct_files: u64,
     pub task_struct_tgid: u64,
+    pub task_struct_comm: u64,
     pub files_struct_fdt: u64,
     pub fdtable_fd: u64,
     pub fdtable_max_fds: u64,
@@ -158,8 +159,10 @@ pub struct KernelOffsets {
     pub socket_file: u64,
     /// `socket_alloc.vfs_inode - socket_alloc.socket`: SOCK_INODE().
     pub socket_to_inode: u64,
+    /// `socket.type` (a plain short on every kernel, unlike `sock.sk_type`,
+    /// which was a bitfield before 5.6).
+    pub socket_type: u64,
     pub sock_family: u64,
-    pub sock_type: u64,
     pub sock_net: u64,
     pub sock_socket: u64,
     pub net_ns_inum: u64,
@@ -170,11 +173,36 @@ pub struct KernelOffsets {
     /// The raw counter value that means "one reference": 0 for file_ref_t
     /// (it stores refs - 1), 1 for atomic_long_t.
     pub file_one_ref: u64,
-    /// 1 when `sock.sk_type` is a full u16 (4.19+); the programs refuse to
-    /// guess a bitfield.
-    pub sock_type_is_u16: u32,
-    pub _pad: u32,
+    /// Offsets inside the syscall tracepoints' records, from their
+    /// `format` files in tracefs: the first argument of `sys_enter_*` and
+    /// `ret` of `sys_exit_*`. Arguments follow each other 8 bytes apart.
+    pub tp_syscall_args: u64,
+    pub tp_syscall_ret: u64,
 }
+
+impl KernelOffsets {
+    pub const fn zeroed() -> Self {
+        // SAFETY: all fields are integers.
+        unsafe { core::mem::zeroed() }
+    }
+}
+
+/// The `iter/task_file` context (`struct bpf_iter__task_file`) and
+/// `struct bpf_iter_meta`. The verifier only allows context and BTF-pointer
+/// loads at offsets fixed in the instruction, so these cannot be load-time
+/// globals; userspace checks them against the running kernel's BTF before
+/// loading the iterator and refuses it when they differ.
+pub mod iter_abi {
+    pub const TASK_FILE_META: usize = 0;
+    pub const TASK_FILE_TASK: usize = 8;
+    pub const TASK_FILE_FD: usize = 16;
+    pub const TASK_FILE_FILE: usize = 24;
+    pub const META_SEQ: usize = 0;
+}
+
+/// `offsetof(struct sockaddr_un, sun_path)`: UAPI, fixed on every kernel.
+pub const SUN_PATH_OFFSET: u64 = 2;
+pub const AF_UNIX: u16 = 1;
 
 /// Filters applied inside the kernel, set at load time.
 #[repr(C)]
@@ -188,6 +216,13 @@ pub struct KernelFilter {
     pub comm_enabled: u32,
     pub _pad: u32,
     pub comm: [u8; TASK_COMM_LEN],
+}
+
+impl KernelFilter {
+    pub const fn zeroed() -> Self {
+        // SAFETY: all fields are integers.
+        unsafe { core::mem::zeroed() }
+    }
 }
 
 /// Indices into the `COUNTERS` per-CPU array.
@@ -226,7 +261,7 @@ mod tests {
 
     #[test]
     fn offsets_layout_has_no_hidden_padding() {
-        assert_eq!(size_of::<KernelOffsets>(), 23 * 8 + 2 * 4);
+        assert_eq!(size_of::<KernelOffsets>(), 26 * 8);
         assert_eq!(size_of::<KernelFilter>(), 4 * 4 + TASK_COMM_LEN);
         assert_eq!(size_of::<TaskSocketFd>(), 8 + 4 + 4 + TASK_COMM_LEN);
     }

@@ -1,1 +1,65 @@
-fn main() {}
+//! `cargo xtask`: build, run, test and bench unixtrace.
+//!
+//! xtask itself builds on the machine's default Rust; everything else is
+//! built with toolchains it installs on demand (see `toolchain`).
+
+mod ebpf;
+mod run;
+mod toolchain;
+mod util;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Build, run, test and bench unixtrace")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Rebuild the committed eBPF object (unixpeer-user/ebpf/unixpeer.bpf.o)
+    /// with the pinned nightly and bpf-linker, installing them if missing.
+    BuildEbpf,
+    /// Fail, showing the difference, when the committed eBPF object is not
+    /// what the sources build.
+    CheckEbpf,
+    /// Build unixtrace in release mode and run it as root (via sudo if needed).
+    Run {
+        /// Arguments for unixtrace, after `--`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// fmt, clippy, unit tests, root integration tests, the VM kernel
+    /// matrix and check-ebpf: what CI runs.
+    Test {
+        /// Skip the QEMU kernel matrix (for quick local iterations only).
+        #[arg(long)]
+        no_vm: bool,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    match cli.command {
+        Command::BuildEbpf => ebpf::build(&root),
+        Command::CheckEbpf => ebpf::check(&root),
+        Command::Run { args } => run::run(&root, &args),
+        Command::Test { no_vm } => run::test(&root, !no_vm),
+    }
+}
+
+/// The QEMU kernel matrix (issue 6) plugs in here.
+fn vm_test(_root: &std::path::Path) -> Result<()> {
+    eprintln!("xtask: the VM kernel matrix is not wired in yet");
+    Ok(())
+}
+
+fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."))
+}

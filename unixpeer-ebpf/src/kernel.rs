@@ -1,0 +1,130 @@
+//! Pointer walks through kernel structures.
+//!
+//! Every offset comes from `OFFSETS`, which userspace fills from the running
+//! kernel's BTF at load time; every read goes through bpf_probe_read_kernel
+//! and turns a fault into `None`.
+
+use aya_ebpf::helpers::bpf_probe_read_kernel;
+use unixpeer_common::{AF_UNIX, KernelOffsets};
+
+#[unsafe(no_mangle)]
+pub(crate) static OFFSETS: KernelOffsets = KernelOffsets::zeroed();
+
+/// Reads one offset. Volatile so that the compiler does not fold the
+/// all-zero initialiser into the code: the real value arrives at load time.
+macro_rules! off {
+    ($field:ident) => {{
+        #[allow(unused_unsafe)]
+        let v = unsafe { core::ptr::read_volatile(&raw const $crate::kernel::OFFSETS.$field) };
+        v
+    }};
+}
+pub(crate) use off;
+
+const S_IFMT: u16 = 0o170000;
+const S_IFSOCK: u16 = 0o140000;
+
+#[inline(always)]
+pub fn read<T>(addr: u64) -> Option<T> {
+    if addr == 0 {
+        return None;
+    }
+    unsafe { bpf_probe_read_kernel(addr as *const T).ok() }
+}
+
+#[inline(always)]
+fn read_ptr(addr: u64) -> Option<u64> {
+    read::<u64>(addr).filter(|p| *p != 0)
+}
+
+/// `task->files->fdt->fd[fd]`.
+#[inline(always)]
+pub fn file_of_fd(task: u64, fd: u32) -> Option<u64> {
+    let files = read_ptr(task + off!(task_struct_files))?;
+    let fdt = read_ptr(files + off!(files_struct_fdt))?;
+    let max_fds: u32 = read(fdt + off!(fdtable_max_fds))?;
+    if fd >= max_fds {
+        return None;
+    }
+    let fds = read_ptr(fdt + off!(fdtable_fd))?;
+    read_ptr(fds + u64::from(fd) * 8)
+}
+
+/// An AF_UNIX socket reached from a file: `struct socket *` and its `struct sock *`.
+#[derive(Clone, Copy)]
+pub struct UnixSocket {
+    pub socket: u64,
+    pub sk: u64,
+}
+
+#[inline(always)]
+pub fn unix_socket_of_file(file: u64) -> Option<UnixSocket> {
+    let inode = read_ptr(file + off!(file_f_inode))?;
+    let mode: u16 = read(inode + off!(inode_i_mode))?;
+    if mode & S_IFMT != S_IFSOCK {
+        return None;
+    }
+    let socket = read_ptr(file + off!(file_private_data))?;
+    let sk = read_ptr(socket + off!(socket_sk))?;
+    if !is_unix(sk) {
+        return None;
+    }
+    Some(UnixSocket { socket, sk })
+}
+
+#[inline(always)]
+pub fn is_unix(sk: u64) -> bool {
+    read::<u16>(sk + off!(sock_family)) == Some(AF_UNIX)
+}
+
+/// Whether closing this file drops its last reference, i.e. the close()
+/// releases the socket rather than one of several fds sharing it.
+#[inline(always)]
+pub fn file_is_last_ref(file: u64) -> bool {
+    read::<u64>(file + off!(file_refcount)) == Some(off!(file_one_ref))
+}
+
+/// SOCK_INODE(socket)->i_ino: `struct socket` is embedded in
+/// `struct socket_alloc` next to its inode.
+#[inline(always)]
+pub fn inode_of_socket(socket: u64) -> u64 {
+    if socket == 0 {
+        return 0;
+    }
+    read::<u64>(socket + off!(socket_to_inode) + off!(inode_i_ino)).unwrap_or(0)
+}
+
+#[inline(always)]
+pub fn socket_of_sk(sk: u64) -> u64 {
+    read::<u64>(sk + off!(sock_socket)).unwrap_or(0)
+}
+
+#[inline(always)]
+pub fn socket_type(socket: u64) -> u32 {
+    read::<i16>(socket + off!(socket_type)).map_or(0, |t| t as u32)
+}
+
+/// `unix_sk(sk)->peer`: for a connected stream socket before accept this is
+/// the embryo sock the server will get from accept().
+#[inline(always)]
+pub fn peer_of(sk: u64) -> u64 {
+    read::<u64>(sk + off!(unix_sock_peer)).unwrap_or(0)
+}
+
+/// `sock_net(sk)->ns.inum`.
+#[inline(always)]
+pub fn netns_of(sk: u64) -> u32 {
+    read_ptr(sk + off!(sock_net)).and_then(|net| read::<u32>(net + off!(net_ns_inum))).unwrap_or(0)
+}
+
+/// The bound address of `sk` (`unix_sk(sk)->addr`): where its
+/// `sockaddr_un` starts and how long it is, in kernel memory.
+#[inline(always)]
+pub fn bound_name(sk: u64) -> Option<(u64, u32)> {
+    let addr = read_ptr(sk + off!(unix_sock_addr))?;
+    let len: i32 = read(addr + off!(unix_address_len))?;
+    if len <= 0 {
+        return None;
+    }
+    Some((addr + off!(unix_address_name), len as u32))
+}

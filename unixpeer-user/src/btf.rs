@@ -1,0 +1,239 @@
+//! Kernel struct layouts, read from the running kernel's BTF.
+//!
+//! The kernel programs know no offsets of their own: everything they walk
+//! is resolved here by name and handed to them as `.rodata` at load time,
+//! so one object works across kernel versions and configs.
+
+use std::path::{Path, PathBuf};
+
+use btf_rs::{Btf, Type};
+use unixpeer_common::{KernelOffsets, iter_abi};
+
+pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+#[derive(Debug, thiserror::Error)]
+pub enum BtfError {
+    #[error(
+        "cannot read the kernel's BTF at {path}: {source}\n\
+         unixtrace needs a kernel built with CONFIG_DEBUG_INFO_BTF=y (5.4 or newer; \
+         every current Debian, Ubuntu, Fedora and RHEL kernel has it)"
+    )]
+    Unreadable { path: PathBuf, source: btf_rs::Error },
+    #[error("the kernel's BTF has no `struct {0}`: this kernel is too old or too unusual for unixtrace")]
+    NoStruct(String),
+    #[error("the kernel's BTF has no field `{field}` in `struct {strukt}`: this kernel's layout is not supported")]
+    NoField { strukt: String, field: String },
+    #[error("`struct {strukt}.{field}` is a bitfield in this kernel; unixtrace cannot read it")]
+    Bitfield { strukt: String, field: String },
+    #[error("the kernel's BTF has no function `{0}`")]
+    NoFunction(String),
+    #[error("BTF is malformed: {0}")]
+    Malformed(#[from] btf_rs::Error),
+}
+
+pub struct KernelBtf {
+    btf: Btf,
+}
+
+impl KernelBtf {
+    pub fn open(path: &Path) -> Result<Self, BtfError> {
+        // The mmap backend parses lazily: we need a dozen types out of ~100k.
+        let btf = Btf::from_file_with_backend(path, btf_rs::Backend::Mmap)
+            .map_err(|source| BtfError::Unreadable { path: path.to_owned(), source })?;
+        Ok(Self { btf })
+    }
+
+    fn strukt(&self, name: &str) -> Result<btf_rs::Struct, BtfError> {
+        for t in self.btf.resolve_types_by_name(name).unwrap_or_default() {
+            if let Type::Struct(s) = t {
+                // Skip forward declarations' empty twins.
+                if !s.members.is_empty() {
+                    return Ok(s);
+                }
+            }
+        }
+        Err(BtfError::NoStruct(name.to_owned()))
+    }
+
+    /// Strips typedefs and qualifiers down to a struct or union.
+    fn underlying(&self, mut t: Type) -> Option<btf_rs::Struct> {
+        for _ in 0..16 {
+            t = match t {
+                Type::Struct(s) | Type::Union(s) => return Some(s),
+                Type::Typedef(_) | Type::Const(_) | Type::Volatile(_) | Type::Restrict(_) | Type::TypeTag(_) => {
+                    let bt = t.as_btf_type()?;
+                    self.btf.resolve_chained_type(bt).ok()?
+                }
+                _ => return None,
+            };
+        }
+        None
+    }
+
+    /// Byte offset of `field` inside `s`, looking through anonymous
+    /// structs and unions the way C does.
+    fn find(&self, s: &btf_rs::Struct, field: &str) -> Option<(u32, Option<u32>, Type)> {
+        for m in &s.members {
+            let name = self.btf.resolve_name(m).unwrap_or_default();
+            let ty = self.btf.resolve_chained_type(m).ok()?;
+            if name == field {
+                return Some((m.bit_offset(), m.bitfield_size().filter(|b| *b != 0), ty));
+            }
+            if name.is_empty()
+                && let Some(inner) = self.underlying(ty)
+                && let Some((off, bits, t)) = self.find(&inner, field)
+            {
+                return Some((m.bit_offset() + off, bits, t));
+            }
+        }
+        None
+    }
+
+    /// Byte offset of a dotted field path such as `__sk_common.skc_family`.
+    pub fn offset(&self, strukt: &str, path: &str) -> Result<u64, BtfError> {
+        let mut s = self.strukt(strukt)?;
+        let mut bits = 0u32;
+        let no_field = || BtfError::NoField { strukt: strukt.to_owned(), field: path.to_owned() };
+        let mut parts = path.split('.').peekable();
+        while let Some(part) = parts.next() {
+            let (off, bitfield, ty) = self.find(&s, part).ok_or_else(no_field)?;
+            if bitfield.is_some() {
+                return Err(BtfError::Bitfield { strukt: strukt.to_owned(), field: path.to_owned() });
+            }
+            bits += off;
+            if parts.peek().is_some() {
+                s = self.underlying(ty).ok_or_else(no_field)?;
+            }
+        }
+        Ok(u64::from(bits / 8))
+    }
+
+    fn has_field(&self, strukt: &str, field: &str) -> bool {
+        self.offset(strukt, field).is_ok()
+    }
+
+    /// Number of parameters of a kernel function, from its prototype.
+    pub fn param_count(&self, func: &str) -> Result<usize, BtfError> {
+        for t in self.btf.resolve_types_by_name(func).unwrap_or_default() {
+            if let Type::Func(f) = t
+                && let Ok(Type::FuncProto(p)) = self.btf.resolve_chained_type(&f)
+            {
+                return Ok(p.parameters.len());
+            }
+        }
+        Err(BtfError::NoFunction(func.to_owned()))
+    }
+
+    pub fn has_function(&self, func: &str) -> bool {
+        self.param_count(func).is_ok()
+    }
+
+    pub fn kernel_offsets(&self) -> Result<KernelOffsets, BtfError> {
+        // 6.13 replaced `atomic_long_t f_count` with `file_ref_t f_ref`,
+        // which stores the count minus one.
+        let (file_refcount, file_one_ref) = if self.has_field("file", "f_ref") {
+            (self.offset("file", "f_ref")?, 0)
+        } else {
+            (self.offset("file", "f_count")?, 1)
+        };
+        let socket_alloc_socket = self.offset("socket_alloc", "socket")?;
+        let socket_alloc_inode = self.offset("socket_alloc", "vfs_inode")?;
+        Ok(KernelOffsets {
+            task_struct_files: self.offset("task_struct", "files")?,
+            task_struct_tgid: self.offset("task_struct", "tgid")?,
+            task_struct_comm: self.offset("task_struct", "comm")?,
+            files_struct_fdt: self.offset("files_struct", "fdt")?,
+            fdtable_fd: self.offset("fdtable", "fd")?,
+            fdtable_max_fds: self.offset("fdtable", "max_fds")?,
+            file_private_data: self.offset("file", "private_data")?,
+            file_f_inode: self.offset("file", "f_inode")?,
+            file_refcount,
+            inode_i_mode: self.offset("inode", "i_mode")?,
+            inode_i_ino: self.offset("inode", "i_ino")?,
+            socket_sk: self.offset("socket", "sk")?,
+            socket_file: self.offset("socket", "file")?,
+            socket_to_inode: socket_alloc_inode - socket_alloc_socket,
+            socket_type: self.offset("socket", "type")?,
+            sock_family: self.offset("sock", "__sk_common.skc_family")?,
+            sock_net: self.offset("sock", "__sk_common.skc_net")?,
+            sock_socket: self.offset("sock", "sk_socket")?,
+            net_ns_inum: self.offset("net", "ns.inum")?,
+            unix_sock_peer: self.offset("unix_sock", "peer")?,
+            unix_sock_addr: self.offset("unix_sock", "addr")?,
+            unix_address_len: self.offset("unix_address", "len")?,
+            unix_address_name: self.offset("unix_address", "name")?,
+            file_one_ref,
+            tp_syscall_args: 0,
+            tp_syscall_ret: 0,
+        })
+    }
+
+    /// The iterator's context layout is compiled into the program (the
+    /// verifier insists); refuse to load it on a kernel where it differs.
+    pub fn check_iter_abi(&self) -> Result<(), BtfError> {
+        let want = [
+            ("bpf_iter__task_file", "meta", iter_abi::TASK_FILE_META),
+            ("bpf_iter__task_file", "task", iter_abi::TASK_FILE_TASK),
+            ("bpf_iter__task_file", "fd", iter_abi::TASK_FILE_FD),
+            ("bpf_iter__task_file", "file", iter_abi::TASK_FILE_FILE),
+            ("bpf_iter_meta", "seq", iter_abi::META_SEQ),
+        ];
+        for (strukt, field, expected) in want {
+            let got = self.offset(strukt, field)?;
+            if got != expected as u64 {
+                return Err(BtfError::NoField {
+                    strukt: strukt.to_owned(),
+                    field: format!("{field} at offset {expected} (it is at {got})"),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // These read the real BTF of the machine running the tests: the point
+    // is that the walk works on a real kernel, not on a fixture.
+    fn kernel() -> KernelBtf {
+        KernelBtf::open(Path::new(VMLINUX_BTF)).expect("this machine's kernel must expose BTF")
+    }
+
+    #[test]
+    fn resolves_every_offset_on_this_kernel() {
+        let off = kernel().kernel_offsets().expect("offsets");
+        // sk_common is the first member of struct sock and skc_family sits
+        // within it; the peer pointer is past struct sock.
+        assert!(off.sock_family < 64, "skc_family at {}", off.sock_family);
+        assert!(off.unix_sock_peer > off.sock_socket);
+        assert!(off.socket_to_inode > 0);
+        assert!(off.file_one_ref <= 1);
+    }
+
+    #[test]
+    fn iter_abi_matches_this_kernel() {
+        kernel().check_iter_abi().expect("bpf_iter__task_file layout");
+    }
+
+    #[test]
+    fn connect_functions_take_four_arguments() {
+        let k = kernel();
+        assert_eq!(k.param_count("unix_stream_connect").expect("unix_stream_connect"), 4);
+        assert_eq!(k.param_count("unix_dgram_connect").expect("unix_dgram_connect"), 4);
+    }
+
+    #[test]
+    fn missing_struct_is_named_in_the_error() {
+        let err = kernel().offset("no_such_struct_here", "x").expect_err("must fail");
+        assert!(err.to_string().contains("no_such_struct_here"), "{err}");
+    }
+
+    #[test]
+    fn unreadable_btf_names_the_path_and_the_config() {
+        let err = KernelBtf::open(Path::new("/nonexistent/vmlinux")).err().expect("must fail");
+        let msg = err.to_string();
+        assert!(msg.contains("/nonexistent/vmlinux") && msg.contains("CONFIG_DEBUG_INFO_BTF"), "{msg}");
+    }
+}

@@ -1,0 +1,236 @@
+//! Choosing and attaching an attach strategy. Like libbpf-tools, probe what
+//! the kernel offers in order of preference and fall back cleanly, keeping
+//! the reason so `-v` and recordings can say why.
+
+use std::path::Path;
+
+use aya::{
+    Btf, Ebpf,
+    programs::{FEntry, FExit, KProbe, Program, ProgramError, TracePoint},
+};
+
+use super::{CaptureError, program_error};
+use crate::{btf::KernelBtf, tracefs};
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendChoice {
+    #[default]
+    Auto,
+    Fentry,
+    Kprobe,
+    Tracepoint,
+}
+
+#[derive(Clone, Debug)]
+pub struct Chosen {
+    pub backend: &'static str,
+    pub why: String,
+}
+
+/// accept, socketpair and listen: the syscalls alone know the fds they
+/// return, so these run under every strategy.
+const SYSCALL_COMMON: &[(&str, &str, &str)] = &[
+    ("sys_enter_accept", "syscalls", "sys_enter_accept"),
+    ("sys_exit_accept", "syscalls", "sys_exit_accept"),
+    ("sys_enter_accept4", "syscalls", "sys_enter_accept4"),
+    ("sys_exit_accept4", "syscalls", "sys_exit_accept4"),
+    ("sys_enter_socketpair", "syscalls", "sys_enter_socketpair"),
+    ("sys_exit_socketpair", "syscalls", "sys_exit_socketpair"),
+    ("sys_enter_listen", "syscalls", "sys_enter_listen"),
+    ("sys_exit_listen", "syscalls", "sys_exit_listen"),
+];
+
+/// What the af_unix hooks see under fentry/kprobe, seen at the syscall
+/// boundary instead.
+const SYSCALL_ONLY: &[(&str, &str, &str)] = &[
+    ("sys_enter_connect", "syscalls", "sys_enter_connect"),
+    ("sys_exit_connect", "syscalls", "sys_exit_connect"),
+    ("sys_enter_close", "syscalls", "sys_enter_close"),
+    ("sched_process_exit", "sched", "sched_process_exit"),
+];
+
+enum Hook {
+    Entry,
+    Exit,
+}
+
+/// (program, kernel function, entry or exit)
+const FENTRY: &[(&str, &str, Hook)] = &[
+    ("fexit_unix_stream_connect", "unix_stream_connect", Hook::Exit),
+    ("fexit_unix_dgram_connect", "unix_dgram_connect", Hook::Exit),
+    ("fentry_unix_release_sock", "unix_release_sock", Hook::Entry),
+];
+
+const KPROBE: &[(&str, &str)] = &[
+    ("kprobe_unix_stream_connect", "unix_stream_connect"),
+    ("kretprobe_unix_stream_connect", "unix_stream_connect"),
+    ("kprobe_unix_dgram_connect", "unix_dgram_connect"),
+    ("kretprobe_unix_dgram_connect", "unix_dgram_connect"),
+    ("kprobe_unix_release_sock", "unix_release_sock"),
+];
+
+const KPROBE_PMU: &str = "/sys/bus/event_source/devices/kprobe";
+
+pub fn attach(
+    ebpf: &mut Ebpf,
+    btf: &Btf,
+    kbtf: &KernelBtf,
+    choice: BackendChoice,
+    tracefs_root: &Path,
+) -> Result<Chosen, CaptureError> {
+    attach_tracepoints(ebpf, SYSCALL_COMMON)?;
+    let chosen = match choice {
+        BackendChoice::Fentry => {
+            attach_fentry(ebpf, btf, kbtf).map_err(|e| unavailable("fentry", e))?;
+            Chosen { backend: "fentry", why: "requested with --backend fentry".into() }
+        }
+        BackendChoice::Kprobe => {
+            attach_kprobe(ebpf, tracefs_root).map_err(|e| unavailable("kprobe", e))?;
+            Chosen { backend: "kprobe", why: "requested with --backend kprobe".into() }
+        }
+        BackendChoice::Tracepoint => {
+            attach_tracepoints(ebpf, SYSCALL_ONLY)?;
+            Chosen { backend: "tracepoint", why: "requested with --backend tracepoint".into() }
+        }
+        BackendChoice::Auto => auto(ebpf, btf, kbtf, tracefs_root)?,
+    };
+    log::info!("backend {}: {}", chosen.backend, chosen.why);
+    Ok(chosen)
+}
+
+fn unavailable(backend: &'static str, e: CaptureError) -> CaptureError {
+    match e {
+        // A verifier rejection is a bug to report, not a missing feature.
+        CaptureError::Verifier { .. } => e,
+        other => CaptureError::BackendUnavailable { backend, why: other.to_string() },
+    }
+}
+
+fn auto(ebpf: &mut Ebpf, btf: &Btf, kbtf: &KernelBtf, tracefs_root: &Path) -> Result<Chosen, CaptureError> {
+    let fentry_why = match attach_fentry(ebpf, btf, kbtf) {
+        Ok(()) => return Ok(Chosen { backend: "fentry", why: "BPF trampolines load on this kernel".into() }),
+        Err(e @ CaptureError::Verifier { .. }) => return Err(e),
+        Err(e) => {
+            unload(ebpf, FENTRY.iter().map(|(p, _, _)| *p));
+            format!("fentry unavailable ({})", short(&e))
+        }
+    };
+    let kprobe_why = match attach_kprobe(ebpf, tracefs_root) {
+        Ok(()) => {
+            return Ok(Chosen { backend: "kprobe", why: format!("{fentry_why}; kprobes load on this kernel") });
+        }
+        Err(e @ CaptureError::Verifier { .. }) => return Err(e),
+        Err(e) => {
+            unload(ebpf, KPROBE.iter().map(|(p, _)| *p));
+            format!("kprobes unavailable ({})", short(&e))
+        }
+    };
+    attach_tracepoints(ebpf, SYSCALL_ONLY).map_err(|e| {
+        CaptureError::NoBackend(format!("  {fentry_why}\n  {kprobe_why}\n  syscall tracepoints failed ({e})"))
+    })?;
+    Ok(Chosen { backend: "tracepoint", why: format!("{fentry_why}; {kprobe_why}") })
+}
+
+fn short(e: &CaptureError) -> String {
+    let s = e.to_string();
+    s.lines().next().unwrap_or_default().to_owned()
+}
+
+fn unload<'a>(ebpf: &mut Ebpf, programs: impl Iterator<Item = &'a str>) {
+    for name in programs {
+        let _ = match ebpf.program_mut(name) {
+            Some(Program::FEntry(p)) => p.unload(),
+            Some(Program::FExit(p)) => p.unload(),
+            Some(Program::KProbe(p)) => p.unload(),
+            _ => Ok(()),
+        };
+    }
+}
+
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, CaptureError>
+where
+    &'a mut T: TryFrom<&'a mut Program, Error = ProgramError>,
+{
+    let p = ebpf.program_mut(name).ok_or_else(|| program_error(name, "-", ProgramError::NotLoaded))?;
+    p.try_into().map_err(|e| program_error(name, "-", e))
+}
+
+fn attach_tracepoints(ebpf: &mut Ebpf, set: &[(&str, &str, &str)]) -> Result<(), CaptureError> {
+    for (name, category, event) in set {
+        let target = format!("tracepoint {category}:{event}");
+        let tp: &mut TracePoint = program(ebpf, name)?;
+        tp.load().map_err(|e| program_error(name, &target, e))?;
+        tp.attach(category, event).map_err(|e| program_error(name, &target, e))?;
+    }
+    Ok(())
+}
+
+fn attach_fentry(ebpf: &mut Ebpf, btf: &Btf, kbtf: &KernelBtf) -> Result<(), CaptureError> {
+    // fexit reads the return value right after the arguments: make sure
+    // the argument count the programs assume still holds.
+    for func in ["unix_stream_connect", "unix_dgram_connect"] {
+        let n = kbtf.param_count(func)?;
+        if n != 4 {
+            return Err(CaptureError::BackendUnavailable {
+                backend: "fentry",
+                why: format!("{func} takes {n} arguments on this kernel, unixtrace expects 4"),
+            });
+        }
+    }
+    for (name, func, hook) in FENTRY {
+        let target = format!("fentry {func}");
+        match hook {
+            Hook::Entry => {
+                let p: &mut FEntry = program(ebpf, name)?;
+                p.load(func, btf).map_err(|e| program_error(name, &target, e))?;
+                p.attach().map_err(|e| program_error(name, &target, e))?;
+            }
+            Hook::Exit => {
+                let p: &mut FExit = program(ebpf, name)?;
+                p.load(func, btf).map_err(|e| program_error(name, &target, e))?;
+                p.attach().map_err(|e| program_error(name, &target, e))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn attach_kprobe(ebpf: &mut Ebpf, tracefs_root: &Path) -> Result<(), CaptureError> {
+    if !Path::new(KPROBE_PMU).exists() && !tracefs_root.join("kprobe_events").exists() {
+        return Err(CaptureError::BackendUnavailable {
+            backend: "kprobe",
+            why: format!("{KPROBE_PMU} and kprobe_events are missing: the kernel has no CONFIG_KPROBES"),
+        });
+    }
+    for (name, func) in KPROBE {
+        let target = format!("kprobe {func}");
+        let p: &mut KProbe = program(ebpf, name)?;
+        p.load().map_err(|e| program_error(name, &target, e))?;
+        p.attach(func, 0).map_err(|e| program_error(name, &target, e))?;
+    }
+    Ok(())
+}
+
+/// The programs read syscall arguments as consecutive 8-byte slots after
+/// the first; check that every tracepoint they use agrees.
+pub fn check_syscall_layout(root: &Path, args: u64) -> Result<(), CaptureError> {
+    let expect = [
+        ("sys_enter_connect", "uservaddr", 1),
+        ("sys_enter_connect", "addrlen", 2),
+        ("sys_enter_socketpair", "family", 0),
+        ("sys_enter_socketpair", "usockvec", 3),
+        ("sys_enter_accept4", "fd", 0),
+        ("sys_enter_listen", "fd", 0),
+        ("sys_enter_close", "fd", 0),
+    ];
+    for (tp, field, slot) in expect {
+        let got = tracefs::field_offset(root, "syscalls", tp, field)?;
+        if got != args + slot * 8 {
+            return Err(CaptureError::BackendUnavailable {
+                backend: "tracepoint",
+                why: format!("syscalls:{tp} has `{field}` at offset {got}, expected {}", args + slot * 8),
+            });
+        }
+    }
+    Ok(())
+}

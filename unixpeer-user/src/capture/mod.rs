@@ -1,0 +1,220 @@
+//! Live capture: loads the kernel programs for one attach strategy, hands
+//! them this kernel's offsets and the filters, and reads their events.
+
+mod backend;
+
+use std::{os::fd::AsRawFd, path::Path};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{MapData, PerCpuArray, RingBuf},
+    programs::ProgramError,
+};
+use tokio::io::unix::AsyncFd;
+use unixpeer_common::{KernelFilter, TASK_COMM_LEN, counter};
+
+pub use self::backend::{BackendChoice, Chosen};
+use crate::{
+    btf::{BtfError, KernelBtf, VMLINUX_BTF},
+    events::{self, Event},
+    privileges::{self, PrivilegeError},
+    tracefs::{self, TracefsError},
+};
+
+/// The object built by `cargo xtask build-ebpf`, committed so that building
+/// unixtrace needs only stable Rust.
+static OBJECT: &[u8] = aya::include_bytes_aligned!("../../ebpf/unixpeer.bpf.o");
+
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    #[error(transparent)]
+    Privileges(#[from] PrivilegeError),
+    #[error(transparent)]
+    Btf(#[from] BtfError),
+    #[error(transparent)]
+    Tracefs(#[from] TracefsError),
+    #[error("loading the eBPF object failed: {0}")]
+    Load(Box<aya::EbpfError>),
+    #[error("the kernel's verifier rejected program `{program}` ({io_error}). Last lines of its log:\n{log_tail}")]
+    Verifier { program: String, io_error: std::io::Error, log_tail: String },
+    #[error("program `{program}` could not be loaded or attached to {target}: {source}")]
+    Program { program: String, target: String, source: Box<ProgramError> },
+    #[error("the {backend} backend is not available on this kernel: {why}")]
+    BackendUnavailable { backend: &'static str, why: String },
+    #[error("no attach strategy works on this kernel:\n{0}")]
+    NoBackend(String),
+    #[error("the eBPF object lacks map `{0}`")]
+    MissingMap(&'static str),
+    #[error("map error: {0}")]
+    Map(#[from] aya::maps::MapError),
+    #[error("reading events failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct CaptureOptions {
+    pub backend: BackendChoice,
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    /// Forward aya-log messages from the programs (`-v`).
+    pub kernel_logs: bool,
+}
+
+pub struct Capture {
+    // Keeps the programs loaded and attached.
+    _ebpf: Ebpf,
+    ring: AsyncFd<RingBuf<MapData>>,
+    counters: PerCpuArray<MapData, u64>,
+    logger: Option<AsyncFd<aya_log::EbpfLogger<&'static dyn log::Log>>>,
+    pub chosen: Chosen,
+    lost_seen: u64,
+}
+
+/// One item of the capture stream.
+#[derive(Debug)]
+pub enum Record {
+    Event(Event),
+    /// `count` more events were dropped in the kernel since the last report.
+    Lost {
+        count: u64,
+    },
+}
+
+impl Capture {
+    pub fn start(opts: &CaptureOptions) -> Result<Self, CaptureError> {
+        privileges::check_capture()?;
+        let kbtf = KernelBtf::open(Path::new(VMLINUX_BTF))?;
+        let mut offsets = kbtf.kernel_offsets()?;
+        let tracefs_root = tracefs::ensure_mounted()?;
+        offsets.tp_syscall_args = tracefs::field_offset(&tracefs_root, "syscalls", "sys_enter_connect", "fd")?;
+        offsets.tp_syscall_ret = tracefs::field_offset(&tracefs_root, "syscalls", "sys_exit_connect", "ret")?;
+        backend::check_syscall_layout(&tracefs_root, offsets.tp_syscall_args)?;
+
+        let filter = kernel_filter(opts);
+        let aya_btf = aya::Btf::from_sys_fs().map_err(|e| {
+            CaptureError::Btf(BtfError::Unreadable {
+                path: VMLINUX_BTF.into(),
+                source: btf_rs::Error::Format(e.to_string()),
+            })
+        })?;
+        let log_level: u8 = if opts.kernel_logs { 0xff } else { 0 };
+        let mut ebpf = EbpfLoader::new()
+            .btf(&aya_btf)
+            .override_global("OFFSETS", &offsets, true)
+            .override_global("FILTER", &filter, true)
+            .override_global(aya_log::LEVEL, &log_level, false)
+            .load(OBJECT)
+            .map_err(|e| CaptureError::Load(Box::new(e)))?;
+
+        let chosen = backend::attach(&mut ebpf, &aya_btf, &kbtf, opts.backend, &tracefs_root)?;
+        let ring = RingBuf::try_from(ebpf.take_map("EVENTS").ok_or(CaptureError::MissingMap("EVENTS"))?)?;
+        let counters = PerCpuArray::try_from(ebpf.take_map("COUNTERS").ok_or(CaptureError::MissingMap("COUNTERS"))?)?;
+        let logger = if opts.kernel_logs {
+            match aya_log::EbpfLogger::init(&mut ebpf) {
+                Ok(l) => Some(register(l)?),
+                Err(e) => {
+                    log::warn!("kernel program logs unavailable: {e}");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        Ok(Self { _ebpf: ebpf, ring: register(ring)?, counters, logger, chosen, lost_seen: 0 })
+    }
+
+    /// Waits until the ring buffer has data, then hands every record in it
+    /// to `f`. Returns after one batch so the caller can check its stop
+    /// conditions in between.
+    pub async fn next_batch(&mut self, f: &mut dyn FnMut(Record)) -> Result<(), CaptureError> {
+        let logger = self.logger.as_mut();
+        let mut guard = match logger {
+            Some(l) => {
+                tokio::select! {
+                    g = self.ring.readable_mut() => g?,
+                    lg = l.readable_mut() => {
+                        let mut lg = lg?;
+                        lg.get_inner_mut().flush();
+                        lg.clear_ready();
+                        return Ok(());
+                    }
+                }
+            }
+            None => self.ring.readable_mut().await?,
+        };
+        let ring = guard.get_inner_mut();
+        while let Some(item) = ring.next() {
+            match events::decode(&item) {
+                Ok(e) => f(Record::Event(e)),
+                Err(e) => log::warn!("dropping malformed kernel record: {e}"),
+            }
+        }
+        guard.clear_ready();
+        Ok(())
+    }
+
+    /// Drains whatever is already in the ring buffer, without waiting.
+    pub fn drain_now(&mut self, f: &mut dyn FnMut(Record)) {
+        let ring = self.ring.get_mut();
+        while let Some(item) = ring.next() {
+            if let Ok(e) = events::decode(&item) {
+                f(Record::Event(e));
+            }
+        }
+    }
+
+    /// Events the kernel could not queue since the last call.
+    pub fn take_lost(&mut self) -> Result<u64, CaptureError> {
+        let total: u64 = self.counters.get(&counter::LOST, 0)?.iter().sum();
+        let new = total.saturating_sub(self.lost_seen);
+        self.lost_seen = total;
+        Ok(new)
+    }
+
+    pub fn ring_fd(&self) -> i32 {
+        self.ring.get_ref().as_raw_fd()
+    }
+}
+
+fn register<T: AsRawFd>(inner: T) -> std::io::Result<AsyncFd<T>> {
+    // SAFETY: both the ring buffer and the logger own their fd and keep it
+    // open, unchanged, for as long as they live inside the AsyncFd.
+    unsafe { AsyncFd::register_with_interest(inner, tokio::io::Interest::READABLE) }.map_err(|e| e.into_parts().1)
+}
+
+fn kernel_filter(opts: &CaptureOptions) -> KernelFilter {
+    let mut f = KernelFilter::zeroed();
+    f.pid = opts.pid.unwrap_or(0);
+    f.self_pid = std::process::id();
+    if let Some(comm) = &opts.comm {
+        f.comm_enabled = 1;
+        // The kernel keeps TASK_COMM_LEN - 1 bytes of a command name.
+        let b = comm.as_bytes();
+        let n = b.len().min(TASK_COMM_LEN - 1);
+        f.comm[..n].copy_from_slice(&b[..n]);
+    }
+    f
+}
+
+/// The verifier log's tail: the lines that say what went wrong.
+fn log_tail(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+pub(crate) fn program_error(program: &str, target: &str, source: ProgramError) -> CaptureError {
+    match source {
+        // A refusal before verification (EPERM for a program type the
+        // kernel forbids) leaves the log empty: that is a missing feature.
+        ProgramError::LoadError { io_error, verifier_log } if !verifier_log.to_string().trim().is_empty() => {
+            CaptureError::Verifier {
+                program: program.to_owned(),
+                io_error,
+                log_tail: log_tail(&verifier_log.to_string()),
+            }
+        }
+        source => {
+            CaptureError::Program { program: program.to_owned(), target: target.to_owned(), source: Box::new(source) }
+        }
+    }
+}

@@ -1,0 +1,187 @@
+//! Kernel records decoded into owned events: the second stage of
+//! kernel → events → model → output.
+
+use unixpeer_common::{EventKind, UNIX_PATH_MAX, UnixEvent};
+
+/// SOCK_* from include/linux/net.h.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SockType {
+    Stream,
+    Dgram,
+    Seqpacket,
+    Unknown,
+}
+
+impl SockType {
+    pub fn from_raw(v: u32) -> Self {
+        match v {
+            1 => Self::Stream,
+            2 => Self::Dgram,
+            5 => Self::Seqpacket,
+            _ => Self::Unknown,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stream => "stream",
+            Self::Dgram => "dgram",
+            Self::Seqpacket => "seqpacket",
+            Self::Unknown => "?",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    /// CLOCK_MONOTONIC nanoseconds.
+    pub ts_ns: u64,
+    pub kind: EventKind,
+    pub pid: u32,
+    pub tid: u32,
+    pub uid: u32,
+    pub comm: String,
+    pub netns: u32,
+    pub sock_type: SockType,
+    pub errno: i32,
+    pub fd: Option<i32>,
+    pub peer_fd: Option<i32>,
+    pub listen_fd: Option<i32>,
+    /// None while the kernel has not given the socket an inode.
+    pub inode: Option<u64>,
+    pub peer_inode: Option<u64>,
+    /// Kernel address of `struct sock`: joins a connect to its accept.
+    pub sk: u64,
+    pub peer_sk: u64,
+    /// A path, `@name` for an abstract name, or None.
+    pub path: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("ring buffer record is {got} bytes, expected {want}")]
+    Size { got: usize, want: usize },
+    #[error("unknown event kind {0}")]
+    Kind(u32),
+}
+
+pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
+    let want = size_of::<UnixEvent>();
+    if bytes.len() < want {
+        return Err(DecodeError::Size { got: bytes.len(), want });
+    }
+    // SAFETY: UnixEvent is plain old data valid for any bit pattern and the
+    // slice holds at least its size; read_unaligned copes with alignment.
+    let raw: UnixEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    let kind = EventKind::from_u32(raw.kind).ok_or(DecodeError::Kind(raw.kind))?;
+    let fd = |v: i32| (v >= 0).then_some(v);
+    let ino = |v: u64| (v != 0).then_some(v);
+    Ok(Event {
+        ts_ns: raw.ts_ns,
+        kind,
+        pid: raw.pid,
+        tid: raw.tid,
+        uid: raw.uid,
+        comm: c_str(&raw.comm),
+        netns: raw.netns,
+        sock_type: SockType::from_raw(raw.sock_type),
+        errno: raw.errno,
+        fd: fd(raw.fd),
+        peer_fd: fd(raw.peer_fd),
+        listen_fd: fd(raw.listen_fd),
+        inode: ino(raw.inode),
+        peer_inode: ino(raw.peer_inode),
+        sk: raw.sk,
+        peer_sk: raw.peer_sk,
+        path: sun_path(&raw.path[..(raw.path_len as usize).min(UNIX_PATH_MAX)]),
+    })
+}
+
+fn c_str(b: &[u8]) -> String {
+    let end = b.iter().position(|c| *c == 0).unwrap_or(b.len());
+    String::from_utf8_lossy(&b[..end]).into_owned()
+}
+
+/// Renders `sun_path` the way ss does: a path up to its NUL, or `@` and the
+/// abstract name with embedded NULs shown as `@`.
+pub fn sun_path(b: &[u8]) -> Option<String> {
+    match b.first() {
+        None => None,
+        Some(0) if b.len() == 1 => None,
+        Some(0) => {
+            let name: Vec<u8> = b[1..].iter().map(|c| if *c == 0 { b'@' } else { *c }).collect();
+            Some(format!("@{}", String::from_utf8_lossy(&name)))
+        }
+        Some(_) => Some(c_str(b)).filter(|s| !s.is_empty()),
+    }
+}
+
+pub fn event_name(kind: EventKind) -> &'static str {
+    match kind {
+        EventKind::Connect => "connect",
+        EventKind::ConnectFailed => "connect_failed",
+        EventKind::Accept => "accept",
+        EventKind::Socketpair => "socketpair",
+        EventKind::Close => "close",
+        EventKind::DgramConnect => "dgram_connect",
+        EventKind::Listen => "listen",
+        EventKind::TaskExit => "exit",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(kind: EventKind) -> UnixEvent {
+        let mut e = UnixEvent::zeroed();
+        e.kind = kind as u32;
+        e.ts_ns = 42;
+        e.pid = 100;
+        e.tid = 101;
+        e.inode = 7;
+        e.sock_type = 5;
+        e.comm[..4].copy_from_slice(b"demo");
+        e
+    }
+
+    fn bytes(e: &UnixEvent) -> Vec<u8> {
+        // SAFETY: reading a POD struct's bytes.
+        unsafe { std::slice::from_raw_parts((e as *const UnixEvent).cast::<u8>(), size_of::<UnixEvent>()).to_vec() }
+    }
+
+    #[test]
+    fn decodes_a_socketpair_record() {
+        let mut e = raw(EventKind::Socketpair);
+        e.fd = 3;
+        e.peer_fd = 4;
+        let ev = decode(&bytes(&e)).expect("decode");
+        assert_eq!(ev.kind, EventKind::Socketpair);
+        assert_eq!((ev.pid, ev.tid, ev.comm.as_str()), (100, 101, "demo"));
+        assert_eq!((ev.fd, ev.peer_fd, ev.listen_fd), (Some(3), Some(4), None));
+        assert_eq!((ev.inode, ev.peer_inode), (Some(7), None));
+        assert_eq!(ev.sock_type, SockType::Seqpacket);
+        assert_eq!(ev.path, None);
+    }
+
+    #[test]
+    fn decodes_path_and_abstract_names() {
+        let mut e = raw(EventKind::Connect);
+        e.path[..10].copy_from_slice(b"/run/x.sk\0");
+        e.path_len = 108;
+        assert_eq!(decode(&bytes(&e)).expect("decode").path.as_deref(), Some("/run/x.sk"));
+        let mut e = raw(EventKind::Connect);
+        e.path[..6].copy_from_slice(b"\0bus\0x");
+        e.path_len = 6;
+        assert_eq!(decode(&bytes(&e)).expect("decode").path.as_deref(), Some("@bus@x"));
+    }
+
+    #[test]
+    fn rejects_short_and_unknown_records() {
+        assert!(matches!(decode(&[0u8; 10]), Err(DecodeError::Size { got: 10, .. })));
+        let mut e = raw(EventKind::Close);
+        e.kind = 99;
+        assert!(matches!(decode(&bytes(&e)), Err(DecodeError::Kind(99))));
+    }
+}

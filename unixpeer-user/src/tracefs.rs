@@ -1,0 +1,100 @@
+//! tracefs: where tracepoints are named, and where their record layouts
+//! are described.
+
+use std::{
+    ffi::CString,
+    fs,
+    path::{Path, PathBuf},
+};
+
+const TRACEFS: &str = "/sys/kernel/tracing";
+const DEBUGFS_TRACING: &str = "/sys/kernel/debug/tracing";
+
+#[derive(Debug, thiserror::Error)]
+pub enum TracefsError {
+    #[error(
+        "tracefs is not mounted and mounting it on {TRACEFS} failed: {0}\n\
+         mount it yourself (`mount -t tracefs tracefs {TRACEFS}`) or run unixtrace as root"
+    )]
+    Mount(std::io::Error),
+    #[error("cannot read tracepoint format {path}: {source}")]
+    Format { path: PathBuf, source: std::io::Error },
+    #[error("tracepoint format {path} has no field `{field}`")]
+    NoField { path: PathBuf, field: String },
+    #[error(
+        "this kernel has no syscall tracepoints ({0} is missing): it was built without \
+         CONFIG_FTRACE_SYSCALLS, so the tracepoint backend cannot run"
+    )]
+    NoSyscallTracepoints(PathBuf),
+}
+
+/// Returns the tracefs root, mounting it when nothing is (as on a machine
+/// that booted without it).
+pub fn ensure_mounted() -> Result<PathBuf, TracefsError> {
+    for p in [TRACEFS, DEBUGFS_TRACING] {
+        if Path::new(p).join("events").is_dir() {
+            return Ok(PathBuf::from(p));
+        }
+    }
+    let src = CString::new("tracefs").unwrap_or_default();
+    let target = CString::new(TRACEFS).unwrap_or_default();
+    // SAFETY: valid NUL-terminated strings; no data argument.
+    let rc = unsafe { libc::mount(src.as_ptr(), target.as_ptr(), src.as_ptr(), 0, std::ptr::null()) };
+    if rc != 0 {
+        return Err(TracefsError::Mount(std::io::Error::last_os_error()));
+    }
+    log::info!("mounted tracefs on {TRACEFS}");
+    Ok(PathBuf::from(TRACEFS))
+}
+
+/// Offset of `field` in a tracepoint's record, from its `format` file
+/// (lines like `\tfield:int fd;\toffset:16;\tsize:8;\tsigned:0;`).
+pub fn field_offset(root: &Path, category: &str, name: &str, field: &str) -> Result<u64, TracefsError> {
+    let dir = root.join("events").join(category).join(name);
+    let path = dir.join("format");
+    if category == "syscalls" && !root.join("events/syscalls").is_dir() {
+        return Err(TracefsError::NoSyscallTracepoints(root.join("events/syscalls")));
+    }
+    let text = fs::read_to_string(&path).map_err(|source| TracefsError::Format { path: path.clone(), source })?;
+    parse_field_offset(&text, field).ok_or(TracefsError::NoField { path, field: field.to_owned() })
+}
+
+fn parse_field_offset(format: &str, field: &str) -> Option<u64> {
+    format.lines().find_map(|line| {
+        let decl = line.trim().strip_prefix("field:")?;
+        let (decl, rest) = decl.split_once(';')?;
+        let name = decl.split_whitespace().last()?.trim_start_matches('*');
+        if name != field {
+            return None;
+        }
+        rest.split(';').find_map(|kv| kv.trim().strip_prefix("offset:")?.parse().ok())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Verbatim from /sys/kernel/tracing/events/syscalls/sys_enter_connect/format on 6.18.
+    const SYS_ENTER_CONNECT: &str = "name: sys_enter_connect
+ID: 1570
+format:
+\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;
+\tfield:unsigned char common_flags;\toffset:2;\tsize:1;\tsigned:0;
+\tfield:unsigned char common_preempt_count;\toffset:3;\tsize:1;\tsigned:0;
+\tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;
+
+\tfield:int __syscall_nr;\toffset:8;\tsize:4;\tsigned:1;
+\tfield:int fd;\toffset:16;\tsize:8;\tsigned:0;
+\tfield:struct sockaddr * uservaddr;\toffset:24;\tsize:8;\tsigned:0;
+\tfield:int addrlen;\toffset:32;\tsize:8;\tsigned:0;
+";
+
+    #[test]
+    fn parses_offsets_from_a_format_file() {
+        assert_eq!(parse_field_offset(SYS_ENTER_CONNECT, "fd"), Some(16));
+        assert_eq!(parse_field_offset(SYS_ENTER_CONNECT, "uservaddr"), Some(24));
+        assert_eq!(parse_field_offset(SYS_ENTER_CONNECT, "addrlen"), Some(32));
+        assert_eq!(parse_field_offset(SYS_ENTER_CONNECT, "ret"), None);
+    }
+}

@@ -1,0 +1,93 @@
+//! `run` and `test`.
+
+use std::{path::Path, process::Command, time::Instant};
+
+use anyhow::{Context, Result};
+
+use crate::{
+    ebpf, toolchain,
+    util::{is_root, run as sh},
+};
+
+fn cargo(root: &Path, toolchain: &str) -> Command {
+    let mut c = Command::new("cargo");
+    c.current_dir(root).arg(toolchain);
+    c
+}
+
+pub fn build_unixtrace(root: &Path) -> Result<std::path::PathBuf> {
+    let tc = toolchain::stable()?;
+    sh(cargo(root, &tc).args(["build", "--release", "--locked", "-p", "unixpeer-user", "--bin", "unixtrace"]))?;
+    Ok(root.join("target/release/unixtrace"))
+}
+
+pub fn run(root: &Path, args: &[String]) -> Result<()> {
+    let bin = build_unixtrace(root)?;
+    let mut cmd = if is_root() {
+        Command::new(&bin)
+    } else {
+        eprintln!("xtask: unixtrace needs root for eBPF; running it through sudo");
+        let mut c = Command::new("sudo");
+        c.arg("--preserve-env=TERM,COLUMNS").arg(&bin);
+        c
+    };
+    cmd.args(args);
+    let status = cmd.status().with_context(|| format!("could not start {}", bin.display()))?;
+    std::process::exit(status.code().unwrap_or(1));
+}
+
+struct Stage {
+    name: &'static str,
+    took: std::time::Duration,
+}
+
+pub fn test(root: &Path, with_vm: bool) -> Result<()> {
+    let mut stages: Vec<Stage> = Vec::new();
+    let mut stage = |name: &'static str, f: &mut dyn FnMut() -> Result<()>| -> Result<()> {
+        eprintln!("\nxtask: ==== {name}");
+        let start = Instant::now();
+        f().with_context(|| format!("stage `{name}` failed"))?;
+        stages.push(Stage { name, took: start.elapsed() });
+        Ok(())
+    };
+    let tc = toolchain::stable()?;
+    let user_crates = ["-p", "unixpeer-common", "-p", "unixpeer-user", "-p", "xtask", "-p", "unixpeer-tests"];
+
+    stage("rustfmt", &mut || sh(cargo(root, &tc).args(["fmt", "--all", "--", "--check"])))?;
+    stage("clippy (user crates)", &mut || {
+        sh(cargo(root, &tc)
+            .args(["clippy", "--locked", "--all-targets"])
+            .args(user_crates)
+            .args(["--", "-D", "warnings"]))
+    })?;
+    stage("clippy (eBPF crate)", &mut || {
+        let nightly = toolchain::nightly()?;
+        sh(cargo(root, &nightly)
+            .args(["clippy", "--locked", "-p", "unixpeer-ebpf", "--target", "bpfel-unknown-none"])
+            .args(["-Z", "build-std=core", "--target-dir", "target/ebpf-clippy", "--", "-D", "warnings"]))
+    })?;
+    stage("unit tests", &mut || {
+        sh(cargo(root, &tc).args(["test", "--locked", "-p", "unixpeer-common", "-p", "unixpeer-user", "-p", "xtask"]))
+    })?;
+    stage("root integration tests (host kernel)", &mut || {
+        let bin = build_unixtrace(root)?;
+        let mut c = cargo(root, &tc);
+        c.args(["test", "--release", "--locked", "-p", "unixpeer-tests", "--", "--test-threads=1"])
+            .env("UNIXTRACE_BIN", &bin);
+        if !is_root() {
+            // The tests load eBPF programs: run only the test binaries as root.
+            c.env("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER", "sudo -E");
+        }
+        sh(&mut c)
+    })?;
+    if with_vm {
+        stage("VM kernel matrix", &mut || crate::vm_test(root))?;
+    }
+    stage("check-ebpf", &mut || ebpf::check(root))?;
+
+    eprintln!("\nxtask: all stages passed");
+    for s in &stages {
+        eprintln!("  {:<40} {:>7.1} s", s.name, s.took.as_secs_f64());
+    }
+    Ok(())
+}
