@@ -5,5 +5,7 @@
 pub mod btf;
 pub mod capture;
 pub mod events;
+pub mod follow;
+pub mod live;
 pub mod privileges;
 pub mod tracefs;

@@ -1,9 +1,9 @@
-use std::process::ExitCode;
+use std::{process::ExitCode, time::Duration};
 
 use clap::Parser;
 use unixpeer_user::{
-    capture::{BackendChoice, Capture, CaptureOptions, Record},
-    events::event_name,
+    capture::{BackendChoice, CaptureOptions},
+    follow::{self, FollowOptions, Hooks},
 };
 
 #[derive(Parser, Debug)]
@@ -17,6 +17,17 @@ struct Args {
     /// Stop after this many seconds.
     #[arg(long)]
     duration: Option<f64>,
+    /// Stop after this many events.
+    #[arg(long)]
+    count: Option<u64>,
+    #[arg(long)]
+    json: bool,
+    #[arg(short = 'T', long)]
+    timestamp: bool,
+    #[arg(short, long)]
+    pid: Option<u32>,
+    #[arg(long)]
+    comm: Option<String>,
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
 }
@@ -40,35 +51,20 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let mut cap = Capture::start(&CaptureOptions { backend: args.backend, ..Default::default() })?;
-    eprintln!("backend: {} ({})", cap.chosen.backend, cap.chosen.why);
-    let deadline = args.duration.map(|d| tokio::time::Instant::now() + std::time::Duration::from_secs_f64(d));
-    let mut print = |rec: Record| match rec {
-        Record::Event(e) => println!(
-            "{} {} {} {:?} {:?} {:?} {:?} {:?} {}",
-            e.ts_ns,
-            event_name(e.kind),
-            e.pid,
-            e.comm,
-            e.fd,
-            e.inode,
-            e.peer_inode,
-            e.path,
-            e.errno
-        ),
-        Record::Lost { count } => println!("lost {count}"),
+    let opts = FollowOptions {
+        capture: CaptureOptions {
+            backend: args.backend,
+            pid: args.pid,
+            comm: args.comm,
+            kernel_logs: args.verbose > 0,
+        },
+        json: args.json,
+        wall_time: args.timestamp,
+        duration: args.duration.map(Duration::from_secs_f64),
+        count: args.count,
+        verbose: args.verbose,
     };
-    loop {
-        let sleep = async {
-            match deadline {
-                Some(d) => tokio::time::sleep_until(d).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            r = cap.next_batch(&mut print) => r?,
-            _ = sleep => break,
-        }
-    }
+    let hooks = Hooks { snapshot: &mut || Ok(Vec::new()), filter: &|_| true };
+    follow::run(&opts, hooks).await?;
     Ok(())
 }

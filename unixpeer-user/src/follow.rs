@@ -1,0 +1,198 @@
+//! `--follow`: capture, snapshot, then one line per event until told to stop.
+//!
+//! Capture starts before the snapshot so nothing falls between the two;
+//! events from that overlap update the same records in the model, which is
+//! idempotent, so they are not counted twice.
+
+use std::{
+    io::{self, BufWriter, Write},
+    time::Duration,
+};
+
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::{
+    capture::{Capture, CaptureError, CaptureOptions, Record},
+    live::{
+        Resolved, SeedSocket, Tracker,
+        render::{self, Clock},
+    },
+    privileges,
+};
+
+#[derive(Clone, Debug, Default)]
+pub struct FollowOptions {
+    pub capture: CaptureOptions,
+    pub json: bool,
+    /// Wall-clock times instead of seconds since start (`-T`).
+    pub wall_time: bool,
+    pub duration: Option<Duration>,
+    /// Stop after this many events were printed.
+    pub count: Option<u64>,
+    pub verbose: u8,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FollowError {
+    #[error(transparent)]
+    Capture(#[from] CaptureError),
+    #[error("taking the initial snapshot failed: {0}")]
+    Snapshot(String),
+    #[error("writing output failed: {0}")]
+    Output(#[from] io::Error),
+    #[error("cannot install a signal handler: {0}")]
+    Signal(io::Error),
+}
+
+#[derive(Debug, Default)]
+pub struct FollowSummary {
+    pub printed: u64,
+    pub received: u64,
+    pub lost: u64,
+}
+
+/// Everything the caller plugs in: the snapshot (printed by the caller and
+/// returned as seeds) and the user's output filter.
+pub struct Hooks<'a> {
+    pub snapshot: &'a mut dyn FnMut() -> Result<Vec<SeedSocket>, String>,
+    pub filter: &'a dyn Fn(&Resolved) -> bool,
+}
+
+pub async fn run(opts: &FollowOptions, hooks: Hooks<'_>) -> Result<FollowSummary, FollowError> {
+    let mut capture = Capture::start(&opts.capture)?;
+    let clock = Clock::now();
+    let mut tracker = Tracker::new();
+    for s in (hooks.snapshot)().map_err(FollowError::Snapshot)? {
+        tracker.seed(s);
+    }
+    if opts.verbose > 0 {
+        eprintln!("unixtrace: backend {} ({})", capture.chosen.backend, capture.chosen.why);
+    }
+    // Attached and snapshotted: nothing left needs privileges.
+    if let Err(e) = privileges::drop_all() {
+        log::warn!("{e}");
+    }
+
+    let stdout = io::stdout();
+    let mut out = BufWriter::with_capacity(1 << 16, stdout.lock());
+    if opts.json {
+        let status = serde_json::json!({
+            "kind": "capture",
+            "backend": capture.chosen.backend,
+            "why": capture.chosen.why,
+            "start_ts": clock.start_mono_ns,
+            "start_time": clock.rfc3339(clock.start_mono_ns),
+        });
+        writeln!(out, "{status}")?;
+    } else {
+        writeln!(out, "{}", render::TEXT_HEADER)?;
+    }
+    out.flush()?;
+
+    let mut sigterm = signal(SignalKind::terminate()).map_err(FollowError::Signal)?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(FollowError::Signal)?;
+    let deadline = opts.duration.map(|d| tokio::time::Instant::now() + d);
+    let mut lost_tick = tokio::time::interval(Duration::from_secs(1));
+    let mut sink =
+        Sink { tracker, out, summary: FollowSummary::default(), write_error: None, opts, clock, filter: hooks.filter };
+
+    loop {
+        let until_deadline = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        let mut on_record = |rec| sink.on_record(rec);
+        let mut stop = false;
+        let mut tick = false;
+        tokio::select! {
+            r = capture.next_batch(&mut on_record) => r?,
+            _ = lost_tick.tick() => tick = true,
+            _ = until_deadline => stop = true,
+            _ = sigint.recv() => stop = true,
+            _ = sigterm.recv() => stop = true,
+        }
+        if tick {
+            sink.report_lost(&mut capture)?;
+        }
+        if let Some(e) = sink.write_error.take() {
+            // A closed pipe (`| head`) is the reader's way of saying stop.
+            if e.kind() == io::ErrorKind::BrokenPipe {
+                return Ok(sink.summary);
+            }
+            return Err(e.into());
+        }
+        if stop || sink.done() {
+            break;
+        }
+        sink.out.flush()?;
+    }
+    capture.drain_now(&mut |rec| sink.on_record(rec));
+    sink.report_lost(&mut capture)?;
+    sink.out.flush()?;
+    if opts.verbose > 0 {
+        eprintln!(
+            "unixtrace: {} events received, {} printed, {} lost, {} sockets tracked",
+            sink.summary.received,
+            sink.summary.printed,
+            sink.summary.lost,
+            sink.tracker.len()
+        );
+    }
+    Ok(sink.summary)
+}
+
+/// Where records go: the model, then the user's filter, then output.
+struct Sink<'a, W: Write> {
+    tracker: Tracker,
+    out: W,
+    summary: FollowSummary,
+    write_error: Option<io::Error>,
+    opts: &'a FollowOptions,
+    clock: Clock,
+    filter: &'a dyn Fn(&Resolved) -> bool,
+}
+
+impl<W: Write> Sink<'_, W> {
+    fn done(&self) -> bool {
+        self.opts.count.is_some_and(|c| self.summary.printed >= c)
+    }
+
+    fn on_record(&mut self, rec: Record) {
+        let Record::Event(e) = rec else { return };
+        self.summary.received += 1;
+        let r = self.tracker.apply(e);
+        if r.event.kind == unixpeer_common::EventKind::TaskExit || !(self.filter)(&r) || self.done() {
+            return;
+        }
+        self.summary.printed += 1;
+        let res = if self.opts.json {
+            writeln!(self.out, "{}", render::to_json(&r, &self.clock))
+        } else {
+            render::write_text(&mut self.out, &r, &self.clock, self.opts.wall_time)
+        };
+        if let Err(e) = res
+            && self.write_error.is_none()
+        {
+            self.write_error = Some(e);
+        }
+    }
+
+    fn report_lost(&mut self, capture: &mut Capture) -> Result<(), FollowError> {
+        let lost = capture.take_lost()?;
+        if lost == 0 {
+            return Ok(());
+        }
+        self.summary.lost += lost;
+        eprintln!(
+            "unixtrace: WARNING: {lost} events lost in the kernel (ring buffer full), {} in total",
+            self.summary.lost
+        );
+        if self.opts.json {
+            let ts = render::clock_ns(libc::CLOCK_MONOTONIC);
+            writeln!(self.out, "{}", render::lost_json(lost, self.summary.lost, ts))?;
+        }
+        Ok(())
+    }
+}
