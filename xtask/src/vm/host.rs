@@ -40,6 +40,7 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 /// Runs `cmd` and returns its stdout; stderr goes to ours.
 pub fn output(cmd: &mut Command) -> Result<String> {
     let out = cmd
+        .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .output()
         .with_context(|| format!("start `{}`", describe(cmd)))?;
@@ -63,7 +64,9 @@ fn package_installed(name: &str) -> bool {
 
 /// `apt-get update` of the system lists, for when a package or kernel is not found.
 pub fn apt_update() -> Result<()> {
-    run(Command::new("apt-get").args(["-q", "update"]))
+    run(Command::new("apt-get")
+        .args(["-q", "update"])
+        .stdout(std::io::stderr()))
 }
 
 /// Installs qemu, busybox-static, cpio and xz-utils when missing (needs root, as in CI).
@@ -88,7 +91,8 @@ pub fn ensure_packages() -> Result<()> {
         run(Command::new("apt-get")
             .env("DEBIAN_FRONTEND", "noninteractive")
             .args(["-q", "install", "-y", "--no-install-recommends"])
-            .args(&missing))
+            .args(&missing)
+            .stdout(std::io::stderr()))
     };
     install().or_else(|_| {
         apt_update()?;

@@ -20,6 +20,9 @@ const INIT: &str = include_str!("init.sh");
 pub struct GuestBinaries {
     /// `(target name, executable)` of every integration test of `unixpeer-tests`.
     pub tests: Vec<(String, PathBuf)>,
+    /// Binaries of `unixpeer-tests` that tests find through `CARGO_BIN_EXE_*`: placed
+    /// in the guest at the same absolute path as on the host.
+    pub helpers: Vec<PathBuf>,
     pub unixtrace: PathBuf,
 }
 
@@ -49,7 +52,12 @@ fn cargo_json(root: &Path, args: &[&str]) -> Result<String> {
             .current_dir(root)
             .arg(TOOLCHAIN)
             .args(args)
-            .args(["--release", "--target", MUSL, "--message-format=json"]),
+            .args([
+                "--release",
+                "--target",
+                MUSL,
+                "--message-format=json-render-diagnostics",
+            ]),
     )
 }
 
@@ -61,6 +69,10 @@ pub fn build_guest_binaries(root: &Path) -> Result<GuestBinaries> {
     if tests.is_empty() {
         bail!("cargo built no integration test of unixpeer-tests");
     }
+    let helpers = executables(&json, "bin")
+        .into_iter()
+        .map(|(_, exe)| exe)
+        .collect();
     let json = cargo_json(
         root,
         &["build", "-p", "unixpeer-user", "--bin", "unixtrace"],
@@ -69,7 +81,11 @@ pub fn build_guest_binaries(root: &Path) -> Result<GuestBinaries> {
         .into_iter()
         .find(|(name, _)| name == "unixtrace")
         .context("cargo built no unixtrace binary")?;
-    Ok(GuestBinaries { tests, unixtrace })
+    Ok(GuestBinaries {
+        tests,
+        helpers,
+        unixtrace,
+    })
 }
 
 fn copy_into(src: &Path, dest: &Path) -> Result<()> {
@@ -123,6 +139,9 @@ pub fn common_archive(vm_dir: &Path, bins: &GuestBinaries) -> Result<PathBuf> {
     copy_into(&bins.unixtrace, &root.join("bin/unixtrace"))?;
     for (name, exe) in &bins.tests {
         copy_into(exe, &root.join("tests").join(name))?;
+    }
+    for exe in &bins.helpers {
+        copy_into(exe, &root.join(exe.strip_prefix("/")?))?;
     }
     let out = vm_dir.join("initramfs").join("common.cpio.gz");
     pack(&root, &out)?;

@@ -230,6 +230,8 @@ fn download(vm_dir: &Path, suite: Suite, package: &str) -> Result<PathBuf> {
 /// lists and sources stay untouched.
 fn apt(vm_dir: &Path, suite: Suite, program: &str) -> Result<Command> {
     let mut cmd = Command::new(program);
+    // Keep stdout for the results table.
+    cmd.stdout(std::io::stderr());
     // Files downloaded as root into our tree: no `_apt` sandbox user.
     cmd.args(["-o", "APT::Sandbox::User=root"]);
     if suite == Suite::Bullseye {
