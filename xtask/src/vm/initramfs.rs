@@ -133,6 +133,9 @@ pub fn common_archive(vm_dir: &Path, bins: &GuestBinaries) -> Result<PathBuf> {
     ] {
         fs::create_dir_all(root.join(dir))?;
     }
+    // Enough for tools that look up user and group names.
+    fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n")?;
+    fs::write(root.join("etc/group"), "root:x:0:\n")?;
     fs::write(root.join("init"), INIT)?;
     fs::set_permissions(root.join("init"), fs::Permissions::from_mode(0o755))?;
     copy_into(Path::new("/bin/busybox"), &root.join("bin/busybox"))?;
