@@ -97,7 +97,7 @@ report() { # report COLUMN: a RESULT line from $failed and $passed
 }
 
 for strategy in fentry kprobe tracepoint; do
-    why=$(unsupported "$strategy" | tr '\n' ';')
+    why=$(unsupported "$strategy" | tr '\n' ';' | sed 's/;$//; s/;/; /g')
     if [ -n "$why" ]; then
         say "RESULT col=$strategy status=unsupported reason=$why"
         continue
