@@ -7,6 +7,7 @@ mod ebpf;
 mod run;
 mod toolchain;
 mod util;
+mod vm;
 
 use std::path::PathBuf;
 
@@ -41,6 +42,16 @@ enum Command {
         #[arg(long)]
         no_vm: bool,
     },
+    /// Boot Debian kernels in QEMU and run the integration suite under every strategy.
+    VmTest {
+        /// Kernel to test: a series (5.10, 6.1, 6.12) or a package name
+        /// (linux-image-6.1.0-50-cloud-amd64); repeat for several. Default: 5.10, 6.1, 6.12.
+        #[arg(long = "kernel")]
+        kernels: Vec<String>,
+        /// Go on with the other kernels after one fails.
+        #[arg(long)]
+        keep_going: bool,
+    },
 }
 
 fn main() -> Result<()> {
@@ -51,13 +62,8 @@ fn main() -> Result<()> {
         Command::CheckEbpf => ebpf::check(&root),
         Command::Run { args } => run::run(&root, &args),
         Command::Test { no_vm } => run::test(&root, !no_vm),
+        Command::VmTest { kernels, keep_going } => vm::run(&root, &vm::VmOpts { kernels, keep_going }),
     }
-}
-
-/// The QEMU kernel matrix (issue 6) plugs in here.
-fn vm_test(_root: &std::path::Path) -> Result<()> {
-    eprintln!("xtask: the VM kernel matrix is not wired in yet");
-    Ok(())
 }
 
 fn workspace_root() -> PathBuf {

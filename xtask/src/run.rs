@@ -81,7 +81,7 @@ pub fn test(root: &Path, with_vm: bool) -> Result<()> {
         sh(&mut c)
     })?;
     if with_vm {
-        stage("VM kernel matrix", &mut || crate::vm_test(root))?;
+        stage("VM kernel matrix", &mut || crate::vm::run(root, &crate::vm::VmOpts::default()))?;
     }
     stage("check-ebpf", &mut || ebpf::check(root))?;
 

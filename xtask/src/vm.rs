@@ -1,0 +1,241 @@
+//! `cargo xtask vm-test`: boots Debian's cloud kernels in QEMU and runs the
+//! integration suite inside each under every strategy the kernel supports.
+//!
+//! Everything it downloads or builds lives under `target/vm/`: `debs/` (kernel
+//! packages, downloaded once), `kernels/<release>/` (image, config, modules),
+//! `apt/` (a private Debian 11 source list), `initramfs/` and `logs/` (each
+//! guest's console).
+
+mod host;
+mod initramfs;
+mod kernel;
+mod qemu;
+
+use std::fs;
+use std::io::Read;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use qemu::{Cell, Status};
+
+/// Options of `cargo xtask vm-test`.
+#[derive(Default)]
+pub struct VmOpts {
+    /// Series (`6.1`) or package names; empty means the default set.
+    pub kernels: Vec<String>,
+    /// Test the other kernels after one fails.
+    pub keep_going: bool,
+}
+
+/// The columns the guest reports, in table order (see `vm/init.sh`).
+const COLUMNS: [&str; 5] = ["fentry", "kprobe", "tracepoint", "auto", "no-btf"];
+/// Strategies every Debian cloud kernel has: "unsupported" there is a failure.
+const REQUIRED: [&str; 3] = ["fentry", "kprobe", "tracepoint"];
+/// Seconds one boot may take; TCG is slow. Override with UNIXPEER_VM_TIMEOUT.
+const DEFAULT_TIMEOUT_SECS: u64 = 300;
+/// Console lines shown when a guest fails.
+const TAIL_LINES: usize = 60;
+
+/// One kernel's line in the results table.
+struct Row {
+    kernel: String,
+    cells: Vec<Cell>,
+    /// Why the kernel as a whole failed (setup, panic, timeout).
+    problem: Option<String>,
+    /// An optional kernel apt could not serve: reported, not failed.
+    unavailable: Option<String>,
+    elapsed: Option<Duration>,
+}
+
+impl Row {
+    fn new(kernel: &str) -> Row {
+        Row {
+            kernel: kernel.to_string(),
+            cells: Vec::new(),
+            problem: None,
+            unavailable: None,
+            elapsed: None,
+        }
+    }
+
+    fn cell(&self, column: &str) -> Option<&Cell> {
+        self.cells.iter().find(|c| c.column == column)
+    }
+
+    fn cell_failed(&self, column: &str) -> bool {
+        match self.cell(column) {
+            None => true,
+            Some(c) => {
+                c.status == Status::Fail
+                    || (c.status == Status::Unsupported && REQUIRED.contains(&column))
+            }
+        }
+    }
+
+    fn failed(&self) -> bool {
+        self.unavailable.is_none()
+            && (self.problem.is_some() || COLUMNS.iter().any(|c| self.cell_failed(c)))
+    }
+}
+
+pub fn run(workspace_root: &Path, opts: &VmOpts) -> Result<()> {
+    let start = Instant::now();
+    let vm_dir = workspace_root.join("target").join("vm");
+    fs::create_dir_all(vm_dir.join("logs"))?;
+    host::ensure_packages()?;
+    let bins = initramfs::build_guest_binaries(workspace_root)?;
+    let common = initramfs::common_archive(&vm_dir, &bins)?;
+    let marker = random_marker()?;
+    let timeout = boot_timeout()?;
+    let requests = if opts.kernels.is_empty() {
+        kernel::default_requests()
+    } else {
+        opts.kernels.clone()
+    };
+    let mut rows = Vec::new();
+    for request in &requests {
+        let row = test_kernel(&vm_dir, &common, request, &marker, timeout);
+        let failed = row.failed();
+        rows.push(row);
+        if failed && !opts.keep_going {
+            break;
+        }
+    }
+    print_table(&rows);
+    eprintln!("vm-test: {:.0} s in all", start.elapsed().as_secs_f64());
+    let failed: Vec<&str> = rows
+        .iter()
+        .filter(|r| r.failed())
+        .map(|r| r.kernel.as_str())
+        .collect();
+    if !failed.is_empty() {
+        bail!("vm-test failed on {}", failed.join(", "));
+    }
+    if rows.len() < requests.len() {
+        bail!("vm-test stopped early");
+    }
+    Ok(())
+}
+
+/// Prepares and boots one kernel; every error ends up in its row.
+fn test_kernel(
+    vm_dir: &Path,
+    common: &Path,
+    request: &str,
+    marker: &str,
+    timeout: Duration,
+) -> Row {
+    let mut row = Row::new(request);
+    let kernel = match kernel::prepare(vm_dir, request) {
+        Ok(kernel::Prepared::Ready(k)) => k,
+        Ok(kernel::Prepared::Unavailable(why)) => {
+            eprintln!("vm-test: kernel {request} is not available: {why}");
+            row.unavailable = Some(why);
+            return row;
+        }
+        Err(e) => {
+            row.problem = Some(format!("{e:#}"));
+            return row;
+        }
+    };
+    row.kernel = kernel.release.clone();
+    let log = vm_dir.join("logs").join(format!("{}.log", kernel.release));
+    let booted = initramfs::kernel_initrd(vm_dir, common, &kernel)
+        .and_then(|initrd| qemu::boot(&kernel, &initrd, marker, &log, timeout));
+    match booted {
+        Ok(boot) => {
+            row.cells = boot.cells;
+            row.problem = boot.problem;
+            row.elapsed = Some(boot.elapsed);
+        }
+        Err(e) => row.problem = Some(format!("{e:#}")),
+    }
+    if row.failed() {
+        print_tail(&log);
+    }
+    row
+}
+
+fn print_tail(log: &Path) {
+    let Ok(text) = fs::read_to_string(log) else {
+        return;
+    };
+    let lines: Vec<&str> = text.lines().collect();
+    let from = lines.len().saturating_sub(TAIL_LINES);
+    eprintln!(
+        "---- last {} lines of {} ----",
+        lines.len() - from,
+        log.display()
+    );
+    for line in &lines[from..] {
+        eprintln!("{line}");
+    }
+    eprintln!("---- end of {} ----", log.display());
+}
+
+fn random_marker() -> Result<String> {
+    let mut bytes = [0u8; 8];
+    fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn boot_timeout() -> Result<Duration> {
+    let secs = match std::env::var("UNIXPEER_VM_TIMEOUT") {
+        Ok(s) => s
+            .parse()
+            .context("UNIXPEER_VM_TIMEOUT is a number of seconds")?,
+        Err(_) => DEFAULT_TIMEOUT_SECS,
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+fn cell_text(row: &Row, column: &str) -> &'static str {
+    match row.cell(column).map(|c| c.status) {
+        _ if row.unavailable.is_some() => "n/a",
+        None => "-",
+        Some(Status::Pass) => "pass",
+        Some(Status::Fail) => "FAIL",
+        Some(Status::Unsupported) if row.cell_failed(column) => "UNSUPPORTED",
+        Some(Status::Unsupported) => "unsupported",
+    }
+}
+
+/// The kernel × column table, then every reason.
+fn print_table(rows: &[Row]) {
+    let width = rows
+        .iter()
+        .map(|r| r.kernel.len())
+        .max()
+        .unwrap_or(6)
+        .max(6);
+    let mut header = format!("{:width$}", "kernel");
+    for c in COLUMNS {
+        header.push_str(&format!("  {c:11}"));
+    }
+    println!("\nvm-test results\n{header}  boot");
+    for row in rows {
+        let mut line = format!("{:width$}", row.kernel);
+        for c in COLUMNS {
+            line.push_str(&format!("  {:11}", cell_text(row, c)));
+        }
+        match row.elapsed {
+            Some(t) => line.push_str(&format!("  {:.1} s", t.as_secs_f64())),
+            None => line.push_str("  -"),
+        }
+        println!("{line}");
+    }
+    println!();
+    for row in rows {
+        if let Some(why) = &row.unavailable {
+            println!("{}: not available: {why}", row.kernel);
+        }
+        if let Some(why) = &row.problem {
+            println!("{}: FAILED: {why}", row.kernel);
+        }
+        for c in &row.cells {
+            println!("{} {}: {}", row.kernel, c.column, c.summary());
+        }
+    }
+}

@@ -1,0 +1,192 @@
+//! Boots one kernel in QEMU (software emulation: KVM does not work on these machines)
+//! and reads the guest's verdicts from its serial console.
+
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+use super::kernel::Kernel;
+
+/// LSMs as Debian enables them, plus BPF LSM.
+const CMDLINE: &str =
+    "console=ttyS0 quiet panic=-1 lsm=lockdown,capability,landlock,yama,apparmor,bpf";
+
+#[derive(Clone, Copy, PartialEq)]
+pub enum Status {
+    Pass,
+    Fail,
+    Unsupported,
+}
+
+/// One column's verdict in one guest.
+pub struct Cell {
+    pub column: String,
+    pub status: Status,
+    pub reason: String,
+}
+
+impl Cell {
+    pub fn summary(&self) -> String {
+        let status = match self.status {
+            Status::Pass => "pass",
+            Status::Fail => "FAIL",
+            Status::Unsupported => "not supported",
+        };
+        format!("{status} ({})", self.reason)
+    }
+}
+
+/// What one boot reported.
+pub struct Boot {
+    pub cells: Vec<Cell>,
+    /// Why the boot as a whole failed: a panic, a timeout, a fatal setup error, no DONE.
+    pub problem: Option<String>,
+    pub elapsed: Duration,
+}
+
+fn parse_result(rest: &str) -> Option<Cell> {
+    let rest = rest.strip_prefix("RESULT col=")?;
+    let (column, rest) = rest.split_once(" status=")?;
+    let (status, reason) = rest.split_once(" reason=").unwrap_or((rest, ""));
+    let status = match status {
+        "pass" => Status::Pass,
+        "unsupported" => Status::Unsupported,
+        _ => Status::Fail,
+    };
+    Some(Cell {
+        column: column.to_string(),
+        status,
+        reason: reason.trim().to_string(),
+    })
+}
+
+/// Sends each console line (lossily decoded, without `\r`) until QEMU closes it.
+fn forward_lines(out: impl Read, tx: mpsc::Sender<String>) {
+    let mut reader = BufReader::new(out);
+    let mut buf = Vec::new();
+    while reader.read_until(b'\n', &mut buf).is_ok_and(|n| n > 0) {
+        let line = String::from_utf8_lossy(&buf)
+            .trim_end_matches(['\n', '\r'])
+            .to_string();
+        if tx.send(line).is_err() {
+            return;
+        }
+        buf.clear();
+    }
+}
+
+/// Boots `kernel` with `initrd`, writes its console to `log`, and collects the
+/// lines marked with `marker` until the guest powers off or `timeout` passes.
+pub fn boot(
+    kernel: &Kernel,
+    initrd: &Path,
+    marker: &str,
+    log: &Path,
+    timeout: Duration,
+) -> Result<Boot> {
+    let start = Instant::now();
+    let mut child = Command::new("qemu-system-x86_64")
+        .args([
+            "-accel",
+            "tcg,thread=multi",
+            "-cpu",
+            "max",
+            "-m",
+            "1024",
+            "-smp",
+            "2",
+        ])
+        .args(["-nographic", "-no-reboot", "-kernel"])
+        .arg(kernel.vmlinuz())
+        .arg("-initrd")
+        .arg(initrd)
+        .arg("-append")
+        .arg(format!(
+            "{CMDLINE} UNIXPEER_MARKER={marker} UNIXPEER_KERNEL={}",
+            kernel.release
+        ))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("start qemu-system-x86_64")?;
+    let (tx, rx) = mpsc::channel();
+    let stdout = child.stdout.take().context("qemu stdout")?;
+    let stderr = child.stderr.take().context("qemu stderr")?;
+    let tx2 = tx.clone();
+    thread::spawn(move || forward_lines(stdout, tx));
+    thread::spawn(move || forward_lines(stderr, tx2));
+
+    let mut log_file = fs::File::create(log)?;
+    let tag = format!("@@UNIXPEER {marker} ");
+    let mut boot = Boot {
+        cells: Vec::new(),
+        problem: None,
+        elapsed: Duration::ZERO,
+    };
+    let mut done = false;
+    loop {
+        let left = timeout.saturating_sub(start.elapsed());
+        let line = match rx.recv_timeout(left) {
+            Ok(line) => line,
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                boot.problem = Some(format!("timed out after {} s", timeout.as_secs()));
+                child.kill().ok();
+                break;
+            }
+        };
+        writeln!(log_file, "{line}")?;
+        if line.contains("Kernel panic") && boot.problem.is_none() {
+            boot.problem = Some(line.trim().to_string());
+        }
+        let Some((_, rest)) = line.split_once(&tag) else {
+            continue;
+        };
+        if let Some(cell) = parse_result(rest) {
+            eprintln!(
+                "vm-test: {} {}: {}",
+                kernel.release,
+                cell.column,
+                cell.summary()
+            );
+            boot.cells.push(cell);
+        } else if let Some(why) = rest.strip_prefix("FATAL ") {
+            boot.problem = Some(format!("guest setup failed: {why}"));
+        } else if rest == "DONE" {
+            done = true;
+        } else {
+            eprintln!("vm-test: {}: {rest}", kernel.release);
+        }
+    }
+    let status = child.wait()?;
+    boot.elapsed = start.elapsed();
+    if boot.problem.is_none() && !done {
+        boot.problem = Some(format!(
+            "the guest stopped before it was done (qemu: {status})"
+        ));
+    }
+    Ok(boot)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_result_lines() {
+        let c = parse_result("RESULT col=kprobe status=unsupported reason=no kprobe (x)").unwrap();
+        assert_eq!(c.column, "kprobe");
+        assert!(c.status == Status::Unsupported);
+        assert_eq!(c.reason, "no kprobe (x)");
+        let c = parse_result("RESULT col=auto status=pass reason=3 tests passed").unwrap();
+        assert!(c.status == Status::Pass);
+        assert!(parse_result("BOOTED kernel=6.1").is_none());
+    }
+}
