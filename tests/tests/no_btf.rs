@@ -17,22 +17,13 @@ fn no_btf_error() {
         "the harness was to hide /sys/kernel/btf/vmlinux"
     );
     let bin = std::env::var("UNIXTRACE_BIN").expect("UNIXTRACE_BIN names the unixtrace binary");
-    let out = Command::new(&bin)
-        .args(["--follow", "--duration", "1"])
-        .output()
-        .unwrap_or_else(|e| panic!("run {bin}: {e}"));
+    let out =
+        Command::new(&bin).args(["--follow", "--duration", "1"]).output().unwrap_or_else(|e| panic!("run {bin}: {e}"));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "unixtrace without BTF must exit 1; stderr: {stderr}"
-    );
+    assert_eq!(out.status.code(), Some(1), "unixtrace without BTF must exit 1; stderr: {stderr}");
     assert!(
         stderr.contains("BTF") && stderr.contains("/sys/kernel/btf/vmlinux"),
         "the error must name BTF and /sys/kernel/btf/vmlinux; stderr: {stderr}"
     );
-    assert!(
-        !stderr.contains("verifier"),
-        "a missing BTF must not surface as a verifier dump; stderr: {stderr}"
-    );
+    assert!(!stderr.contains("verifier"), "a missing BTF must not surface as a verifier dump; stderr: {stderr}");
 }

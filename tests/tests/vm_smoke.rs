@@ -27,10 +27,7 @@ fn guest_has_what_unixtrace_needs() {
         return;
     }
     assert!(Path::new("/sys/kernel/btf/vmlinux").exists(), "no BTF");
-    assert!(
-        Path::new("/sys/module/unix_diag").exists(),
-        "unix_diag is not loaded"
-    );
+    assert!(Path::new("/sys/module/unix_diag").exists(), "unix_diag is not loaded");
     let mounts = std::fs::read_to_string("/proc/mounts").expect("read /proc/mounts");
     for (fs, dir) in [("tracefs", "/sys/kernel/tracing"), ("bpf", "/sys/fs/bpf")] {
         let mounted = mounts.lines().any(|l| {

@@ -28,9 +28,15 @@ pub enum EventKind {
     DgramConnect = 6,
     /// listen() on a bound socket.
     Listen = 7,
-    /// A task group exited or exec'd: its sockets may have been released
-    /// without a close() call, so userspace re-checks them.
+    /// A process exited: it holds none of its sockets any more. Under the
+    /// tracepoint strategy, sockets only it held were released without a
+    /// close() call.
     TaskExit = 8,
+    /// close() dropped one fd of a socket that stays open through another
+    /// fd or process: a holder went away, the socket did not.
+    FdClose = 9,
+    /// A new process (`child_pid`) inherited the fds of `pid`.
+    Fork = 10,
 }
 
 impl EventKind {
@@ -44,6 +50,8 @@ impl EventKind {
             6 => Self::DgramConnect,
             7 => Self::Listen,
             8 => Self::TaskExit,
+            9 => Self::FdClose,
+            10 => Self::Fork,
             _ => return None,
         })
     }
@@ -97,7 +105,8 @@ pub struct UnixEvent {
     pub path_len: u32,
     pub comm: [u8; TASK_COMM_LEN],
     pub path: [u8; UNIX_PATH_MAX],
-    pub _pad: [u8; 4],
+    /// The new process, for `Fork`.
+    pub child_pid: u32,
 }
 
 impl UnixEvent {
@@ -122,7 +131,7 @@ impl UnixEvent {
             path_len: 0,
             comm: [0; TASK_COMM_LEN],
             path: [0; UNIX_PATH_MAX],
-            _pad: [0; 4],
+            child_pid: 0,
         }
     }
 }
@@ -145,6 +154,7 @@ pub struct TaskSocketFd {
 pub struct KernelOffsets {
     pub task_struct_files: u64,
     pub task_struct_tgid: u64,
+    pub task_struct_pid: u64,
     pub task_struct_comm: u64,
     pub files_struct_fdt: u64,
     pub fdtable_fd: u64,
@@ -225,6 +235,15 @@ impl KernelFilter {
     }
 }
 
+/// Indices into the `SETTINGS` array, written by userspace once it has
+/// chosen a strategy (after load, so these cannot be `.rodata`).
+pub mod setting {
+    /// 1 when the final close() is reported from sys_enter_close (the
+    /// tracepoint strategy); fentry/kprobe see it in unix_release_sock.
+    pub const CLOSE_FROM_SYSCALL: u32 = 0;
+    pub const MAX: u32 = 1;
+}
+
 /// Indices into the `COUNTERS` per-CPU array.
 pub mod counter {
     /// bpf_ringbuf_reserve failed: an event was lost.
@@ -261,17 +280,17 @@ mod tests {
 
     #[test]
     fn offsets_layout_has_no_hidden_padding() {
-        assert_eq!(size_of::<KernelOffsets>(), 26 * 8);
+        assert_eq!(size_of::<KernelOffsets>(), 27 * 8);
         assert_eq!(size_of::<KernelFilter>(), 4 * 4 + TASK_COMM_LEN);
         assert_eq!(size_of::<TaskSocketFd>(), 8 + 4 + 4 + TASK_COMM_LEN);
     }
 
     #[test]
     fn event_kind_round_trips() {
-        for k in 1..=8 {
+        for k in 1..=10 {
             assert_eq!(EventKind::from_u32(k).map(|e| e as u32), Some(k));
         }
         assert_eq!(EventKind::from_u32(0), None);
-        assert_eq!(EventKind::from_u32(9), None);
+        assert_eq!(EventKind::from_u32(11), None);
     }
 }

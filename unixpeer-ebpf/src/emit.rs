@@ -6,10 +6,10 @@ use aya_ebpf::{
         generated::{bpf_get_current_comm, bpf_probe_read_kernel, bpf_probe_read_user},
     },
     macros::map,
-    maps::{PerCpuArray, RingBuf},
+    maps::{Array, PerCpuArray, RingBuf},
 };
 use unixpeer_common::{
-    Backend, EventKind, KernelFilter, SUN_PATH_OFFSET, TASK_COMM_LEN, UNIX_PATH_MAX, UnixEvent, counter,
+    Backend, EventKind, KernelFilter, SUN_PATH_OFFSET, TASK_COMM_LEN, UNIX_PATH_MAX, UnixEvent, counter, setting,
 };
 
 use crate::kernel::{self, UnixSocket};
@@ -65,6 +65,14 @@ fn comm_wanted(comm: &[u8; TASK_COMM_LEN]) -> bool {
     true
 }
 
+#[map]
+static SETTINGS: Array<u32> = Array::with_max_entries(setting::MAX, 0);
+
+#[inline(always)]
+pub fn close_from_syscall() -> bool {
+    SETTINGS.get(setting::CLOSE_FROM_SYSCALL).is_some_and(|v| *v != 0)
+}
+
 /// Starts an event for the current task, or `None` when it is filtered out.
 #[inline(always)]
 pub fn begin(kind: EventKind, backend: Backend) -> Option<&'static mut UnixEvent> {
@@ -88,6 +96,7 @@ pub fn begin(kind: EventKind, backend: Backend) -> Option<&'static mut UnixEvent
     e.listen_fd = -1;
     e.backend = backend as u32;
     e.path_len = 0;
+    e.child_pid = 0;
     unsafe { bpf_get_current_comm(e.comm.as_mut_ptr().cast(), TASK_COMM_LEN as u32) };
     if !comm_wanted(&e.comm) {
         return None;

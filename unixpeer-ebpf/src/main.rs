@@ -11,6 +11,7 @@
 
 mod af_unix;
 mod emit;
+mod fork;
 mod iter;
 mod kernel;
 mod probes;

@@ -7,8 +7,9 @@
 //! because only the syscall knows the fds it returns.
 //!
 //! Cannot see: io_uring connect/accept/close, sockets released without a
-//! close() (exit, exec with O_CLOEXEC, dup2 over the fd, close_range); the
-//! exit case is reported as `TaskExit` so userspace can re-check.
+//! close() (exit, exec with O_CLOEXEC, dup2 over the fd, close_range). The
+//! exit case is reported as `TaskExit`, from which userspace infers the
+//! release of sockets only that process held.
 //!
 //! Checked on: 6.18.44 (host), Debian 6.1.0 and 6.12 cloud kernels (QEMU).
 
@@ -236,8 +237,9 @@ pub fn sys_exit_listen(ctx: TracePointContext) -> u32 {
     0
 }
 
-// --- close(2): only the close that drops the file's last reference
-// releases the socket (unix_release → unix_release_sock).
+// --- close(2): the close that drops the file's last reference releases
+// the socket (unix_release → unix_release_sock); any other only removes a
+// holder, which the model needs to keep holders true after fork.
 
 #[tracepoint(category = "syscalls", name = "sys_enter_close")]
 pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
@@ -246,19 +248,27 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
     }
     let Some(fd) = arg(&ctx, 0) else { return 0 };
     let Some((file, sock)) = unix_fd(fd as u32) else { return 0 };
-    if !kernel::file_is_last_ref(file) {
+    let kind = if !kernel::file_is_last_ref(file) {
+        EventKind::FdClose
+    } else if emit::close_from_syscall() {
+        EventKind::Close
+    } else {
+        // unix_release_sock will report it, with the same fields.
         return 0;
-    }
-    let Some(e) = begin(EventKind::Close, Backend::Tracepoint) else { return 0 };
+    };
+    let Some(e) = begin(kind, Backend::Tracepoint) else { return 0 };
     describe(e, sock);
     e.fd = fd as i32;
-    name_from_kernel(e);
+    if kind == EventKind::Close {
+        name_from_kernel(e);
+    }
     submit(e);
     0
 }
 
 // --- sched:sched_process_exit: fires in do_exit() before exit_files(), so
-// the sockets a dying process held are released right after it.
+// the sockets a dying process held are released right after it. Attached
+// under every strategy: the model drops the process from its holders.
 
 #[tracepoint(category = "sched", name = "sched_process_exit")]
 pub fn sched_process_exit(ctx: TracePointContext) -> u32 {

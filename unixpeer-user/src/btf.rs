@@ -141,6 +141,7 @@ impl KernelBtf {
         Ok(KernelOffsets {
             task_struct_files: self.offset("task_struct", "files")?,
             task_struct_tgid: self.offset("task_struct", "tgid")?,
+            task_struct_pid: self.offset("task_struct", "pid")?,
             task_struct_comm: self.offset("task_struct", "comm")?,
             files_struct_fdt: self.offset("files_struct", "fdt")?,
             fdtable_fd: self.offset("fdtable", "fd")?,

@@ -56,6 +56,11 @@ pub struct Event {
     pub peer_sk: u64,
     /// A path, `@name` for an abstract name, or None.
     pub path: Option<String>,
+    /// The new process of a `Fork`.
+    pub child_pid: Option<u32>,
+    /// Not seen by the kernel but deduced (a release at process exit under
+    /// the tracepoint strategy): says from what.
+    pub inferred: Option<&'static str>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -95,6 +100,8 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         sk: raw.sk,
         peer_sk: raw.peer_sk,
         path: sun_path(&raw.path[..(raw.path_len as usize).min(UNIX_PATH_MAX)]),
+        child_pid: (raw.child_pid != 0).then_some(raw.child_pid),
+        inferred: None,
     })
 }
 
@@ -127,6 +134,8 @@ pub fn event_name(kind: EventKind) -> &'static str {
         EventKind::DgramConnect => "dgram_connect",
         EventKind::Listen => "listen",
         EventKind::TaskExit => "exit",
+        EventKind::FdClose => "fd_close",
+        EventKind::Fork => "fork",
     }
 }
 

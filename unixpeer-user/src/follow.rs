@@ -10,6 +10,7 @@ use std::{
 };
 
 use tokio::signal::unix::{SignalKind, signal};
+use unixpeer_common::EventKind;
 
 use crate::{
     capture::{Capture, CaptureError, CaptureOptions, Record},
@@ -61,7 +62,8 @@ pub struct Hooks<'a> {
 pub async fn run(opts: &FollowOptions, hooks: Hooks<'_>) -> Result<FollowSummary, FollowError> {
     let mut capture = Capture::start(&opts.capture)?;
     let clock = Clock::now();
-    let mut tracker = Tracker::new();
+    // Only the tracepoint strategy misses releases done by exit().
+    let mut tracker = Tracker::new(capture.chosen.backend == "tracepoint");
     for s in (hooks.snapshot)().map_err(FollowError::Snapshot)? {
         tracker.seed(s);
     }
@@ -162,15 +164,23 @@ impl<W: Write> Sink<'_, W> {
     fn on_record(&mut self, rec: Record) {
         let Record::Event(e) = rec else { return };
         self.summary.received += 1;
-        let r = self.tracker.apply(e);
-        if r.event.kind == unixpeer_common::EventKind::TaskExit || !(self.filter)(&r) || self.done() {
+        for r in self.tracker.apply(e) {
+            self.emit(&r);
+        }
+    }
+
+    fn emit(&mut self, r: &Resolved) {
+        // Bookkeeping events keep the model's holders true; people want
+        // them only when asking for detail.
+        let bookkeeping = matches!(r.event.kind, EventKind::TaskExit | EventKind::Fork | EventKind::FdClose);
+        if (bookkeeping && self.opts.verbose < 2) || !(self.filter)(r) || self.done() {
             return;
         }
         self.summary.printed += 1;
         let res = if self.opts.json {
-            writeln!(self.out, "{}", render::to_json(&r, &self.clock))
+            writeln!(self.out, "{}", render::to_json(r, &self.clock))
         } else {
-            render::write_text(&mut self.out, &r, &self.clock, self.opts.wall_time)
+            render::write_text(&mut self.out, r, &self.clock, self.opts.wall_time)
         };
         if let Err(e) = res
             && self.write_error.is_none()

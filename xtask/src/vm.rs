@@ -51,13 +51,7 @@ struct Row {
 
 impl Row {
     fn new(kernel: &str) -> Row {
-        Row {
-            kernel: kernel.to_string(),
-            cells: Vec::new(),
-            problem: None,
-            unavailable: None,
-            elapsed: None,
-        }
+        Row { kernel: kernel.to_string(), cells: Vec::new(), problem: None, unavailable: None, elapsed: None }
     }
 
     fn cell(&self, column: &str) -> Option<&Cell> {
@@ -67,16 +61,12 @@ impl Row {
     fn cell_failed(&self, column: &str) -> bool {
         match self.cell(column) {
             None => true,
-            Some(c) => {
-                c.status == Status::Fail
-                    || (c.status == Status::Unsupported && REQUIRED.contains(&column))
-            }
+            Some(c) => c.status == Status::Fail || (c.status == Status::Unsupported && REQUIRED.contains(&column)),
         }
     }
 
     fn failed(&self) -> bool {
-        self.unavailable.is_none()
-            && (self.problem.is_some() || COLUMNS.iter().any(|c| self.cell_failed(c)))
+        self.unavailable.is_none() && (self.problem.is_some() || COLUMNS.iter().any(|c| self.cell_failed(c)))
     }
 }
 
@@ -89,11 +79,7 @@ pub fn run(workspace_root: &Path, opts: &VmOpts) -> Result<()> {
     let common = initramfs::common_archive(&vm_dir, &bins)?;
     let marker = random_marker()?;
     let timeout = boot_timeout()?;
-    let requests = if opts.kernels.is_empty() {
-        kernel::default_requests()
-    } else {
-        opts.kernels.clone()
-    };
+    let requests = if opts.kernels.is_empty() { kernel::default_requests() } else { opts.kernels.clone() };
     let mut rows = Vec::new();
     for request in &requests {
         let row = test_kernel(&vm_dir, &common, request, &marker, timeout);
@@ -105,11 +91,7 @@ pub fn run(workspace_root: &Path, opts: &VmOpts) -> Result<()> {
     }
     print_table(&rows);
     eprintln!("vm-test: {:.0} s in all", start.elapsed().as_secs_f64());
-    let failed: Vec<&str> = rows
-        .iter()
-        .filter(|r| r.failed())
-        .map(|r| r.kernel.as_str())
-        .collect();
+    let failed: Vec<&str> = rows.iter().filter(|r| r.failed()).map(|r| r.kernel.as_str()).collect();
     if !failed.is_empty() {
         bail!("vm-test failed on {}", failed.join(", "));
     }
@@ -120,13 +102,7 @@ pub fn run(workspace_root: &Path, opts: &VmOpts) -> Result<()> {
 }
 
 /// Prepares and boots one kernel; every error ends up in its row.
-fn test_kernel(
-    vm_dir: &Path,
-    common: &Path,
-    request: &str,
-    marker: &str,
-    timeout: Duration,
-) -> Row {
+fn test_kernel(vm_dir: &Path, common: &Path, request: &str, marker: &str, timeout: Duration) -> Row {
     let mut row = Row::new(request);
     let kernel = match kernel::prepare(vm_dir, request) {
         Ok(kernel::Prepared::Ready(k)) => k,
@@ -164,11 +140,7 @@ fn print_tail(log: &Path) {
     };
     let lines: Vec<&str> = text.lines().collect();
     let from = lines.len().saturating_sub(TAIL_LINES);
-    eprintln!(
-        "---- last {} lines of {} ----",
-        lines.len() - from,
-        log.display()
-    );
+    eprintln!("---- last {} lines of {} ----", lines.len() - from, log.display());
     for line in &lines[from..] {
         eprintln!("{line}");
     }
@@ -183,9 +155,7 @@ fn random_marker() -> Result<String> {
 
 fn boot_timeout() -> Result<Duration> {
     let secs = match std::env::var("UNIXPEER_VM_TIMEOUT") {
-        Ok(s) => s
-            .parse()
-            .context("UNIXPEER_VM_TIMEOUT is a number of seconds")?,
+        Ok(s) => s.parse().context("UNIXPEER_VM_TIMEOUT is a number of seconds")?,
         Err(_) => DEFAULT_TIMEOUT_SECS,
     };
     Ok(Duration::from_secs(secs))
@@ -204,12 +174,7 @@ fn cell_text(row: &Row, column: &str) -> &'static str {
 
 /// The kernel × column table, then every reason.
 fn print_table(rows: &[Row]) {
-    let width = rows
-        .iter()
-        .map(|r| r.kernel.len())
-        .max()
-        .unwrap_or(6)
-        .max(6);
+    let width = rows.iter().map(|r| r.kernel.len()).max().unwrap_or(6).max(6);
     let mut header = format!("{:width$}", "kernel");
     for c in COLUMNS {
         header.push_str(&format!("  {c:11}"));

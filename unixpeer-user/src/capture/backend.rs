@@ -6,10 +6,13 @@ use std::path::Path;
 
 use aya::{
     Btf, Ebpf,
-    programs::{FEntry, FExit, KProbe, Program, ProgramError, TracePoint},
+    maps::Array,
+    programs::{BtfTracePoint, FEntry, FExit, KProbe, Program, ProgramError, TracePoint},
 };
 
 use super::{CaptureError, program_error};
+use unixpeer_common::setting;
+
 use crate::{btf::KernelBtf, tracefs};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -38,16 +41,15 @@ const SYSCALL_COMMON: &[(&str, &str, &str)] = &[
     ("sys_exit_socketpair", "syscalls", "sys_exit_socketpair"),
     ("sys_enter_listen", "syscalls", "sys_enter_listen"),
     ("sys_exit_listen", "syscalls", "sys_exit_listen"),
+    // Every close(): a non-final one drops a holder under every strategy.
+    ("sys_enter_close", "syscalls", "sys_enter_close"),
+    ("sched_process_exit", "sched", "sched_process_exit"),
 ];
 
 /// What the af_unix hooks see under fentry/kprobe, seen at the syscall
 /// boundary instead.
-const SYSCALL_ONLY: &[(&str, &str, &str)] = &[
-    ("sys_enter_connect", "syscalls", "sys_enter_connect"),
-    ("sys_exit_connect", "syscalls", "sys_exit_connect"),
-    ("sys_enter_close", "syscalls", "sys_enter_close"),
-    ("sched_process_exit", "sched", "sched_process_exit"),
-];
+const SYSCALL_ONLY: &[(&str, &str, &str)] =
+    &[("sys_enter_connect", "syscalls", "sys_enter_connect"), ("sys_exit_connect", "syscalls", "sys_exit_connect")];
 
 enum Hook {
     Entry,
@@ -78,7 +80,6 @@ pub fn attach(
     choice: BackendChoice,
     tracefs_root: &Path,
 ) -> Result<Chosen, CaptureError> {
-    attach_tracepoints(ebpf, SYSCALL_COMMON)?;
     let chosen = match choice {
         BackendChoice::Fentry => {
             attach_fentry(ebpf, btf, kbtf).map_err(|e| unavailable("fentry", e))?;
@@ -94,6 +95,12 @@ pub fn attach(
         }
         BackendChoice::Auto => auto(ebpf, btf, kbtf, tracefs_root)?,
     };
+    let mut settings: Array<_, u32> =
+        Array::try_from(ebpf.map_mut("SETTINGS").ok_or(CaptureError::MissingMap("SETTINGS"))?)?;
+    settings.set(setting::CLOSE_FROM_SYSCALL, &u32::from(chosen.backend == "tracepoint"), 0)?;
+    // Only now: sys_enter_close must know who reports final closes.
+    attach_tracepoints(ebpf, SYSCALL_COMMON)?;
+    attach_fork(ebpf, btf)?;
     log::info!("backend {}: {}", chosen.backend, chosen.why);
     Ok(chosen)
 }
@@ -162,6 +169,16 @@ fn attach_tracepoints(ebpf: &mut Ebpf, set: &[(&str, &str, &str)]) -> Result<(),
         tp.load().map_err(|e| program_error(name, &target, e))?;
         tp.attach(category, event).map_err(|e| program_error(name, &target, e))?;
     }
+    Ok(())
+}
+
+/// tp_btf loads wherever BTF does (5.5+), even where fentry is refused.
+fn attach_fork(ebpf: &mut Ebpf, btf: &Btf) -> Result<(), CaptureError> {
+    let name = "sched_process_fork";
+    let target = "tp_btf sched_process_fork";
+    let p: &mut BtfTracePoint = program(ebpf, name)?;
+    p.load(name, btf).map_err(|e| program_error(name, target, e))?;
+    p.attach().map_err(|e| program_error(name, target, e))?;
     Ok(())
 }
 

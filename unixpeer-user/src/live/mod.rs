@@ -1,11 +1,12 @@
 //! The live model: what is known about each socket, fed by the snapshot and
 //! then by events, so that every event can name both ends of its
-//! connection. Bounded: a socket leaves the model once its close has been
+//! connection. Holders follow fork, close and exit, so they name who holds
+//! a socket now. Bounded: a socket leaves the model once its close has been
 //! reported.
 
 pub mod render;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use unixpeer_common::EventKind;
 
@@ -27,6 +28,8 @@ struct Sock {
     peer_inode: Option<u64>,
     path: Option<String>,
     listener: bool,
+    netns: u32,
+    sock_type: Option<crate::events::SockType>,
 }
 
 /// What a socket looked like in the snapshot, to seed the model.
@@ -60,6 +63,11 @@ pub struct Resolved {
 #[derive(Default)]
 pub struct Tracker {
     socks: HashMap<u64, Sock>,
+    /// Inodes each process holds: fork copies them, exit drops them.
+    by_pid: HashMap<u32, HashSet<u64>>,
+    /// The latest command name of each process seen in an event: a child
+    /// inherits its parent's name at fork and often changes it afterwards.
+    comms: HashMap<u32, String>,
     /// Listening sockets by (netns, name): who a connect is talking to
     /// before the server accepts.
     listeners: HashMap<(u32, String), Holder>,
@@ -70,13 +78,16 @@ pub struct Tracker {
     /// a connection can still name the first. Bounded to `GRAVEYARD`.
     graveyard: HashMap<u64, Vec<Holder>>,
     graveyard_order: VecDeque<u64>,
+    /// Under the tracepoint strategy nothing reports a release at exit:
+    /// infer it for sockets the exiting process alone held.
+    infer_release_on_exit: bool,
 }
 
 const GRAVEYARD: usize = 4096;
 
 impl Tracker {
-    pub fn new() -> Self {
-        Self::default()
+    pub fn new(infer_release_on_exit: bool) -> Self {
+        Self { infer_release_on_exit, ..Self::default() }
     }
 
     pub fn seed(&mut self, s: SeedSocket) {
@@ -85,11 +96,21 @@ impl Tracker {
         {
             self.listeners.insert((s.netns, path.clone()), h.clone());
         }
-        let sock = Sock { holders: s.holders, peer_inode: s.peer_inode, path: s.path, listener: s.listening };
+        for h in &s.holders {
+            self.by_pid.entry(h.pid).or_default().insert(s.inode);
+        }
+        let sock = Sock {
+            holders: s.holders,
+            peer_inode: s.peer_inode,
+            path: s.path,
+            listener: s.listening,
+            netns: s.netns,
+            sock_type: None,
+        };
         self.socks.insert(s.inode, sock);
     }
 
-    /// Sockets currently tracked: the model's memory footprint.
+    /// Entries the model holds: its memory footprint.
     pub fn len(&self) -> usize {
         self.socks.len() + self.embryos.len() + self.graveyard.len()
     }
@@ -98,19 +119,16 @@ impl Tracker {
         self.len() == 0
     }
 
-    /// Inodes that only `pid` holds: released if that process went away.
-    pub fn held_only_by(&self, pid: u32) -> Vec<u64> {
-        self.socks
-            .iter()
-            .filter(|(_, s)| !s.holders.is_empty() && s.holders.iter().all(|h| h.pid == pid))
-            .map(|(i, _)| *i)
-            .collect()
-    }
-
     fn holders_of(&self, inode: Option<u64>) -> Option<Vec<Holder>> {
         let inode = inode?;
         let live = self.socks.get(&inode).map(|s| &s.holders);
-        live.or_else(|| self.graveyard.get(&inode)).cloned().filter(|h| !h.is_empty())
+        let mut holders = live.or_else(|| self.graveyard.get(&inode)).cloned().filter(|h| !h.is_empty())?;
+        for h in &mut holders {
+            if let Some(c) = self.comms.get(&h.pid) {
+                h.comm.clone_from(c);
+            }
+        }
+        Some(holders)
     }
 
     fn bury(&mut self, inode: u64, holders: Vec<Holder>) {
@@ -128,8 +146,9 @@ impl Tracker {
         self.listeners.get(&(e.netns, path.clone())).cloned()
     }
 
-    fn upsert(&mut self, inode: Option<u64>, holder: Holder, peer_inode: Option<u64>, path: &Option<String>) {
+    fn upsert(&mut self, inode: Option<u64>, holder: Holder, peer_inode: Option<u64>, e: &Event) {
         let Some(inode) = inode else { return };
+        self.by_pid.entry(holder.pid).or_default().insert(inode);
         let s = self.socks.entry(inode).or_default();
         if !s.holders.iter().any(|h| h.pid == holder.pid && h.fd == holder.fd) {
             s.holders.push(holder);
@@ -137,22 +156,37 @@ impl Tracker {
         if peer_inode.is_some() {
             s.peer_inode = peer_inode;
         }
-        if s.path.is_none() {
-            s.path.clone_from(path);
+        if s.path.is_none() && e.kind != EventKind::Socketpair {
+            s.path.clone_from(&e.path);
+        }
+        s.netns = e.netns;
+        s.sock_type = Some(e.sock_type);
+    }
+
+    fn drop_holder(&mut self, inode: u64, pid: u32, fd: Option<i32>) {
+        if let Some(s) = self.socks.get_mut(&inode) {
+            s.holders.retain(|h| !(h.pid == pid && (fd.is_none() || h.fd == fd)));
+            if !s.holders.iter().any(|h| h.pid == pid) {
+                self.by_pid.get_mut(&pid).map(|set| set.remove(&inode));
+            }
         }
     }
 
-    /// Applies one event and says who is at the other end.
-    pub fn apply(&mut self, mut e: Event) -> Resolved {
+    /// Applies one event and says who is at the other end. Most events give
+    /// one line; an exit may give one inferred close per socket released.
+    pub fn apply(&mut self, mut e: Event) -> Vec<Resolved> {
+        if e.kind != EventKind::TaskExit && self.comms.get(&e.pid) != Some(&e.comm) {
+            self.comms.insert(e.pid, e.comm.clone());
+        }
         let actor = |fd| Holder { pid: e.pid, comm: e.comm.clone(), fd };
         let peer = match e.kind {
             EventKind::Socketpair => {
-                self.upsert(e.inode, actor(e.fd), e.peer_inode, &None);
-                self.upsert(e.peer_inode, actor(e.peer_fd), e.inode, &None);
+                self.upsert(e.inode, actor(e.fd), e.peer_inode, &e);
+                self.upsert(e.peer_inode, actor(e.peer_fd), e.inode, &e);
                 Peer::Holders(vec![actor(e.peer_fd)])
             }
             EventKind::Listen => {
-                self.upsert(e.inode, actor(e.fd), None, &e.path);
+                self.upsert(e.inode, actor(e.fd), None, &e);
                 if let Some(i) = e.inode
                     && let Some(s) = self.socks.get_mut(&i)
                 {
@@ -164,7 +198,7 @@ impl Tracker {
                 Peer::Unknown
             }
             EventKind::Connect => {
-                self.upsert(e.inode, actor(e.fd), e.peer_inode, &e.path);
+                self.upsert(e.inode, actor(e.fd), e.peer_inode, &e);
                 if e.peer_inode.is_none()
                     && e.peer_sk != 0
                     && let Some(i) = e.inode
@@ -174,13 +208,18 @@ impl Tracker {
                 self.peer_of_connect(&e)
             }
             EventKind::DgramConnect => {
-                self.upsert(e.inode, actor(e.fd), None, &e.path);
+                self.upsert(e.inode, actor(e.fd), None, &e);
                 self.holders_of(e.peer_inode).map_or(Peer::Unknown, Peer::Holders)
             }
             EventKind::ConnectFailed => self.listener_for(&e).map_or(Peer::Unknown, Peer::Listener),
             EventKind::Accept => {
-                self.embryos.remove(&e.sk);
-                self.upsert(e.inode, actor(e.fd), e.peer_inode, &e.path);
+                // A client that closed before the accept is no longer the
+                // embryo's peer in the kernel; the connect told us who it was.
+                let client = self.embryos.remove(&e.sk);
+                if e.peer_inode.is_none() {
+                    e.peer_inode = client;
+                }
+                self.upsert(e.inode, actor(e.fd), e.peer_inode, &e);
                 if let (Some(client), Some(me)) = (e.peer_inode, e.inode)
                     && let Some(c) = self.socks.get_mut(&client)
                 {
@@ -189,9 +228,60 @@ impl Tracker {
                 self.holders_of(e.peer_inode).map_or(Peer::Unknown, Peer::Holders)
             }
             EventKind::Close => self.close(&mut e),
-            EventKind::TaskExit => Peer::Unknown,
+            EventKind::FdClose => {
+                if let Some(i) = e.inode {
+                    self.drop_holder(i, e.pid, e.fd);
+                }
+                self.holders_of(e.inode).map_or(Peer::Unknown, Peer::Holders)
+            }
+            EventKind::Fork => {
+                if let Some(child) = e.child_pid {
+                    self.fork(e.pid, child);
+                }
+                Peer::Unknown
+            }
+            EventKind::TaskExit => return self.exit(e),
         };
-        Resolved { event: e, peer }
+        vec![Resolved { event: e, peer }]
+    }
+
+    fn fork(&mut self, parent: u32, child: u32) {
+        let Some(inodes) = self.by_pid.get(&parent).cloned() else { return };
+        for inode in &inodes {
+            if let Some(s) = self.socks.get_mut(inode) {
+                let inherited: Vec<Holder> =
+                    s.holders.iter().filter(|h| h.pid == parent).map(|h| Holder { pid: child, ..h.clone() }).collect();
+                s.holders.extend(inherited);
+            }
+        }
+        self.by_pid.insert(child, inodes);
+    }
+
+    /// The process is gone: it holds nothing. Under the tracepoint strategy
+    /// the sockets it alone held were released by its exit; report those.
+    fn exit(&mut self, e: Event) -> Vec<Resolved> {
+        self.comms.remove(&e.pid);
+        let Some(inodes) = self.by_pid.remove(&e.pid) else { return Vec::new() };
+        let mut released = Vec::new();
+        for inode in inodes {
+            let Some(s) = self.socks.get_mut(&inode) else { continue };
+            let fd = s.holders.iter().find(|h| h.pid == e.pid).and_then(|h| h.fd);
+            s.holders.retain(|h| h.pid != e.pid);
+            if s.holders.is_empty() && self.infer_release_on_exit {
+                let mut close = e.clone();
+                close.kind = EventKind::Close;
+                close.inode = Some(inode);
+                close.fd = fd;
+                close.netns = s.netns;
+                close.sock_type = s.sock_type.unwrap_or(close.sock_type);
+                close.inferred = Some("exit");
+                // Keep the exiting process as the last holder for the line.
+                s.holders.push(Holder { pid: e.pid, comm: e.comm.clone(), fd });
+                released.push(close);
+            }
+        }
+        released.sort_by_key(|c| c.inode);
+        released.into_iter().flat_map(|c| self.apply(c)).collect()
     }
 
     fn peer_of_connect(&self, e: &Event) -> Peer {
@@ -213,13 +303,19 @@ impl Tracker {
         if e.path.is_none() {
             e.path = sock.as_ref().and_then(|s| s.path.clone());
         }
-        if let Some(s) = &sock
-            && s.listener
-            && let Some(p) = &s.path
-        {
-            self.listeners.remove(&(e.netns, p.clone()));
+        // unix_release_sock does not know the fd; the model does.
+        if e.fd.is_none() {
+            e.fd = sock.as_ref().and_then(|s| s.holders.iter().find(|h| h.pid == e.pid)).and_then(|h| h.fd);
         }
         if let Some(s) = sock {
+            if s.listener
+                && let Some(p) = &s.path
+            {
+                self.listeners.remove(&(s.netns, p.clone()));
+            }
+            for h in &s.holders {
+                self.by_pid.get_mut(&h.pid).map(|set| set.remove(&inode));
+            }
             self.bury(inode, s.holders);
         }
         if let Some(h) = self.holders_of(e.peer_inode) {
@@ -237,9 +333,53 @@ impl Tracker {
 mod tests {
     use super::*;
 
+    fn one(t: &mut Tracker, e: Event) -> Resolved {
+        let mut v = t.apply(e);
+        assert_eq!(v.len(), 1);
+        v.remove(0)
+    }
+
+    #[test]
+    fn fork_close_and_exit_keep_holders_true() {
+        let mut t = Tracker::new(true);
+        let mut pair = ev(EventKind::Socketpair, 1, "parent", 10, 11);
+        pair.fd = Some(3);
+        pair.peer_fd = Some(4);
+        t.apply(pair);
+        let mut fork = ev(EventKind::Fork, 1, "parent", 0, 0);
+        fork.child_pid = Some(2);
+        t.apply(fork);
+        // The parent keeps end 10, the child keeps end 11.
+        let mut c = ev(EventKind::FdClose, 1, "parent", 11, 10);
+        c.fd = Some(4);
+        t.apply(c);
+        // The child renamed itself after fork.
+        let mut c = ev(EventKind::FdClose, 2, "child", 10, 11);
+        c.fd = Some(3);
+        t.apply(c);
+        let r = one(&mut t, ev(EventKind::Close, 1, "parent", 10, 11));
+        assert_eq!(r.peer, Peer::Holders(vec![Holder { pid: 2, comm: "child".into(), fd: Some(4) }]));
+        // The child exits without close(): its end is released by the exit.
+        let out = t.apply(ev(EventKind::TaskExit, 2, "parent", 0, 0));
+        assert_eq!(out.len(), 1);
+        assert_eq!(
+            (out[0].event.kind, out[0].event.inode, out[0].event.inferred),
+            (EventKind::Close, Some(11), Some("exit"))
+        );
+        assert_eq!(out[0].event.fd, Some(4));
+        assert!(t.socks.is_empty() && t.by_pid.values().all(|s| s.is_empty()));
+    }
+
+    #[test]
+    fn exit_infers_nothing_when_the_kernel_reports_releases() {
+        let mut t = Tracker::new(false);
+        t.apply(ev(EventKind::Socketpair, 1, "p", 10, 11));
+        assert!(t.apply(ev(EventKind::TaskExit, 1, "p", 0, 0)).is_empty());
+    }
+
     #[test]
     fn graveyard_is_bounded() {
-        let mut t = Tracker::new();
+        let mut t = Tracker::new(true);
         for i in 1..=(GRAVEYARD as u64 + 100) {
             t.apply(ev(EventKind::Socketpair, 1, "p", i * 2, i * 2 + 1));
             t.apply(ev(EventKind::Close, 1, "p", i * 2, 0));
@@ -267,27 +407,29 @@ mod tests {
             sk: 0,
             peer_sk: 0,
             path: Some("/run/s.sock".into()),
+            child_pid: None,
+            inferred: None,
         }
     }
 
     #[test]
     fn connect_then_accept_names_both_ends_and_close_evicts() {
-        let mut t = Tracker::new();
+        let mut t = Tracker::new(true);
         t.apply(ev(EventKind::Listen, 10, "server", 100, 0));
         let mut c = ev(EventKind::Connect, 20, "client", 200, 0);
         c.peer_sk = 0xabc;
-        let r = t.apply(c);
+        let r = one(&mut t, c);
         assert_eq!(r.peer, Peer::Listener(Holder { pid: 10, comm: "server".into(), fd: Some(3) }));
         let mut a = ev(EventKind::Accept, 10, "server", 300, 200);
         a.sk = 0xabc;
-        let r = t.apply(a);
+        let r = one(&mut t, a);
         assert_eq!(r.peer, Peer::Holders(vec![Holder { pid: 20, comm: "client".into(), fd: Some(3) }]));
         // The client closes: the model still knows who was at the other end
         // even though the kernel reported no peer.
-        let r = t.apply(ev(EventKind::Close, 20, "client", 200, 0));
+        let r = one(&mut t, ev(EventKind::Close, 20, "client", 200, 0));
         assert_eq!(r.event.peer_inode, Some(300));
         assert!(matches!(r.peer, Peer::Holders(ref h) if h[0].pid == 10));
-        let r = t.apply(ev(EventKind::Close, 10, "server", 300, 0));
+        let r = one(&mut t, ev(EventKind::Close, 10, "server", 300, 0));
         assert!(matches!(r.peer, Peer::Holders(ref h) if h[0].pid == 20), "second close names the first");
         t.apply(ev(EventKind::Close, 10, "server", 100, 0));
         assert!(t.socks.is_empty() && t.embryos.is_empty(), "closed sockets must be evicted");
@@ -296,7 +438,7 @@ mod tests {
 
     #[test]
     fn seeded_sockets_resolve_close_of_a_connection_from_before_start() {
-        let mut t = Tracker::new();
+        let mut t = Tracker::new(true);
         let h = |pid, comm: &str| Holder { pid, comm: comm.into(), fd: Some(4) };
         t.seed(SeedSocket {
             inode: 1,
@@ -314,8 +456,7 @@ mod tests {
             netns: 1,
             holders: vec![h(6, "b")],
         });
-        let r = t.apply(ev(EventKind::Close, 5, "a", 1, 0));
+        let r = one(&mut t, ev(EventKind::Close, 5, "a", 1, 0));
         assert_eq!(r.peer, Peer::Holders(vec![h(6, "b")]));
-        assert_eq!(t.held_only_by(6), vec![2]);
     }
 }

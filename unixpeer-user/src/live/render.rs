@@ -141,6 +141,12 @@ pub fn write_text(out: &mut impl Write, r: &Resolved, clock: &Clock, wall: bool)
     if e.errno != 0 {
         write!(out, "  {}", errno_name(e.errno))?;
     }
+    if let Some(how) = e.inferred {
+        write!(out, "  (released by {how})")?;
+    }
+    if let Some(child) = e.child_pid {
+        write!(out, "  child {child}")?;
+    }
     writeln!(out)
 }
 
@@ -178,6 +184,8 @@ pub fn to_json(r: &Resolved, clock: &Clock) -> Value {
         "netns": e.netns,
         "errno": (e.errno != 0).then_some(e.errno),
         "error": (e.errno != 0).then(|| errno_name(e.errno)),
+        "child_pid": e.child_pid,
+        "inferred": e.inferred,
         "sk": format!("{:#x}", e.sk),
         "peer_sk": format!("{:#x}", e.peer_sk),
     })

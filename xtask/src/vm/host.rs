@@ -28,9 +28,7 @@ fn describe(cmd: &Command) -> String {
 
 /// Runs `cmd` with inherited stdout/stderr and fails unless it exits 0.
 pub fn run(cmd: &mut Command) -> Result<()> {
-    let status = cmd
-        .status()
-        .with_context(|| format!("start `{}`", describe(cmd)))?;
+    let status = cmd.status().with_context(|| format!("start `{}`", describe(cmd)))?;
     if !status.success() {
         bail!("`{}` failed: {status}", describe(cmd));
     }
@@ -64,9 +62,7 @@ fn package_installed(name: &str) -> bool {
 
 /// `apt-get update` of the system lists, for when a package or kernel is not found.
 pub fn apt_update() -> Result<()> {
-    run(Command::new("apt-get")
-        .args(["-q", "update"])
-        .stdout(std::io::stderr()))
+    run(Command::new("apt-get").args(["-q", "update"]).stdout(std::io::stderr()))
 }
 
 /// Installs qemu, busybox-static, cpio and xz-utils when missing (needs root, as in CI).
@@ -80,11 +76,7 @@ pub fn ensure_packages() -> Result<()> {
         return Ok(());
     }
     if !is_root() {
-        bail!(
-            "vm-test needs {}: run `apt-get install {}` as root",
-            missing.join(", "),
-            missing.join(" ")
-        );
+        bail!("vm-test needs {}: run `apt-get install {}` as root", missing.join(", "), missing.join(" "));
     }
     eprintln!("vm-test: installing {}", missing.join(" "));
     let install = || {
@@ -102,13 +94,8 @@ pub fn ensure_packages() -> Result<()> {
 
 /// Adds the musl target to the pinned toolchain when missing.
 pub fn ensure_musl_target() -> Result<()> {
-    let installed = output(Command::new("rustup").args([
-        "target",
-        "list",
-        "--installed",
-        "--toolchain",
-        &TOOLCHAIN[1..],
-    ]))?;
+    let installed =
+        output(Command::new("rustup").args(["target", "list", "--installed", "--toolchain", &TOOLCHAIN[1..]]))?;
     if installed.lines().any(|l| l.trim() == MUSL) {
         return Ok(());
     }

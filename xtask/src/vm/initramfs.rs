@@ -38,27 +38,18 @@ fn executables(json: &str, kind: &str) -> Vec<(String, PathBuf)> {
         .filter(|l| l.contains(&format!("\"target\":{{\"kind\":[\"{kind}\"]")))
         .filter_map(|l| {
             let target = &l[l.find("\"target\":")?..];
-            Some((
-                field(target, "name")?,
-                PathBuf::from(field(l, "executable")?),
-            ))
+            Some((field(target, "name")?, PathBuf::from(field(l, "executable")?)))
         })
         .collect()
 }
 
 fn cargo_json(root: &Path, args: &[&str]) -> Result<String> {
-    host::output(
-        Command::new("cargo")
-            .current_dir(root)
-            .arg(TOOLCHAIN)
-            .args(args)
-            .args([
-                "--release",
-                "--target",
-                MUSL,
-                "--message-format=json-render-diagnostics",
-            ]),
-    )
+    host::output(Command::new("cargo").current_dir(root).arg(TOOLCHAIN).args(args).args([
+        "--release",
+        "--target",
+        MUSL,
+        "--message-format=json-render-diagnostics",
+    ]))
 }
 
 /// Builds the integration tests and `unixtrace` as static musl binaries.
@@ -69,23 +60,13 @@ pub fn build_guest_binaries(root: &Path) -> Result<GuestBinaries> {
     if tests.is_empty() {
         bail!("cargo built no integration test of unixpeer-tests");
     }
-    let helpers = executables(&json, "bin")
-        .into_iter()
-        .map(|(_, exe)| exe)
-        .collect();
-    let json = cargo_json(
-        root,
-        &["build", "-p", "unixpeer-user", "--bin", "unixtrace"],
-    )?;
+    let helpers = executables(&json, "bin").into_iter().map(|(_, exe)| exe).collect();
+    let json = cargo_json(root, &["build", "-p", "unixpeer-user", "--bin", "unixtrace"])?;
     let (_, unixtrace) = executables(&json, "bin")
         .into_iter()
         .find(|(name, _)| name == "unixtrace")
         .context("cargo built no unixtrace binary")?;
-    Ok(GuestBinaries {
-        tests,
-        helpers,
-        unixtrace,
-    })
+    Ok(GuestBinaries { tests, helpers, unixtrace })
 }
 
 fn copy_into(src: &Path, dest: &Path) -> Result<()> {
@@ -121,16 +102,7 @@ fn staging(dir: &Path) -> Result<PathBuf> {
 /// The archive every kernel shares: init, busybox, unixtrace and the test binaries.
 pub fn common_archive(vm_dir: &Path, bins: &GuestBinaries) -> Result<PathBuf> {
     let root = staging(&vm_dir.join("initramfs").join("common"))?;
-    for dir in [
-        "proc",
-        "sys",
-        "dev",
-        "tmp",
-        "run",
-        "etc",
-        "boot",
-        "lib/modules",
-    ] {
+    for dir in ["proc", "sys", "dev", "tmp", "run", "etc", "boot", "lib/modules"] {
         fs::create_dir_all(root.join(dir))?;
     }
     // Enough for tools that look up user and group names.
@@ -183,12 +155,6 @@ mod tests {
 {"reason":"compiler-artifact","target":{"kind":["test"],"crate_types":["bin"],"name":"vm_smoke","test":true},"profile":{"test":true},"executable":"/t/deps/vm_smoke-3c8","fresh":true}
 {"reason":"compiler-artifact","target":{"kind":["custom-build"],"name":"build-script-build"},"executable":null}
 {"reason":"build-finished","success":true}"#;
-        assert_eq!(
-            executables(json, "test"),
-            [(
-                "vm_smoke".to_string(),
-                PathBuf::from("/t/deps/vm_smoke-3c8")
-            )]
-        );
+        assert_eq!(executables(json, "test"), [("vm_smoke".to_string(), PathBuf::from("/t/deps/vm_smoke-3c8"))]);
     }
 }

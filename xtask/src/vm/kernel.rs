@@ -31,25 +31,10 @@ struct Series {
 }
 
 const SERIES: [Series; 3] = [
-    Series {
-        label: "6.12",
-        prefix: "linux-image-6.12.",
-        suite: Suite::System,
-        optional: false,
-    },
-    Series {
-        label: "6.1",
-        prefix: "linux-image-6.1.0-",
-        suite: Suite::System,
-        optional: false,
-    },
+    Series { label: "6.12", prefix: "linux-image-6.12.", suite: Suite::System, optional: false },
+    Series { label: "6.1", prefix: "linux-image-6.1.0-", suite: Suite::System, optional: false },
     // Debian 11: its archive will move away one day, hence optional.
-    Series {
-        label: "5.10",
-        prefix: "linux-image-5.10.0-",
-        suite: Suite::Bullseye,
-        optional: true,
-    },
+    Series { label: "5.10", prefix: "linux-image-5.10.0-", suite: Suite::Bullseye, optional: true },
 ];
 
 /// The kernels tested when none is named.
@@ -74,10 +59,7 @@ impl Kernel {
     /// Decompressed modules to insmod, in load order (dependencies first).
     pub fn modules(&self) -> Result<Vec<PathBuf>> {
         let order = fs::read_to_string(self.dir.join("modules.order"))?;
-        Ok(order
-            .lines()
-            .map(|m| self.dir.join("modules").join(format!("{m}.ko")))
-            .collect())
+        Ok(order.lines().map(|m| self.dir.join("modules").join(format!("{m}.ko"))).collect())
     }
 }
 
@@ -125,8 +107,7 @@ pub fn prepare(vm_dir: &Path, request: &str) -> Result<Prepared> {
     let release = package.trim_start_matches("linux-image-").to_string();
     let dir = vm_dir.join("kernels").join(&release);
     if !dir.join("ready").exists() {
-        extract(&deb, &release, &dir)
-            .with_context(|| format!("extract {} into {}", deb.display(), dir.display()))?;
+        extract(&deb, &release, &dir).with_context(|| format!("extract {} into {}", deb.display(), dir.display()))?;
     }
     Ok(Prepared::Ready(Kernel { release, dir }))
 }
@@ -139,10 +120,7 @@ fn in_series(series: &Series, name: &str) -> bool {
 
 /// Natural order of package names: `6.12.117` after `6.12.99`.
 fn version_key(name: &str) -> Vec<u64> {
-    name.split(|c: char| !c.is_ascii_digit())
-        .filter(|s| !s.is_empty())
-        .map(|s| s.parse().unwrap_or(u64::MAX))
-        .collect()
+    name.split(|c: char| !c.is_ascii_digit()).filter(|s| !s.is_empty()).map(|s| s.parse().unwrap_or(u64::MAX)).collect()
 }
 
 fn newest(names: &[String]) -> Option<String> {
@@ -160,12 +138,7 @@ fn resolve_series(vm_dir: &Path, series: &Series) -> Result<String> {
         return Ok(p);
     }
     update(vm_dir, series.suite)?;
-    find()?.with_context(|| {
-        format!(
-            "apt knows no package {}N{SUFFIX} (kernel {})",
-            series.prefix, series.label
-        )
-    })
+    find()?.with_context(|| format!("apt knows no package {}N{SUFFIX} (kernel {})", series.prefix, series.label))
 }
 
 fn cached_deb(debs: &Path, series: &Series) -> Option<String> {
@@ -185,11 +158,7 @@ fn search(vm_dir: &Path, suite: Suite, prefix: &str) -> Result<Vec<String>> {
     let regex = format!("^{}", prefix.replace('.', "\\.").replace('+', "\\+"));
     let mut cmd = apt(vm_dir, suite, "apt-cache")?;
     let out = host::output(cmd.args(["search", "--names-only", &regex]))?;
-    Ok(out
-        .lines()
-        .filter_map(|l| l.split(' ').next())
-        .map(str::to_string)
-        .collect())
+    Ok(out.lines().filter_map(|l| l.split(' ').next()).map(str::to_string).collect())
 }
 
 fn update(vm_dir: &Path, suite: Suite) -> Result<()> {
@@ -254,12 +223,8 @@ fn apt(vm_dir: &Path, suite: Suite, program: &str) -> Result<Command> {
 
 /// Source lines for Debian 11 on the archive and security mirrors apt already uses.
 fn bullseye_sources() -> String {
-    let targets = host::output(Command::new("apt-get").args([
-        "indextargets",
-        "--format",
-        "$(REPO_URI) $(RELEASE)",
-    ]))
-    .unwrap_or_default();
+    let targets = host::output(Command::new("apt-get").args(["indextargets", "--format", "$(REPO_URI) $(RELEASE)"]))
+        .unwrap_or_default();
     let uri = |security: bool| {
         targets
             .lines()
@@ -267,20 +232,12 @@ fn bullseye_sources() -> String {
             .find(|(_, rel)| rel.ends_with("-security") == security && !rel.ends_with("-updates"))
             .map(|(uri, _)| uri.trim_end_matches('/').to_string())
             .unwrap_or_else(|| {
-                let path = if security {
-                    "debian-security"
-                } else {
-                    "debian"
-                };
+                let path = if security { "debian-security" } else { "debian" };
                 format!("http://deb.debian.org/{path}")
             })
     };
     let key = "[signed-by=/usr/share/keyrings/debian-archive-keyring.gpg]";
-    format!(
-        "deb {key} {} bullseye main\ndeb {key} {} bullseye-security main\n",
-        uri(false),
-        uri(true)
-    )
+    format!("deb {key} {} bullseye main\ndeb {key} {} bullseye-security main\n", uri(false), uri(true))
 }
 
 /// `dpkg-deb --fsys-tarfile DEB | tar ARGS` in `dir`; returns tar's stdout.
@@ -292,12 +249,7 @@ fn deb_tar(deb: &Path, dir: &Path, tar_args: &[&str]) -> Result<String> {
         .spawn()
         .context("start dpkg-deb")?;
     let stdin = dpkg.stdout.take().context("dpkg-deb stdout")?;
-    let out = host::output(
-        Command::new("tar")
-            .current_dir(dir)
-            .args(tar_args)
-            .stdin(stdin),
-    );
+    let out = host::output(Command::new("tar").current_dir(dir).args(tar_args).stdin(stdin));
     let status = dpkg.wait()?;
     if !status.success() {
         bail!("dpkg-deb --fsys-tarfile {} failed: {status}", deb.display());
@@ -330,18 +282,12 @@ fn module_depends(ko: &[u8]) -> Vec<String> {
     };
     let rest = &ko[at + key.len()..];
     let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
-    String::from_utf8_lossy(&rest[..end])
-        .split(',')
-        .filter(|s| !s.is_empty())
-        .map(|s| s.replace('-', "_"))
-        .collect()
+    String::from_utf8_lossy(&rest[..end]).split(',').filter(|s| !s.is_empty()).map(|s| s.replace('-', "_")).collect()
 }
 
 fn module_name(member: &str) -> Option<String> {
     let file = member.rsplit('/').next()?;
-    let stem = file
-        .strip_suffix(".ko.xz")
-        .or_else(|| file.strip_suffix(".ko"))?;
+    let stem = file.strip_suffix(".ko.xz").or_else(|| file.strip_suffix(".ko"))?;
     Some(stem.replace('-', "_"))
 }
 
@@ -398,33 +344,17 @@ mod tests {
             "linux-image-6.1.0-56-cloud-amd64",
         ]
         .map(String::from);
-        let in_612: Vec<String> = names
-            .iter()
-            .filter(|n| in_series(&SERIES[0], n))
-            .cloned()
-            .collect();
+        let in_612: Vec<String> = names.iter().filter(|n| in_series(&SERIES[0], n)).cloned().collect();
         assert_eq!(in_612.len(), 2);
-        assert_eq!(
-            newest(&in_612).as_deref(),
-            Some("linux-image-6.12.117+deb12-cloud-amd64")
-        );
+        assert_eq!(newest(&in_612).as_deref(), Some("linux-image-6.12.117+deb12-cloud-amd64"));
         assert!(in_series(&SERIES[1], "linux-image-6.1.0-56-cloud-amd64"));
-        assert!(!in_series(
-            &SERIES[1],
-            "linux-image-6.12.117+deb12-cloud-amd64"
-        ));
+        assert!(!in_series(&SERIES[1], "linux-image-6.12.117+deb12-cloud-amd64"));
     }
 
     #[test]
     fn modinfo_depends() {
         assert!(module_depends(b"\0name=unix_diag\0depends=\0vermagic=x\0").is_empty());
-        assert_eq!(
-            module_depends(b"license=GPL\0depends=nf-conntrack,libcrc32c\0"),
-            ["nf_conntrack", "libcrc32c"]
-        );
-        assert_eq!(
-            module_name("./lib/modules/6.1/kernel/net/unix/unix_diag.ko.xz").as_deref(),
-            Some("unix_diag")
-        );
+        assert_eq!(module_depends(b"license=GPL\0depends=nf-conntrack,libcrc32c\0"), ["nf_conntrack", "libcrc32c"]);
+        assert_eq!(module_name("./lib/modules/6.1/kernel/net/unix/unix_diag.ko.xz").as_deref(), Some("unix_diag"));
     }
 }

@@ -14,8 +14,7 @@ use anyhow::{Context, Result};
 use super::kernel::Kernel;
 
 /// LSMs as Debian enables them, plus BPF LSM.
-const CMDLINE: &str =
-    "console=ttyS0 quiet panic=-1 lsm=lockdown,capability,landlock,yama,apparmor,bpf";
+const CMDLINE: &str = "console=ttyS0 quiet panic=-1 lsm=lockdown,capability,landlock,yama,apparmor,bpf";
 
 #[derive(Clone, Copy, PartialEq)]
 pub enum Status {
@@ -59,11 +58,7 @@ fn parse_result(rest: &str) -> Option<Cell> {
         "unsupported" => Status::Unsupported,
         _ => Status::Fail,
     };
-    Some(Cell {
-        column: column.to_string(),
-        status,
-        reason: reason.trim().to_string(),
-    })
+    Some(Cell { column: column.to_string(), status, reason: reason.trim().to_string() })
 }
 
 /// Sends each console line (lossily decoded, without `\r`) until QEMU closes it.
@@ -71,9 +66,7 @@ fn forward_lines(out: impl Read, tx: mpsc::Sender<String>) {
     let mut reader = BufReader::new(out);
     let mut buf = Vec::new();
     while reader.read_until(b'\n', &mut buf).is_ok_and(|n| n > 0) {
-        let line = String::from_utf8_lossy(&buf)
-            .trim_end_matches(['\n', '\r'])
-            .to_string();
+        let line = String::from_utf8_lossy(&buf).trim_end_matches(['\n', '\r']).to_string();
         if tx.send(line).is_err() {
             return;
         }
@@ -83,34 +76,16 @@ fn forward_lines(out: impl Read, tx: mpsc::Sender<String>) {
 
 /// Boots `kernel` with `initrd`, writes its console to `log`, and collects the
 /// lines marked with `marker` until the guest powers off or `timeout` passes.
-pub fn boot(
-    kernel: &Kernel,
-    initrd: &Path,
-    marker: &str,
-    log: &Path,
-    timeout: Duration,
-) -> Result<Boot> {
+pub fn boot(kernel: &Kernel, initrd: &Path, marker: &str, log: &Path, timeout: Duration) -> Result<Boot> {
     let start = Instant::now();
     let mut child = Command::new("qemu-system-x86_64")
-        .args([
-            "-accel",
-            "tcg,thread=multi",
-            "-cpu",
-            "max",
-            "-m",
-            "1024",
-            "-smp",
-            "2",
-        ])
+        .args(["-accel", "tcg,thread=multi", "-cpu", "max", "-m", "1024", "-smp", "2"])
         .args(["-nographic", "-no-reboot", "-kernel"])
         .arg(kernel.vmlinuz())
         .arg("-initrd")
         .arg(initrd)
         .arg("-append")
-        .arg(format!(
-            "{CMDLINE} UNIXPEER_MARKER={marker} UNIXPEER_KERNEL={}",
-            kernel.release
-        ))
+        .arg(format!("{CMDLINE} UNIXPEER_MARKER={marker} UNIXPEER_KERNEL={}", kernel.release))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -125,11 +100,7 @@ pub fn boot(
 
     let mut log_file = fs::File::create(log)?;
     let tag = format!("@@UNIXPEER {marker} ");
-    let mut boot = Boot {
-        cells: Vec::new(),
-        problem: None,
-        elapsed: Duration::ZERO,
-    };
+    let mut boot = Boot { cells: Vec::new(), problem: None, elapsed: Duration::ZERO };
     let mut done = false;
     loop {
         let left = timeout.saturating_sub(start.elapsed());
@@ -150,12 +121,7 @@ pub fn boot(
             continue;
         };
         if let Some(cell) = parse_result(rest) {
-            eprintln!(
-                "vm-test: {} {}: {}",
-                kernel.release,
-                cell.column,
-                cell.summary()
-            );
+            eprintln!("vm-test: {} {}: {}", kernel.release, cell.column, cell.summary());
             boot.cells.push(cell);
         } else if let Some(why) = rest.strip_prefix("FATAL ") {
             boot.problem = Some(format!("guest setup failed: {why}"));
@@ -168,9 +134,7 @@ pub fn boot(
     let status = child.wait()?;
     boot.elapsed = start.elapsed();
     if boot.problem.is_none() && !done {
-        boot.problem = Some(format!(
-            "the guest stopped before it was done (qemu: {status})"
-        ));
+        boot.problem = Some(format!("the guest stopped before it was done (qemu: {status})"));
     }
     Ok(boot)
 }

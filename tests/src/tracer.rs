@@ -1,0 +1,343 @@
+//! Running the real `unixtrace --follow --json` and real child processes.
+//!
+//! Helpers panic with what they saw rather than return errors: a failing
+//! end-to-end test should print the tracer's output and stderr.
+
+use std::{
+    ffi::CString,
+    io::{BufRead, BufReader, Read},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::mpsc::{Receiver, RecvTimeoutError, channel},
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+/// The unixtrace binary under test: `UNIXTRACE_BIN`, else the release build
+/// that `cargo xtask test` makes before running the tests.
+pub fn unixtrace_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("UNIXTRACE_BIN") {
+        return PathBuf::from(p);
+    }
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/unixtrace");
+    assert!(p.is_file(), "{} is missing: run `cargo xtask test`, or set UNIXTRACE_BIN", p.display());
+    p
+}
+
+/// `--backend` for this run: the VM matrix sets UNIXTRACE_BACKEND per strategy.
+pub fn backend_args() -> Vec<String> {
+    match std::env::var("UNIXTRACE_BACKEND") {
+        Ok(b) if !b.is_empty() => vec!["--backend".into(), b],
+        _ => Vec::new(),
+    }
+}
+
+pub fn require_root() {
+    // SAFETY: geteuid has no failure mode.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(euid, 0, "these tests load eBPF programs and must run as root (cargo xtask test does)");
+}
+
+/// A running `unixtrace --follow --json`.
+pub struct Follower {
+    child: Child,
+    lines: Receiver<String>,
+    stderr: thread::JoinHandle<String>,
+    /// Every JSON record seen so far.
+    pub seen: Vec<Value>,
+    pub capture: Value,
+}
+
+impl Follower {
+    /// Starts the tracer and waits until its programs are attached.
+    pub fn start(extra: &[&str]) -> Self {
+        require_root();
+        let bin = unixtrace_bin();
+        let mut child = Command::new(&bin)
+            .args(["--follow", "--json"])
+            .args(backend_args())
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut stderr = child.stderr.take().expect("piped stderr");
+        let (tx, lines) = channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = thread::spawn(move || {
+            let mut s = String::new();
+            let _ = stderr.read_to_string(&mut s);
+            s
+        });
+        let mut f = Self { child, lines, stderr, seen: Vec::new(), capture: Value::Null };
+        f.capture = f.wait_for("the capture record", Duration::from_secs(60), |v| v["kind"] == "capture");
+        f
+    }
+
+    /// Waits for a record matching `pred`, or panics with everything seen.
+    pub fn wait_for(&mut self, what: &str, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+        if let Some(v) = self.seen.iter().find(|v| pred(v)) {
+            return v.clone();
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    let v: Value = serde_json::from_str(&line)
+                        .unwrap_or_else(|e| panic!("unixtrace printed a line that is not JSON ({e}): {line}"));
+                    self.seen.push(v.clone());
+                    if pred(&v) {
+                        return v;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => self.fail(&format!("timed out waiting for {what}")),
+                Err(RecvTimeoutError::Disconnected) => self.fail(&format!("unixtrace exited before {what}")),
+            }
+        }
+    }
+
+    /// Every record matching `pred` until `count` of them arrived.
+    pub fn wait_for_n(
+        &mut self,
+        what: &str,
+        count: usize,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Vec<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let got: Vec<Value> = self.seen.iter().filter(|v| pred(v)).cloned().collect();
+            if got.len() >= count {
+                return got;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => match serde_json::from_str(&line) {
+                    Ok(v) => self.seen.push(v),
+                    Err(e) => panic!("unixtrace printed a line that is not JSON ({e}): {line}"),
+                },
+                Err(_) => self.fail(&format!("got {} of {count} {what}", got.len())),
+            }
+        }
+    }
+
+    fn fail(&mut self, why: &str) -> ! {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let tail: Vec<String> = self.seen.iter().rev().take(40).map(|v| v.to_string()).collect();
+        let stderr = std::mem::replace(&mut self.stderr, thread::spawn(String::new));
+        let stderr = stderr.join().unwrap_or_default();
+        panic!("{why}\n--- last records (newest first):\n{}\n--- unixtrace stderr:\n{stderr}", tail.join("\n"));
+    }
+
+    /// Stops the tracer with SIGINT, as Ctrl-C would, and returns its stderr.
+    pub fn stop(&mut self) -> (Option<i32>, String) {
+        // SAFETY: plain kill on our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let status = self.child.wait().expect("wait for unixtrace");
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
+            if let Ok(v) = serde_json::from_str(&line) {
+                self.seen.push(v);
+            }
+        }
+        let stderr = std::mem::replace(&mut self.stderr, thread::spawn(String::new));
+        (status.code(), stderr.join().unwrap_or_default())
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A pipe a child reports facts through (fds and inodes it created).
+pub struct Pipe {
+    pub read: OwnedFd,
+    pub write: OwnedFd,
+}
+
+pub fn pipe() -> Pipe {
+    let mut fds = [0; 2];
+    // SAFETY: fds is a valid two-int array.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0, "pipe: {}", std::io::Error::last_os_error());
+    // SAFETY: both fds were just created and are owned here.
+    unsafe { Pipe { read: OwnedFd::from_raw_fd(fds[0]), write: OwnedFd::from_raw_fd(fds[1]) } }
+}
+
+/// Writes one line into a pipe from a child, with raw syscalls only.
+pub fn report(fd: &OwnedFd, line: &str) {
+    let b = format!("{line}\n");
+    // SAFETY: writing a valid buffer to an open fd.
+    unsafe { libc::write(fd.as_raw_fd(), b.as_ptr().cast(), b.len()) };
+}
+
+/// Holds a child until the test lets it go. If the test dies, the child
+/// sees EOF and goes on instead of hanging forever.
+pub struct Gate(Pipe);
+
+impl Gate {
+    pub fn new() -> Self {
+        Self(pipe())
+    }
+
+    /// In the child: blocks until `open`.
+    pub fn wait(&self) {
+        let mut b = [0u8; 1];
+        // SAFETY: the child drops its copy of the write end (it _exits
+        // without running destructors), then reads.
+        unsafe {
+            libc::close(self.0.write.as_raw_fd());
+            libc::read(self.0.read.as_raw_fd(), b.as_mut_ptr().cast(), 1);
+        }
+    }
+
+    pub fn open(&self) {
+        report(&self.0.write, "go");
+    }
+}
+
+impl Default for Gate {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Reads `n` report lines from children that are still running.
+pub fn read_lines(p: &Pipe, n: usize) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut pending = String::new();
+    while lines.len() < n {
+        let mut buf = [0u8; 256];
+        // SAFETY: reading into a valid buffer from an open fd.
+        let got = unsafe { libc::read(p.read.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        assert!(got > 0, "children exited before reporting ({} of {n} lines)", lines.len());
+        pending.push_str(&String::from_utf8_lossy(&buf[..got as usize]));
+        while let Some(i) = pending.find('\n') {
+            lines.push(pending[..i].to_owned());
+            pending.drain(..=i);
+        }
+    }
+    lines
+}
+
+/// Reads the lines children wrote, until all write ends are closed.
+pub fn read_reports(p: Pipe) -> Vec<String> {
+    drop(p.write);
+    let mut s = String::new();
+    std::fs::File::from(p.read).read_to_string(&mut s).expect("read child reports");
+    s.lines().map(str::to_owned).collect()
+}
+
+/// Forks a child process named `comm` that runs `f` and exits with its
+/// result. Only async-signal-safe work belongs in `f`: syscalls, no locks.
+pub fn fork_child(comm: &str, f: impl FnOnce() -> i32) -> i32 {
+    let name = CString::new(comm).expect("comm");
+    // SAFETY: the child only runs `f` (raw syscalls) and _exit.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+    if pid == 0 {
+        // SAFETY: PR_SET_NAME with a NUL-terminated name.
+        unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
+        let code = f();
+        // SAFETY: leaving the child without running the parent's destructors.
+        unsafe { libc::_exit(code) };
+    }
+    pid
+}
+
+pub fn wait_child(pid: i32) -> i32 {
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
+    let rc = unsafe { libc::waitpid(pid, &mut status, 0) };
+    assert_eq!(rc, pid, "waitpid: {}", std::io::Error::last_os_error());
+    assert!(libc::WIFEXITED(status), "child {pid} did not exit normally: {status:#x}");
+    libc::WEXITSTATUS(status)
+}
+
+pub fn inode_of(fd: i32) -> u64 {
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat into a zeroed stat.
+    assert_eq!(unsafe { libc::fstat(fd, &mut st) }, 0, "fstat({fd})");
+    st.st_ino
+}
+
+pub fn socketpair(ty: i32) -> [i32; 2] {
+    let mut fds = [0; 2];
+    // SAFETY: fds is a valid two-int array.
+    let rc = unsafe { libc::socketpair(libc::AF_UNIX, ty, 0, fds.as_mut_ptr()) };
+    assert_eq!(rc, 0, "socketpair: {}", std::io::Error::last_os_error());
+    fds
+}
+
+/// A `sockaddr_un` for a path, or for an abstract name when it starts with '@'.
+pub fn sockaddr(name: &str) -> (libc::sockaddr_un, libc::socklen_t) {
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let bytes = name.as_bytes();
+    let (bytes, offset) = if let Some(rest) = name.strip_prefix('@') { (rest.as_bytes(), 1) } else { (bytes, 0) };
+    for (i, b) in bytes.iter().enumerate() {
+        addr.sun_path[i + offset] = *b as libc::c_char;
+    }
+    let len = std::mem::size_of::<libc::sa_family_t>() + offset + bytes.len() + usize::from(offset == 0);
+    (addr, len as libc::socklen_t)
+}
+
+pub fn listen_on(name: &str, ty: i32, backlog: i32) -> i32 {
+    if !name.starts_with('@') {
+        let _ = std::fs::remove_file(name);
+    }
+    // SAFETY: plain socket syscalls on a fresh fd.
+    unsafe {
+        let fd = libc::socket(libc::AF_UNIX, ty, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let (addr, len) = sockaddr(name);
+        assert_eq!(
+            libc::bind(fd, (&raw const addr).cast(), len),
+            0,
+            "bind {name}: {}",
+            std::io::Error::last_os_error()
+        );
+        if ty != libc::SOCK_DGRAM {
+            assert_eq!(libc::listen(fd, backlog), 0, "listen: {}", std::io::Error::last_os_error());
+        }
+        fd
+    }
+}
+
+/// connect(); returns the fd, or the errno on failure. Safe in a child.
+/// Non-blocking sockets fail with EAGAIN on a full backlog instead of waiting.
+pub fn connect_to(name: &str, ty: i32, nonblock: bool) -> Result<i32, i32> {
+    // SAFETY: plain socket syscalls on a fresh fd.
+    unsafe {
+        let flags = if nonblock { libc::SOCK_NONBLOCK } else { 0 };
+        let fd = libc::socket(libc::AF_UNIX, ty | flags, 0);
+        if fd < 0 {
+            return Err(*libc::__errno_location());
+        }
+        let (addr, len) = sockaddr(name);
+        if libc::connect(fd, (&raw const addr).cast(), len) != 0 {
+            let errno = *libc::__errno_location();
+            libc::close(fd);
+            return Err(errno);
+        }
+        Ok(fd)
+    }
+}
+
+/// Events of one kind from one process.
+pub fn is_event(v: &Value, event: &str, pid: i32) -> bool {
+    v["kind"] == "event" && v["event"] == event && v["pid"] == pid
+}

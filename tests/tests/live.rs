@@ -1,0 +1,247 @@
+//! Live capture end to end: the real `unixtrace --follow --json` against
+//! real processes, one scenario each. Run as root (`cargo xtask test`), on
+//! the host (tracepoint strategy) and in the VM matrix under every strategy.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use unixpeer_tests::tracer::*;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn tmp_path(name: &str) -> String {
+    format!("/tmp/unixpeer-live-{}-{name}.sock", std::process::id())
+}
+
+#[test]
+fn socketpair_in_a_child_names_its_pid_and_command() {
+    let mut f = Follower::start(&[]);
+    let p = pipe();
+    let child = fork_child("sp-child", || {
+        let fds = socketpair(libc::SOCK_STREAM);
+        report(&p.write, &format!("{} {} {} {}", fds[0], fds[1], inode_of(fds[0]), inode_of(fds[1])));
+        0
+    });
+    assert_eq!(wait_child(child), 0);
+    let facts: Vec<u64> = read_reports(p)[0].split(' ').map(|x| x.parse().expect("number")).collect();
+    let ev = f.wait_for("the child's socketpair", WAIT, |v| is_event(v, "socketpair", child));
+    assert_eq!(ev["comm"], "sp-child", "{ev}");
+    assert_eq!((ev["fd"].as_u64(), ev["peer_fd"].as_u64()), (Some(facts[0]), Some(facts[1])), "{ev}");
+    assert_eq!((ev["inode"].as_u64(), ev["peer_inode"].as_u64()), (Some(facts[2]), Some(facts[3])), "{ev}");
+    assert_eq!(ev["type"], "stream");
+    assert_eq!((ev["peer_pid"].as_i64(), &ev["peer_comm"]), (Some(i64::from(child)), &Value::from("sp-child")));
+}
+
+#[test]
+fn short_lived_connections_are_all_reported_with_both_ends() {
+    const N: usize = 1000;
+    let path = tmp_path("short");
+    let listener = listen_on(&path, libc::SOCK_STREAM, 4096);
+    let mut f = Follower::start(&[]);
+    let server = fork_child("lp-server", || {
+        for _ in 0..N {
+            // SAFETY: raw syscalls in the child.
+            unsafe {
+                let c = libc::accept(listener, std::ptr::null_mut(), std::ptr::null_mut());
+                if c < 0 {
+                    return 1;
+                }
+                let mut b = [0u8; 1];
+                libc::read(c, b.as_mut_ptr().cast(), 1);
+                libc::close(c);
+            }
+        }
+        0
+    });
+    // SAFETY: the parent no longer needs the listener; the server has it.
+    unsafe { libc::close(listener) };
+    let client = fork_child("lp-client", || {
+        for _ in 0..N {
+            let Ok(fd) = connect_to(&path, libc::SOCK_STREAM, false) else { return 2 };
+            // SAFETY: raw syscalls in the child.
+            unsafe {
+                libc::write(fd, b"x".as_ptr().cast(), 1);
+                libc::close(fd);
+            }
+        }
+        0
+    });
+    assert_eq!(wait_child(client), 0, "client failed");
+    assert_eq!(wait_child(server), 0, "server failed");
+
+    let connects = f.wait_for_n("client connects", N, WAIT, |v| is_event(v, "connect", client));
+    let accepts = f.wait_for_n("server accepts", N, WAIT, |v| is_event(v, "accept", server));
+    let client_closes = f.wait_for_n("client closes", N, WAIT, |v| is_event(v, "close", client));
+    let server_closes = f.wait_for_n("server closes", N, WAIT, |v| is_event(v, "close", server));
+    for c in &connects {
+        assert_eq!((c["comm"].as_str(), c["path"].as_str()), (Some("lp-client"), Some(path.as_str())), "{c}");
+        assert_eq!(
+            (c["peer_pid"].as_i64(), c["peer_comm"].as_str()),
+            (Some(i64::from(server)), Some("lp-server")),
+            "{c}"
+        );
+    }
+    for a in &accepts {
+        assert_eq!(a["comm"], "lp-server", "{a}");
+        assert_eq!(
+            (a["peer_pid"].as_i64(), a["peer_comm"].as_str()),
+            (Some(i64::from(client)), Some("lp-client")),
+            "{a}"
+        );
+    }
+    let inodes = |vs: &[Value], key: &str| {
+        let mut v: Vec<u64> = vs.iter().filter_map(|x| x[key].as_u64()).collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    };
+    let client_inodes = inodes(&connects, "inode");
+    assert_eq!(client_inodes.len(), N, "every connection has its own client socket");
+    assert_eq!(inodes(&accepts, "peer_inode"), client_inodes, "every accept is joined to its connect");
+    assert_eq!(inodes(&client_closes, "inode"), client_inodes, "every client close is seen");
+    assert_eq!(inodes(&server_closes, "inode"), inodes(&accepts, "inode"), "every server close is seen");
+    for c in &server_closes {
+        assert_eq!(c["peer_pid"].as_i64(), Some(i64::from(client)), "server close names the client: {c}");
+    }
+    let (_, stderr) = f.stop();
+    assert!(!stderr.contains("lost"), "no event may be lost at this rate: {stderr}");
+}
+
+#[test]
+fn socketpair_across_fork_names_the_other_process_at_close() {
+    let mut f = Follower::start(&[]);
+    let go = Gate::new();
+    let p = pipe();
+    let parent = fork_child("sp-parent", || {
+        let fds = socketpair(libc::SOCK_SEQPACKET);
+        let kid = fork_child("sp-kid", || {
+            // SAFETY: raw syscalls in the child.
+            unsafe {
+                libc::close(fds[0]);
+                report(&p.write, &format!("kid {}", libc::getpid()));
+                let mut b = [0u8; 1];
+                // Returns when the parent's end goes away.
+                libc::read(fds[1], b.as_mut_ptr().cast(), 1);
+                libc::close(fds[1]);
+            }
+            0
+        });
+        // SAFETY: raw syscalls.
+        unsafe { libc::close(fds[1]) };
+        report(&p.write, &format!("parent {}", inode_of(fds[0])));
+        go.wait();
+        // SAFETY: the parent's final close of its end.
+        unsafe { libc::close(fds[0]) };
+        wait_child(kid)
+    });
+    let lines = read_lines(&p, 2);
+    let field = |tag: &str, i: usize| -> i64 {
+        let line = lines.iter().find(|l| l.starts_with(tag)).expect("report");
+        line.split_whitespace().nth(i).and_then(|x| x.parse().ok()).expect("number")
+    };
+    let (kid, parent_inode) = (field("kid", 1), field("parent", 1));
+    let pair = f.wait_for("the socketpair", WAIT, |v| is_event(v, "socketpair", parent));
+    let kid_inode = pair["peer_inode"].as_i64().expect("peer inode");
+    assert_eq!(pair["inode"].as_i64(), Some(parent_inode), "{pair}");
+    go.open();
+    assert_eq!(wait_child(parent), 0);
+    let pc = f.wait_for("the parent's final close", WAIT, |v| is_event(v, "close", parent));
+    assert_eq!(pc["inode"].as_i64(), Some(parent_inode), "{pc}");
+    assert_eq!((pc["peer_pid"].as_i64(), pc["peer_comm"].as_str()), (Some(kid), Some("sp-kid")), "{pc}");
+    assert_eq!(pc["type"], "seqpacket");
+    let kc = f.wait_for("the kid's final close", WAIT, |v| v["event"] == "close" && v["pid"] == kid);
+    assert_eq!(kc["inode"].as_i64(), Some(kid_inode), "{kc}");
+    assert_eq!(kc["peer_pid"].as_i64(), Some(i64::from(parent)), "the kid's close names the parent: {kc}");
+}
+
+#[test]
+fn failed_connect_to_a_missing_path_reports_enoent() {
+    let mut f = Follower::start(&[]);
+    let path = tmp_path("missing");
+    let _ = std::fs::remove_file(&path);
+    let child = fork_child("cf-client", || match connect_to(&path, libc::SOCK_STREAM, false) {
+        Err(e) if e == libc::ENOENT => 0,
+        _ => 1,
+    });
+    assert_eq!(wait_child(child), 0, "connect must fail with ENOENT");
+    let ev = f.wait_for("connect_failed", WAIT, |v| is_event(v, "connect_failed", child));
+    assert_eq!((ev["errno"].as_i64(), ev["error"].as_str()), (Some(i64::from(libc::ENOENT)), Some("ENOENT")), "{ev}");
+    assert_eq!(ev["path"].as_str(), Some(path.as_str()), "{ev}");
+    assert_eq!(ev["comm"], "cf-client");
+}
+
+#[test]
+fn failed_connect_to_a_full_backlog_names_the_listener() {
+    let name = format!("@unixpeer-live-{}-full", std::process::id());
+    let mut f = Follower::start(&[]);
+    let p = pipe();
+    let go = Gate::new();
+    let server = fork_child("bl-server", || {
+        let l = listen_on(&name, libc::SOCK_STREAM, 0);
+        report(&p.write, &l.to_string());
+        // Hold the listener until the test has seen the refusal.
+        go.wait();
+        0
+    });
+    read_lines(&p, 1);
+    let client = fork_child("bl-client", || {
+        for _ in 0..64 {
+            match connect_to(&name, libc::SOCK_STREAM, true) {
+                Ok(_) => continue,
+                Err(e) if e == libc::EAGAIN => return 0,
+                Err(_) => return 2,
+            }
+        }
+        1
+    });
+    assert_eq!(wait_child(client), 0, "the backlog must fill up and refuse with EAGAIN");
+    let ev = f.wait_for("connect_failed EAGAIN", WAIT, |v| is_event(v, "connect_failed", client));
+    go.open();
+    assert_eq!(wait_child(server), 0);
+    assert_eq!(ev["error"], "EAGAIN", "{ev}");
+    assert_eq!(ev["path"].as_str(), Some(name.as_str()), "{ev}");
+    assert_eq!(
+        (ev["peer_pid"].as_i64(), ev["peer_comm"].as_str()),
+        (Some(i64::from(server)), Some("bl-server")),
+        "{ev}"
+    );
+}
+
+#[test]
+fn pid_filter_keeps_only_that_process() {
+    let go = Gate::new();
+    let wanted = fork_child("pf-wanted", || {
+        // Act only once the tracer runs.
+        go.wait();
+        socketpair(libc::SOCK_DGRAM);
+        0
+    });
+    let pid_arg = wanted.to_string();
+    let mut f = Follower::start(&["--pid", &pid_arg]);
+    let other = fork_child("pf-other", || {
+        socketpair(libc::SOCK_DGRAM);
+        0
+    });
+    assert_eq!(wait_child(other), 0);
+    go.open();
+    assert_eq!(wait_child(wanted), 0);
+    f.wait_for("the wanted socketpair", WAIT, |v| is_event(v, "socketpair", wanted));
+    f.stop();
+    let strays: Vec<&Value> = f.seen.iter().filter(|v| v["kind"] == "event" && v["pid"] != wanted).collect();
+    assert!(strays.is_empty(), "events of other processes passed the --pid filter: {strays:?}");
+}
+
+#[test]
+fn without_privileges_the_error_names_the_capabilities() {
+    use std::os::unix::process::CommandExt;
+    let out = std::process::Command::new(unixtrace_bin())
+        .args(["--follow", "--duration", "1"])
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .expect("run unixtrace as nobody");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    assert!(stderr.contains("CAP_BPF") && stderr.contains("CAP_PERFMON") && stderr.contains("root"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
