@@ -1,0 +1,228 @@
+//! UNIX_DIAG responses captured from a 6.18 kernel with
+//! `examples/capture_diag.rs`, from sockets made by a process running as
+//! uid 65534 (path names under /tmp, one abstract name). Each array is the
+//! payload of one SOCK_DIAG_BY_FAMILY message: struct unix_diag_msg, then
+//! NAME, VFS, PEER, ICONS, RQLEN, SHUTDOWN, UID attributes as present.
+
+use super::decode::{Progress, decode_chunk, decode_socket};
+use crate::model::{KernelState, SockName, SockType, Vfs};
+
+/// inode 29108: stream client connected to /tmp/fx.sock and accepted (peer 29109).
+#[rustfmt::skip]
+const CLIENT: [u8; 52] = [
+    0x01, 0x01, 0x01, 0x00, 0xb4, 0x71, 0x00, 0x00, 0x0b, 0x10, 0x00, 0x00,
+    0x00, 0x00, 0x00, 0x00, 0x08, 0x00, 0x02, 0x00, 0xb5, 0x71, 0x00, 0x00,
+    0x0c, 0x00, 0x04, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+    0x05, 0x00, 0x06, 0x00, 0x00, 0x00, 0x00, 0x00, 0x08, 0x00, 0x07, 0x00,
+    0xfe, 0xff, 0x00, 0x00,
+];
+
+/// inode 29110: stream client whose connection waits in the listener's queue: peer 0.
+#[rustfmt::skip]
+const PENDING: [u8; 52] = [
+    0x01, 0x01, 0x01, 0x00, 0xb6, 0x71, 0x00, 0x00, 0x0c, 0x10, 0x00, 0x00,
+    0x00, 0x00, 0x00, 0x00, 0x08, 0x00, 0x02, 0x00, 0x00, 0x00, 0x00, 0x00,
+    0x0c, 0x00, 0x04, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+    0x05, 0x00, 0x06, 0x00, 0x00, 0x00, 0x00, 0x00, 0x08, 0x00, 0x07, 0x00,
+    0xfe, 0xff, 0x00, 0x00,
+];
+
+/// inode 29109: accepted end of CLIENT's connection: carries the listener's name.
+#[rustfmt::skip]
+const ACCEPTED: [u8; 84] = [
+    0x01, 0x01, 0x01, 0x00, 0xb5, 0x71, 0x00, 0x00, 0x0d, 0x10, 0x00, 0x00,
+    0x00, 0x00, 0x00, 0x00, 0x11, 0x00, 0x00, 0x00, 0x2f, 0x74, 0x6d, 0x70,
+    0x2f, 0x66, 0x78, 0x2e, 0x73, 0x6f, 0x63, 0x6b, 0x00, 0x00, 0x00, 0x00,
+    0x0c, 0x00, 0x01, 0x00, 0xb1, 0xc0, 0x98, 0x00, 0x00, 0x00, 0xe0, 0x0f,
+    0x08, 0x00, 0x02, 0x00, 0xb4, 0x71, 0x00, 0x00, 0x0c, 0x00, 0x04, 0x00,
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x05, 0x00, 0x06, 0x00,
+    0x00, 0x00, 0x00, 0x00, 0x08, 0x00, 0x07, 0x00, 0xfe, 0xff, 0x00, 0x00,
+];
+
+/// inode 29107: stream listener on /tmp/fx.sock, backlog 8, one client (29110) waiting.
+#[rustfmt::skip]
+const LISTENER: [u8; 84] = [
+    0x01, 0x01, 0x0a, 0x00, 0xb3, 0x71, 0x00, 0x00, 0x0e, 0x10, 0x00, 0x00,
+    0x00, 0x00, 0x00, 0x00, 0x11, 0x00, 0x00, 0x00, 0x2f, 0x74, 0x6d, 0x70,
+    0x2f, 0x66, 0x78, 0x2e, 0x73, 0x6f, 0x63, 0x6b, 0x00, 0x00, 0x00, 0x00,
+    0x0c, 0x00, 0x01, 0x00, 0xb1, 0xc0, 0x98, 0x00, 0x00, 0x00, 0xe0, 0x0f,
+    0x08, 0x00, 0x03, 0x00, 0xb6, 0x71, 0x00, 0x00, 0x0c, 0x00, 0x04, 0x00,
+    0x01, 0x00, 0x00, 0x00, 0x08, 0x00, 0x00, 0x00, 0x05, 0x00, 0x06, 0x00,
+    0x00, 0x00, 0x00, 0x00, 0x08, 0x00, 0x07, 0x00, 0xfe, 0xff, 0x00, 0x00,
+];
+
+/// inode 29113: socketpair end whose peer was closed: peer 0, shutdown 3.
+#[rustfmt::skip]
+const HALF_CLOSED: [u8; 52] = [
+    0x01, 0x01, 0x01, 0x00, 0xb9, 0x71, 0x00, 0x00, 0x0f, 0x10, 0x00, 0x00,
+    0x00, 0x00, 0x00, 0x00, 0x08, 0x00, 0x02, 0x00, 0x00, 0x00, 0x00, 0x00,
+    0x0c, 0x00, 0x04, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+    0x05, 0x00, 0x06, 0x00, 0x03, 0x00, 0x00, 0x00, 0x08, 0x00, 0x07, 0x00,
+    0xfe, 0xff, 0x00, 0x00,
+];
+
+/// inode 29112: datagram socket bound to /tmp/fxd.sock, never connected (TCP_CLOSE).
+#[rustfmt::skip]
+const DGRAM: [u8; 76] = [
+    0x01, 0x02, 0x07, 0x00, 0xb8, 0x71, 0x00, 0x00, 0x10, 0x10, 0x00, 0x00,
+    0x00, 0x00, 0x00, 0x00, 0x12, 0x00, 0x00, 0x00, 0x2f, 0x74, 0x6d, 0x70,
+    0x2f, 0x66, 0x78, 0x64, 0x2e, 0x73, 0x6f, 0x63, 0x6b, 0x00, 0x00, 0x00,
+    0x0c, 0x00, 0x01, 0x00, 0xc1, 0xc0, 0x98, 0x00, 0x00, 0x00, 0xe0, 0x0f,
+    0x0c, 0x00, 0x04, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+    0x05, 0x00, 0x06, 0x00, 0x00, 0x00, 0x00, 0x00, 0x08, 0x00, 0x07, 0x00,
+    0xfe, 0xff, 0x00, 0x00,
+];
+
+/// inode 29111: seqpacket listener on abstract @fx-abstract, empty accept queue.
+#[rustfmt::skip]
+const ABSTRACT: [u8; 64] = [
+    0x01, 0x05, 0x0a, 0x00, 0xb7, 0x71, 0x00, 0x00, 0x11, 0x10, 0x00, 0x00,
+    0x00, 0x00, 0x00, 0x00, 0x10, 0x00, 0x00, 0x00, 0x00, 0x66, 0x78, 0x2d,
+    0x61, 0x62, 0x73, 0x74, 0x72, 0x61, 0x63, 0x74, 0x04, 0x00, 0x03, 0x00,
+    0x0c, 0x00, 0x04, 0x00, 0x00, 0x00, 0x00, 0x00, 0x04, 0x00, 0x00, 0x00,
+    0x05, 0x00, 0x06, 0x00, 0x00, 0x00, 0x00, 0x00, 0x08, 0x00, 0x07, 0x00,
+    0xfe, 0xff, 0x00, 0x00,
+];
+const NETNS: u64 = 4026531833;
+const NOBODY: Option<u32> = Some(65534);
+/// The device of the filesystem holding /tmp, as UNIX_DIAG_VFS reported it.
+const TMP_DEV: u32 = 0x0fe0_0000;
+
+#[test]
+fn listener_shows_name_backlog_and_waiting_client() {
+    let s = decode_socket(&LISTENER, NETNS).unwrap();
+    assert_eq!(s.inode, 29107);
+    assert_eq!(s.sock_type, SockType::Stream);
+    assert_eq!(s.state, KernelState::Listen);
+    assert_eq!(s.name, Some(SockName::Path(b"/tmp/fx.sock".to_vec())));
+    assert_eq!(s.icons, vec![29110]);
+    assert_eq!(s.rqlen, Some((1, 8)));
+    assert_eq!(s.peer, None);
+    assert_eq!(s.uid, NOBODY);
+    assert_eq!(
+        s.vfs,
+        Some(Vfs {
+            dev: TMP_DEV,
+            ino: 10010801
+        })
+    );
+    assert_eq!(s.netns, NETNS);
+}
+
+#[test]
+fn connected_ends_name_each_other() {
+    let client = decode_socket(&CLIENT, NETNS).unwrap();
+    let accepted = decode_socket(&ACCEPTED, NETNS).unwrap();
+    assert_eq!((client.inode, client.peer), (29108, Some(29109)));
+    assert_eq!((accepted.inode, accepted.peer), (29109, Some(29108)));
+    assert_eq!(client.state, KernelState::Established);
+    assert_eq!(client.name, None);
+    // The accepted end inherits the listener's address and VFS identity.
+    assert_eq!(
+        accepted.name,
+        Some(SockName::Path(b"/tmp/fx.sock".to_vec()))
+    );
+    assert_eq!(
+        accepted.vfs,
+        Some(Vfs {
+            dev: TMP_DEV,
+            ino: 10010801
+        })
+    );
+    assert_eq!(client.rqlen, Some((0, 0)));
+}
+
+#[test]
+fn pending_and_half_closed_differ_only_in_shutdown() {
+    let pending = decode_socket(&PENDING, NETNS).unwrap();
+    let half = decode_socket(&HALF_CLOSED, NETNS).unwrap();
+    assert_eq!(pending.peer, Some(0));
+    assert_eq!(half.peer, Some(0));
+    assert_eq!(pending.peer_inode(), None);
+    assert_eq!(pending.shutdown, 0);
+    assert_eq!(half.shutdown, 3);
+}
+
+#[test]
+fn abstract_seqpacket_listener() {
+    let s = decode_socket(&ABSTRACT, NETNS).unwrap();
+    assert_eq!(s.sock_type, SockType::Seqpacket);
+    assert_eq!(s.state, KernelState::Listen);
+    assert_eq!(s.name, Some(SockName::Abstract(b"fx-abstract".to_vec())));
+    assert_eq!(s.name.unwrap().to_string(), "@fx-abstract");
+    assert_eq!(s.icons, Vec::<u64>::new());
+    assert_eq!(s.rqlen, Some((0, 4)));
+    assert_eq!(s.vfs, None);
+}
+
+#[test]
+fn unconnected_dgram() {
+    let s = decode_socket(&DGRAM, NETNS).unwrap();
+    assert_eq!(s.sock_type, SockType::Dgram);
+    assert_eq!(s.state, KernelState::Close);
+    assert_eq!(s.name, Some(SockName::Path(b"/tmp/fxd.sock".to_vec())));
+    assert_eq!(s.peer, None);
+}
+
+/// Wraps payloads in netlink headers the way a dump datagram carries them.
+fn datagram(payloads: &[&[u8]], done: bool) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut push = |kind: u16, payload: &[u8]| {
+        let len = 16 + payload.len();
+        out.extend_from_slice(&(len as u32).to_ne_bytes());
+        out.extend_from_slice(&kind.to_ne_bytes());
+        out.extend_from_slice(&2u16.to_ne_bytes()); // NLM_F_MULTI
+        out.extend_from_slice(&[0; 8]);
+        out.extend_from_slice(payload);
+        out.resize(out.len().div_ceil(4) * 4, 0);
+    };
+    for p in payloads {
+        push(20, p);
+    }
+    if done {
+        push(3, &0i32.to_ne_bytes());
+    }
+    out
+}
+
+#[test]
+fn a_dump_datagram_decodes_until_done() {
+    let mut out = Vec::new();
+    let chunk = datagram(&[&LISTENER, &ABSTRACT, &HALF_CLOSED], false);
+    assert_eq!(
+        decode_chunk(&chunk, NETNS, &mut out).unwrap(),
+        Progress::More
+    );
+    let chunk = datagram(&[&DGRAM], true);
+    assert_eq!(
+        decode_chunk(&chunk, NETNS, &mut out).unwrap(),
+        Progress::Done
+    );
+    let inodes: Vec<u64> = out.iter().map(|s| s.inode).collect();
+    assert_eq!(inodes, vec![29107, 29111, 29113, 29112]);
+}
+
+#[test]
+fn kernel_errors_surface() {
+    let mut chunk = datagram(&[], false);
+    chunk.extend_from_slice(&36u32.to_ne_bytes());
+    chunk.extend_from_slice(&2u16.to_ne_bytes()); // NLMSG_ERROR
+    chunk.extend_from_slice(&[0; 10]);
+    chunk.extend_from_slice(&(-libc::ENOENT).to_ne_bytes());
+    chunk.extend_from_slice(&[0; 16]);
+    assert!(decode_chunk(&chunk, NETNS, &mut Vec::new()).is_err());
+}
+
+#[test]
+fn truncated_and_garbled_input_is_an_error_not_a_panic() {
+    for cut in 0..LISTENER.len() {
+        let _ = decode_socket(&LISTENER[..cut], NETNS);
+    }
+    let mut garbled = LISTENER;
+    garbled[16] = 0xff; // NAME attribute length beyond the buffer
+    assert!(decode_socket(&garbled, NETNS).is_err());
+    let chunk = datagram(&[&LISTENER], true);
+    for cut in 0..chunk.len() {
+        let _ = decode_chunk(&chunk[..cut], NETNS, &mut Vec::new());
+    }
+}
