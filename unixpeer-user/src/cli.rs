@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
+use crate::filter::Glob;
 use crate::model::SockType;
 
 /// Who talks to whom over UNIX-domain sockets.
@@ -59,8 +60,8 @@ pub struct Args {
 
     /// Only connections where either end's name matches this glob
     /// (`*` also crosses `/`; abstract names start with `@`).
-    #[arg(long, value_name = "GLOB")]
-    pub path: Option<String>,
+    #[arg(long, value_name = "GLOB", value_parser = parse_glob)]
+    pub path: Option<Glob>,
 
     /// Only connections where either end has this type (repeatable).
     #[arg(long = "type", value_enum, value_name = "TYPE")]
@@ -104,6 +105,10 @@ impl From<TypeArg> for SockType {
             TypeArg::Seqpacket => Self::Seqpacket,
         }
     }
+}
+
+fn parse_glob(s: &str) -> Result<Glob, String> {
+    Glob::new(s).map_err(|e| e.to_string())
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {

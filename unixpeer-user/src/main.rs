@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::Parser;
 use unixpeer_user::cli::{Args, HolderChoice};
-use unixpeer_user::filter::{Filter, Glob};
+use unixpeer_user::filter::Filter;
 use unixpeer_user::holders::{HolderSource, ProcScan};
 use unixpeer_user::output::{self, OutputError};
 use unixpeer_user::snapshot;
@@ -31,7 +31,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
     if args.follow {
         bail!("--follow is not available in this build yet");
     }
-    let filter = filter_from(args)?;
+    let filter = filter_from(args);
     let mut source = holder_source(args.holders)?;
     let snap =
         snapshot::take(args.all_netns, source.as_mut()).context("cannot take the snapshot")?;
@@ -58,14 +58,14 @@ fn run(args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn filter_from(args: &Args) -> anyhow::Result<Filter> {
-    Ok(Filter {
+fn filter_from(args: &Args) -> Filter {
+    Filter {
         pids: args.pid.clone(),
         comms: args.comm.clone(),
-        path: args.path.as_deref().map(Glob::new).transpose()?,
+        path: args.path.clone(),
         types: args.sock_type.iter().map(|&t| t.into()).collect(),
         listening: args.listening,
-    })
+    }
 }
 
 /// The BPF task_file iterator when it is available, else the /proc scan.
