@@ -219,66 +219,64 @@ pub fn set_comm(name: &str) {
     unsafe { libc::prctl(libc::PR_SET_NAME, buf.as_ptr()) };
 }
 
-/// Sends `fd` as SCM_RIGHTS ancillary data with a one-byte payload.
-pub fn send_fd(chan: RawFd, fd: RawFd) -> io::Result<()> {
+/// Runs `f` with a msghdr carrying a one-byte payload and room for one fd
+/// of SCM_RIGHTS ancillary data.
+fn with_fd_msghdr<R>(f: impl FnOnce(&mut libc::msghdr) -> R) -> R {
     let mut byte = *b"x";
     let mut iov = libc::iovec {
         iov_base: byte.as_mut_ptr().cast(),
         iov_len: 1,
     };
+    // SAFETY: CMSG_SPACE is arithmetic.
     let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
     let mut control = vec![0u8; space];
-    // SAFETY: msghdr is plain data; the pointers below outlive the call.
+    // SAFETY: msghdr is plain data; the buffers it points at outlive `f`.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = &mut iov;
     msg.msg_iovlen = 1;
     msg.msg_control = control.as_mut_ptr().cast();
     msg.msg_controllen = space;
-    // SAFETY: the control buffer has room for one cmsg carrying one fd.
-    unsafe {
-        let cmsg = libc::CMSG_FIRSTHDR(&msg);
-        (*cmsg).cmsg_level = libc::SOL_SOCKET;
-        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as usize;
-        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>(), fd);
-    }
-    // SAFETY: `msg` is fully initialised.
-    let n = unsafe { libc::sendmsg(chan, &msg, 0) };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
+    f(&mut msg)
+}
+
+/// Sends `fd` as SCM_RIGHTS ancillary data.
+pub fn send_fd(chan: RawFd, fd: RawFd) -> io::Result<()> {
+    with_fd_msghdr(|msg| {
+        // SAFETY: the control buffer has room for one cmsg carrying one fd.
+        unsafe {
+            let cmsg = libc::CMSG_FIRSTHDR(msg);
+            (*cmsg).cmsg_level = libc::SOL_SOCKET;
+            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as usize;
+            std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>(), fd);
+        }
+        // SAFETY: `msg` is fully initialised.
+        let n = unsafe { libc::sendmsg(chan, msg, 0) };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    })
 }
 
 /// Receives one fd sent by [`send_fd`].
 pub fn recv_fd(chan: RawFd) -> io::Result<RawFd> {
-    let mut byte = [0u8];
-    let mut iov = libc::iovec {
-        iov_base: byte.as_mut_ptr().cast(),
-        iov_len: 1,
-    };
-    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
-    let mut control = vec![0u8; space];
-    // SAFETY: msghdr is plain data; the pointers below outlive the call.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = space;
-    // SAFETY: recvmsg writes into the buffers `msg` points at.
-    let n = unsafe { libc::recvmsg(chan, &mut msg, 0) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: the kernel filled `control`; CMSG_* walk it within bounds.
-    unsafe {
-        let cmsg = libc::CMSG_FIRSTHDR(&msg);
-        if cmsg.is_null() || (*cmsg).cmsg_type != libc::SCM_RIGHTS {
-            return Err(io::Error::other("no SCM_RIGHTS in message"));
+    with_fd_msghdr(|msg| {
+        // SAFETY: recvmsg writes into the buffers `msg` points at.
+        let n = unsafe { libc::recvmsg(chan, msg, 0) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
         }
-        Ok(std::ptr::read_unaligned(
-            libc::CMSG_DATA(cmsg).cast::<RawFd>(),
-        ))
-    }
+        // SAFETY: the kernel filled the control buffer; CMSG_* stay within it.
+        unsafe {
+            let cmsg = libc::CMSG_FIRSTHDR(msg);
+            if cmsg.is_null() || (*cmsg).cmsg_type != libc::SCM_RIGHTS {
+                return Err(io::Error::other("no SCM_RIGHTS in message"));
+            }
+            Ok(std::ptr::read_unaligned(
+                libc::CMSG_DATA(cmsg).cast::<RawFd>(),
+            ))
+        }
+    })
 }

@@ -43,26 +43,26 @@ impl Drop for Scratch {
     }
 }
 
-/// A small workload with every corner case once.
-fn scenario_farm(dir: &Scratch) -> Farm {
+/// A workload with every corner case once, plus `procs` processes of
+/// `per_proc` ordinary sockets each.
+fn farm_with_scenarios(dir: &Scratch, procs: &str, per_proc: &str) -> Farm {
     let tag = dir.tag();
-    Farm::start(
-        sockfarm(
-            SOCKFARM,
-            &[
-                "--procs",
-                "1",
-                "--per-proc",
-                "20",
-                "--scenarios",
-                "--dir",
-                dir.path(),
-                "--tag",
-                &tag,
-            ],
-        ),
-        "READY",
-    )
+    let args = [
+        "--procs",
+        procs,
+        "--per-proc",
+        per_proc,
+        "--scenarios",
+        "--dir",
+        dir.path(),
+        "--tag",
+        &tag,
+    ];
+    Farm::start(sockfarm(SOCKFARM, &args), "READY")
+}
+
+fn scenario_farm(dir: &Scratch) -> Farm {
+    farm_with_scenarios(dir, "1", "20")
 }
 
 fn unixtrace_json(args: &[&str]) -> HashMap<u64, Value> {
@@ -93,24 +93,7 @@ fn inodes(farm: &Farm, label: &str) -> BTreeSet<u64> {
 fn ten_thousand_sockets_agree_with_ss_and_lsof() {
     require_root();
     let dir = Scratch::new("big");
-    let tag = dir.tag();
-    let farm = Farm::start(
-        sockfarm(
-            SOCKFARM,
-            &[
-                "--procs",
-                "3",
-                "--per-proc",
-                "3400",
-                "--scenarios",
-                "--dir",
-                dir.path(),
-                "--tag",
-                &tag,
-            ],
-        ),
-        "READY",
-    );
+    let farm = farm_with_scenarios(&dir, "3", "3400");
     let expected = farm.holders();
     let expected_peers = farm.peers();
     assert!(
