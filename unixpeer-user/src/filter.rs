@@ -37,7 +37,7 @@ impl Filter {
                     model
                         .holders(i)
                         .iter()
-                        .any(|h| self.comms.iter().any(|c| comm_eq(c, &h.comm)))
+                        .any(|h| self.comms.iter().any(|c| comm_eq(c, h.comm.as_bytes())))
                 }))
             && self.path.as_ref().is_none_or(|g| {
                 either(&|i| {
@@ -60,7 +60,7 @@ impl Filter {
 
 /// The kernel keeps 15 bytes of a command name; a longer argument still
 /// matches the truncated comm.
-fn comm_eq(wanted: &str, comm: &str) -> bool {
+fn comm_eq(wanted: &str, comm: &[u8]) -> bool {
     const COMM_MAX: usize = unixpeer_common::TASK_COMM_LEN - 1;
     let w = wanted.as_bytes();
     let w = if w.len() > COMM_MAX {
@@ -68,7 +68,7 @@ fn comm_eq(wanted: &str, comm: &str) -> bool {
     } else {
         w
     };
-    w == comm.as_bytes()
+    w == comm
 }
 
 /// A shell-style pattern: `*` (any run, `/` included), `?`, `[a-z]`, `[!x]`, `\` escapes.
@@ -216,7 +216,7 @@ mod tests {
 
     #[test]
     fn long_comms_match_their_truncation() {
-        assert!(comm_eq("systemd-journald-x", "systemd-journal"));
-        assert!(!comm_eq("systemd", "systemd-journal"));
+        assert!(comm_eq("systemd-journald-x", b"systemd-journal"));
+        assert!(!comm_eq("systemd", b"systemd-journal"));
     }
 }

@@ -19,12 +19,57 @@ use unixpeer_common::{TASK_COMM_LEN, TaskSocketFd};
 pub struct Holder {
     /// Thread group id.
     pub pid: u32,
-    pub comm: String,
     pub fd: u32,
+    pub comm: Comm,
 }
 
+/// A task's comm, inline: tens of thousands of holders must not mean tens
+/// of thousands of string allocations.
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Comm([u8; TASK_COMM_LEN]);
+
+impl Comm {
+    /// Keeps the bytes before the first NUL, at most 15 like the kernel.
+    pub fn new(bytes: &[u8]) -> Self {
+        let end = bytes
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(bytes.len())
+            .min(TASK_COMM_LEN - 1);
+        let mut comm = [0u8; TASK_COMM_LEN];
+        comm[..end].copy_from_slice(&bytes[..end]);
+        Self(comm)
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        let end = self.0.iter().position(|&b| b == 0).unwrap_or(self.0.len());
+        &self.0[..end]
+    }
+}
+
+impl std::fmt::Display for Comm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&String::from_utf8_lossy(self.as_bytes()))
+    }
+}
+
+impl std::fmt::Debug for Comm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", String::from_utf8_lossy(self.as_bytes()))
+    }
+}
+
+impl serde::Serialize for Comm {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// Almost every socket has exactly one holder: keep that one inline.
+pub type HolderList = smallvec::SmallVec<[Holder; 1]>;
+
 /// Socket inode -> every (process, fd) that holds it, sorted.
-pub type HolderMap = HashMap<u64, Vec<Holder>>;
+pub type HolderMap = HashMap<u64, HolderList>;
 
 /// The outcome of one attribution pass.
 #[derive(Debug, Default)]
@@ -59,8 +104,8 @@ pub fn holders_from_records(records: &[TaskSocketFd]) -> HolderMap {
     for r in records {
         map.entry(r.inode).or_default().push(Holder {
             pid: r.pid,
-            comm: comm_from_bytes(&r.comm),
             fd: r.fd,
+            comm: Comm::new(&r.comm),
         });
     }
     normalize(&mut map);
@@ -73,11 +118,6 @@ fn normalize(map: &mut HolderMap) {
         holders.sort_unstable();
         holders.dedup();
     }
-}
-
-fn comm_from_bytes(comm: &[u8; TASK_COMM_LEN]) -> String {
-    let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
-    String::from_utf8_lossy(&comm[..end]).into_owned()
 }
 
 /// Scans `/proc/<pid>/fd` of every process.
@@ -139,7 +179,7 @@ fn parse_pid(name: &OsStr) -> Option<u32> {
 fn scan_pid(pid: u32, out: &mut HolderMap) -> io::Result<()> {
     let dir = open_dir(&format!("/proc/{pid}/fd\0"))?;
     let names = list_dir(&dir)?;
-    let mut comm: Option<String> = None;
+    let mut comm: Option<Comm> = None;
     let mut link = [0u8; 64];
     for name in names {
         let Some(fd) = std::str::from_utf8(name.to_bytes())
@@ -163,12 +203,8 @@ fn scan_pid(pid: u32, out: &mut HolderMap) -> io::Result<()> {
         let Some(inode) = socket_inode(&link[..n as usize]) else {
             continue;
         };
-        let comm = comm.get_or_insert_with(|| read_comm(pid));
-        out.entry(inode).or_default().push(Holder {
-            pid,
-            comm: comm.clone(),
-            fd,
-        });
+        let comm = *comm.get_or_insert_with(|| read_comm(pid));
+        out.entry(inode).or_default().push(Holder { pid, fd, comm });
     }
     Ok(())
 }
@@ -196,14 +232,9 @@ fn socket_inode(link: &[u8]) -> Option<u64> {
     std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
-fn read_comm(pid: u32) -> String {
+fn read_comm(pid: u32) -> Comm {
     fs::read(format!("/proc/{pid}/comm"))
-        .map(|mut c| {
-            if c.last() == Some(&b'\n') {
-                c.pop();
-            }
-            String::from_utf8_lossy(&c).into_owned()
-        })
+        .map(|c| Comm::new(c.strip_suffix(b"\n").unwrap_or(&c)))
         .unwrap_or_default()
 }
 
@@ -294,9 +325,12 @@ mod tests {
         let map = holders_from_records(&[r(20, 4), r(10, 3), r(10, 3)]);
         let got: Vec<_> = map[&7]
             .iter()
-            .map(|h| (h.pid, h.fd, h.comm.as_str()))
+            .map(|h| (h.pid, h.fd, h.comm.to_string()))
             .collect();
-        assert_eq!(got, vec![(10, 3, "cat"), (20, 4, "cat")]);
+        assert_eq!(
+            got,
+            vec![(10, 3, "cat".to_owned()), (20, 4, "cat".to_owned())]
+        );
     }
 
     #[test]

@@ -5,10 +5,10 @@
 //! network namespaces: the accepted end of a cross-netns connection lives in
 //! the client's netns, and joining on the UNIX_DIAG peer inode still finds it.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 
-use crate::holders::{Holder, HolderMap};
+use crate::holders::{Holder, HolderList, HolderMap};
 
 /// `sk_type` of a UNIX socket.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -72,9 +72,19 @@ impl KernelState {
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum SockName {
     /// A filesystem path, without the trailing NUL.
-    Path(Vec<u8>),
+    Path(Box<[u8]>),
     /// An abstract name, without the leading NUL.
-    Abstract(Vec<u8>),
+    Abstract(Box<[u8]>),
+}
+
+impl SockName {
+    pub fn path(bytes: &[u8]) -> Self {
+        Self::Path(bytes.into())
+    }
+
+    pub fn abstract_name(bytes: &[u8]) -> Self {
+        Self::Abstract(bytes.into())
+    }
 }
 
 impl fmt::Display for SockName {
@@ -121,7 +131,7 @@ pub struct Socket {
     /// not-yet-accepted server end of a connection).
     pub peer: Option<u64>,
     /// UNIX_DIAG_ICONS: client inodes whose connections wait in accept().
-    pub icons: Vec<u64>,
+    pub icons: Box<[u64]>,
     /// UNIX_DIAG_RQLEN: for listeners (pending count, backlog); otherwise
     /// (bytes queued to read, bytes written and not yet read by the peer).
     pub rqlen: Option<(u32, u32)>,
@@ -214,7 +224,7 @@ impl Model {
         if let Some(old) = self.sockets.remove(&socket.inode) {
             self.forget_icons(&old);
         }
-        for &client in &socket.icons {
+        for &client in socket.icons.iter() {
             if client != 0 {
                 self.pending.insert(client, socket.inode);
             }
@@ -232,15 +242,20 @@ impl Model {
     }
 
     fn forget_icons(&mut self, listener: &Socket) {
-        for client in &listener.icons {
+        for client in listener.icons.iter() {
             if self.pending.get(client) == Some(&listener.inode) {
                 self.pending.remove(client);
             }
         }
     }
 
-    pub fn set_holders(&mut self, inode: u64, holders: Vec<Holder>) {
+    pub fn set_holders(&mut self, inode: u64, holders: HolderList) {
         self.holders.insert(inode, holders);
+    }
+
+    /// Replaces every holder at once, as after a fresh attribution pass.
+    pub fn set_all_holders(&mut self, holders: HolderMap) {
+        self.holders = holders;
     }
 
     pub fn get(&self, inode: u64) -> Option<&Socket> {
@@ -248,7 +263,7 @@ impl Model {
     }
 
     pub fn holders(&self, inode: u64) -> &[Holder] {
-        self.holders.get(&inode).map_or(&[], Vec::as_slice)
+        self.holders.get(&inode).map_or(&[], |h| h.as_slice())
     }
 
     pub fn len(&self) -> usize {
@@ -261,8 +276,9 @@ impl Model {
 
     /// Sockets in inode order, so output is stable from run to run.
     pub fn sockets(&self) -> impl Iterator<Item = &Socket> {
-        let sorted: BTreeMap<u64, &Socket> = self.sockets.iter().map(|(&i, s)| (i, s)).collect();
-        sorted.into_values()
+        let mut sorted: Vec<&Socket> = self.sockets.values().collect();
+        sorted.sort_unstable_by_key(|s| s.inode);
+        sorted.into_iter()
     }
 
     /// The listener whose accept queue holds this client, if any.
@@ -371,7 +387,7 @@ mod tests {
             state,
             name: None,
             peer,
-            icons: Vec::new(),
+            icons: Box::default(),
             rqlen: None,
             shutdown: 0,
             uid: None,
@@ -383,23 +399,20 @@ mod tests {
     #[test]
     fn pairs_take_one_row_client_first() {
         let mut server = sock(11, KernelState::Established, Some(10));
-        server.name = Some(SockName::Path(b"/tmp/x".to_vec()));
+        server.name = Some(SockName::path(b"/tmp/x"));
         let client = sock(10, KernelState::Established, Some(11));
         let m = Model::new(vec![server, client], HolderMap::new());
         let rows = m.connections();
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].a, 10);
         assert_eq!(rows[0].b, Some(11));
-        assert_eq!(
-            m.name_of(&rows[0]),
-            Some(&SockName::Path(b"/tmp/x".to_vec()))
-        );
+        assert_eq!(m.name_of(&rows[0]), Some(&SockName::path(b"/tmp/x")));
     }
 
     #[test]
     fn statuses_are_told_apart() {
         let mut listener = sock(1, KernelState::Listen, None);
-        listener.icons = vec![2];
+        listener.icons = Box::new([2]);
         let waiting = sock(2, KernelState::Established, Some(0));
         let orphan = sock(3, KernelState::Established, Some(0));
         let idle = sock(4, KernelState::Close, None);
@@ -429,7 +442,7 @@ mod tests {
     #[test]
     fn remove_leaves_the_peer_closed_and_unlists_pending() {
         let mut listener = sock(1, KernelState::Listen, None);
-        listener.icons = vec![2];
+        listener.icons = Box::new([2]);
         let waiting = sock(2, KernelState::Established, Some(0));
         let mut m = Model::new(vec![listener, waiting], HolderMap::new());
         m.remove(1);
@@ -439,7 +452,7 @@ mod tests {
 
     #[test]
     fn abstract_names_show_with_at() {
-        assert_eq!(SockName::Abstract(b"a\0b".to_vec()).to_string(), "@a@b");
-        assert_eq!(SockName::Path(b"/p\n".to_vec()).to_string(), "/p\\x0a");
+        assert_eq!(SockName::abstract_name(b"a\0b").to_string(), "@a@b");
+        assert_eq!(SockName::path(b"/p\n").to_string(), "/p\\x0a");
     }
 }

@@ -93,12 +93,13 @@ pub fn dump_each(namespaces: Vec<Netns>) -> Result<MultiDump, NetnsError> {
         .spawn(move || {
             let mut out = MultiDump::default();
             for ns in namespaces {
-                match enter(&ns.handle)
-                    .map_err(|e| e.to_string())
-                    .and_then(|()| diag::dump(ns.inode).map_err(|e: DiagError| error_chain(&e)))
-                {
-                    Ok(mut sockets) => out.sockets.append(&mut sockets),
-                    Err(why) => out.failed.push((ns, why)),
+                let sockets = &mut out.sockets;
+                let dumped = enter(&ns.handle).map_err(|e| e.to_string()).and_then(|()| {
+                    diag::dump(ns.inode, &mut |s| sockets.push(s))
+                        .map_err(|e: DiagError| error_chain(&e))
+                });
+                if let Err(why) = dumped {
+                    out.failed.push((ns, why));
                 }
             }
             out

@@ -40,21 +40,23 @@ pub fn take(
     source: &mut (dyn HolderSource + Send),
 ) -> Result<Snapshot, SnapshotError> {
     let mut blind_spots = Vec::new();
+    let mut model = Model::default();
     let (dumped, holders) = std::thread::scope(|scope| {
         let holders = scope.spawn(|| {
             let start = Instant::now();
             source.collect().map(|h| (h, start.elapsed()))
         });
         let start = Instant::now();
-        let dumped = dump(all_netns, &mut blind_spots).map(|(s, n)| (s, n, start.elapsed()));
+        let dumped = dump(all_netns, &mut model, &mut blind_spots).map(|n| (n, start.elapsed()));
         (dumped, holders.join())
     });
-    let (sockets, namespaces, dump_time) = dumped?;
+    let (namespaces, dump_time) = dumped?;
     let (holders, holders_time): (Holders, Duration) =
         holders.map_err(|_| SnapshotError::HolderThread)??;
     blind_spots.extend(holders.blind_spot);
+    model.set_all_holders(holders.by_inode);
     Ok(Snapshot {
-        model: Model::new(sockets, holders.by_inode),
+        model,
         source: holders.source,
         why: holders.why,
         blind_spots,
@@ -64,25 +66,29 @@ pub fn take(
     })
 }
 
+/// Fills `model` and returns how many namespaces were dumped.
 fn dump(
     all_netns: bool,
+    model: &mut Model,
     blind_spots: &mut Vec<String>,
-) -> Result<(Vec<crate::model::Socket>, usize), SnapshotError> {
+) -> Result<usize, SnapshotError> {
     let own = netns::own()?;
-    if !all_netns {
-        return Ok((diag::dump(own.inode)?, 1));
-    }
-    let (namespaces, denied) = netns::reachable()?;
     // Our own netns needs no setns() and no privilege: dump it here so an
     // unprivileged run still lists it.
+    diag::dump(own.inode, &mut |s| model.insert_socket(s))?;
+    if !all_netns {
+        return Ok(1);
+    }
+    let (namespaces, denied) = netns::reachable()?;
     let others: Vec<_> = namespaces
         .into_iter()
         .filter(|n| n.inode != own.inode)
         .collect();
-    let mut sockets = diag::dump(own.inode)?;
     let count = others.len() + 1;
     let multi = netns::dump_each(others)?;
-    sockets.extend(multi.sockets);
+    for socket in multi.sockets {
+        model.insert_socket(socket);
+    }
     if denied > 0 {
         blind_spots.push(format!(
             "could not see the network namespace of {denied} processes owned by other users: \
@@ -95,5 +101,5 @@ fn dump(
             multi.failed.len()
         ));
     }
-    Ok((sockets, count - multi.failed.len()))
+    Ok(count - multi.failed.len())
 }

@@ -26,12 +26,12 @@ pub enum Progress {
     Done,
 }
 
-/// Decodes every netlink message of one received datagram, appending the
-/// sockets to `out`.
+/// Decodes every netlink message of one received datagram, handing each
+/// socket to `out` (straight into the model: no intermediate list).
 pub fn decode_chunk(
     chunk: &[u8],
     netns: u64,
-    out: &mut Vec<Socket>,
+    out: &mut dyn FnMut(Socket),
 ) -> Result<Progress, DiagError> {
     let mut rest = chunk;
     while rest.len() >= NLMSG_HDRLEN {
@@ -48,7 +48,7 @@ pub fn decode_chunk(
                 }
             }
             NLMSG_NOOP => {}
-            SOCK_DIAG_BY_FAMILY => out.push(decode_socket(msg.payload(), netns)?),
+            SOCK_DIAG_BY_FAMILY => out(decode_socket(msg.payload(), netns)?),
             other => return Err(DiagError::Unexpected(other)),
         }
         // Messages are 4-byte aligned; the last one may lack its padding.
@@ -91,7 +91,7 @@ pub fn decode_socket(payload: &[u8], netns: u64) -> Result<Socket, DiagError> {
         state: KernelState::from_kernel(header.state),
         name: None,
         peer: None,
-        icons: Vec::new(),
+        icons: Box::default(),
         rqlen: None,
         shutdown: 0,
         uid: None,
@@ -118,9 +118,13 @@ fn apply_attribute(socket: &mut Socket, nla: &NlaBuffer<&[u8]>) -> Result<(), Di
         UNIX_DIAG_UID => socket.uid = Some(read_u32(value, 0)?),
         _ => match Nla::parse(nla).map_err(DiagError::Decode)? {
             Nla::Name(UnixDiagName::Pathname(p)) => {
-                socket.name = Some(SockName::Path(std::os::unix::ffi::OsStringExt::into_vec(p)))
+                socket.name = Some(SockName::Path(
+                    std::os::unix::ffi::OsStringExt::into_vec(p).into(),
+                ))
             }
-            Nla::Name(UnixDiagName::Abstract(a)) => socket.name = Some(SockName::Abstract(a)),
+            Nla::Name(UnixDiagName::Abstract(a)) => {
+                socket.name = Some(SockName::Abstract(a.into()))
+            }
             Nla::Peer(p) => socket.peer = Some(u64::from(p)),
             Nla::PendingConnections(icons) => {
                 socket.icons = icons.into_iter().map(u64::from).collect()

@@ -94,8 +94,8 @@ fn listener_shows_name_backlog_and_waiting_client() {
     assert_eq!(s.inode, 29107);
     assert_eq!(s.sock_type, SockType::Stream);
     assert_eq!(s.state, KernelState::Listen);
-    assert_eq!(s.name, Some(SockName::Path(b"/tmp/fx.sock".to_vec())));
-    assert_eq!(s.icons, vec![29110]);
+    assert_eq!(s.name, Some(SockName::path(b"/tmp/fx.sock")));
+    assert_eq!(&*s.icons, &[29110]);
     assert_eq!(s.rqlen, Some((1, 8)));
     assert_eq!(s.peer, None);
     assert_eq!(s.uid, NOBODY);
@@ -118,10 +118,7 @@ fn connected_ends_name_each_other() {
     assert_eq!(client.state, KernelState::Established);
     assert_eq!(client.name, None);
     // The accepted end inherits the listener's address and VFS identity.
-    assert_eq!(
-        accepted.name,
-        Some(SockName::Path(b"/tmp/fx.sock".to_vec()))
-    );
+    assert_eq!(accepted.name, Some(SockName::path(b"/tmp/fx.sock")));
     assert_eq!(
         accepted.vfs,
         Some(Vfs {
@@ -148,9 +145,9 @@ fn abstract_seqpacket_listener() {
     let s = decode_socket(&ABSTRACT, NETNS).unwrap();
     assert_eq!(s.sock_type, SockType::Seqpacket);
     assert_eq!(s.state, KernelState::Listen);
-    assert_eq!(s.name, Some(SockName::Abstract(b"fx-abstract".to_vec())));
+    assert_eq!(s.name, Some(SockName::abstract_name(b"fx-abstract")));
     assert_eq!(s.name.unwrap().to_string(), "@fx-abstract");
-    assert_eq!(s.icons, Vec::<u64>::new());
+    assert!(s.icons.is_empty());
     assert_eq!(s.rqlen, Some((0, 4)));
     assert_eq!(s.vfs, None);
 }
@@ -160,7 +157,7 @@ fn unconnected_dgram() {
     let s = decode_socket(&DGRAM, NETNS).unwrap();
     assert_eq!(s.sock_type, SockType::Dgram);
     assert_eq!(s.state, KernelState::Close);
-    assert_eq!(s.name, Some(SockName::Path(b"/tmp/fxd.sock".to_vec())));
+    assert_eq!(s.name, Some(SockName::path(b"/tmp/fxd.sock")));
     assert_eq!(s.peer, None);
 }
 
@@ -190,12 +187,12 @@ fn a_dump_datagram_decodes_until_done() {
     let mut out = Vec::new();
     let chunk = datagram(&[&LISTENER, &ABSTRACT, &HALF_CLOSED], false);
     assert_eq!(
-        decode_chunk(&chunk, NETNS, &mut out).unwrap(),
+        decode_chunk(&chunk, NETNS, &mut |s| out.push(s)).unwrap(),
         Progress::More
     );
     let chunk = datagram(&[&DGRAM], true);
     assert_eq!(
-        decode_chunk(&chunk, NETNS, &mut out).unwrap(),
+        decode_chunk(&chunk, NETNS, &mut |s| out.push(s)).unwrap(),
         Progress::Done
     );
     let inodes: Vec<u64> = out.iter().map(|s| s.inode).collect();
@@ -210,7 +207,7 @@ fn kernel_errors_surface() {
     chunk.extend_from_slice(&[0; 10]);
     chunk.extend_from_slice(&(-libc::ENOENT).to_ne_bytes());
     chunk.extend_from_slice(&[0; 16]);
-    assert!(decode_chunk(&chunk, NETNS, &mut Vec::new()).is_err());
+    assert!(decode_chunk(&chunk, NETNS, &mut |_| {}).is_err());
 }
 
 #[test]
@@ -223,6 +220,6 @@ fn truncated_and_garbled_input_is_an_error_not_a_panic() {
     assert!(decode_socket(&garbled, NETNS).is_err());
     let chunk = datagram(&[&LISTENER], true);
     for cut in 0..chunk.len() {
-        let _ = decode_chunk(&chunk[..cut], NETNS, &mut Vec::new());
+        let _ = decode_chunk(&chunk[..cut], NETNS, &mut |_| {});
     }
 }

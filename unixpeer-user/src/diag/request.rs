@@ -19,9 +19,9 @@ const RCVBUF: usize = 1 << 20;
 /// The kernel caps one dump datagram at about 32 KiB; room for two.
 const CHUNK: usize = 64 * 1024;
 
-/// Dumps every UNIX socket of the calling thread's network namespace.
-/// `netns` only labels the result.
-pub fn dump(netns: u64) -> Result<Vec<Socket>, DiagError> {
+/// Dumps every UNIX socket of the calling thread's network namespace into
+/// `out`. `netns` only labels the sockets.
+pub fn dump(netns: u64, out: &mut dyn FnMut(Socket)) -> Result<(), DiagError> {
     let mut socket = NetlinkSocket::new(NETLINK_SOCK_DIAG).map_err(DiagError::Open)?;
     // Best effort: a smaller buffer only means more round trips.
     let _ = socket.set_rx_buf_sz(RCVBUF);
@@ -31,7 +31,6 @@ pub fn dump(netns: u64) -> Result<Vec<Socket>, DiagError> {
         .map_err(DiagError::Open)?;
     socket.send(&request_bytes(), 0).map_err(DiagError::Send)?;
 
-    let mut sockets = Vec::new();
     let mut buf = vec![0u8; CHUNK];
     loop {
         let n = loop {
@@ -41,11 +40,8 @@ pub fn dump(netns: u64) -> Result<Vec<Socket>, DiagError> {
                 Err(e) => return Err(DiagError::Recv(e)),
             }
         };
-        if n == 0 {
-            return Ok(sockets);
-        }
-        if decode_chunk(&buf[..n.min(buf.len())], netns, &mut sockets)? == Progress::Done {
-            return Ok(sockets);
+        if n == 0 || decode_chunk(&buf[..n.min(buf.len())], netns, out)? == Progress::Done {
+            return Ok(());
         }
     }
 }

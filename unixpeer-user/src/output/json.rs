@@ -80,7 +80,7 @@ fn record<'a>(model: &'a Model, s: &'a Socket) -> SocketRecord<'a> {
         shutdown: s.shutdown,
         rqueue: s.rqlen.filter(|_| !listening).map(|q| q.0),
         wqueue: s.rqlen.filter(|_| !listening).map(|q| q.1),
-        pending: listening.then_some(s.icons.as_slice()),
+        pending: listening.then_some(&s.icons[..]),
         backlog: s.rqlen.filter(|_| listening).map(|q| q.1),
         listener: model.listener_of(s.inode),
         uid: s.uid,

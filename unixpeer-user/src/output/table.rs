@@ -26,10 +26,34 @@ const MIN_SHRUNK: usize = 12;
 const MAX_WORD: usize = 40;
 const GAP: usize = 2;
 
+/// All cells of a row in one string: one allocation per row instead of
+/// nine keeps a 50k-socket table small.
 struct Row {
-    cells: [String; COLUMNS],
+    text: String,
+    ends: [u32; COLUMNS],
     /// Named sockets first, grouped by name with the listener on top.
     key: (bool, Status, u64),
+}
+
+impl Row {
+    fn new(cells: [&str; COLUMNS], key: (bool, Status, u64)) -> Self {
+        let mut text = String::with_capacity(cells.iter().map(|c| c.len()).sum());
+        let mut ends = [0u32; COLUMNS];
+        for (end, cell) in ends.iter_mut().zip(cells) {
+            text.push_str(cell);
+            *end = u32::try_from(text.len()).unwrap_or(u32::MAX);
+        }
+        Self { text, ends, key }
+    }
+
+    fn cell(&self, i: usize) -> &str {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
+        self.text.get(start..self.ends[i] as usize).unwrap_or("")
+    }
+
+    fn cells(&self) -> [&str; COLUMNS] {
+        std::array::from_fn(|i| self.cell(i))
+    }
 }
 
 pub fn write(
@@ -45,12 +69,12 @@ pub fn write(
         .map(|c| row(model, &c))
         .collect();
     rows.sort_by(|x, y| {
-        (x.key.0, &x.cells[6], x.key.1, x.key.2).cmp(&(y.key.0, &y.cells[6], y.key.1, y.key.2))
+        (x.key.0, x.cell(6), x.key.1, x.key.2).cmp(&(y.key.0, y.cell(6), y.key.1, y.key.2))
     });
     let widths = layout(&rows, width);
-    write_line(out, &HEADERS.map(str::to_owned), &widths)?;
+    write_line(out, &HEADERS, &widths)?;
     for row in &rows {
-        write_line(out, &row.cells, &widths)?;
+        write_line(out, &row.cells(), &widths)?;
     }
     out.flush()?;
     Ok(())
@@ -85,24 +109,28 @@ fn row(model: &Model, c: &Connection) -> Row {
         },
         (None, _) => String::new(),
     };
-    Row {
-        key: (name.is_none(), status, c.a),
-        cells: [
-            a.map_or_else(String::new, |s| s.sock_type.to_string()),
-            status.as_str().to_owned(),
-            c.a.to_string(),
-            holders_cell(model.holders(c.a)),
-            peer,
-            if c.b.is_some() {
-                peer_holders
-            } else {
-                String::new()
-            },
-            name.unwrap_or_else(|| "-".to_owned()),
-            netns,
-            queue,
+    let sock_type = a.map_or_else(String::new, |s| s.sock_type.to_string());
+    let inode = c.a.to_string();
+    let holders = holders_cell(model.holders(c.a));
+    let peer_holders = if c.b.is_some() {
+        peer_holders
+    } else {
+        String::new()
+    };
+    Row::new(
+        [
+            &sock_type,
+            status.as_str(),
+            &inode,
+            &holders,
+            &peer,
+            &peer_holders,
+            name.as_deref().unwrap_or("-"),
+            &netns,
+            &queue,
         ],
-    }
+        (name.is_none(), status, c.a),
+    )
 }
 
 /// `comm[pid]:fd`, every holder, space separated.
@@ -128,7 +156,7 @@ fn width_of(s: &str) -> usize {
 fn layout(rows: &[Row], limit: Option<usize>) -> [usize; COLUMNS] {
     let mut widths = HEADERS.map(width_of);
     for row in rows {
-        for (w, cell) in widths.iter_mut().zip(&row.cells) {
+        for (w, cell) in widths.iter_mut().zip(row.cells()) {
             *w = (*w).max(width_of(cell));
         }
     }
@@ -138,7 +166,7 @@ fn layout(rows: &[Row], limit: Option<usize>) -> [usize; COLUMNS] {
     let mut floor = [0usize; COLUMNS];
     for row in rows {
         for &i in &SHRINKABLE {
-            let longest = row.cells[i].split(' ').map(width_of).max().unwrap_or(0);
+            let longest = row.cell(i).split(' ').map(width_of).max().unwrap_or(0);
             floor[i] = floor[i].max(longest.min(MAX_WORD));
         }
     }
@@ -159,26 +187,42 @@ fn layout(rows: &[Row], limit: Option<usize>) -> [usize; COLUMNS] {
 /// Writes one row, wrapping cells wider than their column onto extra lines.
 fn write_line(
     out: &mut impl Write,
-    cells: &[String; COLUMNS],
+    cells: &[&str; COLUMNS],
     widths: &[usize; COLUMNS],
 ) -> std::io::Result<()> {
+    if cells.iter().zip(widths).all(|(c, &w)| width_of(c) <= w) {
+        return write_physical(out, cells, widths);
+    }
     let wrapped: Vec<Vec<String>> = cells.iter().zip(widths).map(|(c, &w)| wrap(c, w)).collect();
     let height = wrapped.iter().map(Vec::len).max().unwrap_or(1);
-    let mut line = String::new();
     for i in 0..height {
-        line.clear();
-        for (col, parts) in wrapped.iter().enumerate() {
-            let part = parts.get(i).map_or("", String::as_str);
-            line.push_str(part);
-            if col + 1 < COLUMNS {
-                let pad = widths[col].saturating_sub(width_of(part)) + GAP;
-                line.extend(std::iter::repeat_n(' ', pad));
-            }
-        }
-        out.write_all(line.trim_end().as_bytes())?;
-        out.write_all(b"\n")?;
+        let parts: [&str; COLUMNS] =
+            std::array::from_fn(|col| wrapped[col].get(i).map_or("", String::as_str));
+        write_physical(out, &parts, widths)?;
     }
     Ok(())
+}
+
+/// One line of output: cells padded to their widths, no trailing blanks.
+fn write_physical(
+    out: &mut impl Write,
+    cells: &[&str; COLUMNS],
+    widths: &[usize; COLUMNS],
+) -> std::io::Result<()> {
+    const SPACES: [u8; 128] = [b' '; 128];
+    let last = cells.iter().rposition(|c| !c.is_empty()).unwrap_or(0);
+    for (col, cell) in cells.iter().enumerate().take(last + 1) {
+        out.write_all(cell.as_bytes())?;
+        if col < last {
+            let mut pad = widths[col].saturating_sub(width_of(cell)) + GAP;
+            while pad > 0 {
+                let n = pad.min(SPACES.len());
+                out.write_all(&SPACES[..n])?;
+                pad -= n;
+            }
+        }
+    }
+    out.write_all(b"\n")
 }
 
 /// Greedy word wrap; words longer than the column are cut.
