@@ -51,7 +51,7 @@ pub struct Args {
     pub holders: HolderChoice,
 
     /// Only connections where either end is held by this process (repeatable).
-    #[arg(long, value_name = "PID")]
+    #[arg(short = 'p', long, value_name = "PID")]
     pub pid: Vec<u32>,
 
     /// Only connections where either end is held by this command name (repeatable).
