@@ -6,7 +6,7 @@
 //! around spawn..wait4, peak RSS is wait4's `ru_maxrss`.
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -175,7 +175,7 @@ fn print_verbose(unixtrace: &Path) -> Result<()> {
 struct Farm(Child);
 
 impl Farm {
-    fn start(bin: &Path, dir: &PathBuf) -> Result<Self> {
+    fn start(bin: &Path, dir: &Path) -> Result<Self> {
         let tag = format!("bench-{}", std::process::id());
         let dir = dir.to_string_lossy();
         let mut child = Command::new(bin)
