@@ -277,7 +277,7 @@ pub fn inode_of(fd: i32) -> u64 {
 pub fn socketpair(ty: i32) -> [i32; 2] {
     let mut fds = [0; 2];
     // SAFETY: fds is a valid two-int array.
-    let rc = unsafe { libc::socketpair(libc::AF_UNIX, ty, 0, fds.as_mut_ptr()) };
+    let rc = unsafe { libc::socketpair(libc::AF_UNIX, ty | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr()) };
     assert_eq!(rc, 0, "socketpair: {}", std::io::Error::last_os_error());
     fds
 }
@@ -301,7 +301,8 @@ pub fn listen_on(name: &str, ty: i32, backlog: i32) -> i32 {
     }
     // SAFETY: plain socket syscalls on a fresh fd.
     unsafe {
-        let fd = libc::socket(libc::AF_UNIX, ty, 0);
+        // CLOEXEC: the tracer the test starts must not inherit it.
+        let fd = libc::socket(libc::AF_UNIX, ty | libc::SOCK_CLOEXEC, 0);
         assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
         let (addr, len) = sockaddr(name);
         assert_eq!(

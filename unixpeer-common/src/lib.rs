@@ -37,6 +37,9 @@ pub enum EventKind {
     FdClose = 9,
     /// A new process (`child_pid`) inherited the fds of `pid`.
     Fork = 10,
+    /// Task `pid` (a thread id) took the name `comm` (prctl, exec, or a
+    /// write to /proc/PID/comm).
+    Rename = 11,
 }
 
 impl EventKind {
@@ -52,6 +55,7 @@ impl EventKind {
             8 => Self::TaskExit,
             9 => Self::FdClose,
             10 => Self::Fork,
+            11 => Self::Rename,
             _ => return None,
         })
     }
@@ -188,6 +192,9 @@ pub struct KernelOffsets {
     /// `ret` of `sys_exit_*`. Arguments follow each other 8 bytes apart.
     pub tp_syscall_args: u64,
     pub tp_syscall_ret: u64,
+    /// `pid` and `newcomm` in the `task:task_rename` record.
+    pub tp_task_rename_pid: u64,
+    pub tp_task_rename_newcomm: u64,
 }
 
 impl KernelOffsets {
@@ -280,17 +287,17 @@ mod tests {
 
     #[test]
     fn offsets_layout_has_no_hidden_padding() {
-        assert_eq!(size_of::<KernelOffsets>(), 27 * 8);
+        assert_eq!(size_of::<KernelOffsets>(), 29 * 8);
         assert_eq!(size_of::<KernelFilter>(), 4 * 4 + TASK_COMM_LEN);
         assert_eq!(size_of::<TaskSocketFd>(), 8 + 4 + 4 + TASK_COMM_LEN);
     }
 
     #[test]
     fn event_kind_round_trips() {
-        for k in 1..=10 {
+        for k in 1..=11 {
             assert_eq!(EventKind::from_u32(k).map(|e| e as u32), Some(k));
         }
         assert_eq!(EventKind::from_u32(0), None);
-        assert_eq!(EventKind::from_u32(11), None);
+        assert_eq!(EventKind::from_u32(12), None);
     }
 }

@@ -16,6 +16,7 @@ mod iter;
 mod kernel;
 mod probes;
 mod syscalls;
+mod task;
 mod trampoline;
 
 #[cfg(not(test))]

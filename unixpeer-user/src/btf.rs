@@ -166,6 +166,8 @@ impl KernelBtf {
             file_one_ref,
             tp_syscall_args: 0,
             tp_syscall_ret: 0,
+            tp_task_rename_pid: 0,
+            tp_task_rename_newcomm: 0,
         })
     }
 

@@ -3,35 +3,7 @@
 
 use unixpeer_common::{EventKind, UNIX_PATH_MAX, UnixEvent};
 
-/// SOCK_* from include/linux/net.h.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SockType {
-    Stream,
-    Dgram,
-    Seqpacket,
-    Unknown,
-}
-
-impl SockType {
-    pub fn from_raw(v: u32) -> Self {
-        match v {
-            1 => Self::Stream,
-            2 => Self::Dgram,
-            5 => Self::Seqpacket,
-            _ => Self::Unknown,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Stream => "stream",
-            Self::Dgram => "dgram",
-            Self::Seqpacket => "seqpacket",
-            Self::Unknown => "?",
-        }
-    }
-}
+pub use crate::model::SockType;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Event {
@@ -90,7 +62,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         uid: raw.uid,
         comm: c_str(&raw.comm),
         netns: raw.netns,
-        sock_type: SockType::from_raw(raw.sock_type),
+        sock_type: SockType::from_kernel(raw.sock_type as u8),
         errno: raw.errno,
         fd: fd(raw.fd),
         peer_fd: fd(raw.peer_fd),
@@ -136,6 +108,7 @@ pub fn event_name(kind: EventKind) -> &'static str {
         EventKind::TaskExit => "exit",
         EventKind::FdClose => "fd_close",
         EventKind::Fork => "fork",
+        EventKind::Rename => "rename",
     }
 }
 

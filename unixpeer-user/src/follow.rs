@@ -10,7 +10,7 @@ use std::{
 };
 
 use tokio::signal::unix::{SignalKind, signal};
-use unixpeer_common::EventKind;
+use unixpeer_common::{EventKind, TaskSocketFd};
 
 use crate::{
     capture::{Capture, CaptureError, CaptureOptions, Record},
@@ -55,7 +55,8 @@ pub struct FollowSummary {
 /// Everything the caller plugs in: the snapshot (printed by the caller and
 /// returned as seeds) and the user's output filter.
 pub struct Hooks<'a> {
-    pub snapshot: &'a mut dyn FnMut() -> Result<Vec<SeedSocket>, String>,
+    /// Gets the capture's iterator records (or why they could not be had).
+    pub snapshot: &'a mut dyn FnMut(Result<Vec<TaskSocketFd>, String>) -> Result<Vec<SeedSocket>, String>,
     pub filter: &'a dyn Fn(&Resolved) -> bool,
 }
 
@@ -64,7 +65,8 @@ pub async fn run(opts: &FollowOptions, hooks: Hooks<'_>) -> Result<FollowSummary
     let clock = Clock::now();
     // Only the tracepoint strategy misses releases done by exit().
     let mut tracker = Tracker::new(capture.chosen.backend == "tracepoint");
-    for s in (hooks.snapshot)().map_err(FollowError::Snapshot)? {
+    let records = capture.task_socket_fds().map_err(|e| e.to_string());
+    for s in (hooks.snapshot)(records).map_err(FollowError::Snapshot)? {
         tracker.seed(s);
     }
     if opts.verbose > 0 {
@@ -172,7 +174,8 @@ impl<W: Write> Sink<'_, W> {
     fn emit(&mut self, r: &Resolved) {
         // Bookkeeping events keep the model's holders true; people want
         // them only when asking for detail.
-        let bookkeeping = matches!(r.event.kind, EventKind::TaskExit | EventKind::Fork | EventKind::FdClose);
+        let bookkeeping =
+            matches!(r.event.kind, EventKind::TaskExit | EventKind::Fork | EventKind::FdClose | EventKind::Rename);
         if (bookkeeping && self.opts.verbose < 2) || !(self.filter)(r) || self.done() {
             return;
         }

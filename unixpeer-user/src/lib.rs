@@ -4,8 +4,16 @@
 
 pub mod btf;
 pub mod capture;
+pub mod cli;
+pub mod diag;
 pub mod events;
+pub mod filter;
 pub mod follow;
+pub mod holders;
 pub mod live;
+pub mod model;
+pub mod netns;
+pub mod output;
 pub mod privileges;
+pub mod snapshot;
 pub mod tracefs;

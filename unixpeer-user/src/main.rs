@@ -1,70 +1,144 @@
-use std::{process::ExitCode, time::Duration};
+//! unixtrace: who talks to whom over UNIX-domain sockets.
 
+use std::io::{BufWriter, Write};
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
 use clap::Parser;
-use unixpeer_user::{
-    capture::{BackendChoice, CaptureOptions},
-    follow::{self, FollowOptions, Hooks},
+use unixpeer_user::capture::{
+    CaptureOptions,
+    iter::{IterSource, Precomputed},
 };
-
-#[derive(Parser, Debug)]
-#[command(name = "unixtrace", version, about = "Who talks to whom over UNIX-domain sockets")]
-struct Args {
-    /// Follow: print events as they happen.
-    #[arg(short, long)]
-    follow: bool,
-    #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
-    backend: BackendChoice,
-    /// Stop after this many seconds.
-    #[arg(long)]
-    duration: Option<f64>,
-    /// Stop after this many events.
-    #[arg(long)]
-    count: Option<u64>,
-    #[arg(long)]
-    json: bool,
-    #[arg(short = 'T', long)]
-    timestamp: bool,
-    #[arg(short, long)]
-    pid: Option<u32>,
-    #[arg(long)]
-    comm: Option<String>,
-    #[arg(short, long, action = clap::ArgAction::Count)]
-    verbose: u8,
-}
+use unixpeer_user::cli::{Args, HolderChoice};
+use unixpeer_user::filter::Filter;
+use unixpeer_user::follow::{self, FollowOptions, Hooks};
+use unixpeer_user::holders::{HolderSource, ProcScan};
+use unixpeer_user::live::{Holder, SeedSocket};
+use unixpeer_user::model::{Model, Status};
+use unixpeer_user::output::{self, OutputError};
+use unixpeer_user::snapshot::{self, Snapshot};
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("unixtrace: cannot start the runtime: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    match rt.block_on(run(args)) {
+    let result = if args.follow { follow_main(&args) } else { snapshot_main(&args) };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("unixtrace: {e:#}");
-            ExitCode::from(1)
+            if e.downcast_ref::<OutputError>().is_some_and(OutputError::is_broken_pipe) {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("unixtrace: error: {e:#}");
+            ExitCode::FAILURE
         }
     }
 }
 
-async fn run(args: Args) -> anyhow::Result<()> {
+fn snapshot_main(args: &Args) -> anyhow::Result<()> {
+    let mut source = holder_source(args.holders)?;
+    let snap = snapshot::take(args.all_netns, source.as_mut()).context("cannot take the snapshot")?;
+    print_snapshot(args, &snap)
+}
+
+fn print_snapshot(args: &Args, snap: &Snapshot) -> anyhow::Result<()> {
+    if args.verbose > 0 {
+        eprintln!("unixtrace: holders from {}: {}", snap.source, snap.why);
+        eprintln!(
+            "unixtrace: {} sockets in {} network namespace(s); dump {:.1} ms, holders {:.1} ms",
+            snap.model.len(),
+            snap.namespaces,
+            snap.dump_time.as_secs_f64() * 1e3,
+            snap.holders_time.as_secs_f64() * 1e3,
+        );
+    }
+    for line in &snap.blind_spots {
+        eprintln!("unixtrace: {line}");
+    }
+    let filter = filter_from(args);
+    let mut out = BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
+    if args.json {
+        output::json::write(&mut out, &snap.model, &filter)?;
+    } else {
+        output::table::write(&mut out, &snap.model, &filter, output::term::width())?;
+    }
+    out.flush().map_err(OutputError::from)?;
+    Ok(())
+}
+
+fn follow_main(args: &Args) -> anyhow::Result<()> {
+    if args.holders == HolderChoice::Proc {
+        log::debug!("--holders proc: the snapshot under --follow still uses the running capture's iterator");
+    }
+    // In-kernel filters take one pid and one command; more are filtered here.
     let opts = FollowOptions {
         capture: CaptureOptions {
             backend: args.backend,
-            pid: args.pid,
-            comm: args.comm,
+            pid: single(&args.pid),
+            comm: single(&args.comm),
             kernel_logs: args.verbose > 0,
         },
         json: args.json,
         wall_time: args.timestamp,
-        duration: args.duration.map(Duration::from_secs_f64),
+        duration: args.duration,
         count: args.count,
         verbose: args.verbose,
     };
-    let hooks = Hooks { snapshot: &mut || Ok(Vec::new()), filter: &|_| true };
-    follow::run(&opts, hooks).await?;
+    let filter = filter_from(args);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the runtime")?;
+    let mut take_snapshot = |records: Result<Vec<_>, String>| -> Result<Vec<SeedSocket>, String> {
+        let mut source: Box<dyn HolderSource + Send> = match records {
+            Ok(records) => Box::new(Precomputed { records, why: "BPF iter/task_file of the running capture".into() }),
+            Err(why) => Box::new(ProcScan { why: format!("BPF task_file iterator failed ({why})") }),
+        };
+        let snap = snapshot::take(args.all_netns, source.as_mut()).map_err(|e| e.to_string())?;
+        print_snapshot(args, &snap).map_err(|e| format!("{e:#}"))?;
+        Ok(seeds(&snap.model))
+    };
+    let hooks = Hooks { snapshot: &mut take_snapshot, filter: &|r| filter.matches_event(r) };
+    rt.block_on(follow::run(&opts, hooks))?;
     Ok(())
+}
+
+fn single<T: Clone>(v: &[T]) -> Option<T> {
+    if v.len() == 1 { v.first().cloned() } else { None }
+}
+
+/// The snapshot as the live model's starting point.
+fn seeds(model: &Model) -> Vec<SeedSocket> {
+    model
+        .sockets()
+        .map(|s| SeedSocket {
+            inode: s.inode,
+            peer_inode: s.peer_inode(),
+            path: s.name.as_ref().map(ToString::to_string),
+            listening: model.status(s) == Status::Listening,
+            netns: s.netns as u32,
+            holders: model
+                .holders(s.inode)
+                .iter()
+                .map(|h| Holder { pid: h.pid, comm: h.comm.to_string(), fd: Some(h.fd as i32) })
+                .collect(),
+        })
+        .collect()
+}
+
+fn filter_from(args: &Args) -> Filter {
+    Filter {
+        pids: args.pid.clone(),
+        comms: args.comm.clone(),
+        path: args.path.clone(),
+        types: args.sock_type.iter().map(|&t| t.into()).collect(),
+        listening: args.listening,
+    }
+}
+
+/// The BPF task_file iterator when it is available, else the /proc scan.
+fn holder_source(choice: HolderChoice) -> anyhow::Result<Box<dyn HolderSource + Send>> {
+    match (choice, IterSource::probe()) {
+        (HolderChoice::Proc, _) => Ok(Box::new(ProcScan { why: "requested with --holders proc".into() })),
+        (HolderChoice::Iter | HolderChoice::Auto, Ok(it)) => Ok(Box::new(it)),
+        (HolderChoice::Iter, Err(why)) => bail!("the BPF task_file iterator is unavailable: {why}"),
+        (HolderChoice::Auto, Err(why)) => {
+            Ok(Box::new(ProcScan { why: format!("BPF task_file iterator unavailable ({why})") }))
+        }
+    }
 }

@@ -63,7 +63,8 @@ fn parse_field_offset(format: &str, field: &str) -> Option<u64> {
     format.lines().find_map(|line| {
         let decl = line.trim().strip_prefix("field:")?;
         let (decl, rest) = decl.split_once(';')?;
-        let name = decl.split_whitespace().last()?.trim_start_matches('*');
+        // `char newcomm[16]` declares `newcomm`.
+        let name = decl.split_whitespace().last()?.trim_start_matches('*').split('[').next()?;
         if name != field {
             return None;
         }
@@ -96,5 +97,7 @@ format:
         assert_eq!(parse_field_offset(SYS_ENTER_CONNECT, "uservaddr"), Some(24));
         assert_eq!(parse_field_offset(SYS_ENTER_CONNECT, "addrlen"), Some(32));
         assert_eq!(parse_field_offset(SYS_ENTER_CONNECT, "ret"), None);
+        let rename = "\tfield:pid_t pid;\toffset:8;\tsize:4;\tsigned:1;\n\tfield:char newcomm[16];\toffset:28;\tsize:16;\tsigned:0;\n";
+        assert_eq!(parse_field_offset(rename, "newcomm"), Some(28));
     }
 }

@@ -3,6 +3,7 @@
 //! xtask itself builds on the machine's default Rust; everything else is
 //! built with toolchains it installs on demand (see `toolchain`).
 
+mod bench_snapshot;
 mod ebpf;
 mod run;
 mod toolchain;
@@ -42,6 +43,12 @@ enum Command {
         #[arg(long)]
         no_vm: bool,
     },
+    /// Benchmarks that run the baseline and unixtrace side by side and
+    /// report their ratio.
+    Bench {
+        #[arg(value_enum)]
+        what: BenchKind,
+    },
     /// Boot Debian kernels in QEMU and run the integration suite under every strategy.
     VmTest {
         /// Kernel to test: a series (5.10, 6.1, 6.12) or a package name
@@ -54,6 +61,12 @@ enum Command {
     },
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum BenchKind {
+    /// The attributed snapshot against `ss -xap` and `lsof +E -U`.
+    Snapshot,
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     let root = workspace_root();
@@ -62,6 +75,10 @@ fn main() -> Result<()> {
         Command::CheckEbpf => ebpf::check(&root),
         Command::Run { args } => run::run(&root, &args),
         Command::Test { no_vm } => run::test(&root, !no_vm),
+        Command::Bench { what: BenchKind::Snapshot } => {
+            let bin = run::build_release(&root, &["unixpeer-user", "unixpeer-tests"])?;
+            bench_snapshot::run(&root, &bin.join("unixtrace"))
+        }
         Command::VmTest { kernels, keep_going } => vm::run(&root, &vm::VmOpts { kernels, keep_going }),
     }
 }

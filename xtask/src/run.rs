@@ -16,9 +16,19 @@ fn cargo(root: &Path, toolchain: &str) -> Command {
 }
 
 pub fn build_unixtrace(root: &Path) -> Result<std::path::PathBuf> {
+    Ok(build_release(root, &["unixpeer-user"])?.join("unixtrace"))
+}
+
+/// Builds the binaries of `packages` in release mode; returns their folder.
+pub fn build_release(root: &Path, packages: &[&str]) -> Result<std::path::PathBuf> {
     let tc = toolchain::stable()?;
-    sh(cargo(root, &tc).args(["build", "--release", "--locked", "-p", "unixpeer-user", "--bin", "unixtrace"]))?;
-    Ok(root.join("target/release/unixtrace"))
+    let mut c = cargo(root, &tc);
+    c.args(["build", "--release", "--locked", "--bins"]);
+    for p in packages {
+        c.args(["-p", p]);
+    }
+    sh(&mut c)?;
+    Ok(root.join("target/release"))
 }
 
 pub fn run(root: &Path, args: &[String]) -> Result<()> {
@@ -70,7 +80,7 @@ pub fn test(root: &Path, with_vm: bool) -> Result<()> {
         sh(cargo(root, &tc).args(["test", "--locked", "-p", "unixpeer-common", "-p", "unixpeer-user", "-p", "xtask"]))
     })?;
     stage("root integration tests (host kernel)", &mut || {
-        let bin = build_unixtrace(root)?;
+        let bin = build_release(root, &["unixpeer-user", "unixpeer-tests"])?.join("unixtrace");
         let mut c = cargo(root, &tc);
         c.args(["test", "--release", "--locked", "-p", "unixpeer-tests", "--", "--test-threads=1"])
             .env("UNIXTRACE_BIN", &bin);

@@ -44,6 +44,7 @@ const SYSCALL_COMMON: &[(&str, &str, &str)] = &[
     // Every close(): a non-final one drops a holder under every strategy.
     ("sys_enter_close", "syscalls", "sys_enter_close"),
     ("sched_process_exit", "sched", "sched_process_exit"),
+    ("task_rename", "task", "task_rename"),
 ];
 
 /// What the af_unix hooks see under fentry/kprobe, seen at the syscall

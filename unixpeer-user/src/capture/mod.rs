@@ -2,6 +2,7 @@
 //! them this kernel's offsets and the filters, and reads their events.
 
 mod backend;
+pub mod iter;
 
 use std::{os::fd::AsRawFd, path::Path};
 
@@ -62,7 +63,9 @@ pub struct CaptureOptions {
 
 pub struct Capture {
     // Keeps the programs loaded and attached.
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
+    btf: aya::Btf,
+    kbtf: KernelBtf,
     ring: AsyncFd<RingBuf<MapData>>,
     counters: PerCpuArray<MapData, u64>,
     logger: Option<AsyncFd<aya_log::EbpfLogger<&'static dyn log::Log>>>,
@@ -89,6 +92,8 @@ impl Capture {
         offsets.tp_syscall_args = tracefs::field_offset(&tracefs_root, "syscalls", "sys_enter_connect", "fd")?;
         offsets.tp_syscall_ret = tracefs::field_offset(&tracefs_root, "syscalls", "sys_exit_connect", "ret")?;
         backend::check_syscall_layout(&tracefs_root, offsets.tp_syscall_args)?;
+        offsets.tp_task_rename_pid = tracefs::field_offset(&tracefs_root, "task", "task_rename", "pid")?;
+        offsets.tp_task_rename_newcomm = tracefs::field_offset(&tracefs_root, "task", "task_rename", "newcomm")?;
 
         let filter = kernel_filter(opts);
         let aya_btf = aya::Btf::from_sys_fs().map_err(|e| {
@@ -120,7 +125,7 @@ impl Capture {
         } else {
             None
         };
-        Ok(Self { _ebpf: ebpf, ring: register(ring)?, counters, logger, chosen, lost_seen: 0 })
+        Ok(Self { ebpf, btf: aya_btf, kbtf, ring: register(ring)?, counters, logger, chosen, lost_seen: 0 })
     }
 
     /// Waits until the ring buffer has data, then hands every record in it
@@ -161,6 +166,11 @@ impl Capture {
                 f(Record::Event(e));
             }
         }
+    }
+
+    /// Every socket fd of every process, from the iterator in this object.
+    pub fn task_socket_fds(&mut self) -> Result<Vec<unixpeer_common::TaskSocketFd>, CaptureError> {
+        iter::task_socket_fds(&mut self.ebpf, &self.btf, &self.kbtf)
     }
 
     /// Events the kernel could not queue since the last call.

@@ -29,7 +29,7 @@ struct Sock {
     path: Option<String>,
     listener: bool,
     netns: u32,
-    sock_type: Option<crate::events::SockType>,
+    sock_type: Option<crate::model::SockType>,
 }
 
 /// What a socket looked like in the snapshot, to seed the model.
@@ -70,7 +70,8 @@ pub struct Tracker {
     comms: HashMap<u32, String>,
     /// Listening sockets by (netns, name): who a connect is talking to
     /// before the server accepts.
-    listeners: HashMap<(u32, String), Holder>,
+    /// The inode, so that the holder named is whoever holds it now.
+    listeners: HashMap<(u32, String), u64>,
     /// Client inode by the server-side `struct sock` created at connect:
     /// accept returns that very sock.
     embryos: HashMap<u64, u64>,
@@ -92,9 +93,9 @@ impl Tracker {
 
     pub fn seed(&mut self, s: SeedSocket) {
         if s.listening
-            && let (Some(path), Some(h)) = (&s.path, s.holders.first())
+            && let Some(path) = &s.path
         {
-            self.listeners.insert((s.netns, path.clone()), h.clone());
+            self.listeners.insert((s.netns, path.clone()), s.inode);
         }
         for h in &s.holders {
             self.by_pid.entry(h.pid).or_default().insert(s.inode);
@@ -143,7 +144,8 @@ impl Tracker {
 
     fn listener_for(&self, e: &Event) -> Option<Holder> {
         let path = e.path.as_ref()?;
-        self.listeners.get(&(e.netns, path.clone())).cloned()
+        let inode = self.listeners.get(&(e.netns, path.clone()))?;
+        self.holders_of(Some(*inode))?.into_iter().next()
     }
 
     fn upsert(&mut self, inode: Option<u64>, holder: Holder, peer_inode: Option<u64>, e: &Event) {
@@ -176,6 +178,7 @@ impl Tracker {
     /// one line; an exit may give one inferred close per socket released.
     pub fn apply(&mut self, mut e: Event) -> Vec<Resolved> {
         if e.kind != EventKind::TaskExit && self.comms.get(&e.pid) != Some(&e.comm) {
+            // (A rename of an untracked thread is undone below.)
             self.comms.insert(e.pid, e.comm.clone());
         }
         let actor = |fd| Holder { pid: e.pid, comm: e.comm.clone(), fd };
@@ -192,8 +195,8 @@ impl Tracker {
                 {
                     s.listener = true;
                 }
-                if let Some(p) = &e.path {
-                    self.listeners.insert((e.netns, p.clone()), actor(e.fd));
+                if let (Some(p), Some(i)) = (&e.path, e.inode) {
+                    self.listeners.insert((e.netns, p.clone()), i);
                 }
                 Peer::Unknown
             }
@@ -241,6 +244,13 @@ impl Tracker {
                 Peer::Unknown
             }
             EventKind::TaskExit => return self.exit(e),
+            // A tid that is no process we track is a thread: ignore it.
+            EventKind::Rename => {
+                if !self.by_pid.contains_key(&e.pid) {
+                    self.comms.remove(&e.pid);
+                }
+                Peer::Unknown
+            }
         };
         vec![Resolved { event: e, peer }]
     }

@@ -1,0 +1,144 @@
+//! Command line. Parsing errors exit with status 2 (clap's default).
+
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+use crate::capture::BackendChoice;
+use crate::filter::Glob;
+use crate::model::SockType;
+
+/// Who talks to whom over UNIX-domain sockets.
+///
+/// Without arguments, prints every UNIX socket of this network namespace,
+/// one row per connection, with the processes holding each end.
+#[derive(Debug, Parser)]
+#[command(name = "unixtrace", version)]
+pub struct Args {
+    /// Follow live connect/accept/close events after the snapshot.
+    #[arg(short = 'f', long)]
+    pub follow: bool,
+
+    /// Kernel attach strategy for --follow.
+    #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
+    pub backend: BackendChoice,
+
+    /// Stop following after this long (e.g. 10s, 500ms, 2m).
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+
+    /// Stop following after this many events.
+    #[arg(long)]
+    pub count: Option<u64>,
+
+    /// Say more on stderr (repeat for more): which sources were used and why.
+    #[arg(short = 'v', long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// JSON Lines on stdout, one object per socket (see docs/json-schema.md).
+    #[arg(long)]
+    pub json: bool,
+
+    /// Prefix live events with a timestamp.
+    #[arg(short = 'T', long)]
+    pub timestamp: bool,
+
+    /// Cover every network namespace reachable through /proc/*/ns/net.
+    #[arg(long)]
+    pub all_netns: bool,
+
+    /// How to find the processes holding each socket.
+    #[arg(long, value_enum, default_value_t = HolderChoice::Auto)]
+    pub holders: HolderChoice,
+
+    /// Only connections where either end is held by this process (repeatable).
+    #[arg(short = 'p', long, value_name = "PID")]
+    pub pid: Vec<u32>,
+
+    /// Only connections where either end is held by this command name (repeatable).
+    #[arg(long, value_name = "COMM")]
+    pub comm: Vec<String>,
+
+    /// Only connections where either end's name matches this glob
+    /// (`*` also crosses `/`; abstract names start with `@`).
+    #[arg(long, value_name = "GLOB", value_parser = parse_glob)]
+    pub path: Option<Glob>,
+
+    /// Only connections where either end has this type (repeatable).
+    #[arg(long = "type", value_enum, value_name = "TYPE")]
+    pub sock_type: Vec<TypeArg>,
+
+    /// Only listening sockets.
+    #[arg(long)]
+    pub listening: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum HolderChoice {
+    /// The BPF task_file iterator when it can load, else /proc.
+    Auto,
+    /// Only the BPF task_file iterator.
+    Iter,
+    /// Only the /proc/*/fd scan.
+    Proc,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum TypeArg {
+    Stream,
+    Dgram,
+    Seqpacket,
+}
+
+impl From<TypeArg> for SockType {
+    fn from(t: TypeArg) -> Self {
+        match t {
+            TypeArg::Stream => Self::Stream,
+            TypeArg::Dgram => Self::Dgram,
+            TypeArg::Seqpacket => Self::Seqpacket,
+        }
+    }
+}
+
+fn parse_glob(s: &str) -> Result<Glob, String> {
+    Glob::new(s).map_err(|e| e.to_string())
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().map_err(|_| format!("bad duration {s:?}"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "ms" => n / 1000.0,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("bad duration unit {unit:?} (use ms, s, m, h)")),
+    };
+    Duration::try_from_secs_f64(secs).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("x").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn args_parse() {
+        let a = Args::try_parse_from(["unixtrace", "--pid", "1", "--pid", "2", "--type", "dgram", "-vv"]).unwrap();
+        assert_eq!(a.pid, vec![1, 2]);
+        assert_eq!(a.sock_type, vec![TypeArg::Dgram]);
+        assert_eq!(a.verbose, 2);
+        use clap::CommandFactory;
+        Args::command().debug_assert();
+    }
+}

@@ -1,0 +1,215 @@
+//! Row filters. A connection matches a filter when either end matches, so
+//! `--pid 42` also shows who process 42 talks to.
+
+use crate::{
+    live::{Peer, Resolved},
+    model::{KernelState, Model, SockType},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum FilterError {
+    #[error("bad glob {0:?}: {1}")]
+    Glob(String, &'static str),
+}
+
+/// All conditions must hold; each may be satisfied by either end.
+#[derive(Debug, Default)]
+pub struct Filter {
+    pub pids: Vec<u32>,
+    pub comms: Vec<String>,
+    pub path: Option<Glob>,
+    pub types: Vec<SockType>,
+    pub listening: bool,
+}
+
+impl Filter {
+    pub fn is_empty(&self) -> bool {
+        self.pids.is_empty() && self.comms.is_empty() && self.path.is_none() && self.types.is_empty() && !self.listening
+    }
+
+    pub fn matches(&self, model: &Model, a: u64, b: Option<u64>) -> bool {
+        let either = |test: &dyn Fn(u64) -> bool| test(a) || b.is_some_and(test);
+        (self.pids.is_empty() || either(&|i| model.holders(i).iter().any(|h| self.pids.contains(&h.pid))))
+            && (self.comms.is_empty()
+                || either(&|i| {
+                    model.holders(i).iter().any(|h| self.comms.iter().any(|c| comm_eq(c, h.comm.as_bytes())))
+                }))
+            && self.path.as_ref().is_none_or(|g| {
+                either(&|i| model.get(i).and_then(|s| s.name.as_ref()).is_some_and(|n| g.matches(&n.to_string())))
+            })
+            && (self.types.is_empty() || either(&|i| model.get(i).is_some_and(|s| self.types.contains(&s.sock_type))))
+            && (!self.listening || either(&|i| model.get(i).is_some_and(|s| s.state == KernelState::Listen)))
+    }
+}
+
+/// The kernel keeps 15 bytes of a command name; a longer argument still
+/// matches the truncated comm.
+impl Filter {
+    /// The same rules for a live event: either the process that acted or
+    /// the one at the other end may match.
+    pub fn matches_event(&self, r: &Resolved) -> bool {
+        let e = &r.event;
+        let peers: &[crate::live::Holder] = match &r.peer {
+            Peer::Holders(h) => h,
+            Peer::Listener(h) => std::slice::from_ref(h),
+            Peer::Unknown => &[],
+        };
+        (self.pids.is_empty() || self.pids.contains(&e.pid) || peers.iter().any(|h| self.pids.contains(&h.pid)))
+            && (self.comms.is_empty()
+                || self
+                    .comms
+                    .iter()
+                    .any(|c| comm_eq(c, e.comm.as_bytes()) || peers.iter().any(|h| comm_eq(c, h.comm.as_bytes()))))
+            && self.path.as_ref().is_none_or(|g| e.path.as_ref().is_some_and(|p| g.matches(p)))
+            && (self.types.is_empty() || self.types.contains(&e.sock_type))
+            && (!self.listening || e.kind == unixpeer_common::EventKind::Listen || matches!(r.peer, Peer::Listener(_)))
+    }
+}
+
+fn comm_eq(wanted: &str, comm: &[u8]) -> bool {
+    const COMM_MAX: usize = unixpeer_common::TASK_COMM_LEN - 1;
+    let w = wanted.as_bytes();
+    let w = if w.len() > COMM_MAX { &w[..COMM_MAX] } else { w };
+    w == comm
+}
+
+/// A shell-style pattern: `*` (any run, `/` included), `?`, `[a-z]`, `[!x]`, `\` escapes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Glob {
+    tokens: Vec<Token>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Token {
+    Char(char),
+    Any,
+    Star,
+    Class { negated: bool, ranges: Vec<(char, char)> },
+}
+
+impl Glob {
+    pub fn new(pattern: &str) -> Result<Self, FilterError> {
+        let bad = |why| FilterError::Glob(pattern.to_owned(), why);
+        let mut tokens = Vec::new();
+        let mut chars = pattern.chars().peekable();
+        while let Some(c) = chars.next() {
+            tokens.push(match c {
+                '*' => Token::Star,
+                '?' => Token::Any,
+                '\\' => Token::Char(chars.next().ok_or_else(|| bad("trailing backslash"))?),
+                '[' => {
+                    let negated = chars.next_if(|&c| c == '!' || c == '^').is_some();
+                    let mut ranges = Vec::new();
+                    let mut first = true;
+                    loop {
+                        let c = chars.next().ok_or_else(|| bad("unclosed ["))?;
+                        if c == ']' && !first {
+                            break;
+                        }
+                        first = false;
+                        let lo = if c == '\\' { chars.next().ok_or_else(|| bad("unclosed ["))? } else { c };
+                        let hi = if chars.peek() == Some(&'-') {
+                            chars.next();
+                            match chars.next() {
+                                Some(']') => {
+                                    ranges.push((lo, lo));
+                                    ranges.push(('-', '-'));
+                                    break;
+                                }
+                                Some(h) => h,
+                                None => return Err(bad("unclosed [")),
+                            }
+                        } else {
+                            lo
+                        };
+                        ranges.push((lo, hi));
+                    }
+                    Token::Class { negated, ranges }
+                }
+                c => Token::Char(c),
+            });
+        }
+        Ok(Self { tokens })
+    }
+
+    pub fn matches(&self, text: &str) -> bool {
+        let text: Vec<char> = text.chars().collect();
+        // Classic linear backtracking: remember the last star and retry it
+        // one character further on mismatch.
+        let (mut t, mut p) = (0, 0);
+        let mut star: Option<(usize, usize)> = None;
+        while t < text.len() {
+            match self.tokens.get(p) {
+                Some(Token::Star) => {
+                    star = Some((p, t));
+                    p += 1;
+                    continue;
+                }
+                Some(tok) if tok.matches_char(text[t]) => {
+                    p += 1;
+                    t += 1;
+                    continue;
+                }
+                _ => {}
+            }
+            match star {
+                Some((sp, st)) => {
+                    p = sp + 1;
+                    t = st + 1;
+                    star = Some((sp, st + 1));
+                }
+                None => return false,
+            }
+        }
+        self.tokens[p..].iter().all(|tok| *tok == Token::Star)
+    }
+}
+
+impl Token {
+    fn matches_char(&self, c: char) -> bool {
+        match self {
+            Token::Char(x) => *x == c,
+            Token::Any => true,
+            Token::Star => false,
+            Token::Class { negated, ranges } => ranges.iter().any(|&(lo, hi)| lo <= c && c <= hi) != *negated,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(p: &str, t: &str) -> bool {
+        Glob::new(p).unwrap().matches(t)
+    }
+
+    #[test]
+    fn globs() {
+        assert!(m("/run/*", "/run/user/1000/bus"));
+        assert!(m("@*", "@myabs"));
+        assert!(!m("@*", "/tmp/x"));
+        assert!(m("/tmp/?.sock", "/tmp/x.sock"));
+        assert!(m("*[0-9].sock", "/tmp/w12.sock"));
+        assert!(!m("*[!0-9].sock", "/tmp/w12.sock"));
+        assert!(m("a\\*b", "a*b"));
+        assert!(!m("a\\*b", "axb"));
+        assert!(m("*a*a*a*", "aaaa"));
+        assert!(!m("abc", "abcd"));
+        assert!(m("", ""));
+        assert!(m("[]x]", "]"));
+        assert!(m("[a-]", "-"));
+    }
+
+    #[test]
+    fn bad_globs_are_errors() {
+        assert!(Glob::new("[abc").is_err());
+        assert!(Glob::new("ab\\").is_err());
+    }
+
+    #[test]
+    fn long_comms_match_their_truncation() {
+        assert!(comm_eq("systemd-journald-x", b"systemd-journal"));
+        assert!(!comm_eq("systemd", b"systemd-journal"));
+    }
+}

@@ -1,0 +1,442 @@
+//! The snapshot model: every UNIX socket keyed by inode, who holds it, and
+//! how sockets pair up into connections.
+//!
+//! Sockets are keyed by inode because sockfs inode numbers are unique across
+//! network namespaces: the accepted end of a cross-netns connection lives in
+//! the client's netns, and joining on the UNIX_DIAG peer inode still finds it.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+
+use crate::holders::{Holder, HolderList, HolderMap};
+
+/// `sk_type` of a UNIX socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SockType {
+    Stream,
+    Dgram,
+    Seqpacket,
+    Other(u8),
+}
+
+impl SockType {
+    pub fn from_kernel(sk_type: u8) -> Self {
+        match i32::from(sk_type) {
+            libc::SOCK_STREAM => Self::Stream,
+            libc::SOCK_DGRAM => Self::Dgram,
+            libc::SOCK_SEQPACKET => Self::Seqpacket,
+            _ => Self::Other(sk_type),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stream => "stream",
+            Self::Dgram => "dgram",
+            Self::Seqpacket => "seqpacket",
+            Self::Other(_) => "other",
+        }
+    }
+
+    /// Only connection-oriented sockets have listeners and accepted ends.
+    pub fn is_connection_oriented(self) -> bool {
+        matches!(self, Self::Stream | Self::Seqpacket)
+    }
+}
+
+impl fmt::Display for SockType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Stream => f.write_str("stream"),
+            Self::Dgram => f.write_str("dgram"),
+            Self::Seqpacket => f.write_str("seqpacket"),
+            Self::Other(t) => write!(f, "type{t}"),
+        }
+    }
+}
+
+/// `sk_state` as UNIX sockets use it (a subset of the TCP states).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum KernelState {
+    Established,
+    Listen,
+    /// TCP_CLOSE: never connected, or a datagram socket without a default peer.
+    Close,
+    Other(u8),
+}
+
+impl KernelState {
+    pub fn from_kernel(state: u8) -> Self {
+        // Values from include/net/tcp_states.h.
+        match state {
+            1 => Self::Established,
+            10 => Self::Listen,
+            7 => Self::Close,
+            s => Self::Other(s),
+        }
+    }
+}
+
+/// The address a socket is bound to (`unix_sock.addr`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SockName {
+    /// A filesystem path, without the trailing NUL.
+    Path(Box<[u8]>),
+    /// An abstract name, without the leading NUL.
+    Abstract(Box<[u8]>),
+}
+
+impl SockName {
+    pub fn path(bytes: &[u8]) -> Self {
+        Self::Path(bytes.into())
+    }
+
+    pub fn abstract_name(bytes: &[u8]) -> Self {
+        Self::Abstract(bytes.into())
+    }
+}
+
+impl fmt::Display for SockName {
+    /// Abstract names get a leading `@` and show embedded NULs as `@`, as
+    /// `ss` does, so names can be compared across tools.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (prefix, bytes) = match self {
+            Self::Path(p) => ("", p),
+            Self::Abstract(a) => ("@", a),
+        };
+        f.write_str(prefix)?;
+        for chunk in bytes.utf8_chunks() {
+            for c in chunk.valid().chars() {
+                match c {
+                    '\0' => f.write_str("@")?,
+                    c if c.is_control() => write!(f, "\\x{:02x}", c as u32)?,
+                    c => write!(f, "{c}")?,
+                }
+            }
+            for b in chunk.invalid() {
+                write!(f, "\\x{b:02x}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Device and inode of the filesystem entry a path socket is bound to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Vfs {
+    pub dev: u32,
+    pub ino: u32,
+}
+
+/// One socket as UNIX_DIAG reported it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Socket {
+    pub inode: u64,
+    pub sock_type: SockType,
+    pub state: KernelState,
+    pub name: Option<SockName>,
+    /// UNIX_DIAG_PEER: `Some(0)` means the kernel still has a peer pointer
+    /// but the peer has no inode any more (it was closed, or it is the
+    /// not-yet-accepted server end of a connection).
+    pub peer: Option<u64>,
+    /// UNIX_DIAG_ICONS: client inodes whose connections wait in accept().
+    pub icons: Box<[u64]>,
+    /// UNIX_DIAG_RQLEN: for listeners (pending count, backlog); otherwise
+    /// (bytes queued to read, bytes written and not yet read by the peer).
+    pub rqlen: Option<(u32, u32)>,
+    /// UNIX_DIAG_SHUTDOWN: RCV_SHUTDOWN=1 | SEND_SHUTDOWN=2.
+    pub shutdown: u8,
+    pub uid: Option<u32>,
+    pub vfs: Option<Vfs>,
+    /// Inode of the network namespace whose dump reported the socket.
+    pub netns: u64,
+}
+
+impl Socket {
+    /// A live peer inode, if any.
+    pub fn peer_inode(&self) -> Option<u64> {
+        self.peer.filter(|&p| p != 0)
+    }
+}
+
+/// What a user wants to know about a socket's situation, derived from the
+/// kernel state plus the rest of the snapshot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Status {
+    Listening,
+    Connected,
+    /// Connected by connect() but still waiting in a listener's accept queue.
+    Pending,
+    /// The peer was closed: the kernel keeps a dangling peer (half-closed).
+    PeerClosed,
+    /// Never connected, or a datagram socket without a default peer.
+    Unconnected,
+    Unknown,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Listening => "listening",
+            Self::Connected => "connected",
+            Self::Pending => "pending",
+            Self::PeerClosed => "peer-closed",
+            Self::Unconnected => "unconnected",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
+/// How two ends relate on one output row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Link {
+    /// Each end is the other's peer.
+    Pair,
+    /// Datagram connect(): `a` sends to `b` by default, `b` has another (or no) peer.
+    OneWay,
+}
+
+/// A row of the connection view: one socket, or two joined through their peer inodes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Connection {
+    pub a: u64,
+    /// The peer inode, even when the peer itself is not in the snapshot
+    /// (another netns that was not dumped).
+    pub b: Option<u64>,
+    pub link: Option<Link>,
+}
+
+/// All sockets of a snapshot and their holders.
+#[derive(Debug, Default)]
+pub struct Model {
+    sockets: HashMap<u64, Socket>,
+    holders: HolderMap,
+    /// Client inode -> listener inode, from the listeners' ICONS.
+    pending: HashMap<u64, u64>,
+}
+
+impl Model {
+    pub fn new(sockets: Vec<Socket>, holders: HolderMap) -> Self {
+        let mut model = Self { sockets: HashMap::with_capacity(sockets.len()), holders, pending: HashMap::new() };
+        for socket in sockets {
+            model.insert_socket(socket);
+        }
+        model
+    }
+
+    /// Adds or replaces a socket, keeping the accept-queue index current.
+    pub fn insert_socket(&mut self, socket: Socket) {
+        if let Some(old) = self.sockets.remove(&socket.inode) {
+            self.forget_icons(&old);
+        }
+        for &client in socket.icons.iter() {
+            if client != 0 {
+                self.pending.insert(client, socket.inode);
+            }
+        }
+        self.sockets.insert(socket.inode, socket);
+    }
+
+    /// Drops a socket and its holders; its peer keeps pointing at it, as in
+    /// the kernel, and so becomes peer-closed.
+    pub fn remove(&mut self, inode: u64) -> Option<Socket> {
+        self.holders.remove(&inode);
+        let socket = self.sockets.remove(&inode)?;
+        self.forget_icons(&socket);
+        Some(socket)
+    }
+
+    fn forget_icons(&mut self, listener: &Socket) {
+        for client in listener.icons.iter() {
+            if self.pending.get(client) == Some(&listener.inode) {
+                self.pending.remove(client);
+            }
+        }
+    }
+
+    pub fn set_holders(&mut self, inode: u64, holders: HolderList) {
+        self.holders.insert(inode, holders);
+    }
+
+    /// Replaces every holder at once, as after a fresh attribution pass.
+    pub fn set_all_holders(&mut self, holders: HolderMap) {
+        self.holders = holders;
+    }
+
+    pub fn get(&self, inode: u64) -> Option<&Socket> {
+        self.sockets.get(&inode)
+    }
+
+    pub fn holders(&self, inode: u64) -> &[Holder] {
+        self.holders.get(&inode).map_or(&[], |h| h.as_slice())
+    }
+
+    pub fn len(&self) -> usize {
+        self.sockets.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sockets.is_empty()
+    }
+
+    /// Sockets in inode order, so output is stable from run to run.
+    pub fn sockets(&self) -> impl Iterator<Item = &Socket> {
+        let mut sorted: Vec<&Socket> = self.sockets.values().collect();
+        sorted.sort_unstable_by_key(|s| s.inode);
+        sorted.into_iter()
+    }
+
+    /// The listener whose accept queue holds this client, if any.
+    pub fn listener_of(&self, client: u64) -> Option<u64> {
+        self.pending.get(&client).copied()
+    }
+
+    pub fn status(&self, socket: &Socket) -> Status {
+        match socket.state {
+            KernelState::Listen => Status::Listening,
+            KernelState::Close => Status::Unconnected,
+            KernelState::Other(_) => Status::Unknown,
+            KernelState::Established => {
+                if socket.peer_inode().is_some() {
+                    Status::Connected
+                } else if self.pending.contains_key(&socket.inode) {
+                    Status::Pending
+                } else if socket.peer.is_some() || socket.sock_type.is_connection_oriented() {
+                    Status::PeerClosed
+                } else {
+                    Status::Unconnected
+                }
+            }
+        }
+    }
+
+    /// The connection `inode` takes part in, as it would show on one row.
+    pub fn connection_of(&self, inode: u64) -> Option<Connection> {
+        let socket = self.sockets.get(&inode)?;
+        let Some(peer) = socket.peer_inode() else {
+            return Some(Connection { a: inode, b: None, link: None });
+        };
+        let mutual = self.sockets.get(&peer).is_none_or(|p| p.peer_inode() == Some(inode));
+        let link = if mutual { Link::Pair } else { Link::OneWay };
+        Some(Connection { a: inode, b: Some(peer), link: Some(link) })
+    }
+
+    /// One entry per row: mutual pairs once, everything else once per socket.
+    /// A datagram server that several clients connect() to keeps its own
+    /// row, and each client row points at it.
+    pub fn connections(&self) -> Vec<Connection> {
+        let mut seen = HashSet::with_capacity(self.sockets.len());
+        let mut rows = Vec::with_capacity(self.sockets.len());
+        for socket in self.sockets() {
+            if seen.contains(&socket.inode) {
+                continue;
+            }
+            let Some(conn) = self.connection_of(socket.inode) else {
+                continue;
+            };
+            seen.insert(conn.a);
+            if let (Some(b), Some(Link::Pair)) = (conn.b, conn.link) {
+                seen.insert(b);
+            }
+            rows.push(self.oriented(conn));
+        }
+        rows
+    }
+
+    /// Puts the unnamed end (the client) first, so rows read client → server.
+    fn oriented(&self, conn: Connection) -> Connection {
+        let (Some(b), Some(Link::Pair)) = (conn.b, conn.link) else {
+            return conn;
+        };
+        let named = |i: u64| self.sockets.get(&i).is_some_and(|s| s.name.is_some());
+        if named(conn.a) && !named(b) { Connection { a: b, b: Some(conn.a), link: conn.link } } else { conn }
+    }
+
+    /// The bound name shown for a connection: whichever end has one, or for
+    /// a client still waiting in accept(), the listener's.
+    pub fn name_of(&self, conn: &Connection) -> Option<&SockName> {
+        let name = |i: u64| self.sockets.get(&i).and_then(|s| s.name.as_ref());
+        name(conn.a).or_else(|| conn.b.and_then(name)).or_else(|| self.listener_of(conn.a).and_then(name))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn sock(inode: u64, state: KernelState, peer: Option<u64>) -> Socket {
+        Socket {
+            inode,
+            sock_type: SockType::Stream,
+            state,
+            name: None,
+            peer,
+            icons: Box::default(),
+            rqlen: None,
+            shutdown: 0,
+            uid: None,
+            vfs: None,
+            netns: 1,
+        }
+    }
+
+    #[test]
+    fn pairs_take_one_row_client_first() {
+        let mut server = sock(11, KernelState::Established, Some(10));
+        server.name = Some(SockName::path(b"/tmp/x"));
+        let client = sock(10, KernelState::Established, Some(11));
+        let m = Model::new(vec![server, client], HolderMap::new());
+        let rows = m.connections();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].a, 10);
+        assert_eq!(rows[0].b, Some(11));
+        assert_eq!(m.name_of(&rows[0]), Some(&SockName::path(b"/tmp/x")));
+    }
+
+    #[test]
+    fn statuses_are_told_apart() {
+        let mut listener = sock(1, KernelState::Listen, None);
+        listener.icons = Box::new([2]);
+        let waiting = sock(2, KernelState::Established, Some(0));
+        let orphan = sock(3, KernelState::Established, Some(0));
+        let idle = sock(4, KernelState::Close, None);
+        let m = Model::new(vec![listener, waiting, orphan, idle], HolderMap::new());
+        let st = |i| m.status(m.get(i).unwrap());
+        assert_eq!(st(1), Status::Listening);
+        assert_eq!(st(2), Status::Pending);
+        assert_eq!(st(3), Status::PeerClosed);
+        assert_eq!(st(4), Status::Unconnected);
+        assert_eq!(m.listener_of(2), Some(1));
+    }
+
+    #[test]
+    fn dgram_clients_point_at_a_server_that_keeps_its_row() {
+        let mut server = sock(5, KernelState::Close, None);
+        server.sock_type = SockType::Dgram;
+        let mut c1 = sock(6, KernelState::Established, Some(5));
+        c1.sock_type = SockType::Dgram;
+        let mut c2 = sock(7, KernelState::Established, Some(5));
+        c2.sock_type = SockType::Dgram;
+        let m = Model::new(vec![server, c1, c2], HolderMap::new());
+        let rows = m.connections();
+        assert_eq!(rows.len(), 3);
+        assert!(rows.iter().filter(|r| r.link == Some(Link::OneWay)).count() == 2);
+    }
+
+    #[test]
+    fn remove_leaves_the_peer_closed_and_unlists_pending() {
+        let mut listener = sock(1, KernelState::Listen, None);
+        listener.icons = Box::new([2]);
+        let waiting = sock(2, KernelState::Established, Some(0));
+        let mut m = Model::new(vec![listener, waiting], HolderMap::new());
+        m.remove(1);
+        assert_eq!(m.status(m.get(2).unwrap()), Status::PeerClosed);
+        assert_eq!(m.len(), 1);
+    }
+
+    #[test]
+    fn abstract_names_show_with_at() {
+        assert_eq!(SockName::abstract_name(b"a\0b").to_string(), "@a@b");
+        assert_eq!(SockName::path(b"/p\n").to_string(), "/p\\x0a");
+    }
+}
