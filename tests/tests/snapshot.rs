@@ -6,6 +6,7 @@
 //! first with `cargo build -p unixpeer-user`, or set UNIXTRACE_BIN.
 
 use std::collections::{BTreeSet, HashMap};
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -276,13 +277,19 @@ fn unprivileged_run_lists_everything_and_warns_once() {
     let bin_dir = dir.0.join("bin");
     let farm_bin = copy_for_everyone(std::path::Path::new(SOCKFARM), &bin_dir);
     let ut_bin = copy_for_everyone(&unixtrace_bin(), &bin_dir);
-    let nobody = ["--reuid=65534", "--regid=65534", "--clear-groups"];
-    let mut cmd = Command::new("setpriv");
+    // As nobody, without supplementary groups (std drops them when root
+    // sets a uid); no setpriv needed, so this runs in the VM guests too.
+    let nobody = |bin: &std::path::Path| {
+        let mut c = Command::new(bin);
+        c.uid(65534).gid(65534);
+        c
+    };
     let tag = format!("{}-nobody", dir.tag());
-    cmd.args(nobody).arg(&farm_bin).args(["--procs", "1", "--per-proc", "10", "--dir", dir.path(), "--tag", &tag]);
+    let mut cmd = nobody(&farm_bin);
+    cmd.args(["--procs", "1", "--per-proc", "10", "--dir", dir.path(), "--tag", &tag]);
     let own_farm = Farm::start(cmd, "READY");
 
-    let out = run(Command::new("setpriv").args(nobody).arg(&ut_bin).arg("--json"));
+    let out = run(nobody(&ut_bin).arg("--json"));
     assert_eq!(out.status.code(), Some(0), "stderr: {}", String::from_utf8_lossy(&out.stderr));
     let stderr = String::from_utf8_lossy(&out.stderr);
     let lines: Vec<&str> = stderr.lines().collect();

@@ -14,11 +14,11 @@ pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 #[derive(Debug, thiserror::Error)]
 pub enum BtfError {
     #[error(
-        "cannot read the kernel's BTF at {path}: {source}\n\
+        "cannot read the kernel's BTF at {path}: {error}\n\
          unixtrace needs a kernel built with CONFIG_DEBUG_INFO_BTF=y (5.4 or newer; \
          every current Debian, Ubuntu, Fedora and RHEL kernel has it)"
     )]
-    Unreadable { path: PathBuf, source: btf_rs::Error },
+    Unreadable { path: PathBuf, error: btf_rs::Error },
     #[error("the kernel's BTF has no `struct {0}`: this kernel is too old or too unusual for unixtrace")]
     NoStruct(String),
     #[error("the kernel's BTF has no field `{field}` in `struct {strukt}`: this kernel's layout is not supported")]
@@ -37,9 +37,12 @@ pub struct KernelBtf {
 
 impl KernelBtf {
     pub fn open(path: &Path) -> Result<Self, BtfError> {
-        // The mmap backend parses lazily: we need a dozen types out of ~100k.
+        // The mmap backend parses lazily (we need a dozen types out of
+        // ~100k), but sysfs only supports mmap of BTF since 6.x: read the
+        // file into memory where it refuses.
         let btf = Btf::from_file_with_backend(path, btf_rs::Backend::Mmap)
-            .map_err(|source| BtfError::Unreadable { path: path.to_owned(), source })?;
+            .or_else(|_| Btf::from_file(path))
+            .map_err(|error| BtfError::Unreadable { path: path.to_owned(), error })?;
         Ok(Self { btf })
     }
 

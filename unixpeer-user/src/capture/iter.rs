@@ -83,7 +83,7 @@ impl HolderSource for IterSource {
             let btf = aya::Btf::from_sys_fs().map_err(|e| {
                 CaptureError::Btf(BtfError::Unreadable {
                     path: VMLINUX_BTF.into(),
-                    source: btf_rs::Error::Format(e.to_string()),
+                    error: btf_rs::Error::Format(e.to_string()),
                 })
             })?;
             let mut ebpf = load_for_iter(&kbtf, &btf)?;

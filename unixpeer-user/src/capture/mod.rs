@@ -99,7 +99,7 @@ impl Capture {
         let aya_btf = aya::Btf::from_sys_fs().map_err(|e| {
             CaptureError::Btf(BtfError::Unreadable {
                 path: VMLINUX_BTF.into(),
-                source: btf_rs::Error::Format(e.to_string()),
+                error: btf_rs::Error::Format(e.to_string()),
             })
         })?;
         let log_level: u8 = if opts.kernel_logs { 0xff } else { 0 };
