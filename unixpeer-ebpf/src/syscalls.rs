@@ -23,7 +23,7 @@ use aya_ebpf::{
 use unixpeer_common::{AF_UNIX, Backend, EventKind};
 
 use crate::{
-    emit::{self, actor_wanted, begin, copy_sockaddr, describe, name_from_kernel, submit},
+    emit::{self, actor_wanted, begin, copy_sockaddr, describe, describe_released, name_from_kernel, submit},
     kernel::{self, off},
 };
 
@@ -257,11 +257,8 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
         return 0;
     };
     let Some(e) = begin(kind, Backend::Tracepoint) else { return 0 };
-    describe(e, sock);
+    describe_released(e, sock);
     e.fd = fd as i32;
-    if kind == EventKind::Close {
-        name_from_kernel(e);
-    }
     submit(e);
     0
 }

@@ -112,6 +112,7 @@ fn seeds(model: &Model) -> Vec<SeedSocket> {
             path: s.name.as_ref().map(ToString::to_string),
             listening: model.status(s) == Status::Listening,
             netns: s.netns as u32,
+            sock_type: s.sock_type,
             holders: model
                 .holders(s.inode)
                 .iter()

@@ -3,6 +3,7 @@
 //! xtask itself builds on the machine's default Rust; everything else is
 //! built with toolchains it installs on demand (see `toolchain`).
 
+mod bench_follow;
 mod bench_snapshot;
 mod ebpf;
 mod run;
@@ -65,6 +66,8 @@ enum Command {
 enum BenchKind {
     /// The attributed snapshot against `ss -xap` and `lsof +E -U`.
     Snapshot,
+    /// A connection generator untraced and traced by `unixtrace --follow`.
+    Follow,
 }
 
 fn main() -> Result<()> {
@@ -78,6 +81,9 @@ fn main() -> Result<()> {
         Command::Bench { what: BenchKind::Snapshot } => {
             let bin = run::build_release(&root, &["unixpeer-user", "unixpeer-tests"])?;
             bench_snapshot::run(&root, &bin.join("unixtrace"))
+        }
+        Command::Bench { what: BenchKind::Follow } => {
+            bench_follow::run(&run::build_release(&root, &["unixpeer-user", "unixpeer-tests"])?)
         }
         Command::VmTest { kernels, keep_going } => vm::run(&root, &vm::VmOpts { kernels, keep_going }),
     }

@@ -22,6 +22,9 @@ use crate::{
     tracefs::{self, TracefsError},
 };
 
+/// How long a quiet event stream may wait in the ring buffer.
+const DRAIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// The object built by `cargo xtask build-ebpf`, committed so that building
 /// unixtrace needs only stable Rust.
 static OBJECT: &[u8] = aya::include_bytes_aligned!("../../ebpf/unixpeer.bpf.o");
@@ -128,33 +131,28 @@ impl Capture {
         Ok(Self { ebpf, btf: aya_btf, kbtf, ring: register(ring)?, counters, logger, chosen, lost_seen: 0 })
     }
 
-    /// Waits until the ring buffer has data, then hands every record in it
-    /// to `f`. Returns after one batch so the caller can check its stop
-    /// conditions in between.
+    /// Waits until the ring buffer has data or the drain interval passed,
+    /// then hands every record in it to `f`. Returns after one batch so the
+    /// caller can check its stop conditions in between.
+    ///
+    /// The programs wake us only when a lot is queued (see `WAKEUP_BYTES` in
+    /// the eBPF crate), so a quiet stream is drained by the timer.
     pub async fn next_batch(&mut self, f: &mut dyn FnMut(Record)) -> Result<(), CaptureError> {
-        let logger = self.logger.as_mut();
-        let mut guard = match logger {
-            Some(l) => {
-                tokio::select! {
-                    g = self.ring.readable_mut() => g?,
-                    lg = l.readable_mut() => {
-                        let mut lg = lg?;
-                        lg.get_inner_mut().flush();
-                        lg.clear_ready();
-                        return Ok(());
-                    }
+        let tick = tokio::time::sleep(DRAIN_INTERVAL);
+        tokio::select! {
+            g = self.ring.readable_mut() => g?.clear_ready(),
+            _ = tick => {}
+            lg = async {
+                match self.logger.as_mut() {
+                    Some(l) => l.readable_mut().await.map(|mut g| {
+                        g.get_inner_mut().flush();
+                        g.clear_ready();
+                    }),
+                    None => std::future::pending().await,
                 }
-            }
-            None => self.ring.readable_mut().await?,
-        };
-        let ring = guard.get_inner_mut();
-        while let Some(item) = ring.next() {
-            match events::decode(&item) {
-                Ok(e) => f(Record::Event(e)),
-                Err(e) => log::warn!("dropping malformed kernel record: {e}"),
-            }
+            } => lg?,
         }
-        guard.clear_ready();
+        self.drain_now(f);
         Ok(())
     }
 
@@ -162,8 +160,9 @@ impl Capture {
     pub fn drain_now(&mut self, f: &mut dyn FnMut(Record)) {
         let ring = self.ring.get_mut();
         while let Some(item) = ring.next() {
-            if let Ok(e) = events::decode(&item) {
-                f(Record::Event(e));
+            match events::decode(&item) {
+                Ok(e) => f(Record::Event(e)),
+                Err(e) => log::warn!("dropping malformed kernel record: {e}"),
             }
         }
     }
@@ -179,10 +178,6 @@ impl Capture {
         let new = total.saturating_sub(self.lost_seen);
         self.lost_seen = total;
         Ok(new)
-    }
-
-    pub fn ring_fd(&self) -> i32 {
-        self.ring.get_ref().as_raw_fd()
     }
 }
 

@@ -40,6 +40,7 @@ pub struct SeedSocket {
     pub path: Option<String>,
     pub listening: bool,
     pub netns: u32,
+    pub sock_type: crate::model::SockType,
     pub holders: Vec<Holder>,
 }
 
@@ -106,7 +107,7 @@ impl Tracker {
             path: s.path,
             listener: s.listening,
             netns: s.netns,
-            sock_type: None,
+            sock_type: Some(s.sock_type),
         };
         self.socks.insert(s.inode, sock);
     }
@@ -313,6 +314,15 @@ impl Tracker {
         if e.path.is_none() {
             e.path = sock.as_ref().and_then(|s| s.path.clone());
         }
+        // The syscall strategy reports a close with its identity only.
+        if let Some(s) = &sock {
+            if e.netns == 0 {
+                e.netns = s.netns;
+            }
+            if let (crate::model::SockType::Other(0), Some(t)) = (e.sock_type, s.sock_type) {
+                e.sock_type = t;
+            }
+        }
         // unix_release_sock does not know the fd; the model does.
         if e.fd.is_none() {
             e.fd = sock.as_ref().and_then(|s| s.holders.iter().find(|h| h.pid == e.pid)).and_then(|h| h.fd);
@@ -456,6 +466,7 @@ mod tests {
             path: None,
             listening: false,
             netns: 1,
+            sock_type: SockType::Stream,
             holders: vec![h(5, "a")],
         });
         t.seed(SeedSocket {
@@ -464,6 +475,7 @@ mod tests {
             path: None,
             listening: false,
             netns: 1,
+            sock_type: SockType::Stream,
             holders: vec![h(6, "b")],
         });
         let r = one(&mut t, ev(EventKind::Close, 5, "a", 1, 0));
