@@ -71,7 +71,7 @@ fn main() {
             libc::close(pair[0]);
             libc::close(pair[1]);
             n += 1;
-            if n % 256 == 0 {
+            if n.is_multiple_of(256) {
                 let t = start.elapsed().as_secs_f64();
                 if limit_secs.is_some_and(|l| t >= l) {
                     break;
