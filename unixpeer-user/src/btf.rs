@@ -33,6 +33,8 @@ pub enum BtfError {
 
 pub struct KernelBtf {
     btf: Btf,
+    /// A by-name lookup scans every type: look each struct up once.
+    structs: std::cell::RefCell<std::collections::HashMap<String, btf_rs::Struct>>,
 }
 
 impl KernelBtf {
@@ -43,14 +45,18 @@ impl KernelBtf {
         let btf = Btf::from_file_with_backend(path, btf_rs::Backend::Mmap)
             .or_else(|_| Btf::from_file(path))
             .map_err(|error| BtfError::Unreadable { path: path.to_owned(), error })?;
-        Ok(Self { btf })
+        Ok(Self { btf, structs: Default::default() })
     }
 
     fn strukt(&self, name: &str) -> Result<btf_rs::Struct, BtfError> {
+        if let Some(s) = self.structs.borrow().get(name) {
+            return Ok(s.clone());
+        }
         for t in self.btf.resolve_types_by_name(name).unwrap_or_default() {
             if let Type::Struct(s) = t {
                 // Skip forward declarations' empty twins.
                 if !s.members.is_empty() {
+                    self.structs.borrow_mut().insert(name.to_owned(), s.clone());
                     return Ok(s);
                 }
             }

@@ -19,6 +19,15 @@ use unixpeer_user::output::{self, OutputError};
 use unixpeer_user::snapshot::{self, Snapshot};
 
 fn main() -> ExitCode {
+    // One malloc arena: the snapshot attributes holders on one thread while
+    // it dumps sockets on another, and memory the first frees (the kernel's
+    // BTF, the eBPF object) should serve the second instead of adding to the
+    // peak.
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
     let args = Args::parse();
     let result = if args.follow { follow_main(&args) } else { snapshot_main(&args) };
     match result {
