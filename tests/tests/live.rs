@@ -38,7 +38,11 @@ fn short_lived_connections_are_all_reported_with_both_ends() {
     let path = tmp_path("short");
     let listener = listen_on(&path, libc::SOCK_STREAM, 4096);
     let mut f = Follower::start(&[]);
+    let ready = pipe();
     let server = fork_child("lp-server", || {
+        // Named by now: connects that come before this would rightly name
+        // the server by the name it had at fork.
+        report(&ready.write, "ready");
         for _ in 0..N {
             // SAFETY: raw syscalls in the child.
             unsafe {
@@ -55,6 +59,7 @@ fn short_lived_connections_are_all_reported_with_both_ends() {
     });
     // SAFETY: the parent no longer needs the listener; the server has it.
     unsafe { libc::close(listener) };
+    read_lines(&ready, 1);
     let client = fork_child("lp-client", || {
         for _ in 0..N {
             let Ok(fd) = connect_to(&path, libc::SOCK_STREAM, false) else { return 2 };
@@ -244,4 +249,86 @@ fn without_privileges_the_error_names_the_capabilities() {
     assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
     assert!(stderr.contains("CAP_BPF") && stderr.contains("CAP_PERFMON") && stderr.contains("root"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn connection_opened_before_start_is_named_at_close() {
+    let path = tmp_path("before");
+    let listener = listen_on(&path, libc::SOCK_STREAM, 8);
+    let (server_go, client_go) = (Gate::new(), Gate::new());
+    let p = pipe();
+    let server = fork_child("old-server", || {
+        // SAFETY: raw syscalls in the child.
+        let c = unsafe { libc::accept4(listener, std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC) };
+        report(&p.write, &format!("server {}", inode_of(c)));
+        server_go.wait();
+        0
+    });
+    let client = fork_child("old-client", || {
+        let Ok(fd) = connect_to(&path, libc::SOCK_STREAM, false) else { return 1 };
+        report(&p.write, &format!("client {}", inode_of(fd)));
+        client_go.wait();
+        // SAFETY: the close the tracer must report.
+        unsafe { libc::close(fd) };
+        0
+    });
+    // SAFETY: the server child has its own copy.
+    unsafe { libc::close(listener) };
+    let lines = read_lines(&p, 2);
+    let inode = |tag: &str| -> i64 {
+        let l = lines.iter().find(|l| l.starts_with(tag)).expect("report");
+        l.split_whitespace().nth(1).and_then(|x| x.parse().ok()).expect("inode")
+    };
+    // Only now does the tracer start: the connection is in its snapshot.
+    let mut f = Follower::start(&[]);
+    client_go.open();
+    assert_eq!(wait_child(client), 0);
+    let ev = f.wait_for("the old client's close", WAIT, |v| is_event(v, "close", client));
+    server_go.open();
+    assert_eq!(wait_child(server), 0);
+    assert_eq!(ev["comm"], "old-client", "{ev}");
+    assert_eq!(ev["inode"].as_i64(), Some(inode("client")), "{ev}");
+    assert_eq!(ev["peer_inode"].as_i64(), Some(inode("server")), "{ev}");
+    assert_eq!(
+        (ev["peer_pid"].as_i64(), ev["peer_comm"].as_str()),
+        (Some(i64::from(server)), Some("old-server")),
+        "{ev}"
+    );
+    assert_eq!(ev["path"].as_str(), Some(path.as_str()), "the name comes from the snapshot: {ev}");
+}
+
+#[test]
+fn text_output_names_both_ends_on_one_line() {
+    require_root();
+    let out = std::process::Command::new(unixtrace_bin())
+        .args(["--follow", "--duration", "3", "--comm", "txt-child"])
+        .args(backend_args())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start unixtrace");
+    // Give it time to attach; the line is looked for in the output anyway.
+    std::thread::sleep(Duration::from_millis(1500));
+    let child = fork_child("txt-child", || {
+        let fds = socketpair(libc::SOCK_STREAM);
+        // SAFETY: raw syscalls in the child.
+        unsafe {
+            libc::close(fds[0]);
+            libc::close(fds[1]);
+        }
+        0
+    });
+    assert_eq!(wait_child(child), 0);
+    let out = out.wait_with_output().expect("unixtrace output");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    // The snapshot table comes first, then the event stream under its own header.
+    assert!(text.lines().any(|h| h.starts_with("TIME") && h.contains("PEER")), "event header: {text}");
+    let me = format!("{child}/txt-child:");
+    let pair = text
+        .lines()
+        .find(|l| l.contains("socketpair") && l.contains(&me))
+        .unwrap_or_else(|| panic!("no socketpair line for {me}:\n{text}"));
+    assert_eq!(pair.matches(&me).count(), 2, "both ends are named on the line: {pair}");
+    assert!(text.lines().filter(|l| l.contains(" close ") && l.contains(&me)).count() == 2, "two closes:\n{text}");
 }

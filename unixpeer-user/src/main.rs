@@ -118,7 +118,13 @@ fn seeds(model: &Model) -> Vec<SeedSocket> {
         .map(|s| SeedSocket {
             inode: s.inode,
             peer_inode: s.peer_inode(),
-            path: s.name.as_ref().map(ToString::to_string),
+            // The connection's name: a client is usually unbound, its
+            // peer carries the server's name.
+            path: s
+                .name
+                .as_ref()
+                .or_else(|| s.peer_inode().and_then(|p| model.get(p)).and_then(|p| p.name.as_ref()))
+                .map(ToString::to_string),
             listening: model.status(s) == Status::Listening,
             netns: s.netns as u32,
             sock_type: s.sock_type,
