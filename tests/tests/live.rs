@@ -332,3 +332,26 @@ fn text_output_names_both_ends_on_one_line() {
     assert_eq!(pair.matches(&me).count(), 2, "both ends are named on the line: {pair}");
     assert!(text.lines().filter(|l| l.contains(" close ") && l.contains(&me)).count() == 2, "two closes:\n{text}");
 }
+
+#[test]
+fn verbose_shows_the_kernel_programs_log() {
+    require_root();
+    let out = std::process::Command::new(unixtrace_bin())
+        .args(["--follow", "-v", "--duration", "3", "--comm", "vlog-child"])
+        .args(backend_args())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start unixtrace");
+    std::thread::sleep(Duration::from_millis(1500));
+    let name = format!("@unixpeer-vlog-{}", std::process::id());
+    let child = fork_child("vlog-child", || {
+        listen_on(&name, libc::SOCK_STREAM, 1);
+        0
+    });
+    assert_eq!(wait_child(child), 0);
+    let out = out.wait_with_output().expect("unixtrace output");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("backend "), "-v names the backend: {stderr}");
+    assert!(stderr.contains(&format!("listen: pid {child} ")), "the listen program's aya-log line: {stderr}");
+}

@@ -20,6 +20,7 @@ use aya_ebpf::{
     maps::HashMap,
     programs::TracePointContext,
 };
+use aya_log_ebpf::{info, warn};
 use unixpeer_common::{AF_UNIX, Backend, EventKind};
 
 use crate::{
@@ -199,6 +200,7 @@ pub fn sys_exit_socketpair(ctx: TracePointContext) -> u32 {
     }
     let Ok(fds) = (unsafe { bpf_probe_read_user(p.uptr as *const [i32; 2]) }) else {
         emit::count(unixpeer_common::counter::READ_ERRORS);
+        warn!(&ctx, "socketpair: the fds at user address {:x} could not be read", p.uptr);
         return 0;
     };
     let Some((_, sock)) = unix_fd(fds[0] as u32) else { return 0 };
@@ -233,6 +235,8 @@ pub fn sys_exit_listen(ctx: TracePointContext) -> u32 {
     describe(e, sock);
     e.fd = p.fd as i32;
     name_from_kernel(e);
+    // Rare enough to narrate: lets `-v` show that the programs' own log works.
+    info!(&ctx, "listen: pid {} fd {} inode {}", e.pid, e.fd, e.inode);
     submit(e);
     0
 }

@@ -89,7 +89,8 @@ pub async fn run(opts: &FollowOptions, hooks: Hooks<'_>) -> Result<FollowSummary
         });
         writeln!(out, "{status}")?;
     } else {
-        writeln!(out, "{}", render::TEXT_HEADER)?;
+        // A blank line between the snapshot table and the event stream.
+        writeln!(out, "\n{}", render::TEXT_HEADER)?;
     }
     out.flush()?;
 

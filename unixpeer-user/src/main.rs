@@ -29,6 +29,7 @@ fn main() -> ExitCode {
         libc::mallopt(libc::M_ARENA_MAX, 1);
     }
     let args = Args::parse();
+    init_logging(args.verbose);
     let result = if args.follow { follow_main(&args) } else { snapshot_main(&args) };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -157,4 +158,29 @@ fn holder_source(choice: HolderChoice) -> anyhow::Result<Box<dyn HolderSource + 
             Ok(Box::new(ProcScan { why: format!("BPF task_file iterator unavailable ({why})") }))
         }
     }
+}
+
+/// Log records (ours, and the kernel programs' through aya-log) on stderr:
+/// warnings always, more with each -v.
+fn init_logging(verbose: u8) {
+    struct Stderr;
+    impl log::Log for Stderr {
+        fn enabled(&self, m: &log::Metadata<'_>) -> bool {
+            m.level() <= log::max_level()
+        }
+        fn log(&self, r: &log::Record<'_>) {
+            if self.enabled(r.metadata()) {
+                eprintln!("unixtrace: {}: {}", r.level().as_str().to_lowercase(), r.args());
+            }
+        }
+        fn flush(&self) {}
+    }
+    static LOGGER: Stderr = Stderr;
+    let _ = log::set_logger(&LOGGER);
+    log::set_max_level(match verbose {
+        0 => log::LevelFilter::Warn,
+        1 => log::LevelFilter::Info,
+        2 => log::LevelFilter::Debug,
+        _ => log::LevelFilter::Trace,
+    });
 }

@@ -158,6 +158,9 @@ impl Capture {
 
     /// Drains whatever is already in the ring buffer, without waiting.
     pub fn drain_now(&mut self, f: &mut dyn FnMut(Record)) {
+        if let Some(l) = self.logger.as_mut() {
+            l.get_mut().flush();
+        }
         let ring = self.ring.get_mut();
         while let Some(item) = ring.next() {
             match events::decode(&item) {
