@@ -41,6 +41,21 @@ pub fn require_root() {
     assert_eq!(euid, 0, "these tests load eBPF programs and must run as root (cargo xtask test does)");
 }
 
+/// Starts `unixtrace ARGS` (with the run's backend) capturing stderr, and
+/// gives it time to attach: for tests that read its plain output at the end.
+pub fn spawn_unixtrace(args: &[&str], stdout: Stdio) -> Child {
+    require_root();
+    let child = Command::new(unixtrace_bin())
+        .args(args)
+        .args(backend_args())
+        .stdout(stdout)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start unixtrace");
+    thread::sleep(Duration::from_millis(1500));
+    child
+}
+
 /// A running `unixtrace --follow --json`.
 pub struct Follower {
     child: Child,

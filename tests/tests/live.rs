@@ -299,16 +299,7 @@ fn connection_opened_before_start_is_named_at_close() {
 
 #[test]
 fn text_output_names_both_ends_on_one_line() {
-    require_root();
-    let out = std::process::Command::new(unixtrace_bin())
-        .args(["--follow", "--duration", "3", "--comm", "txt-child"])
-        .args(backend_args())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start unixtrace");
-    // Give it time to attach; the line is looked for in the output anyway.
-    std::thread::sleep(Duration::from_millis(1500));
+    let out = spawn_unixtrace(&["--follow", "--duration", "3", "--comm", "txt-child"], std::process::Stdio::piped());
     let child = fork_child("txt-child", || {
         let fds = socketpair(libc::SOCK_STREAM);
         // SAFETY: raw syscalls in the child.
@@ -335,15 +326,8 @@ fn text_output_names_both_ends_on_one_line() {
 
 #[test]
 fn verbose_shows_the_kernel_programs_log() {
-    require_root();
-    let out = std::process::Command::new(unixtrace_bin())
-        .args(["--follow", "-v", "--duration", "3", "--comm", "vlog-child"])
-        .args(backend_args())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start unixtrace");
-    std::thread::sleep(Duration::from_millis(1500));
+    let out =
+        spawn_unixtrace(&["--follow", "-v", "--duration", "3", "--comm", "vlog-child"], std::process::Stdio::null());
     let name = format!("@unixpeer-vlog-{}", std::process::id());
     let child = fork_child("vlog-child", || {
         listen_on(&name, libc::SOCK_STREAM, 1);

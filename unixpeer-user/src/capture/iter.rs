@@ -8,7 +8,7 @@ use unixpeer_common::TaskSocketFd;
 
 use super::{CaptureError, OBJECT, program_error};
 use crate::{
-    btf::{BtfError, KernelBtf, VMLINUX_BTF},
+    btf::{KernelBtf, VMLINUX_BTF},
     holders::{HolderSource, Holders, HoldersError, holders_from_records},
     privileges,
 };
@@ -80,12 +80,7 @@ impl HolderSource for IterSource {
         let start = Instant::now();
         let run = || -> Result<Vec<TaskSocketFd>, CaptureError> {
             let kbtf = KernelBtf::open(Path::new(VMLINUX_BTF))?;
-            let btf = aya::Btf::from_sys_fs().map_err(|e| {
-                CaptureError::Btf(BtfError::Unreadable {
-                    path: VMLINUX_BTF.into(),
-                    error: btf_rs::Error::Format(e.to_string()),
-                })
-            })?;
+            let btf = super::system_btf()?;
             let mut ebpf = load_for_iter(&kbtf, &btf)?;
             task_socket_fds(&mut ebpf, &btf, &kbtf)
         };
