@@ -339,3 +339,34 @@ fn verbose_shows_the_kernel_programs_log() {
     assert!(stderr.contains("backend "), "-v names the backend: {stderr}");
     assert!(stderr.contains(&format!("listen: pid {child} ")), "the listen program's aya-log line: {stderr}");
 }
+
+#[test]
+fn mounts_tracefs_when_it_is_not_mounted() {
+    require_root();
+    let mounted = || {
+        std::fs::read_to_string("/proc/mounts")
+            .expect("read /proc/mounts")
+            .lines()
+            .any(|l| l.split(' ').nth(2) == Some("tracefs"))
+    };
+    // As on the CI host at boot: no tracefs anywhere.
+    while mounted() {
+        let target = std::fs::read_to_string("/proc/mounts")
+            .expect("read /proc/mounts")
+            .lines()
+            .find(|l| l.split(' ').nth(2) == Some("tracefs"))
+            .and_then(|l| l.split(' ').nth(1).map(str::to_owned))
+            .expect("tracefs mount point");
+        let c = std::ffi::CString::new(target.clone()).expect("path");
+        // SAFETY: umount of a path we just read from /proc/mounts.
+        let rc = unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        assert_eq!(rc, 0, "umount {target}: {}", std::io::Error::last_os_error());
+    }
+    let out = std::process::Command::new(unixtrace_bin())
+        .args(["--follow", "--duration", "1"])
+        .args(backend_args())
+        .output()
+        .expect("run unixtrace");
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(mounted(), "unixtrace mounts tracefs itself");
+}
