@@ -15,7 +15,7 @@ use crate::events::Event;
 use crate::events::SockType;
 
 /// One process holding a socket through one fd.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Holder {
     pub pid: u32,
     pub comm: String,
@@ -40,6 +40,21 @@ pub struct SeedSocket {
     pub path: Option<String>,
     pub listening: bool,
     pub netns: u32,
+    pub holders: Vec<Holder>,
+}
+
+/// One socket as the model knows it at some instant.
+#[derive(Clone, Debug)]
+pub struct SockView {
+    pub inode: u64,
+    pub peer_inode: Option<u64>,
+    pub path: Option<String>,
+    pub listening: bool,
+    /// Connected, but not accepted yet.
+    pub pending: bool,
+    pub netns: u32,
+    /// Unknown for sockets only seen in the snapshot.
+    pub sock_type: Option<crate::model::SockType>,
     pub holders: Vec<Holder>,
 }
 
@@ -118,6 +133,24 @@ impl Tracker {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Every socket the model knows now, for a replay's `--at` table.
+    pub fn sockets(&self) -> Vec<SockView> {
+        let pending: HashSet<u64> = self.embryos.values().copied().collect();
+        self.socks
+            .iter()
+            .map(|(&inode, s)| SockView {
+                inode,
+                peer_inode: s.peer_inode,
+                path: s.path.clone(),
+                listening: s.listener,
+                pending: pending.contains(&inode),
+                netns: s.netns,
+                sock_type: s.sock_type,
+                holders: self.holders_of(Some(inode)).unwrap_or_default(),
+            })
+            .collect()
     }
 
     fn holders_of(&self, inode: Option<u64>) -> Option<Vec<Holder>> {
