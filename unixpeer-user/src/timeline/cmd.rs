@@ -64,7 +64,7 @@ fn table_at(
 ) -> Result<(), TimelineError> {
     let t = at.resolve(&replay.reader.header);
     replay.run::<TimelineError>(Some(t), &mut |_| Ok(()))?;
-    if t > replay.last_ts && !replay.reader.saw_end {
+    if replay.exhausted() && t > replay.last_ts {
         eprintln!("unixtrace: note: {} ends before that time; showing its last state", replay.reader.path().display());
     }
     let model = replay.model();

@@ -64,6 +64,8 @@ pub struct Conn {
     /// The first close of either end; None if still open at the end.
     pub end_ns: Option<u64>,
     pub errno: i32,
+    /// Whether the accept() was seen.
+    pub accepted: bool,
 }
 
 impl Conn {
@@ -128,6 +130,7 @@ impl Builder {
             start_ns: e.ts_ns,
             end_ns: (kind == ConnKind::Failed).then_some(e.ts_ns),
             errno: e.errno,
+            accepted: false,
         });
         self.list.len() - 1
     }
@@ -159,14 +162,25 @@ impl Builder {
                 let c = &mut self.list[i];
                 c.server = Some(Proc { pid: e.pid, comm: e.comm.clone() });
                 c.server_fd = e.fd;
+                c.accepted = true;
+                let client_closed = c.end_ns.is_some();
+                if client_closed {
+                    self.open.remove(&e.peer_inode.unwrap_or_default());
+                }
                 if let Some(inode) = e.inode {
                     self.open.insert(inode, i);
                 }
             }
             EventKind::Close => {
-                let Some(i) = e.inode.and_then(|x| self.open.remove(&x)) else { return };
+                let Some(inode) = e.inode else { return };
+                let Some(&i) = self.open.get(&inode) else { return };
                 let c = &mut self.list[i];
                 c.end_ns.get_or_insert(e.ts_ns);
+                // A client may close before the server accepts: the accept
+                // still needs to find its connection.
+                if c.kind != ConnKind::Connected || c.accepted {
+                    self.open.remove(&inode);
+                }
                 // A socketpair's other end usually went to a child by fork:
                 // the close says who held it in the end.
                 if c.kind == ConnKind::Socketpair

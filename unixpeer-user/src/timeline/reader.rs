@@ -193,6 +193,11 @@ impl Reader {
         &self.path
     }
 
+    /// Whether the end of what the file holds was reached.
+    pub fn at_end(&self) -> bool {
+        self.finished
+    }
+
     /// The line of the record last returned.
     pub fn line(&self) -> u64 {
         self.line

@@ -109,6 +109,11 @@ impl Replay {
         }
     }
 
+    /// Whether every record was applied.
+    pub fn exhausted(&self) -> bool {
+        self.ahead.is_none() && self.reader.at_end()
+    }
+
     /// The connection table as the model knows it now, in the snapshot's
     /// shape so it prints like a snapshot.
     pub fn model(&self) -> Model {

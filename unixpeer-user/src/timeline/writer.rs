@@ -161,9 +161,13 @@ pub fn create_private(path: &Path, force: bool) -> Result<File, TimelineError> {
         io::ErrorKind::AlreadyExists => TimelineError::Exists { path: path.to_owned() },
         _ => TimelineError::Open { path: path.to_owned(), source },
     })?;
-    // An overwritten file keeps its old mode unless told.
-    file.set_permissions(std::fs::Permissions::from_mode(0o600))
-        .map_err(|source| TimelineError::Open { path: path.to_owned(), source })?;
+    // An overwritten file keeps its old mode unless told; a device
+    // (`-o /dev/stdout`) is not ours to change.
+    let meta = file.metadata().map_err(|source| TimelineError::Open { path: path.to_owned(), source })?;
+    if meta.is_file() {
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(|source| TimelineError::Open { path: path.to_owned(), source })?;
+    }
     Ok(file)
 }
 

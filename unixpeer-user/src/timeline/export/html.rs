@@ -155,7 +155,7 @@ window.addEventListener("error", function (e) { window.__errors.push(String(e.me
     var d = JSON.parse(document.getElementById("data").textContent);
     var NS = "http://www.w3.org/2000/svg";
     var LABEL = 210, LANE = 24, BAR = 14, TOP = 28, RIGHT = 24;
-    var width = Math.max(900, Math.min(1800, window.innerWidth - 40));
+    var width = Math.max(900, Math.min(1800, window.innerWidth - 64));
     var plot = width - LABEL - RIGHT;
     var height = TOP + d.lanes.length * LANE + 10;
     var x = function (us) { return LABEL + (us / d.duration_us) * plot; };
@@ -188,7 +188,7 @@ window.addEventListener("error", function (e) { window.__errors.push(String(e.me
     if (d.duration_us / step > 10) step *= 2.5;
     for (var t = 0; t <= d.duration_us + 1e-9; t += step) {
       el("line", { x1: x(t), x2: x(t), y1: TOP - 6, y2: height - 6, class: "grid" }, svg);
-      el("text", { x: x(t) + 3, y: TOP - 10, class: "tick" }, svg).textContent = "+" + fmt(t);
+      el("text", { x: x(t) + 3, y: TOP - 10, class: "tick" }, svg).textContent = t === 0 ? "start" : "+" + fmt(t);
     }
     d.lanes.forEach(function (name, i) {
       var y = TOP + i * LANE;
