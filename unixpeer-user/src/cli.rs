@@ -1,12 +1,13 @@
 //! Command line. Parsing errors exit with status 2 (clap's default).
 
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
 
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::capture::BackendChoice;
 use crate::filter::Glob;
 use crate::model::SockType;
+use crate::timeline::{export::Format, time::TimeSpec};
 
 /// Who talks to whom over UNIX-domain sockets.
 ///
@@ -71,6 +72,61 @@ pub struct Args {
     /// Only listening sockets.
     #[arg(long)]
     pub listening: bool,
+
+    /// With --follow, record a timeline into FILE (zstd-compressed when it
+    /// ends in .zst); see docs/timeline-format.md.
+    #[arg(short = 'w', long = "write", value_name = "FILE", requires = "follow")]
+    pub write: Option<PathBuf>,
+
+    /// Replay a timeline recorded with -w, with the same filters and output.
+    #[arg(short = 'r', long = "read", value_name = "FILE", conflicts_with_all = ["follow", "write"])]
+    pub read: Option<PathBuf>,
+
+    /// While recording, print nothing on stdout.
+    #[arg(short = 'q', long, requires = "write")]
+    pub quiet: bool,
+
+    /// Let -w replace an existing file.
+    #[arg(long, requires = "write")]
+    pub force: bool,
+
+    /// With -r: the connection table as it stood at TIME
+    /// (+1.5s from the start, 12:00:00 UTC, or 2026-11-27T12:00:00Z).
+    #[arg(long, value_name = "TIME", requires = "read")]
+    pub at: Option<TimeSpec>,
+
+    /// With -r: only events at or after TIME.
+    #[arg(long, value_name = "TIME", requires = "read", conflicts_with = "at")]
+    pub since: Option<TimeSpec>,
+
+    /// With -r: only events at or before TIME.
+    #[arg(long, value_name = "TIME", requires = "read", conflicts_with = "at")]
+    pub until: Option<TimeSpec>,
+
+    /// With -r: per client, server and name: connections, lifetimes,
+    /// failed connects; then the busiest processes.
+    #[arg(long, requires = "read", conflicts_with = "at")]
+    pub summary: bool,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Draw a recorded timeline: a graph, a Perfetto trace, or an HTML page.
+    Export {
+        /// The timeline recorded with -w.
+        #[arg(short = 'r', long = "read", value_name = "FILE")]
+        read: PathBuf,
+        #[arg(long, value_enum)]
+        format: Format,
+        /// Where to write (refuses to overwrite without --force).
+        #[arg(short = 'o', long = "output", value_name = "OUT")]
+        output: PathBuf,
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -138,6 +194,12 @@ mod tests {
         assert_eq!(a.pid, vec![1, 2]);
         assert_eq!(a.sock_type, vec![TypeArg::Dgram]);
         assert_eq!(a.verbose, 2);
+        let a = Args::try_parse_from(["unixtrace", "-r", "t.jsonl", "--at", "+1.5s"]).unwrap();
+        assert_eq!(a.at, Some(TimeSpec::Relative(1_500_000_000)));
+        assert!(Args::try_parse_from(["unixtrace", "-w", "t.jsonl"]).is_err(), "-w needs --follow");
+        assert!(Args::try_parse_from(["unixtrace", "-r", "t", "--at", "noon"]).is_err());
+        let a = Args::try_parse_from(["unixtrace", "export", "-r", "t", "--format", "html", "-o", "x.html"]).unwrap();
+        assert!(matches!(a.command, Some(Command::Export { format: Format::Html, .. })));
         use clap::CommandFactory;
         Args::command().debug_assert();
     }

@@ -13,7 +13,8 @@ use tokio::signal::unix::{SignalKind, signal};
 use unixpeer_common::{EventKind, TaskSocketFd};
 
 use crate::{
-    capture::{Capture, CaptureError, CaptureOptions, Record},
+    capture::{Capture, CaptureError, CaptureOptions, Chosen, Record},
+    events::Event,
     live::{
         Resolved, SeedSocket, Tracker,
         render::{self, Clock},
@@ -31,6 +32,8 @@ pub struct FollowOptions {
     /// Stop after this many events were printed.
     pub count: Option<u64>,
     pub verbose: u8,
+    /// Print nothing on stdout (`-q`, when recording with `-w`).
+    pub quiet: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +46,22 @@ pub enum FollowError {
     Output(#[from] io::Error),
     #[error("cannot install a signal handler: {0}")]
     Signal(io::Error),
+    #[error(transparent)]
+    Recorder(RecorderError),
+}
+
+pub type RecorderError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Gets every raw event before the model does (`-w`), so that a replay
+/// rebuilds the same model.
+pub trait Recorder {
+    /// Once, after the capture started and before the snapshot.
+    fn start(&mut self, chosen: &Chosen, clock: &Clock, infer_release_on_exit: bool) -> Result<(), RecorderError>;
+    fn event(&mut self, e: &Event);
+    fn lost(&mut self, ts_ns: u64, count: u64);
+    /// Called at least once a second: what was recorded reaches the file.
+    fn flush(&mut self) -> Result<(), RecorderError>;
+    fn finish(&mut self, summary: &FollowSummary) -> Result<(), RecorderError>;
 }
 
 #[derive(Debug, Default)]
@@ -58,13 +77,18 @@ pub struct Hooks<'a> {
     /// Gets the capture's iterator records (or why they could not be had).
     pub snapshot: &'a mut dyn FnMut(Result<Vec<TaskSocketFd>, String>) -> Result<Vec<SeedSocket>, String>,
     pub filter: &'a dyn Fn(&Resolved) -> bool,
+    pub recorder: Option<&'a mut dyn Recorder>,
 }
 
-pub async fn run(opts: &FollowOptions, hooks: Hooks<'_>) -> Result<FollowSummary, FollowError> {
+pub async fn run(opts: &FollowOptions, mut hooks: Hooks<'_>) -> Result<FollowSummary, FollowError> {
     let mut capture = Capture::start(&opts.capture)?;
     let clock = Clock::now();
     // Only the tracepoint strategy misses releases done by exit().
-    let mut tracker = Tracker::new(capture.chosen.backend == "tracepoint");
+    let infer = capture.chosen.backend == "tracepoint";
+    let mut tracker = Tracker::new(infer);
+    if let Some(r) = hooks.recorder.as_mut() {
+        r.start(&capture.chosen, &clock, infer).map_err(FollowError::Recorder)?;
+    }
     let records = capture.task_socket_fds().map_err(|e| e.to_string());
     for s in (hooks.snapshot)(records).map_err(FollowError::Snapshot)? {
         tracker.seed(s);
@@ -79,7 +103,9 @@ pub async fn run(opts: &FollowOptions, hooks: Hooks<'_>) -> Result<FollowSummary
 
     let stdout = io::stdout();
     let mut out = BufWriter::with_capacity(1 << 16, stdout.lock());
-    if opts.json {
+    if opts.quiet {
+        // -q: the recording is the only output.
+    } else if opts.json {
         let status = serde_json::json!({
             "kind": "capture",
             "backend": capture.chosen.backend,
@@ -98,8 +124,16 @@ pub async fn run(opts: &FollowOptions, hooks: Hooks<'_>) -> Result<FollowSummary
     let mut sigint = signal(SignalKind::interrupt()).map_err(FollowError::Signal)?;
     let deadline = opts.duration.map(|d| tokio::time::Instant::now() + d);
     let mut lost_tick = tokio::time::interval(Duration::from_secs(1));
-    let mut sink =
-        Sink { tracker, out, summary: FollowSummary::default(), write_error: None, opts, clock, filter: hooks.filter };
+    let mut sink = Sink {
+        tracker,
+        out,
+        summary: FollowSummary::default(),
+        write_error: None,
+        opts,
+        clock,
+        filter: hooks.filter,
+        recorder: hooks.recorder.map(|r| r as &mut dyn Recorder),
+    };
 
     loop {
         let until_deadline = async {
@@ -119,7 +153,13 @@ pub async fn run(opts: &FollowOptions, hooks: Hooks<'_>) -> Result<FollowSummary
             _ = sigterm.recv() => stop = true,
         }
         if tick {
+            for r in sink.tracker.expire(render::clock_ns(libc::CLOCK_MONOTONIC)) {
+                sink.emit(&r);
+            }
             sink.report_lost(&mut capture)?;
+            if let Some(r) = sink.recorder.as_mut() {
+                r.flush().map_err(FollowError::Recorder)?;
+            }
         }
         if let Some(e) = sink.write_error.take() {
             // A closed pipe (`| head`) is the reader's way of saying stop.
@@ -134,8 +174,14 @@ pub async fn run(opts: &FollowOptions, hooks: Hooks<'_>) -> Result<FollowSummary
         sink.out.flush()?;
     }
     capture.drain_now(&mut |rec| sink.on_record(rec));
+    for r in sink.tracker.finish() {
+        sink.emit(&r);
+    }
     sink.report_lost(&mut capture)?;
     sink.out.flush()?;
+    if let Some(r) = sink.recorder.as_mut() {
+        r.finish(&sink.summary).map_err(FollowError::Recorder)?;
+    }
     if opts.verbose > 0 {
         eprintln!(
             "unixtrace: {} events received, {} printed, {} lost, {} sockets tracked",
@@ -157,6 +203,7 @@ struct Sink<'a, W: Write> {
     opts: &'a FollowOptions,
     clock: Clock,
     filter: &'a dyn Fn(&Resolved) -> bool,
+    recorder: Option<&'a mut dyn Recorder>,
 }
 
 impl<W: Write> Sink<'_, W> {
@@ -167,6 +214,9 @@ impl<W: Write> Sink<'_, W> {
     fn on_record(&mut self, rec: Record) {
         let Record::Event(e) = rec else { return };
         self.summary.received += 1;
+        if let Some(rec) = self.recorder.as_mut() {
+            rec.event(&e);
+        }
         for r in self.tracker.apply(e) {
             self.emit(&r);
         }
@@ -181,7 +231,9 @@ impl<W: Write> Sink<'_, W> {
             return;
         }
         self.summary.printed += 1;
-        let res = if self.opts.json {
+        let res = if self.opts.quiet {
+            Ok(())
+        } else if self.opts.json {
             writeln!(self.out, "{}", render::to_json(r, &self.clock))
         } else {
             render::write_text(&mut self.out, r, &self.clock, self.opts.wall_time)
@@ -199,12 +251,15 @@ impl<W: Write> Sink<'_, W> {
             return Ok(());
         }
         self.summary.lost += lost;
+        let ts = render::clock_ns(libc::CLOCK_MONOTONIC);
+        if let Some(r) = self.recorder.as_mut() {
+            r.lost(ts, lost);
+        }
         eprintln!(
             "unixtrace: WARNING: {lost} events lost in the kernel (ring buffer full), {} in total",
             self.summary.lost
         );
-        if self.opts.json {
-            let ts = render::clock_ns(libc::CLOCK_MONOTONIC);
+        if self.opts.json && !self.opts.quiet {
             writeln!(self.out, "{}", render::lost_json(lost, self.summary.lost, ts))?;
         }
         Ok(())

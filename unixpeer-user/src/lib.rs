@@ -16,4 +16,5 @@ pub mod netns;
 pub mod output;
 pub mod privileges;
 pub mod snapshot;
+pub mod timeline;
 pub mod tracefs;

@@ -1,6 +1,8 @@
 //! unixtrace: who talks to whom over UNIX-domain sockets.
 
+use std::cell::RefCell;
 use std::io::{BufWriter, Write};
+use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
@@ -9,14 +11,15 @@ use unixpeer_user::capture::{
     CaptureOptions,
     iter::{IterSource, Precomputed},
 };
-use unixpeer_user::cli::{Args, HolderChoice};
+use unixpeer_user::cli::{Args, Command, HolderChoice};
 use unixpeer_user::filter::Filter;
-use unixpeer_user::follow::{self, FollowOptions, Hooks};
+use unixpeer_user::follow::{self, FollowOptions, Hooks, Recorder};
 use unixpeer_user::holders::{HolderSource, ProcScan};
-use unixpeer_user::live::{Holder, SeedSocket};
-use unixpeer_user::model::{Model, Status};
+use unixpeer_user::live::SeedSocket;
+use unixpeer_user::model::Model;
 use unixpeer_user::output::{self, OutputError};
 use unixpeer_user::snapshot::{self, Snapshot};
+use unixpeer_user::timeline::{self, format::SeedRecord, writer::TimelineWriter};
 
 fn main() -> ExitCode {
     // One malloc arena: the snapshot attributes holders on one thread while
@@ -30,11 +33,20 @@ fn main() -> ExitCode {
     }
     let args = Args::parse();
     init_logging(args.verbose);
-    let result = if args.follow { follow_main(&args) } else { snapshot_main(&args) };
+    let result = match (&args.command, &args.read) {
+        (Some(Command::Export { read, format, output, force }), _) => {
+            timeline::cmd::export(read, *format, output, *force).map_err(Into::into)
+        }
+        (None, Some(path)) => replay_main(&args, path),
+        (None, None) if args.follow => follow_main(&args),
+        (None, None) => snapshot_main(&args),
+    };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            if e.downcast_ref::<OutputError>().is_some_and(OutputError::is_broken_pipe) {
+            if e.downcast_ref::<OutputError>().is_some_and(OutputError::is_broken_pipe)
+                || e.downcast_ref::<timeline::TimelineError>().is_some_and(timeline::TimelineError::is_broken_pipe)
+            {
                 return ExitCode::SUCCESS;
             }
             eprintln!("unixtrace: error: {e:#}");
@@ -91,7 +103,10 @@ fn follow_main(args: &Args) -> anyhow::Result<()> {
         duration: args.duration,
         count: args.count,
         verbose: args.verbose,
+        quiet: args.quiet,
     };
+    // Opened before the capture starts: a name already taken fails fast.
+    let writer = args.write.as_deref().map(|p| TimelineWriter::create(p, args.force)).transpose()?.map(RefCell::new);
     let filter = filter_from(args);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the runtime")?;
     let mut take_snapshot = |records: Result<Vec<_>, String>| -> Result<Vec<SeedSocket>, String> {
@@ -100,11 +115,47 @@ fn follow_main(args: &Args) -> anyhow::Result<()> {
             Err(why) => Box::new(ProcScan { why: format!("BPF task_file iterator failed ({why})") }),
         };
         let snap = snapshot::take(args.all_netns, source.as_mut()).map_err(|e| e.to_string())?;
-        print_snapshot(args, &snap).map_err(|e| format!("{e:#}"))?;
+        if let Some(w) = &writer {
+            w.borrow_mut().seeds(&snap.model).map_err(|e| e.to_string())?;
+        }
+        if !args.quiet {
+            print_snapshot(args, &snap).map_err(|e| format!("{e:#}"))?;
+        }
         Ok(seeds(&snap.model))
     };
-    let hooks = Hooks { snapshot: &mut take_snapshot, filter: &|r| filter.matches_event(r) };
-    rt.block_on(follow::run(&opts, hooks))?;
+    let mut recorder = writer.as_ref();
+    let hooks = Hooks {
+        snapshot: &mut take_snapshot,
+        filter: &|r| filter.matches_event(r),
+        recorder: recorder.as_mut().map(|r| r as &mut dyn Recorder),
+    };
+    let result = rt.block_on(follow::run(&opts, hooks));
+    if let Some(w) = writer {
+        let w = w.into_inner();
+        if result.is_err() && w.events == 0 {
+            // Nothing was recorded: leave no empty file behind.
+            let _ = std::fs::remove_file(w.path());
+        } else {
+            eprintln!("unixtrace: recorded {} events to {}", w.events, w.path().display());
+        }
+    }
+    result?;
+    Ok(())
+}
+
+fn replay_main(args: &Args, path: &Path) -> anyhow::Result<()> {
+    let opts = timeline::cmd::ReplayOptions {
+        json: args.json,
+        wall_time: args.timestamp,
+        verbose: args.verbose,
+        at: args.at,
+        since: args.since,
+        until: args.until,
+        summary: args.summary,
+    };
+    let mut out = BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
+    timeline::cmd::replay(path, &opts, &filter_from(args), &mut out)?;
+    out.flush().map_err(OutputError::from)?;
     Ok(())
 }
 
@@ -112,30 +163,10 @@ fn single<T: Clone>(v: &[T]) -> Option<T> {
     if v.len() == 1 { v.first().cloned() } else { None }
 }
 
-/// The snapshot as the live model's starting point.
+/// The snapshot as the live model's starting point: the same conversion a
+/// replay makes from the recorded seeds, so both build the same model.
 fn seeds(model: &Model) -> Vec<SeedSocket> {
-    model
-        .sockets()
-        .map(|s| SeedSocket {
-            inode: s.inode,
-            peer_inode: s.peer_inode(),
-            // The connection's name: a client is usually unbound, its
-            // peer carries the server's name.
-            path: s
-                .name
-                .as_ref()
-                .or_else(|| s.peer_inode().and_then(|p| model.get(p)).and_then(|p| p.name.as_ref()))
-                .map(ToString::to_string),
-            listening: model.status(s) == Status::Listening,
-            netns: s.netns as u32,
-            sock_type: s.sock_type,
-            holders: model
-                .holders(s.inode)
-                .iter()
-                .map(|h| Holder { pid: h.pid, comm: h.comm.to_string(), fd: Some(h.fd as i32) })
-                .collect(),
-        })
-        .collect()
+    SeedRecord::seeds(&SeedRecord::from_model(model))
 }
 
 fn filter_from(args: &Args) -> Filter {

@@ -44,6 +44,11 @@ enum Command {
         #[arg(long)]
         no_vm: bool,
     },
+    /// Fuzz the timeline reader (`cargo fuzz`, pinned nightly) for a while.
+    Fuzz {
+        #[arg(long, default_value_t = 300)]
+        seconds: u32,
+    },
     /// Benchmarks that run the baseline and unixtrace side by side and
     /// report their ratio.
     Bench {
@@ -78,6 +83,7 @@ fn main() -> Result<()> {
         Command::CheckEbpf => ebpf::check(&root),
         Command::Run { args } => run::run(&root, &args),
         Command::Test { no_vm } => run::test(&root, !no_vm),
+        Command::Fuzz { seconds } => run::fuzz(&root, seconds),
         Command::Bench { what: BenchKind::Snapshot } => {
             let bin = run::build_release(&root, &["unixpeer-user", "unixpeer-tests"])?;
             bench_snapshot::run(&root, &bin.join("unixtrace"))

@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 
 use crate::{
     ebpf, toolchain,
-    util::{is_root, run as sh},
+    util::{apt_install, is_root, output, run as sh},
 };
 
 fn cargo(root: &Path, toolchain: &str) -> Command {
@@ -46,6 +46,26 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     std::process::exit(status.code().unwrap_or(1));
 }
 
+/// Long enough to get past the seeds into new shapes, short enough for every run.
+const FUZZ_SECONDS: u32 = 30;
+
+/// Runs the timeline reader's fuzz target for `seconds`, installing
+/// cargo-fuzz first if needed. The corpus grows under target/, the
+/// committed seeds stay as they are.
+pub fn fuzz(root: &Path, seconds: u32) -> Result<()> {
+    let nightly = toolchain::nightly()?;
+    if output(Command::new("cargo").args([nightly.as_str(), "fuzz", "--version"])).is_none() {
+        sh(Command::new("cargo").args([nightly.as_str(), "install", "cargo-fuzz", "--locked"]))?;
+    }
+    let corpus = root.join("target/fuzz-corpus/timeline_reader");
+    std::fs::create_dir_all(&corpus).with_context(|| format!("cannot create {}", corpus.display()))?;
+    sh(cargo(root, &nightly)
+        .args(["fuzz", "run", "--fuzz-dir", "fuzz", "timeline_reader"])
+        .arg(&corpus)
+        .arg(root.join("fuzz/seeds/timeline_reader"))
+        .args(["--", &format!("-max_total_time={seconds}"), "-rss_limit_mb=2048", "-print_final_stats=1"]))
+}
+
 struct Stage {
     name: &'static str,
     took: std::time::Duration,
@@ -80,6 +100,10 @@ pub fn test(root: &Path, with_vm: bool) -> Result<()> {
         sh(cargo(root, &tc).args(["test", "--locked", "-p", "unixpeer-common", "-p", "unixpeer-user", "-p", "xtask"]))
     })?;
     stage("root integration tests (host kernel)", &mut || {
+        if is_root() {
+            // The HTML export test renders the page in a real browser.
+            apt_install(&["chromium"])?;
+        }
         let bin = build_release(root, &["unixpeer-user", "unixpeer-tests"])?.join("unixtrace");
         let mut c = cargo(root, &tc);
         c.args(["test", "--release", "--locked", "-p", "unixpeer-tests", "--", "--test-threads=1"])
@@ -94,6 +118,7 @@ pub fn test(root: &Path, with_vm: bool) -> Result<()> {
         stage("VM kernel matrix", &mut || crate::vm::run(root, &crate::vm::VmOpts::default()))?;
     }
     stage("check-ebpf", &mut || ebpf::check(root))?;
+    stage("fuzz the timeline reader", &mut || fuzz(root, FUZZ_SECONDS))?;
 
     eprintln!("\nxtask: all stages passed");
     for s in &stages {

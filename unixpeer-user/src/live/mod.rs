@@ -15,7 +15,7 @@ use crate::events::Event;
 use crate::events::SockType;
 
 /// One process holding a socket through one fd.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Holder {
     pub pid: u32,
     pub comm: String,
@@ -41,6 +41,21 @@ pub struct SeedSocket {
     pub listening: bool,
     pub netns: u32,
     pub sock_type: crate::model::SockType,
+    pub holders: Vec<Holder>,
+}
+
+/// One socket as the model knows it at some instant.
+#[derive(Clone, Debug)]
+pub struct SockView {
+    pub inode: u64,
+    pub peer_inode: Option<u64>,
+    pub path: Option<String>,
+    pub listening: bool,
+    /// Connected, but not accepted yet.
+    pub pending: bool,
+    pub netns: u32,
+    /// Unknown for sockets only seen in the snapshot.
+    pub sock_type: Option<crate::model::SockType>,
     pub holders: Vec<Holder>,
 }
 
@@ -80,12 +95,16 @@ pub struct Tracker {
     /// a connection can still name the first. Bounded to `GRAVEYARD`.
     graveyard: HashMap<u64, Vec<Holder>>,
     graveyard_order: VecDeque<u64>,
+    /// Accepts that arrived before the connect naming their client.
+    pending_accepts: Vec<Event>,
     /// Under the tracepoint strategy nothing reports a release at exit:
     /// infer it for sockets the exiting process alone held.
     infer_release_on_exit: bool,
 }
 
 const GRAVEYARD: usize = 4096;
+/// How long an accept may wait for its client's connect event (event time).
+const ACCEPT_WAIT_NS: u64 = 100_000_000;
 
 impl Tracker {
     pub fn new(infer_release_on_exit: bool) -> Self {
@@ -119,6 +138,24 @@ impl Tracker {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Every socket the model knows now, for a replay's `--at` table.
+    pub fn sockets(&self) -> Vec<SockView> {
+        let pending: HashSet<u64> = self.embryos.values().copied().collect();
+        self.socks
+            .iter()
+            .map(|(&inode, s)| SockView {
+                inode,
+                peer_inode: s.peer_inode,
+                path: s.path.clone(),
+                listening: s.listener,
+                pending: pending.contains(&inode),
+                netns: s.netns,
+                sock_type: s.sock_type,
+                holders: self.holders_of(Some(inode)).unwrap_or_default(),
+            })
+            .collect()
     }
 
     fn holders_of(&self, inode: Option<u64>) -> Option<Vec<Holder>> {
@@ -178,6 +215,8 @@ impl Tracker {
     /// Applies one event and says who is at the other end. Most events give
     /// one line; an exit may give one inferred close per socket released.
     pub fn apply(&mut self, mut e: Event) -> Vec<Resolved> {
+        let now = e.ts_ns;
+        let mut out = self.release_pending(|a| a.ts_ns.saturating_add(ACCEPT_WAIT_NS) < now);
         if e.kind != EventKind::TaskExit && self.comms.get(&e.pid) != Some(&e.comm) {
             // (A rename of an untracked thread is undone below.)
             self.comms.insert(e.pid, e.comm.clone());
@@ -209,7 +248,12 @@ impl Tracker {
                 {
                     self.embryos.insert(e.peer_sk, i);
                 }
-                self.peer_of_connect(&e)
+                let peer = self.peer_of_connect(&e);
+                let client = e.inode;
+                out.push(Resolved { event: e, peer });
+                // The accept that came first can now name its client.
+                out.extend(self.release_pending(|a| client.is_some() && a.peer_inode == client));
+                return out;
             }
             EventKind::DgramConnect => {
                 self.upsert(e.inode, actor(e.fd), None, &e);
@@ -223,15 +267,20 @@ impl Tracker {
                 if e.peer_inode.is_none() {
                     e.peer_inode = client;
                 }
-                self.upsert(e.inode, actor(e.fd), e.peer_inode, &e);
-                if let (Some(client), Some(me)) = (e.peer_inode, e.inode)
-                    && let Some(c) = self.socks.get_mut(&client)
-                {
-                    c.peer_inode = Some(me);
+                // accept() can return before the client's connect() does:
+                // wait a little for the connect to name the client.
+                if self.holders_of(e.peer_inode).is_none() && e.peer_inode.is_some() {
+                    self.pending_accepts.push(e);
+                    return out;
                 }
-                self.holders_of(e.peer_inode).map_or(Peer::Unknown, Peer::Holders)
+                self.accept(&mut e)
             }
-            EventKind::Close => self.close(&mut e),
+            EventKind::Close => {
+                if let Some(i) = e.inode {
+                    out.extend(self.release_pending(|a| a.inode == Some(i)));
+                }
+                self.close(&mut e)
+            }
             EventKind::FdClose => {
                 if let Some(i) = e.inode {
                     self.drop_holder(i, e.pid, e.fd);
@@ -244,7 +293,10 @@ impl Tracker {
                 }
                 Peer::Unknown
             }
-            EventKind::TaskExit => return self.exit(e),
+            EventKind::TaskExit => {
+                out.extend(self.exit(e));
+                return out;
+            }
             // A tid that is no process we track is a thread: ignore it.
             EventKind::Rename => {
                 if !self.by_pid.contains_key(&e.pid) {
@@ -253,7 +305,48 @@ impl Tracker {
                 Peer::Unknown
             }
         };
-        vec![Resolved { event: e, peer }]
+        out.push(Resolved { event: e, peer });
+        out
+    }
+
+    fn accept(&mut self, e: &mut Event) -> Peer {
+        let actor = Holder { pid: e.pid, comm: e.comm.clone(), fd: e.fd };
+        self.upsert(e.inode, actor, e.peer_inode, e);
+        if let (Some(client), Some(me)) = (e.peer_inode, e.inode)
+            && let Some(c) = self.socks.get_mut(&client)
+        {
+            c.peer_inode = Some(me);
+        }
+        self.holders_of(e.peer_inode).map_or(Peer::Unknown, Peer::Holders)
+    }
+
+    /// Accepts still waiting for their client's connect that `which`
+    /// selects, resolved with whatever is known now.
+    fn release_pending(&mut self, which: impl Fn(&Event) -> bool) -> Vec<Resolved> {
+        if self.pending_accepts.is_empty() {
+            return Vec::new();
+        }
+        let (ready, wait): (Vec<Event>, Vec<Event>) =
+            std::mem::take(&mut self.pending_accepts).into_iter().partition(|a| which(a));
+        self.pending_accepts = wait;
+        ready
+            .into_iter()
+            .map(|mut a| {
+                let peer = self.accept(&mut a);
+                Resolved { event: a, peer }
+            })
+            .collect()
+    }
+
+    /// Accepts whose wait is over at `now_ns` (CLOCK_MONOTONIC), for a
+    /// stream that has gone quiet.
+    pub fn expire(&mut self, now_ns: u64) -> Vec<Resolved> {
+        self.release_pending(|a| a.ts_ns.saturating_add(ACCEPT_WAIT_NS) < now_ns)
+    }
+
+    /// At the end of a capture or a replay: what is still waiting.
+    pub fn finish(&mut self) -> Vec<Resolved> {
+        self.release_pending(|_| true)
     }
 
     fn fork(&mut self, parent: u32, child: u32) {
@@ -395,6 +488,29 @@ mod tests {
         let mut t = Tracker::new(false);
         t.apply(ev(EventKind::Socketpair, 1, "p", 10, 11));
         assert!(t.apply(ev(EventKind::TaskExit, 1, "p", 0, 0)).is_empty());
+    }
+
+    #[test]
+    fn an_accept_that_returns_before_its_connect_still_names_the_client() {
+        let mut t = Tracker::new(true);
+        t.apply(ev(EventKind::Listen, 10, "server", 100, 0));
+        let mut a = ev(EventKind::Accept, 10, "server", 300, 200);
+        a.sk = 0xabc;
+        assert!(t.apply(a).is_empty(), "the accept waits for its connect");
+        let mut c = ev(EventKind::Connect, 20, "client", 200, 0);
+        c.peer_sk = 0xabc;
+        let out = t.apply(c);
+        assert_eq!(out.iter().map(|r| r.event.kind).collect::<Vec<_>>(), vec![EventKind::Connect, EventKind::Accept]);
+        assert_eq!(out[1].peer, Peer::Holders(vec![Holder { pid: 20, comm: "client".into(), fd: Some(3) }]));
+        // One that never gets its connect is shown once its wait is over.
+        let mut a = ev(EventKind::Accept, 10, "server", 301, 201);
+        a.ts_ns = 1;
+        assert!(t.apply(a).is_empty());
+        let mut later = ev(EventKind::Socketpair, 30, "other", 400, 401);
+        later.ts_ns = 1 + ACCEPT_WAIT_NS + 1;
+        let out = t.apply(later);
+        assert_eq!((out[0].event.kind, &out[0].peer), (EventKind::Accept, &Peer::Unknown));
+        assert!(t.finish().is_empty());
     }
 
     #[test]

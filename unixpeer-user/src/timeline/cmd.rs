@@ -1,0 +1,160 @@
+//! The `-r FILE` and `export` commands: read, replay, print.
+
+use std::io::{BufWriter, Write};
+use std::path::Path;
+
+use unixpeer_common::EventKind;
+
+use super::{
+    TimelineError, conns,
+    export::{self, Format},
+    replay::{Replay, Step},
+    summary,
+    time::TimeSpec,
+};
+use crate::{
+    filter::Filter,
+    live::render,
+    output::{self, OutputError},
+};
+
+#[derive(Clone, Debug, Default)]
+pub struct ReplayOptions {
+    pub json: bool,
+    pub wall_time: bool,
+    pub verbose: u8,
+    pub at: Option<TimeSpec>,
+    pub since: Option<TimeSpec>,
+    pub until: Option<TimeSpec>,
+    pub summary: bool,
+}
+
+pub fn replay(path: &Path, opts: &ReplayOptions, filter: &Filter, out: &mut impl Write) -> Result<(), TimelineError> {
+    let mut replay = Replay::open(path)?;
+    let h = replay.reader.header.clone();
+    if opts.verbose > 0 {
+        eprintln!(
+            "unixtrace: {} recorded on {} (kernel {}) from {} with the {} backend ({}): {}",
+            path.display(),
+            h.hostname,
+            h.kernel,
+            h.start_time,
+            h.backend,
+            h.backend_why,
+            h.command_line.join(" ")
+        );
+    }
+    let result = if opts.summary {
+        conns::collect(&mut replay).and_then(|c| Ok(summary::write(out, &c, opts.json).map_err(OutputError::from)?))
+    } else if let Some(at) = opts.at {
+        table_at(&mut replay, at, opts, filter, out)
+    } else {
+        events(&mut replay, opts, filter, out, path)
+    };
+    report_warnings(&mut replay);
+    result
+}
+
+fn table_at(
+    replay: &mut Replay,
+    at: TimeSpec,
+    opts: &ReplayOptions,
+    filter: &Filter,
+    out: &mut impl Write,
+) -> Result<(), TimelineError> {
+    let t = at.resolve(&replay.reader.header);
+    replay.run::<TimelineError>(Some(t), &mut |_| Ok(()))?;
+    if replay.exhausted() && t > replay.last_ts {
+        eprintln!("unixtrace: note: {} ends before that time; showing its last state", replay.reader.path().display());
+    }
+    let model = replay.model();
+    if opts.json {
+        output::json::write(out, &model, filter)?;
+    } else {
+        let clock = replay.reader.header.clock();
+        writeln!(out, "# as of {}", clock.rfc3339(t)).map_err(OutputError::from)?;
+        output::table::write(out, &model, filter, output::term::width())?;
+    }
+    Ok(())
+}
+
+fn events(
+    replay: &mut Replay,
+    opts: &ReplayOptions,
+    filter: &Filter,
+    out: &mut impl Write,
+    path: &Path,
+) -> Result<(), TimelineError> {
+    let h = &replay.reader.header;
+    let clock = h.clock();
+    let since = opts.since.map(|t| t.resolve(h));
+    let until = opts.until.map(|t| t.resolve(h));
+    if opts.json {
+        let status = serde_json::json!({
+            "kind": "capture",
+            "backend": h.backend,
+            "why": h.backend_why,
+            "start_ts": h.start_mono_ns,
+            "start_time": h.start_time,
+            "recording": path.display().to_string(),
+        });
+        writeln!(out, "{status}").map_err(OutputError::from)?;
+    } else {
+        writeln!(out, "{}", render::TEXT_HEADER).map_err(OutputError::from)?;
+    }
+    let mut lost_total = 0;
+    let shown = |ts: u64| since.is_none_or(|s| ts >= s);
+    replay.run::<TimelineError>(until, &mut |step| {
+        match step {
+            Step::Event(r) => {
+                // As live: bookkeeping only when asked for detail.
+                let bookkeeping = matches!(
+                    r.event.kind,
+                    EventKind::TaskExit | EventKind::Fork | EventKind::FdClose | EventKind::Rename
+                );
+                if (bookkeeping && opts.verbose < 2) || !shown(r.event.ts_ns) || !filter.matches_event(r) {
+                    return Ok(());
+                }
+                let res = if opts.json {
+                    writeln!(out, "{}", render::to_json(r, &clock))
+                } else {
+                    render::write_text(out, r, &clock, opts.wall_time)
+                };
+                res.map_err(OutputError::from)?;
+            }
+            Step::Lost { ts_ns, count } => {
+                lost_total += count;
+                eprintln!(
+                    "unixtrace: WARNING: {count} events were lost in the kernel while recording, {lost_total} in total"
+                );
+                if opts.json && shown(ts_ns) {
+                    writeln!(out, "{}", render::lost_json(count, lost_total, ts_ns)).map_err(OutputError::from)?;
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
+fn report_warnings(replay: &mut Replay) {
+    for w in replay.reader.take_warnings() {
+        eprintln!("unixtrace: warning: {w}");
+    }
+}
+
+/// `unixtrace export -r FILE --format F -o OUT`.
+pub fn export(path: &Path, format: Format, output: &Path, force: bool) -> Result<(), TimelineError> {
+    let mut replay = Replay::open(path)?;
+    let conns = conns::collect(&mut replay);
+    report_warnings(&mut replay);
+    let conns = conns?;
+    let h = &replay.reader.header;
+    let title = format!("unixtrace: {} on {}, from {}", path.display(), h.hostname, h.start_time);
+    let file = super::writer::create_private(output, force)?;
+    let mut w = BufWriter::new(file);
+    let werr = |source| TimelineError::Write { path: output.to_owned(), source };
+    export::write(&mut w, &conns, format, &title).map_err(werr)?;
+    w.flush().map_err(werr)?;
+    eprintln!("unixtrace: wrote {} connections to {}", conns.list.len(), output.display());
+    Ok(())
+}

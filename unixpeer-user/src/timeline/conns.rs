@@ -1,0 +1,216 @@
+//! Connections as spans: from the replayed events, who connected to whom,
+//! when, over which name, and when the first end closed. What `--summary`
+//! counts and `export` draws.
+//!
+//! Only connections made during the recording have a start; those already
+//! open in the snapshot are left out rather than given a made-up one.
+
+use std::collections::HashMap;
+
+use unixpeer_common::EventKind;
+
+use super::{
+    TimelineError,
+    replay::{Replay, Step},
+};
+use crate::live::{Holder, Peer, Resolved};
+use crate::model::SockType;
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Proc {
+    pub pid: u32,
+    pub comm: String,
+}
+
+impl std::fmt::Display for Proc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}[{}]", self.comm, self.pid)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ConnKind {
+    /// connect() then accept().
+    Connected,
+    Socketpair,
+    /// connect() on a datagram socket: a default destination.
+    Dgram,
+    /// connect() that failed.
+    Failed,
+}
+
+impl ConnKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Connected => "connect",
+            Self::Socketpair => "socketpair",
+            Self::Dgram => "dgram_connect",
+            Self::Failed => "connect_failed",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Conn {
+    pub kind: ConnKind,
+    pub sock_type: SockType,
+    pub client: Proc,
+    pub client_fd: Option<i32>,
+    /// Who accepted (or, until then, listened); None when nobody is known.
+    pub server: Option<Proc>,
+    pub server_fd: Option<i32>,
+    pub path: Option<String>,
+    pub start_ns: u64,
+    /// The first close of either end; None if still open at the end.
+    pub end_ns: Option<u64>,
+    pub errno: i32,
+    /// Whether the accept() was seen.
+    pub accepted: bool,
+}
+
+impl Conn {
+    pub fn lifetime_ns(&self) -> Option<u64> {
+        self.end_ns.map(|e| e.saturating_sub(self.start_ns))
+    }
+}
+
+pub struct Conns {
+    pub list: Vec<Conn>,
+    pub start_ns: u64,
+    /// The last instant the recording covers.
+    pub end_ns: u64,
+    pub lost: u64,
+}
+
+/// Replays the whole file and gathers its connections.
+pub fn collect(replay: &mut Replay) -> Result<Conns, TimelineError> {
+    let mut b = Builder::default();
+    let mut lost = 0;
+    replay.run::<TimelineError>(None, &mut |step| {
+        match step {
+            Step::Event(r) => b.event(r),
+            Step::Lost { count, .. } => lost += count,
+        }
+        Ok(())
+    })?;
+    Ok(Conns { list: b.list, start_ns: replay.reader.header.start_mono_ns, end_ns: replay.last_ts, lost })
+}
+
+#[derive(Default)]
+struct Builder {
+    list: Vec<Conn>,
+    /// Socket inode -> its connection, until that socket closes.
+    open: HashMap<u64, usize>,
+}
+
+fn proc_of(h: &Holder) -> Proc {
+    Proc { pid: h.pid, comm: h.comm.clone() }
+}
+
+fn first_peer(peer: &Peer) -> Option<&Holder> {
+    match peer {
+        Peer::Holders(h) => h.first(),
+        Peer::Listener(h) => Some(h),
+        Peer::Unknown => None,
+    }
+}
+
+impl Builder {
+    fn push(&mut self, r: &Resolved, kind: ConnKind) -> usize {
+        let e = &r.event;
+        let peer = first_peer(&r.peer);
+        self.list.push(Conn {
+            kind,
+            sock_type: e.sock_type,
+            client: Proc { pid: e.pid, comm: e.comm.clone() },
+            client_fd: e.fd,
+            server: peer.map(proc_of),
+            server_fd: peer.and_then(|h| h.fd),
+            path: e.path.clone(),
+            start_ns: e.ts_ns,
+            end_ns: (kind == ConnKind::Failed).then_some(e.ts_ns),
+            errno: e.errno,
+            accepted: false,
+        });
+        self.list.len() - 1
+    }
+
+    fn event(&mut self, r: &Resolved) {
+        let e = &r.event;
+        match e.kind {
+            EventKind::Connect | EventKind::DgramConnect => {
+                let kind = if e.kind == EventKind::Connect { ConnKind::Connected } else { ConnKind::Dgram };
+                let i = self.push(r, kind);
+                if let Some(inode) = e.inode {
+                    self.open.insert(inode, i);
+                }
+            }
+            EventKind::Socketpair => {
+                let i = self.push(r, ConnKind::Socketpair);
+                self.list[i].server_fd = e.peer_fd;
+                for inode in [e.inode, e.peer_inode].into_iter().flatten() {
+                    self.open.insert(inode, i);
+                }
+            }
+            EventKind::ConnectFailed => {
+                self.push(r, ConnKind::Failed);
+            }
+            EventKind::Accept => {
+                let Some(i) = e.peer_inode.and_then(|c| self.open.get(&c).copied()) else {
+                    return;
+                };
+                let c = &mut self.list[i];
+                c.server = Some(Proc { pid: e.pid, comm: e.comm.clone() });
+                c.server_fd = e.fd;
+                c.accepted = true;
+                let client_closed = c.end_ns.is_some();
+                if client_closed {
+                    self.open.remove(&e.peer_inode.unwrap_or_default());
+                }
+                if let Some(inode) = e.inode {
+                    self.open.insert(inode, i);
+                }
+            }
+            EventKind::Close => {
+                let Some(inode) = e.inode else { return };
+                let Some(&i) = self.open.get(&inode) else { return };
+                let c = &mut self.list[i];
+                c.end_ns.get_or_insert(e.ts_ns);
+                // A client may close before the server accepts: the accept
+                // still needs to find its connection.
+                if c.kind != ConnKind::Connected || c.accepted {
+                    self.open.remove(&inode);
+                }
+                // A socketpair's other end usually went to a child by fork:
+                // the close says who held it in the end.
+                if c.kind == ConnKind::Socketpair
+                    && let Some(h) = first_peer(&r.peer)
+                    && h.pid != c.client.pid
+                {
+                    c.server = Some(proc_of(h));
+                }
+            }
+            EventKind::Listen | EventKind::TaskExit | EventKind::FdClose | EventKind::Fork | EventKind::Rename => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::timeline::replay::tests::{open, recording};
+
+    #[test]
+    fn a_connection_spans_connect_to_first_close() {
+        let conns = collect(&mut open(recording())).unwrap();
+        assert_eq!(conns.list.len(), 1);
+        let c = &conns.list[0];
+        assert_eq!(
+            (c.client.to_string(), c.server.as_ref().map(ToString::to_string)),
+            ("client[20]".into(), Some("server[10]".into()))
+        );
+        assert_eq!((c.start_ns, c.end_ns), (1_000_000_000, Some(3_000_000_000)));
+        assert_eq!(c.server_fd, Some(4), "the accepted fd, not the listener's");
+        assert_eq!(conns.end_ns, 5_000_000_000, "the end record closes the recording");
+    }
+}

@@ -1,0 +1,47 @@
+//! Pictures of a recording: a who-talks-to-whom graph (Graphviz dot), a
+//! trace for the Perfetto UI, and a self-contained HTML timeline.
+
+pub mod dot;
+pub mod html;
+pub mod perfetto;
+
+use std::io::{self, Write};
+
+use super::conns::{Conn, ConnKind, Conns};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// Graphviz: processes as nodes, edges labelled with name and count.
+    Dot,
+    /// Chrome trace-event JSON, for ui.perfetto.dev or chrome://tracing.
+    Perfetto,
+    /// One HTML file, no external resources: a lane per process.
+    Html,
+}
+
+pub fn write(out: &mut impl Write, conns: &Conns, format: Format, title: &str) -> io::Result<()> {
+    match format {
+        Format::Dot => dot::write(out, conns),
+        Format::Perfetto => perfetto::write(out, conns),
+        Format::Html => html::write(out, conns, title),
+    }
+}
+
+/// What a connection is called where it is drawn: its name, or how it was made.
+pub fn label(c: &Conn) -> String {
+    match (&c.path, c.kind) {
+        (Some(p), _) => p.clone(),
+        (None, ConnKind::Socketpair) => "(socketpair)".into(),
+        (None, _) => "(unnamed)".into(),
+    }
+}
+
+/// A stable colour per name, so one path keeps its colour across exports.
+pub fn colour(name: &str) -> String {
+    // FNV-1a: stable across runs and Rust versions, unlike the std hasher.
+    let mut h: u32 = 0x811c_9dc5;
+    for b in name.bytes() {
+        h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
+    }
+    format!("hsl({}, 65%, 50%)", h % 360)
+}

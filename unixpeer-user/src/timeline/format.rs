@@ -1,0 +1,519 @@
+//! One JSON object per line. Events are written by hand into a reused
+//! buffer (the recorder must keep up with the full capture rate); reading
+//! goes through serde, where speed matters less than clear errors.
+
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
+use unixpeer_common::EventKind;
+
+use super::{FORMAT_NAME, FORMAT_VERSION};
+use crate::events::{Event, SockType, event_name};
+use crate::holders::{Comm, Holder as SnapHolder, HolderList};
+use crate::live::{Holder, SeedSocket};
+use crate::model::{KernelState, Model, SockName, Socket, Vfs};
+
+/// The first line of every timeline.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Header {
+    /// Always [`FORMAT_NAME`].
+    pub format: String,
+    pub version: u32,
+    /// unixtrace's version, for bug reports.
+    pub writer: String,
+    pub hostname: String,
+    pub kernel: String,
+    pub backend: String,
+    pub backend_why: String,
+    /// Whether the live model deduced releases at exit (the tracepoint
+    /// strategy): replay must do the same to rebuild the same model.
+    pub infer_release_on_exit: bool,
+    /// CLOCK_MONOTONIC at the start; every event time is on this clock.
+    pub start_mono_ns: u64,
+    /// CLOCK_REALTIME at the same instant, ns since the epoch.
+    pub start_wall_ns: i128,
+    pub start_time: String,
+    pub command_line: Vec<String>,
+}
+
+impl Header {
+    pub fn clock(&self) -> crate::live::render::Clock {
+        crate::live::render::Clock {
+            start_mono_ns: self.start_mono_ns,
+            wall_offset_ns: self.start_wall_ns - i128::from(self.start_mono_ns),
+        }
+    }
+
+    pub fn new(backend: &str, why: &str, infer_release_on_exit: bool, clock: &crate::live::render::Clock) -> Self {
+        Self {
+            format: FORMAT_NAME.into(),
+            version: FORMAT_VERSION,
+            writer: format!("unixtrace {}", env!("CARGO_PKG_VERSION")),
+            hostname: read_trimmed("/proc/sys/kernel/hostname"),
+            kernel: read_trimmed("/proc/sys/kernel/osrelease"),
+            backend: backend.into(),
+            backend_why: why.into(),
+            infer_release_on_exit,
+            start_mono_ns: clock.start_mono_ns,
+            start_wall_ns: clock.wall_ns(clock.start_mono_ns),
+            start_time: clock.rfc3339(clock.start_mono_ns),
+            command_line: std::env::args().collect(),
+        }
+    }
+}
+
+fn read_trimmed(path: &str) -> String {
+    std::fs::read_to_string(path).map(|s| s.trim().to_owned()).unwrap_or_default()
+}
+
+/// One socket of the initial snapshot: the live model's seed plus the rest
+/// of its UNIX_DIAG row, so `--at` before the first event shows a full table.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeedRecord {
+    pub inode: u64,
+    /// UNIX_DIAG's peer as reported: 0 for a peer that has no inode any more.
+    pub peer: Option<u64>,
+    #[serde(rename = "type")]
+    pub sock_type: String,
+    pub state: String,
+    pub path: Option<String>,
+    pub netns: u64,
+    #[serde(default)]
+    pub uid: Option<u32>,
+    #[serde(default)]
+    pub rq: Option<(u32, u32)>,
+    #[serde(default)]
+    pub icons: Vec<u64>,
+    #[serde(default)]
+    pub shutdown: u8,
+    #[serde(default)]
+    pub vfs: Option<(u32, u32)>,
+    pub holders: Vec<Holder>,
+}
+
+impl SeedRecord {
+    /// Every socket of a snapshot, in inode order.
+    pub fn from_model(model: &Model) -> Vec<Self> {
+        model
+            .sockets()
+            .map(|s| Self {
+                inode: s.inode,
+                peer: s.peer,
+                sock_type: s.sock_type.to_string(),
+                state: state_name(s.state),
+                path: s.name.as_ref().map(ToString::to_string),
+                netns: s.netns,
+                uid: s.uid,
+                rq: s.rqlen,
+                icons: s.icons.to_vec(),
+                shutdown: s.shutdown,
+                vfs: s.vfs.map(|v| (v.dev, v.ino)),
+                holders: model
+                    .holders(s.inode)
+                    .iter()
+                    .map(|h| Holder { pid: h.pid, comm: h.comm.to_string(), fd: Some(h.fd as i32) })
+                    .collect(),
+            })
+            .collect()
+    }
+
+    /// The live model's starting point, exactly as `--follow` seeds it.
+    /// The connection's name is this end's, else its peer's: a client is
+    /// usually unbound and its peer carries the server's name.
+    pub fn seed(&self, peer_path: Option<&str>) -> SeedSocket {
+        SeedSocket {
+            inode: self.inode,
+            peer_inode: self.peer.filter(|&p| p != 0),
+            path: self.path.clone().or_else(|| peer_path.map(str::to_owned)),
+            listening: self.state == "listen",
+            netns: self.netns as u32,
+            sock_type: parse_sock_type(&self.sock_type).unwrap_or(SockType::Other(0)),
+            holders: self.holders.clone(),
+        }
+    }
+
+    pub fn seeds(records: &[SeedRecord]) -> Vec<SeedSocket> {
+        let paths: std::collections::HashMap<u64, &str> =
+            records.iter().filter_map(|r| Some((r.inode, r.path.as_deref()?))).collect();
+        records.iter().map(|r| r.seed(r.peer.and_then(|p| paths.get(&p).copied()))).collect()
+    }
+
+    pub fn socket(&self) -> Socket {
+        Socket {
+            inode: self.inode,
+            sock_type: parse_sock_type(&self.sock_type).unwrap_or(SockType::Other(0)),
+            state: parse_state(&self.state),
+            name: self.path.as_deref().map(parse_name),
+            peer: self.peer,
+            icons: self.icons.clone().into_boxed_slice(),
+            rqlen: self.rq,
+            shutdown: self.shutdown,
+            uid: self.uid,
+            vfs: self.vfs.map(|(dev, ino)| Vfs { dev, ino }),
+            netns: self.netns,
+        }
+    }
+
+    pub fn holder_list(&self) -> HolderList {
+        self.holders.iter().map(snap_holder).collect()
+    }
+}
+
+/// A live holder in the snapshot's shape; an fd the model does not know
+/// shows as u32::MAX rather than dropping the holder.
+pub fn snap_holder(h: &Holder) -> SnapHolder {
+    SnapHolder { pid: h.pid, fd: h.fd.map_or(u32::MAX, |fd| fd as u32), comm: Comm::new(h.comm.as_bytes()) }
+}
+
+pub fn parse_name(s: &str) -> SockName {
+    match s.strip_prefix('@') {
+        Some(rest) => SockName::abstract_name(rest.as_bytes()),
+        None => SockName::path(s.as_bytes()),
+    }
+}
+
+fn state_name(s: KernelState) -> String {
+    match s {
+        KernelState::Established => "established".into(),
+        KernelState::Listen => "listen".into(),
+        KernelState::Close => "close".into(),
+        KernelState::Other(n) => n.to_string(),
+    }
+}
+
+fn parse_state(s: &str) -> KernelState {
+    match s {
+        "established" => KernelState::Established,
+        "listen" => KernelState::Listen,
+        "close" => KernelState::Close,
+        n => KernelState::Other(n.parse().unwrap_or(0)),
+    }
+}
+
+/// `stream`, `dgram`, `seqpacket`, or `typeN` for anything else (as
+/// [`SockType`]'s Display writes it).
+pub fn parse_sock_type(s: &str) -> Option<SockType> {
+    match s {
+        "stream" => Some(SockType::Stream),
+        "dgram" => Some(SockType::Dgram),
+        "seqpacket" => Some(SockType::Seqpacket),
+        other => other.strip_prefix("type")?.parse().ok().map(SockType::Other),
+    }
+}
+
+pub fn parse_event_kind(s: &str) -> Option<EventKind> {
+    Some(match s {
+        "connect" => EventKind::Connect,
+        "connect_failed" => EventKind::ConnectFailed,
+        "accept" => EventKind::Accept,
+        "socketpair" => EventKind::Socketpair,
+        "close" => EventKind::Close,
+        "dgram_connect" => EventKind::DgramConnect,
+        "listen" => EventKind::Listen,
+        "exit" => EventKind::TaskExit,
+        "fd_close" => EventKind::FdClose,
+        "fork" => EventKind::Fork,
+        "rename" => EventKind::Rename,
+        _ => return None,
+    })
+}
+
+/// Appends one event line (with its newline) to `out`. Absent optional
+/// fields are left out, which keeps the common line near 200 bytes.
+pub fn write_event(out: &mut Vec<u8>, e: &Event) {
+    out.extend_from_slice(b"{\"k\":\"e\",\"ev\":\"");
+    out.extend_from_slice(event_name(e.kind).as_bytes());
+    out.push(b'"');
+    int(out, ",\"ts\":", e.ts_ns);
+    int(out, ",\"pid\":", e.pid);
+    int(out, ",\"tid\":", e.tid);
+    int(out, ",\"uid\":", e.uid);
+    out.extend_from_slice(b",\"comm\":");
+    json_str(out, &e.comm);
+    int(out, ",\"netns\":", e.netns);
+    match e.sock_type {
+        SockType::Other(t) => int(out, ",\"type\":\"type", t),
+        t => {
+            out.extend_from_slice(b",\"type\":\"");
+            out.extend_from_slice(t.as_str().as_bytes());
+        }
+    }
+    out.push(b'"');
+    if e.errno != 0 {
+        int(out, ",\"errno\":", e.errno);
+    }
+    for (key, v) in [(",\"fd\":", e.fd), (",\"peer_fd\":", e.peer_fd), (",\"listen_fd\":", e.listen_fd)] {
+        if let Some(v) = v {
+            int(out, key, v);
+        }
+    }
+    for (key, v) in [(",\"inode\":", e.inode), (",\"peer_inode\":", e.peer_inode)] {
+        if let Some(v) = v {
+            int(out, key, v);
+        }
+    }
+    for (key, v) in [(",\"sk\":", e.sk), (",\"peer_sk\":", e.peer_sk)] {
+        if v != 0 {
+            int(out, key, v);
+        }
+    }
+    if let Some(p) = &e.path {
+        out.extend_from_slice(b",\"path\":");
+        json_str(out, p);
+    }
+    if let Some(c) = e.child_pid {
+        int(out, ",\"child_pid\":", c);
+    }
+    out.extend_from_slice(b"}\n");
+}
+
+fn int<I: itoa::Integer>(out: &mut Vec<u8>, key: &str, v: I) {
+    out.extend_from_slice(key.as_bytes());
+    out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
+}
+
+/// A JSON string literal. Command names and paths come from other
+/// processes: quotes, backslashes and control bytes must be escaped.
+pub fn json_str(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let esc: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0..=0x1f | 0x7f => b"",
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[start..i]);
+        if esc.is_empty() {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            out.extend_from_slice(b"\\u00");
+            out.push(HEX[usize::from(b >> 4)]);
+            out.push(HEX[usize::from(b & 0xf)]);
+        } else {
+            out.extend_from_slice(esc);
+        }
+        start = i + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+    out.push(b'"');
+}
+
+/// Every line after the header, as read: one flat object whose `k` says
+/// which fields matter.
+#[derive(Debug, Deserialize)]
+struct Line<'a> {
+    #[serde(borrow)]
+    k: Cow<'a, str>,
+    #[serde(borrow, default)]
+    ev: Option<Cow<'a, str>>,
+    ts: Option<u64>,
+    pid: Option<u32>,
+    tid: Option<u32>,
+    uid: Option<u32>,
+    #[serde(borrow, default)]
+    comm: Option<Cow<'a, str>>,
+    netns: Option<u32>,
+    #[serde(borrow, default, rename = "type")]
+    sock_type: Option<Cow<'a, str>>,
+    errno: Option<i32>,
+    fd: Option<i32>,
+    peer_fd: Option<i32>,
+    listen_fd: Option<i32>,
+    inode: Option<u64>,
+    peer_inode: Option<u64>,
+    sk: Option<u64>,
+    peer_sk: Option<u64>,
+    path: Option<String>,
+    child_pid: Option<u32>,
+    count: Option<u64>,
+    seed: Option<SeedRecord>,
+    received: Option<u64>,
+    lost: Option<u64>,
+}
+
+/// One record after the header.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Record {
+    Seed(SeedRecord),
+    /// Ends the initial snapshot: events follow.
+    SeedsDone,
+    Event(Event),
+    /// `count` events dropped in the kernel, noticed at `ts_ns`.
+    Lost {
+        ts_ns: u64,
+        count: u64,
+    },
+    /// Written on a clean stop; a killed recorder leaves none.
+    End {
+        ts_ns: u64,
+        received: u64,
+        lost: u64,
+    },
+}
+
+/// Parses one line after the header; the error says what is wrong without
+/// the position, which the reader adds.
+pub fn parse_record(line: &[u8]) -> Result<Record, String> {
+    let l: Line<'_> = serde_json::from_slice(line).map_err(|e| format!("bad record: {e}"))?;
+    let need = |v: Option<u64>, what: &str| v.ok_or_else(|| format!("{} record lacks `{what}`", l.k));
+    match l.k.as_ref() {
+        "seed" => l.seed.clone().map(Record::Seed).ok_or_else(|| "seed record lacks `seed`".into()),
+        "seeds_done" => Ok(Record::SeedsDone),
+        "lost" => Ok(Record::Lost { ts_ns: need(l.ts, "ts")?, count: need(l.count, "count")? }),
+        "end" => {
+            Ok(Record::End { ts_ns: need(l.ts, "ts")?, received: l.received.unwrap_or(0), lost: l.lost.unwrap_or(0) })
+        }
+        "e" => event(&l).map(Record::Event),
+        other => Err(format!("unknown record kind {other:?}")),
+    }
+}
+
+fn event(l: &Line<'_>) -> Result<Event, String> {
+    let ev = l.ev.as_deref().ok_or("event record lacks `ev`")?;
+    let kind = parse_event_kind(ev).ok_or_else(|| format!("unknown event {ev:?}"))?;
+    let ty = l.sock_type.as_deref().ok_or("event record lacks `type`")?;
+    let sock_type = parse_sock_type(ty).ok_or_else(|| format!("unknown socket type {ty:?}"))?;
+    let need = |v: Option<u32>, what: &str| v.ok_or_else(|| format!("event record lacks `{what}`"));
+    Ok(Event {
+        ts_ns: l.ts.ok_or("event record lacks `ts`")?,
+        kind,
+        pid: need(l.pid, "pid")?,
+        tid: need(l.tid, "tid")?,
+        uid: need(l.uid, "uid")?,
+        comm: l.comm.as_deref().ok_or("event record lacks `comm`")?.to_owned(),
+        netns: need(l.netns, "netns")?,
+        sock_type,
+        errno: l.errno.unwrap_or(0),
+        fd: l.fd,
+        peer_fd: l.peer_fd,
+        listen_fd: l.listen_fd,
+        inode: l.inode,
+        peer_inode: l.peer_inode,
+        sk: l.sk.unwrap_or(0),
+        peer_sk: l.peer_sk.unwrap_or(0),
+        path: l.path.clone(),
+        child_pid: l.child_pid,
+        inferred: None,
+    })
+}
+
+pub fn write_seed(out: &mut Vec<u8>, s: &SeedRecord) -> serde_json::Result<()> {
+    #[derive(Serialize)]
+    struct Wrap<'a> {
+        k: &'static str,
+        seed: &'a SeedRecord,
+    }
+    serde_json::to_writer(&mut *out, &Wrap { k: "seed", seed: s })?;
+    out.push(b'\n');
+    Ok(())
+}
+
+pub fn write_lost(out: &mut Vec<u8>, ts_ns: u64, count: u64) {
+    out.extend_from_slice(format!("{{\"k\":\"lost\",\"ts\":{ts_ns},\"count\":{count}}}\n").as_bytes());
+}
+
+pub fn write_end(out: &mut Vec<u8>, ts_ns: u64, received: u64, lost: u64) {
+    out.extend_from_slice(
+        format!("{{\"k\":\"end\",\"ts\":{ts_ns},\"received\":{received},\"lost\":{lost}}}\n").as_bytes(),
+    );
+}
+
+pub const SEEDS_DONE: &[u8] = b"{\"k\":\"seeds_done\"}\n";
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn sample_event() -> Event {
+        Event {
+            ts_ns: 123_456_789,
+            kind: EventKind::Connect,
+            pid: 42,
+            tid: 43,
+            uid: 1000,
+            comm: "we\"ird\\\n\u{1}name".into(),
+            netns: 4_026_531_840,
+            sock_type: SockType::Stream,
+            errno: 0,
+            fd: Some(5),
+            peer_fd: None,
+            listen_fd: None,
+            inode: Some(1234),
+            peer_inode: None,
+            sk: 0xffff_8880_1234_5678,
+            peer_sk: 0xffff_8880_8765_4321,
+            path: Some("/run/ü.sock".into()),
+            child_pid: None,
+            inferred: None,
+        }
+    }
+
+    #[test]
+    fn events_round_trip_through_a_line() {
+        let mut variants = vec![sample_event()];
+        let mut e = sample_event();
+        e.kind = EventKind::ConnectFailed;
+        e.errno = -111;
+        e.sock_type = SockType::Other(9);
+        e.path = None;
+        e.fd = None;
+        e.child_pid = Some(77);
+        e.peer_fd = Some(-3);
+        variants.push(e);
+        for e in variants {
+            let mut line = Vec::new();
+            write_event(&mut line, &e);
+            assert_eq!(line.iter().filter(|&&b| b == b'\n').count(), 1, "one line: {}", String::from_utf8_lossy(&line));
+            assert_eq!(parse_record(&line), Ok(Record::Event(e)));
+        }
+    }
+
+    #[test]
+    fn other_records_round_trip() {
+        let mut out = Vec::new();
+        write_lost(&mut out, 5, 7);
+        write_end(&mut out, 6, 100, 7);
+        out.extend_from_slice(SEEDS_DONE);
+        let seed = SeedRecord {
+            inode: 9,
+            peer: Some(0),
+            sock_type: "stream".into(),
+            state: "established".into(),
+            path: Some("@abs".into()),
+            netns: 1,
+            uid: Some(0),
+            rq: Some((1, 2)),
+            icons: vec![],
+            shutdown: 0,
+            vfs: None,
+            holders: vec![Holder { pid: 1, comm: "init".into(), fd: Some(3) }],
+        };
+        write_seed(&mut out, &seed).unwrap();
+        let got: Vec<Record> =
+            out.split(|&b| b == b'\n').filter(|l| !l.is_empty()).map(|l| parse_record(l).unwrap()).collect();
+        assert_eq!(
+            got,
+            vec![
+                Record::Lost { ts_ns: 5, count: 7 },
+                Record::End { ts_ns: 6, received: 100, lost: 7 },
+                Record::SeedsDone,
+                Record::Seed(seed)
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_records_say_what_is_wrong() {
+        assert!(
+            parse_record(b"{\"k\":\"e\",\"ev\":\"teleport\",\"type\":\"stream\"}").unwrap_err().contains("teleport")
+        );
+        assert!(parse_record(b"{\"k\":\"x\"}").unwrap_err().contains("unknown record kind"));
+        assert!(parse_record(b"{\"k\":\"lost\"}").unwrap_err().contains("lacks `ts`"));
+        assert!(parse_record(b"nonsense").unwrap_err().starts_with("bad record"));
+    }
+}

@@ -1,0 +1,305 @@
+//! Replay: the recorded seeds and raw events go through a fresh live model,
+//! exactly as they did while recording, so every line comes out resolved
+//! the same way.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+
+use unixpeer_common::EventKind;
+
+use super::{
+    TimelineError,
+    format::{Record, SeedRecord, parse_name, snap_holder},
+    reader::Reader,
+};
+use crate::{
+    holders::HolderMap,
+    live::{Resolved, Tracker},
+    model::{KernelState, Model, SockType, Socket},
+};
+
+/// One thing a replay produces, in recorded order.
+pub enum Step<'a> {
+    Event(&'a Resolved),
+    Lost { ts_ns: u64, count: u64 },
+}
+
+pub struct Replay {
+    pub reader: Reader,
+    pub tracker: Tracker,
+    /// Snapshot rows by inode: what the live model does not keep.
+    rows: HashMap<u64, SeedRecord>,
+    /// A record read ahead while looking for the end of the seeds or of `--at`.
+    ahead: Option<Record>,
+    /// Sockets seen closing: a peer pointing at one of them is gone.
+    closed: HashSet<u64>,
+    pub events: u64,
+    /// Time of the last record read: where the recording ends so far.
+    pub last_ts: u64,
+}
+
+impl Replay {
+    /// Opens the file and loads its seeds into a fresh model.
+    pub fn open(path: &Path) -> Result<Self, TimelineError> {
+        Self::from_reader(Reader::open(path)?)
+    }
+
+    pub fn from_reader(reader: Reader) -> Result<Self, TimelineError> {
+        let tracker = Tracker::new(reader.header.infer_release_on_exit);
+        let last_ts = reader.header.start_mono_ns;
+        let mut r =
+            Self { reader, tracker, rows: HashMap::new(), ahead: None, closed: HashSet::new(), events: 0, last_ts };
+        let mut seeds = Vec::new();
+        while let Some(rec) = r.reader.next_record()? {
+            match rec {
+                Record::Seed(s) => seeds.push(s),
+                Record::SeedsDone => break,
+                other => {
+                    r.ahead = Some(other);
+                    break;
+                }
+            }
+        }
+        for s in SeedRecord::seeds(&seeds) {
+            r.tracker.seed(s);
+        }
+        for s in seeds {
+            r.rows.insert(s.inode, s);
+        }
+        Ok(r)
+    }
+
+    /// Applies records in order, handing each resolved event to `f`, and
+    /// stops before the first event later than `until`.
+    pub fn run<E: From<TimelineError>>(
+        &mut self,
+        until: Option<u64>,
+        f: &mut dyn FnMut(Step<'_>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        loop {
+            let rec = match self.ahead.take() {
+                Some(r) => r,
+                None => match self.reader.next_record()? {
+                    Some(r) => r,
+                    None => {
+                        // Accepts still waiting for a connect, as live mode
+                        // shows them when it stops.
+                        for r in self.tracker.finish() {
+                            f(Step::Event(&r))?;
+                        }
+                        return Ok(());
+                    }
+                },
+            };
+            let ts = match &rec {
+                Record::Event(e) => e.ts_ns,
+                Record::Lost { ts_ns, .. } | Record::End { ts_ns, .. } => *ts_ns,
+                Record::Seed(_) | Record::SeedsDone => self.last_ts,
+            };
+            if until.is_some_and(|u| ts > u) {
+                self.ahead = Some(rec);
+                return Ok(());
+            }
+            self.last_ts = self.last_ts.max(ts);
+            match rec {
+                Record::Event(e) => {
+                    self.events += 1;
+                    for r in self.tracker.apply(e) {
+                        if r.event.kind == EventKind::Close
+                            && let Some(i) = r.event.inode
+                        {
+                            self.closed.insert(i);
+                        }
+                        f(Step::Event(&r))?;
+                    }
+                }
+                Record::Lost { ts_ns, count } => f(Step::Lost { ts_ns, count })?,
+                // Seeds after events would be a writer bug; they add nothing.
+                Record::Seed(_) | Record::SeedsDone | Record::End { .. } => {}
+            }
+        }
+    }
+
+    /// Whether every record was applied.
+    pub fn exhausted(&self) -> bool {
+        self.ahead.is_none() && self.reader.at_end()
+    }
+
+    /// The connection table as the model knows it now, in the snapshot's
+    /// shape so it prints like a snapshot.
+    pub fn model(&self) -> Model {
+        let views = self.tracker.sockets();
+        let live: HashSet<u64> = views.iter().map(|v| v.inode).collect();
+        let listeners: HashMap<(u32, &str), u64> = views
+            .iter()
+            .filter(|v| v.listening)
+            .filter_map(|v| Some(((v.netns, v.path.as_deref()?), v.inode)))
+            .collect();
+        let mut icons: HashMap<u64, Vec<u64>> = HashMap::new();
+        let mut holders = HolderMap::new();
+        let mut sockets = Vec::with_capacity(views.len());
+        for v in &views {
+            let row = self.rows.get(&v.inode);
+            let sock_type = v
+                .sock_type
+                .or_else(|| row.and_then(|r| super::format::parse_sock_type(&r.sock_type)))
+                .unwrap_or(SockType::Other(0));
+            let (state, peer) = if v.listening {
+                (KernelState::Listen, None)
+            } else if v.pending {
+                if let Some(l) = v.path.as_deref().and_then(|p| listeners.get(&(v.netns, p))) {
+                    icons.entry(*l).or_default().push(v.inode);
+                }
+                (KernelState::Established, Some(0))
+            } else if let Some(p) = v.peer_inode {
+                let gone = self.closed.contains(&p) && !live.contains(&p);
+                (KernelState::Established, Some(if gone { 0 } else { p }))
+            } else {
+                match row {
+                    Some(r) => (r.socket().state, r.peer),
+                    None => (KernelState::Close, None),
+                }
+            };
+            // Queue lengths are only true at the instant of the snapshot.
+            let fresh = self.events == 0;
+            sockets.push(Socket {
+                inode: v.inode,
+                sock_type,
+                state,
+                name: v.path.as_deref().map(parse_name),
+                peer,
+                icons: Box::default(),
+                rqlen: row.and_then(|r| r.rq).filter(|_| fresh),
+                shutdown: row.map_or(0, |r| r.shutdown),
+                uid: row.and_then(|r| r.uid),
+                vfs: row.and_then(|r| r.socket().vfs),
+                netns: u64::from(v.netns),
+            });
+            holders.insert(v.inode, v.holders.iter().map(snap_holder).collect());
+        }
+        for s in &mut sockets {
+            if let Some(list) = icons.remove(&s.inode) {
+                s.icons = list.into_boxed_slice();
+            }
+        }
+        Model::new(sockets, holders)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::events::Event;
+    use crate::live::Holder;
+    use crate::model::Status;
+    use crate::timeline::format::{self, Header};
+
+    pub(crate) fn event(kind: EventKind, ts_s: u64, pid: u32, comm: &str, inode: u64) -> Event {
+        Event {
+            ts_ns: ts_s * 1_000_000_000,
+            kind,
+            pid,
+            tid: pid,
+            uid: 0,
+            comm: comm.into(),
+            netns: 1,
+            sock_type: SockType::Stream,
+            errno: 0,
+            fd: Some(3),
+            peer_fd: None,
+            listen_fd: None,
+            inode: (inode != 0).then_some(inode),
+            peer_inode: None,
+            sk: 0,
+            peer_sk: 0,
+            path: Some("/run/app.sock".into()),
+            child_pid: None,
+            inferred: None,
+        }
+    }
+
+    /// A small recording: a listener from the snapshot, one client that
+    /// connects at 1 s and closes at 3 s, the server closing at 4 s.
+    pub(crate) fn recording() -> Vec<u8> {
+        let clock = crate::live::render::Clock { start_mono_ns: 0, wall_offset_ns: 1_795_780_800_000_000_000 };
+        let mut out = serde_json::to_vec(&Header::new("tracepoint", "test", true, &clock)).unwrap();
+        out.push(b'\n');
+        let seed = SeedRecord {
+            inode: 100,
+            peer: None,
+            sock_type: "stream".into(),
+            state: "listen".into(),
+            path: Some("/run/app.sock".into()),
+            netns: 1,
+            uid: Some(0),
+            rq: Some((0, 128)),
+            icons: vec![],
+            shutdown: 0,
+            vfs: None,
+            holders: vec![Holder { pid: 10, comm: "server".into(), fd: Some(3) }],
+        };
+        format::write_seed(&mut out, &seed).unwrap();
+        out.extend_from_slice(format::SEEDS_DONE);
+        let mut c = event(EventKind::Connect, 1, 20, "client", 200);
+        c.peer_sk = 0xabc;
+        format::write_event(&mut out, &c);
+        let mut a = event(EventKind::Accept, 2, 10, "server", 300);
+        a.sk = 0xabc;
+        a.fd = Some(4);
+        format::write_event(&mut out, &a);
+        format::write_event(&mut out, &event(EventKind::Close, 3, 20, "client", 200));
+        format::write_event(&mut out, &event(EventKind::Close, 4, 10, "server", 300));
+        format::write_end(&mut out, 5_000_000_000, 4, 0);
+        out
+    }
+
+    pub(crate) fn open(bytes: Vec<u8>) -> Replay {
+        let reader = Reader::from_reader(Path::new("test.jsonl"), std::io::Cursor::new(bytes)).unwrap();
+        Replay::from_reader(reader).unwrap()
+    }
+
+    fn status_of(m: &Model, inode: u64) -> Status {
+        m.status(m.get(inode).unwrap_or_else(|| panic!("no socket {inode}")))
+    }
+
+    #[test]
+    fn the_table_follows_the_recording() {
+        let mut r = open(recording());
+        let at = |r: &mut Replay, s: u64| {
+            r.run::<TimelineError>(Some(s * 1_000_000_000 + 500_000_000), &mut |_| Ok(())).unwrap();
+            r.model()
+        };
+        let m = at(&mut r, 0);
+        assert_eq!(m.len(), 1);
+        assert_eq!(status_of(&m, 100), Status::Listening);
+        assert_eq!(m.get(100).unwrap().rqlen, Some((0, 128)), "the snapshot's rows show in full before any event");
+        let m = at(&mut r, 1);
+        assert_eq!(status_of(&m, 200), Status::Pending);
+        assert_eq!(m.listener_of(200), Some(100));
+        let m = at(&mut r, 2);
+        assert_eq!(status_of(&m, 200), Status::Connected);
+        assert_eq!(m.holders(300)[0].comm.to_string(), "server");
+        let m = at(&mut r, 3);
+        assert!(m.get(200).is_none());
+        assert_eq!(status_of(&m, 300), Status::PeerClosed);
+        let m = at(&mut r, 9);
+        assert_eq!(m.len(), 1, "only the listener is left");
+        assert!(r.reader.saw_end);
+    }
+
+    #[test]
+    fn replayed_events_name_both_ends() {
+        let mut r = open(recording());
+        let mut lines = Vec::new();
+        r.run::<TimelineError>(None, &mut |s| {
+            if let Step::Event(e) = s {
+                lines.push((crate::events::event_name(e.event.kind), e.peer.clone()));
+            }
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(lines.len(), 4);
+        assert!(matches!(&lines[0].1, crate::live::Peer::Listener(h) if h.comm == "server"));
+        assert!(matches!(&lines[1].1, crate::live::Peer::Holders(h) if h[0].comm == "client"));
+    }
+}

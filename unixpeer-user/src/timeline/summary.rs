@@ -1,0 +1,200 @@
+//! `-r FILE --summary`: per client, server and name, how many connections,
+//! how long they lived, how many failed; then the busiest processes.
+//!
+//! Processes are grouped by command name: a server that forks per client,
+//! or a client run a thousand times, is one line rather than a thousand.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{self, Write};
+
+use serde_json::json;
+
+use super::conns::{ConnKind, Conns, Proc};
+
+#[derive(Debug, Default)]
+struct Group {
+    connections: u64,
+    failed: u64,
+    open: u64,
+    lifetimes: Vec<u64>,
+}
+
+/// (client comm, server comm, path, type).
+type Key = (String, String, String, String);
+
+/// A process, its connection count, and its peers by count.
+type Busy<'a> = (&'a Proc, u64, Vec<(&'a Proc, u64)>);
+
+/// How many busiest processes to list.
+const BUSIEST: usize = 10;
+
+pub fn write(out: &mut impl Write, conns: &Conns, json_out: bool) -> io::Result<()> {
+    let mut groups: BTreeMap<Key, Group> = BTreeMap::new();
+    let mut per_proc: HashMap<&Proc, HashMap<&Proc, u64>> = HashMap::new();
+    for c in &conns.list {
+        let server = c.server.as_ref().map_or_else(|| "?".to_owned(), |s| s.comm.clone());
+        let path =
+            c.path.clone().unwrap_or_else(|| if c.kind == ConnKind::Socketpair { "(socketpair)" } else { "-" }.into());
+        let g = groups.entry((c.client.comm.clone(), server, path, c.sock_type.to_string())).or_default();
+        if c.kind == ConnKind::Failed {
+            g.failed += 1;
+            continue;
+        }
+        g.connections += 1;
+        match c.lifetime_ns() {
+            Some(l) => g.lifetimes.push(l),
+            None => g.open += 1,
+        }
+        if let Some(s) = &c.server {
+            *per_proc.entry(&c.client).or_default().entry(s).or_default() += 1;
+            if s != &c.client {
+                *per_proc.entry(s).or_default().entry(&c.client).or_default() += 1;
+            }
+        }
+    }
+    let mut busiest: Vec<Busy<'_>> = per_proc
+        .into_iter()
+        .map(|(p, peers)| {
+            let total = peers.values().sum();
+            let mut peers: Vec<(&Proc, u64)> = peers.into_iter().collect();
+            peers.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+            (p, total, peers)
+        })
+        .collect();
+    busiest.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    busiest.truncate(BUSIEST);
+
+    if json_out {
+        for ((client, server, path, ty), g) in &mut groups {
+            let (min, median, max) = stats(&mut g.lifetimes);
+            let rec = json!({
+                "kind": "pair", "client": client, "server": server, "path": path, "type": ty,
+                "connections": g.connections, "failed": g.failed, "open": g.open,
+                "lifetime_min_ns": min, "lifetime_median_ns": median, "lifetime_max_ns": max,
+            });
+            writeln!(out, "{rec}")?;
+        }
+        for (p, total, peers) in &busiest {
+            let peers: Vec<_> =
+                peers.iter().map(|(q, n)| json!({"pid": q.pid, "comm": q.comm, "connections": n})).collect();
+            writeln!(
+                out,
+                "{}",
+                json!({"kind": "busiest", "pid": p.pid, "comm": p.comm, "connections": total, "peers": peers})
+            )?;
+        }
+        writeln!(
+            out,
+            "{}",
+            json!({"kind": "totals", "connections": conns.list.len(), "lost": conns.lost, "duration_ns": conns.end_ns.saturating_sub(conns.start_ns)})
+        )?;
+        return Ok(());
+    }
+
+    let mut rows =
+        vec![["CLIENT", "SERVER", "PATH", "TYPE", "CONNS", "FAILED", "OPEN", "MIN", "MEDIAN", "MAX"].map(String::from)];
+    for ((client, server, path, ty), g) in &mut groups {
+        let (min, median, max) = stats(&mut g.lifetimes);
+        rows.push([
+            client.clone(),
+            server.clone(),
+            path.clone(),
+            ty.clone(),
+            g.connections.to_string(),
+            g.failed.to_string(),
+            g.open.to_string(),
+            span(min),
+            span(median),
+            span(max),
+        ]);
+    }
+    write_rows(out, &rows, &[4, 5, 6, 7, 8, 9])?;
+    writeln!(out)?;
+    let mut rows = vec![["BUSIEST PROCESS", "CONNS", "TOP PEERS"].map(String::from)];
+    for (p, total, peers) in &busiest {
+        let top: Vec<String> = peers.iter().take(3).map(|(q, n)| format!("{q} ({n})")).collect();
+        rows.push([p.to_string(), total.to_string(), top.join(", ")]);
+    }
+    write_rows(out, &rows, &[1])?;
+    let secs = conns.end_ns.saturating_sub(conns.start_ns) as f64 / 1e9;
+    writeln!(out, "\n{} connections in {secs:.3} s", conns.list.iter().filter(|c| c.kind != ConnKind::Failed).count())?;
+    if conns.lost > 0 {
+        writeln!(out, "WARNING: {} events were lost while recording: counts are a lower bound", conns.lost)?;
+    }
+    Ok(())
+}
+
+fn stats(v: &mut [u64]) -> (Option<u64>, Option<u64>, Option<u64>) {
+    if v.is_empty() {
+        return (None, None, None);
+    }
+    v.sort_unstable();
+    (v.first().copied(), Some(v[v.len() / 2]), v.last().copied())
+}
+
+/// A duration people can read at a glance: `850ns`, `12.3us`, `4.56ms`, `1.20s`.
+pub fn span(ns: Option<u64>) -> String {
+    let Some(ns) = ns else { return "-".into() };
+    match ns {
+        0..1_000 => format!("{ns}ns"),
+        1_000..1_000_000 => format!("{:.1}us", ns as f64 / 1e3),
+        1_000_000..1_000_000_000 => format!("{:.2}ms", ns as f64 / 1e6),
+        _ => format!("{:.2}s", ns as f64 / 1e9),
+    }
+}
+
+fn write_rows<const N: usize>(out: &mut impl Write, rows: &[[String; N]], right: &[usize]) -> io::Result<()> {
+    let mut widths = [0usize; N];
+    for r in rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    for r in rows {
+        let mut line = String::new();
+        for (i, c) in r.iter().enumerate() {
+            let pad = widths[i] - c.chars().count();
+            if right.contains(&i) {
+                line.push_str(&" ".repeat(pad));
+                line.push_str(c);
+            } else {
+                line.push_str(c);
+                line.push_str(&" ".repeat(pad));
+            }
+            line.push_str("  ");
+        }
+        writeln!(out, "{}", line.trim_end())?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::timeline::conns::collect;
+    use crate::timeline::replay::tests::{open, recording};
+
+    #[test]
+    fn summary_counts_and_times_the_connection() {
+        let conns = collect(&mut open(recording())).unwrap();
+        let mut out = Vec::new();
+        write(&mut out, &conns, false).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let row = text.lines().nth(1).unwrap();
+        let cells: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(
+            cells,
+            ["client", "server", "/run/app.sock", "stream", "1", "0", "0", "2.00s", "2.00s", "2.00s"],
+            "{text}"
+        );
+        assert!(text.contains("server[10]") && text.contains("client[20] (1)"), "{text}");
+    }
+
+    #[test]
+    fn spans_read_well() {
+        assert_eq!(span(Some(850)), "850ns");
+        assert_eq!(span(Some(12_300)), "12.3us");
+        assert_eq!(span(Some(4_560_000)), "4.56ms");
+        assert_eq!(span(None), "-");
+    }
+}
