@@ -36,7 +36,11 @@ pub struct Reader {
 impl Reader {
     pub fn open(path: &Path) -> Result<Self, TimelineError> {
         let file = File::open(path).map_err(|source| TimelineError::Open { path: path.to_owned(), source })?;
-        Self::from_reader(path, file)
+        // A recording still being written is read as it stood when opened:
+        // a busy recorder can append faster than a replay reads, and the
+        // replay must end.
+        let len = file.metadata().map_err(|source| TimelineError::Open { path: path.to_owned(), source })?.len();
+        Self::from_reader(path, file.take(len))
     }
 
     /// Reads from any source; `path` only names it in messages.
