@@ -33,8 +33,10 @@ pub struct VmOpts {
 const COLUMNS: [&str; 5] = ["fentry", "kprobe", "tracepoint", "auto", "no-btf"];
 /// Strategies every Debian cloud kernel has: "unsupported" there is a failure.
 const REQUIRED: [&str; 3] = ["fentry", "kprobe", "tracepoint"];
-/// Seconds one boot may take; TCG is slow. Override with UNIXPEER_VM_TIMEOUT.
-const DEFAULT_TIMEOUT_SECS: u64 = 300;
+/// Seconds one boot may take: a backstop for a hung guest, well above the 7 to 10
+/// minutes a full run takes under TCG (each test binary also has its own timeout
+/// in `vm/init.sh`). Override with UNIXPEER_VM_TIMEOUT.
+const DEFAULT_TIMEOUT_SECS: u64 = 1500;
 /// Console lines shown when a guest fails.
 const TAIL_LINES: usize = 60;
 

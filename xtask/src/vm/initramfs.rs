@@ -1,5 +1,6 @@
-//! The guest's initramfs: a busybox init script, the static musl test binaries and
-//! `unixtrace` (shared by every kernel), then per kernel its config and modules.
+//! The guest's initramfs: a busybox init script, the static musl test binaries,
+//! `unixtrace` and the host's `ss` and `lsof` with their libraries (shared by every
+//! kernel), then per kernel its config and modules.
 //! Linux unpacks concatenated cpio archives in order, so each kernel's initrd is the
 //! common archive followed by its own small one.
 
@@ -15,6 +16,10 @@ use super::kernel::Kernel;
 
 /// PID 1 in the guest.
 const INIT: &str = include_str!("init.sh");
+
+/// Host programs the tests run in the guest: the snapshot test's ground truth
+/// (`ss -xap`, `lsof +E -U`). The real tools, not busybox look-alikes.
+const HOST_TOOLS: [&str; 2] = ["ss", "lsof"];
 
 /// What goes into every guest.
 pub struct GuestBinaries {
@@ -75,6 +80,19 @@ fn copy_into(src: &Path, dest: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Copies the host's program `name` into `root` at its host path, with every shared
+/// library it loads (the dynamic loader included) at theirs; the guest's glibc
+/// loader finds them in its built-in directories without an ld.so.cache.
+fn copy_host_binary(root: &Path, name: &str) -> Result<()> {
+    let exe = host::host_binary(name).with_context(|| format!("the host has no `{name}`"))?;
+    let libs = host::shared_libraries(&exe)?;
+    for file in std::iter::once(&exe).chain(&libs) {
+        // fs::copy follows links: a library's soname link becomes a plain file.
+        copy_into(file, &root.join(file.strip_prefix("/")?))?;
+    }
+    Ok(())
+}
+
 /// Packs the directory `staging` into a gzip-compressed newc cpio archive `out`.
 fn pack(staging: &Path, out: &Path) -> Result<()> {
     host::run(
@@ -112,6 +130,9 @@ pub fn common_archive(vm_dir: &Path, bins: &GuestBinaries) -> Result<PathBuf> {
     fs::set_permissions(root.join("init"), fs::Permissions::from_mode(0o755))?;
     copy_into(Path::new("/bin/busybox"), &root.join("bin/busybox"))?;
     copy_into(&bins.unixtrace, &root.join("bin/unixtrace"))?;
+    for tool in HOST_TOOLS {
+        copy_host_binary(&root, tool)?;
+    }
     for (name, exe) in &bins.tests {
         copy_into(exe, &root.join("tests").join(name))?;
     }
