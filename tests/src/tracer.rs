@@ -131,15 +131,22 @@ impl Follower {
         pred: impl Fn(&Value) -> bool,
     ) -> Vec<Value> {
         let deadline = Instant::now() + timeout;
+        // Kept across lines: refiltering everything seen on every line made
+        // this quadratic, which under QEMU took minutes.
+        let mut got: Vec<Value> = self.seen.iter().filter(|v| pred(v)).cloned().collect();
         loop {
-            let got: Vec<Value> = self.seen.iter().filter(|v| pred(v)).cloned().collect();
             if got.len() >= count {
                 return got;
             }
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
-                Ok(line) => match serde_json::from_str(&line) {
-                    Ok(v) => self.seen.push(v),
+                Ok(line) => match serde_json::from_str::<Value>(&line) {
+                    Ok(v) => {
+                        if pred(&v) {
+                            got.push(v.clone());
+                        }
+                        self.seen.push(v)
+                    }
                     Err(e) => panic!("unixtrace printed a line that is not JSON ({e}): {line}"),
                 },
                 Err(_) => self.fail(&format!("got {} of {count} {what}", got.len())),

@@ -96,9 +96,21 @@ pub async fn run(opts: &FollowOptions, mut hooks: Hooks<'_>) -> Result<FollowSum
     if opts.verbose > 0 {
         eprintln!("unixtrace: backend {} ({})", capture.chosen.backend, capture.chosen.why);
     }
-    // Attached and snapshotted: nothing left needs privileges.
-    if let Err(e) = privileges::drop_all() {
-        log::warn!("{e}");
+    // Attached and snapshotted: only the lost-event counters may still need
+    // a capability, on kernels whose bpf() wants one for map reads. Ask a
+    // throwaway thread (capabilities are per thread) whether it can read
+    // them with none, and keep CAP_BPF only if it cannot.
+    let counters = capture.lost_counters();
+    let readable_without_caps = std::thread::scope(|s| {
+        s.spawn(|| privileges::drop_all().is_ok() && counters.readable()).join().unwrap_or(false)
+    });
+    let dropped = if readable_without_caps { privileges::drop_all() } else { privileges::drop_all_but_bpf() };
+    match dropped {
+        Ok(()) if !readable_without_caps => {
+            log::info!("kept CAP_BPF only: this kernel's bpf() needs it to read the lost-event counters")
+        }
+        Ok(()) => log::debug!("dropped every capability"),
+        Err(e) => log::warn!("{e}"),
     }
 
     let stdout = io::stdout();

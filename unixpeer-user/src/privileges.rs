@@ -50,6 +50,17 @@ pub fn check_capture() -> Result<(), PrivilegeError> {
 /// programs are attached and the snapshot is taken, from the only thread
 /// left: capabilities are per thread.
 pub fn drop_all() -> Result<(), PrivilegeError> {
+    drop_all_but(None)
+}
+
+/// Like `drop_all`, but keeps CAP_BPF: where unprivileged BPF is disabled
+/// (Debian's default) kernels before 6.x refuse every bpf() call without
+/// it, including the lost-event counter reads.
+pub fn drop_all_but_bpf() -> Result<(), PrivilegeError> {
+    drop_all_but(Some(CAP_BPF))
+}
+
+fn drop_all_but(keep: Option<u32>) -> Result<(), PrivilegeError> {
     #[repr(C)]
     struct Header {
         version: u32,
@@ -64,7 +75,12 @@ pub fn drop_all() -> Result<(), PrivilegeError> {
     }
     const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
     let header = Header { version: LINUX_CAPABILITY_VERSION_3, pid: 0 };
-    let data = [Data { effective: 0, permitted: 0, inheritable: 0 }; 2];
+    let mut data = [Data { effective: 0, permitted: 0, inheritable: 0 }; 2];
+    if let Some(cap) = keep {
+        let word = &mut data[(cap / 32) as usize];
+        word.effective |= 1 << (cap % 32);
+        word.permitted |= 1 << (cap % 32);
+    }
     // SAFETY: capset with a v3 header and two data words, as capset(2) says.
     let rc = unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) };
     if rc != 0 {

@@ -170,12 +170,26 @@ impl Capture {
         iter::task_socket_fds(&mut self.ebpf, &self.btf, &self.kbtf)
     }
 
+    /// The lost-event counters alone, shareable with another thread.
+    pub fn lost_counters(&self) -> LostCounters<'_> {
+        LostCounters(&self.counters)
+    }
+
     /// Events the kernel could not queue since the last call.
     pub fn take_lost(&mut self) -> Result<u64, CaptureError> {
         let total: u64 = self.counters.get(&counter::LOST, 0)?.iter().sum();
         let new = total.saturating_sub(self.lost_seen);
         self.lost_seen = total;
         Ok(new)
+    }
+}
+
+pub struct LostCounters<'a>(&'a PerCpuArray<MapData, u64>);
+
+impl LostCounters<'_> {
+    /// Whether the calling thread can read them.
+    pub fn readable(&self) -> bool {
+        self.0.get(&counter::LOST, 0).is_ok()
     }
 }
 
