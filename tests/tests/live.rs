@@ -373,5 +373,8 @@ fn mounts_tracefs_when_it_is_not_mounted() {
         .output()
         .expect("run unixtrace");
     assert_eq!(out.status.code(), Some(0), "stderr: {}", String::from_utf8_lossy(&out.stderr));
-    assert!(mounted(), "unixtrace mounts tracefs itself");
+    assert!(
+        std::path::Path::new("/sys/kernel/tracing/events").is_dir(),
+        "unixtrace mounts tracefs itself, where it belongs"
+    );
 }

@@ -31,20 +31,23 @@ pub enum TracefsError {
 /// Returns the tracefs root, mounting it when nothing is (as on a machine
 /// that booted without it).
 pub fn ensure_mounted() -> Result<PathBuf, TracefsError> {
-    for p in [TRACEFS, DEBUGFS_TRACING] {
-        if Path::new(p).join("events").is_dir() {
-            return Ok(PathBuf::from(p));
-        }
+    if Path::new(TRACEFS).join("events").is_dir() {
+        return Ok(PathBuf::from(TRACEFS));
     }
     let src = CString::new("tracefs").unwrap_or_default();
     let target = CString::new(TRACEFS).unwrap_or_default();
     // SAFETY: valid NUL-terminated strings; no data argument.
     let rc = unsafe { libc::mount(src.as_ptr(), target.as_ptr(), src.as_ptr(), 0, std::ptr::null()) };
-    if rc != 0 {
-        return Err(TracefsError::Mount(std::io::Error::last_os_error()));
+    if rc == 0 {
+        log::info!("mounted tracefs on {TRACEFS}");
+        return Ok(PathBuf::from(TRACEFS));
     }
-    log::info!("mounted tracefs on {TRACEFS}");
-    Ok(PathBuf::from(TRACEFS))
+    let error = std::io::Error::last_os_error();
+    // Older setups only have it under debugfs (which mounts it on access).
+    if Path::new(DEBUGFS_TRACING).join("events").is_dir() {
+        return Ok(PathBuf::from(DEBUGFS_TRACING));
+    }
+    Err(TracefsError::Mount(error))
 }
 
 /// Offset of `field` in a tracepoint's record, from its `format` file

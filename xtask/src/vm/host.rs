@@ -13,13 +13,15 @@ pub const MUSL: &str = "x86_64-unknown-linux-musl";
 /// Debian packages the host needs, with the name of a program each provides.
 /// `ss` and `lsof` are the ground truth of the snapshot tests: the guest runs the
 /// host's own binaries (see `initramfs::copy_host_binary`).
-const HOST_PACKAGES: [(&str, &str); 6] = [
+const HOST_PACKAGES: [(&str, &str); 7] = [
     ("qemu-system-x86", "qemu-system-x86_64"),
     ("busybox-static", "busybox"),
     ("cpio", "cpio"),
     ("xz-utils", "xz"),
     ("iproute2", "ss"),
     ("lsof", "lsof"),
+    // C code in the static guest binaries (zstd-sys) is built with musl-gcc.
+    ("musl-tools", "musl-gcc"),
 ];
 
 /// Where Debian installs programs, searched in this order. On a merged-/usr host

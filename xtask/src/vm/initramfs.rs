@@ -49,12 +49,15 @@ fn executables(json: &str, kind: &str) -> Vec<(String, PathBuf)> {
 }
 
 fn cargo_json(root: &Path, args: &[&str]) -> Result<String> {
-    host::output(Command::new("cargo").current_dir(root).arg(TOOLCHAIN).args(args).args([
-        "--release",
-        "--target",
-        MUSL,
-        "--message-format=json-render-diagnostics",
-    ]))
+    host::output(
+        Command::new("cargo")
+            .current_dir(root)
+            .arg(TOOLCHAIN)
+            .args(args)
+            .args(["--release", "--target", MUSL, "--message-format=json-render-diagnostics"])
+            // zstd-sys compiles C: for musl, with Debian's musl-tools wrapper.
+            .env("CC_x86_64_unknown_linux_musl", "musl-gcc"),
+    )
 }
 
 /// Builds the integration tests and `unixtrace` as static musl binaries.
