@@ -29,7 +29,10 @@ mnt() {
 }
 mnt proc proc /proc
 mnt sysfs sysfs /sys
-mnt tmpfs tmpfs /tmp
+# The initramfs is already a RAM filesystem: no tmpfs over /tmp, which would
+# hide the test helpers shipped at their host paths when the checkout (as in
+# CI's clone) lives under /tmp.
+mkdir -p /tmp && chmod 1777 /tmp
 mnt tracefs tracefs /sys/kernel/tracing
 mnt debugfs debugfs /sys/kernel/debug
 mnt bpf bpf /sys/fs/bpf
