@@ -41,19 +41,57 @@ pub fn require_root() {
     assert_eq!(euid, 0, "these tests load eBPF programs and must run as root (cargo xtask test does)");
 }
 
-/// Starts `unixtrace ARGS` (with the run's backend) capturing stderr, and
-/// gives it time to attach: for tests that read its plain output at the end.
-pub fn spawn_unixtrace(args: &[&str], stdout: Stdio) -> Child {
+/// A `unixtrace --follow -v ARGS` whose plain output is read at the end.
+pub struct Plain {
+    child: Child,
+    stderr: thread::JoinHandle<String>,
+}
+
+/// Starts `unixtrace --follow -v ARGS` (with the run's backend) and waits
+/// until `-v` says which backend is attached: a fixed sleep is not enough
+/// under QEMU's emulation.
+pub fn spawn_unixtrace(args: &[&str], stdout: Stdio) -> Plain {
     require_root();
-    let child = Command::new(unixtrace_bin())
+    let mut child = Command::new(unixtrace_bin())
+        .args(["--follow", "-v"])
         .args(args)
         .args(backend_args())
         .stdout(stdout)
         .stderr(Stdio::piped())
         .spawn()
         .expect("start unixtrace");
-    thread::sleep(Duration::from_millis(1500));
-    child
+    let mut err = BufReader::new(child.stderr.take().expect("piped stderr"));
+    let (tx, rx) = channel();
+    let stderr = thread::spawn(move || {
+        let mut all = String::new();
+        let mut line = String::new();
+        while err.read_line(&mut line).unwrap_or(0) > 0 {
+            if line.starts_with("unixtrace: backend ") {
+                let _ = tx.send(());
+            }
+            all.push_str(&line);
+            line.clear();
+        }
+        all
+    });
+    if rx.recv_timeout(Duration::from_secs(120)).is_err() {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("unixtrace never attached:\n{}", stderr.join().unwrap_or_default());
+    }
+    Plain { child, stderr }
+}
+
+impl Plain {
+    /// Waits for it to exit; returns its exit code, stdout and stderr.
+    pub fn finish(mut self) -> (Option<i32>, String, String) {
+        let mut out = String::new();
+        if let Some(mut o) = self.child.stdout.take() {
+            let _ = o.read_to_string(&mut out);
+        }
+        let status = self.child.wait().expect("wait for unixtrace");
+        (status.code(), out, self.stderr.join().unwrap_or_default())
+    }
 }
 
 /// A running `unixtrace --follow --json`.

@@ -304,7 +304,7 @@ fn connection_opened_before_start_is_named_at_close() {
 
 #[test]
 fn text_output_names_both_ends_on_one_line() {
-    let out = spawn_unixtrace(&["--follow", "--duration", "3", "--comm", "txt-child"], std::process::Stdio::piped());
+    let run = spawn_unixtrace(&["--duration", "3", "--comm", "txt-child"], std::process::Stdio::piped());
     let child = fork_child("txt-child", || {
         let fds = socketpair(libc::SOCK_STREAM);
         // SAFETY: raw syscalls in the child.
@@ -315,9 +315,8 @@ fn text_output_names_both_ends_on_one_line() {
         0
     });
     assert_eq!(wait_child(child), 0);
-    let out = out.wait_with_output().expect("unixtrace output");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    let (code, text, stderr) = run.finish();
+    assert_eq!(code, Some(0), "stderr: {stderr}");
     // The snapshot table comes first, then the event stream under its own header.
     assert!(text.lines().any(|h| h.starts_with("TIME") && h.contains("PEER")), "event header: {text}");
     let me = format!("{child}/txt-child:");
@@ -338,16 +337,14 @@ fn verbose_shows_the_kernel_programs_log() {
         eprintln!("checked on the host kernel only (see the comment above)");
         return;
     }
-    let out =
-        spawn_unixtrace(&["--follow", "-v", "--duration", "3", "--comm", "vlog-child"], std::process::Stdio::null());
+    let run = spawn_unixtrace(&["--duration", "3", "--comm", "vlog-child"], std::process::Stdio::null());
     let name = format!("@unixpeer-vlog-{}", std::process::id());
     let child = fork_child("vlog-child", || {
         listen_on(&name, libc::SOCK_STREAM, 1);
         0
     });
     assert_eq!(wait_child(child), 0);
-    let out = out.wait_with_output().expect("unixtrace output");
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (_, _, stderr) = run.finish();
     assert!(stderr.contains("backend "), "-v names the backend: {stderr}");
     assert!(stderr.contains(&format!("listen: pid {child} ")), "the listen program's aya-log line: {stderr}");
 }
