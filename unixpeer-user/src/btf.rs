@@ -48,6 +48,11 @@ impl KernelBtf {
         Ok(Self { btf, structs: Default::default() })
     }
 
+    /// The parsed BTF, for lookups this module does not wrap.
+    pub fn btf(&self) -> &Btf {
+        &self.btf
+    }
+
     fn strukt(&self, name: &str) -> Result<btf_rs::Struct, BtfError> {
         if let Some(s) = self.structs.borrow().get(name) {
             return Ok(s.clone());

@@ -13,6 +13,7 @@ use aya::{
 use super::{CaptureError, program_error};
 use unixpeer_common::setting;
 
+use super::attach_btf::Target;
 use crate::{btf::KernelBtf, tracefs};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -63,6 +64,18 @@ const FENTRY: &[(&str, &str, Hook)] = &[
     ("fexit_unix_dgram_connect", "unix_dgram_connect", Hook::Exit),
     ("fentry_unix_release_sock", "unix_release_sock", Hook::Entry),
 ];
+
+/// Every kernel name a BTF-attached program of ours looks up, for the
+/// stand-in BTF handed to aya.
+pub fn attach_targets() -> Vec<Target<'static>> {
+    let mut targets: Vec<Target<'static>> = FENTRY.iter().map(|(_, func, _)| Target::Func(func)).collect();
+    targets.push(Target::Typedef(FORK_TRACEPOINT_TYPEDEF));
+    targets.push(Target::Func(super::iter::ITER_TARGET_FUNC));
+    targets
+}
+
+/// What aya looks up for `tp_btf/sched_process_fork`.
+const FORK_TRACEPOINT_TYPEDEF: &str = "btf_trace_sched_process_fork";
 
 const KPROBE: &[(&str, &str)] = &[
     ("kprobe_unix_stream_connect", "unix_stream_connect"),

@@ -6,7 +6,7 @@ use std::{io::Read, path::Path, time::Instant};
 use aya::{Ebpf, EbpfLoader, programs::Iter};
 use unixpeer_common::TaskSocketFd;
 
-use super::{CaptureError, OBJECT, program_error};
+use super::{CaptureError, OBJECT, attach_btf::Target, program_error};
 use crate::{
     btf::{KernelBtf, VMLINUX_BTF},
     holders::{HolderSource, Holders, HoldersError, holders_from_records},
@@ -40,12 +40,14 @@ pub fn task_socket_fds(ebpf: &mut Ebpf, btf: &aya::Btf, kbtf: &KernelBtf) -> Res
         .collect())
 }
 
+/// The kernel function aya looks up to attach `iter/task_file`.
+pub const ITER_TARGET_FUNC: &str = "bpf_iter_task_file";
+
 /// Loads only what the iterator needs: the same object, with the event ring
 /// buffer shrunk since nothing will read it.
-pub fn load_for_iter(kbtf: &KernelBtf, btf: &aya::Btf) -> Result<Ebpf, CaptureError> {
+pub fn load_for_iter(kbtf: &KernelBtf) -> Result<Ebpf, CaptureError> {
     let offsets = kbtf.kernel_offsets()?;
     EbpfLoader::new()
-        .btf(btf)
         .override_global("OFFSETS", &offsets, true)
         .map_max_entries("EVENTS", 4096)
         .map_max_entries("AYA_LOGS", 4096)
@@ -80,8 +82,8 @@ impl HolderSource for IterSource {
         let start = Instant::now();
         let run = || -> Result<Vec<TaskSocketFd>, CaptureError> {
             let kbtf = KernelBtf::open(Path::new(VMLINUX_BTF))?;
-            let btf = super::system_btf()?;
-            let mut ebpf = load_for_iter(&kbtf, &btf)?;
+            let btf = super::attach_btf::stand_in(&kbtf, &[Target::Func(ITER_TARGET_FUNC)])?;
+            let mut ebpf = load_for_iter(&kbtf)?;
             task_socket_fds(&mut ebpf, &btf, &kbtf)
         };
         let records = match run() {

@@ -1,6 +1,7 @@
 //! Live capture: loads the kernel programs for one attach strategy, hands
 //! them this kernel's offsets and the filters, and reads their events.
 
+pub mod attach_btf;
 mod backend;
 pub mod iter;
 
@@ -99,10 +100,9 @@ impl Capture {
         offsets.tp_task_rename_newcomm = tracefs::field_offset(&tracefs_root, "task", "task_rename", "newcomm")?;
 
         let filter = kernel_filter(opts);
-        let aya_btf = system_btf()?;
+        let aya_btf = attach_btf::stand_in(&kbtf, &backend::attach_targets())?;
         let log_level: u8 = if opts.kernel_logs { 0xff } else { 0 };
         let mut ebpf = EbpfLoader::new()
-            .btf(&aya_btf)
             .override_global("OFFSETS", &offsets, true)
             .override_global("FILTER", &filter, true)
             .override_global(aya_log::LEVEL, &log_level, false)
@@ -197,17 +197,6 @@ fn register<T: AsRawFd>(inner: T) -> std::io::Result<AsyncFd<T>> {
     // SAFETY: both the ring buffer and the logger own their fd and keep it
     // open, unchanged, for as long as they live inside the AsyncFd.
     unsafe { AsyncFd::register_with_interest(inner, tokio::io::Interest::READABLE) }.map_err(|e| e.into_parts().1)
-}
-
-/// aya's own parse of the kernel's BTF, which it needs to attach fentry,
-/// tp_btf and iterator programs.
-pub(crate) fn system_btf() -> Result<aya::Btf, CaptureError> {
-    aya::Btf::from_sys_fs().map_err(|e| {
-        CaptureError::Btf(BtfError::Unreadable {
-            path: VMLINUX_BTF.into(),
-            error: btf_rs::Error::Format(e.to_string()),
-        })
-    })
 }
 
 fn kernel_filter(opts: &CaptureOptions) -> KernelFilter {
