@@ -274,6 +274,9 @@ fn kill_9_leaves_a_recording_that_replays_up_to_the_last_flush() {
                     let c = libc::accept(listener, std::ptr::null_mut(), std::ptr::null_mut());
                     libc::close(fd);
                     libc::close(c);
+                    // A steady stream, not a flood: the waits above replay the
+                    // growing file, which a flood makes slow under QEMU.
+                    libc::usleep(2000);
                 }
             }
         });

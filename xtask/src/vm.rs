@@ -33,9 +33,9 @@ pub struct VmOpts {
 const COLUMNS: [&str; 5] = ["fentry", "kprobe", "tracepoint", "auto", "no-btf"];
 /// Strategies every Debian cloud kernel has: "unsupported" there is a failure.
 const REQUIRED: [&str; 3] = ["fentry", "kprobe", "tracepoint"];
-/// Seconds one boot may take: a backstop for a hung guest, well above the 7 to 10
-/// minutes a full run takes under TCG (each test binary also has its own timeout
-/// in `vm/init.sh`). Override with UNIXPEER_VM_TIMEOUT.
+/// Seconds one boot may take: a backstop for a hung guest, well above the 2 to 3
+/// minutes one kernel's run takes under TCG (each test binary also has its own
+/// timeout in `vm/init.sh`). Override with UNIXPEER_VM_TIMEOUT.
 const DEFAULT_TIMEOUT_SECS: u64 = 1500;
 /// Console lines shown when a guest fails.
 const TAIL_LINES: usize = 60;
@@ -82,14 +82,27 @@ pub fn run(workspace_root: &Path, opts: &VmOpts) -> Result<()> {
     let marker = random_marker()?;
     let timeout = boot_timeout()?;
     let requests = if opts.kernels.is_empty() { kernel::default_requests() } else { opts.kernels.clone() };
+    // Downloads and initramfs builds one at a time (apt and the cache are
+    // shared), then the guests side by side: single-threaded TCG keeps each
+    // on one host core, so N cores run N guests at the speed of one.
     let mut rows = Vec::new();
+    let mut ready = Vec::new();
     for request in &requests {
-        let row = test_kernel(&vm_dir, &common, request, &marker, timeout);
-        let failed = row.failed();
-        rows.push(row);
-        if failed && !opts.keep_going {
-            break;
+        match prepare(&vm_dir, &common, request) {
+            Ok(guest) => ready.push(guest),
+            Err(row) => {
+                let failed = row.failed();
+                rows.push(row);
+                if failed && !opts.keep_going {
+                    break;
+                }
+            }
         }
+    }
+    if rows.iter().all(|r| !r.failed()) || opts.keep_going {
+        let slots = parallel_guests(ready.len())?;
+        eprintln!("vm-test: booting {} kernels, {slots} at a time", ready.len());
+        rows.extend(boot_all(&vm_dir, ready, slots, &marker, timeout, opts.keep_going));
     }
     print_table(&rows);
     eprintln!("vm-test: {:.0} s in all", start.elapsed().as_secs_f64());
@@ -103,26 +116,90 @@ pub fn run(workspace_root: &Path, opts: &VmOpts) -> Result<()> {
     Ok(())
 }
 
-/// Prepares and boots one kernel; every error ends up in its row.
-fn test_kernel(vm_dir: &Path, common: &Path, request: &str, marker: &str, timeout: Duration) -> Row {
+/// A kernel ready to boot.
+struct Guest {
+    kernel: kernel::Kernel,
+    initrd: std::path::PathBuf,
+}
+
+/// Downloads and unpacks one kernel and builds its initramfs; a kernel that
+/// cannot be tested comes back as its finished row.
+fn prepare(vm_dir: &Path, common: &Path, request: &str) -> Result<Guest, Row> {
     let mut row = Row::new(request);
     let kernel = match kernel::prepare(vm_dir, request) {
         Ok(kernel::Prepared::Ready(k)) => k,
         Ok(kernel::Prepared::Unavailable(why)) => {
             eprintln!("vm-test: kernel {request} is not available: {why}");
             row.unavailable = Some(why);
-            return row;
+            return Err(row);
         }
         Err(e) => {
             row.problem = Some(format!("{e:#}"));
-            return row;
+            return Err(row);
         }
     };
-    row.kernel = kernel.release.clone();
-    let log = vm_dir.join("logs").join(format!("{}.log", kernel.release));
-    let booted = initramfs::kernel_initrd(vm_dir, common, &kernel)
-        .and_then(|initrd| qemu::boot(&kernel, &initrd, marker, &log, timeout));
-    match booted {
+    match initramfs::kernel_initrd(vm_dir, common, &kernel) {
+        Ok(initrd) => Ok(Guest { kernel, initrd }),
+        Err(e) => {
+            row.kernel = kernel.release.clone();
+            row.problem = Some(format!("{e:#}"));
+            Err(row)
+        }
+    }
+}
+
+/// How many guests run at once: one per host core unless
+/// UNIXPEER_VM_PARALLEL says otherwise.
+fn parallel_guests(kernels: usize) -> Result<usize> {
+    let n = match std::env::var("UNIXPEER_VM_PARALLEL") {
+        Ok(s) => s.parse().context("UNIXPEER_VM_PARALLEL is a number of guests")?,
+        Err(_) => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
+    Ok(n.clamp(1, kernels.max(1)))
+}
+
+/// Boots every guest, `slots` at a time, and returns their rows in the
+/// order given. Without `keep_going`, no new guest starts after a failure.
+fn boot_all(
+    vm_dir: &Path,
+    guests: Vec<Guest>,
+    slots: usize,
+    marker: &str,
+    timeout: Duration,
+    keep_going: bool,
+) -> Vec<Row> {
+    let queue = std::sync::Mutex::new(guests.into_iter().enumerate().collect::<std::collections::VecDeque<_>>());
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let mut rows: Vec<(usize, Row)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..slots)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut done = Vec::new();
+                    loop {
+                        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                            break;
+                        }
+                        let Some((i, guest)) = queue.lock().map_or(None, |mut q| q.pop_front()) else { break };
+                        let row = boot_one(vm_dir, &guest, marker, timeout);
+                        if row.failed() && !keep_going {
+                            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        done.push((i, row));
+                    }
+                    done
+                })
+            })
+            .collect();
+        workers.into_iter().flat_map(|w| w.join().unwrap_or_default()).collect()
+    });
+    rows.sort_by_key(|(i, _)| *i);
+    rows.into_iter().map(|(_, row)| row).collect()
+}
+
+fn boot_one(vm_dir: &Path, guest: &Guest, marker: &str, timeout: Duration) -> Row {
+    let mut row = Row::new(&guest.kernel.release);
+    let log = vm_dir.join("logs").join(format!("{}.log", guest.kernel.release));
+    match qemu::boot(&guest.kernel, &guest.initrd, marker, &log, timeout) {
         Ok(boot) => {
             row.cells = boot.cells;
             row.problem = boot.problem;

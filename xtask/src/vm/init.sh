@@ -78,9 +78,12 @@ uptime_s() { cut -d' ' -f1 /proc/uptime; }
 # Test binaries whose tests never start a capture (`unixtrace --follow`): their
 # result cannot depend on UNIXTRACE_BACKEND, so they run once per kernel, in the
 # auto column, instead of once per strategy. Above all `snapshot`, whose 10k-socket
-# comparison with ss and lsof takes about 35 s per run under TCG. A binary not
-# named here runs in every column.
-ONCE=" snapshot vm_smoke no_btf "
+# comparison with ss and lsof takes about 35 s per run under TCG. `timeline`
+# records through --follow, but what it tests (the file format, crash safety,
+# replay and export) sits above the capture layer, which `live` covers in every
+# column; the host runs it under the tracepoint strategy, the auto column here
+# under fentry. A binary not named here runs in every column.
+ONCE=" snapshot vm_smoke no_btf timeline "
 
 # Per-test durations in the console log (libtest's --report-time), if this
 # libtest still takes the option: it is unstable, hence RUSTC_BOOTSTRAP.
