@@ -130,8 +130,8 @@ impl Capture {
     /// then hands every record in it to `f`. Returns after one batch so the
     /// caller can check its stop conditions in between.
     ///
-    /// The programs wake us only when a lot is queued (see `WAKEUP_BYTES` in
-    /// the eBPF crate), so a quiet stream is drained by the timer.
+    /// The programs never wake us (see `submit` in the eBPF crate's emit.rs):
+    /// the timer drains the ring buffer.
     pub async fn next_batch(&mut self, f: &mut dyn FnMut(Record)) -> Result<(), CaptureError> {
         let tick = tokio::time::sleep(DRAIN_INTERVAL);
         tokio::select! {
