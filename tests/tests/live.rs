@@ -330,13 +330,6 @@ fn text_output_names_both_ends_on_one_line() {
 
 #[test]
 fn verbose_shows_the_kernel_programs_log() {
-    // Known gap: in the QEMU guests (6.12, fentry) the aya-log record of the
-    // listen program did not reach stderr although the event did; it does
-    // on the host kernel. Checked here only until that is understood.
-    if std::env::var_os("UNIXPEER_IN_VM").is_some_and(|v| v == "1") {
-        eprintln!("checked on the host kernel only (see the comment above)");
-        return;
-    }
     let run = spawn_unixtrace(&["--duration", "3", "--comm", "vlog-child"], std::process::Stdio::null());
     let name = format!("@unixpeer-vlog-{}", std::process::id());
     let child = fork_child("vlog-child", || {

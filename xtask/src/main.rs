@@ -64,6 +64,10 @@ enum Command {
         /// Go on with the other kernels after one fails.
         #[arg(long)]
         keep_going: bool,
+        /// Run only the tests whose name contains this (libtest's filter), for
+        /// chasing one failure; a column where nothing matches fails.
+        #[arg(long)]
+        filter: Option<String>,
     },
 }
 
@@ -91,7 +95,7 @@ fn main() -> Result<()> {
         Command::Bench { what: BenchKind::Follow } => {
             bench_follow::run(&run::build_release(&root, &["unixpeer-user", "unixpeer-tests"])?)
         }
-        Command::VmTest { kernels, keep_going } => vm::run(&root, &vm::VmOpts { kernels, keep_going }),
+        Command::VmTest { kernels, keep_going, filter } => vm::run(&root, &vm::VmOpts { kernels, keep_going, filter }),
     }
 }
 

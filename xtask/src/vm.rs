@@ -27,6 +27,8 @@ pub struct VmOpts {
     pub kernels: Vec<String>,
     /// Test the other kernels after one fails.
     pub keep_going: bool,
+    /// Only the tests whose name contains this.
+    pub filter: Option<String>,
 }
 
 /// The columns the guest reports, in table order (see `vm/init.sh`).
@@ -80,6 +82,17 @@ pub fn run(workspace_root: &Path, opts: &VmOpts) -> Result<()> {
     let bins = initramfs::build_guest_binaries(workspace_root)?;
     let common = initramfs::common_archive(&vm_dir, &bins)?;
     let marker = random_marker()?;
+    if let Some(f) = &opts.filter
+        && (f.is_empty() || !f.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+    {
+        bail!(
+            "--filter {f:?}: a test name or part of one (letters, digits, _ and ::), since it travels on the kernel command line"
+        );
+    }
+    let mut cmdline = format!("UNIXPEER_MARKER={marker}");
+    if let Some(f) = &opts.filter {
+        cmdline.push_str(&format!(" UNIXPEER_FILTER={f}"));
+    }
     let timeout = boot_timeout()?;
     let requests = if opts.kernels.is_empty() { kernel::default_requests() } else { opts.kernels.clone() };
     // Downloads and initramfs builds one at a time (apt and the cache are
@@ -102,7 +115,7 @@ pub fn run(workspace_root: &Path, opts: &VmOpts) -> Result<()> {
     if rows.iter().all(|r| !r.failed()) || opts.keep_going {
         let slots = parallel_guests(ready.len())?;
         eprintln!("vm-test: booting {} kernels, {slots} at a time", ready.len());
-        rows.extend(boot_all(&vm_dir, ready, slots, &marker, timeout, opts.keep_going));
+        rows.extend(boot_all(&vm_dir, ready, slots, (marker.as_str(), cmdline.as_str()), timeout, opts.keep_going));
     }
     print_table(&rows);
     eprintln!("vm-test: {:.0} s in all", start.elapsed().as_secs_f64());
@@ -160,11 +173,12 @@ fn parallel_guests(kernels: usize) -> Result<usize> {
 
 /// Boots every guest, `slots` at a time, and returns their rows in the
 /// order given. Without `keep_going`, no new guest starts after a failure.
+/// `marker` tags the guest's report lines; `cmdline` carries it and the filter.
 fn boot_all(
     vm_dir: &Path,
     guests: Vec<Guest>,
     slots: usize,
-    marker: &str,
+    (marker, cmdline): (&str, &str),
     timeout: Duration,
     keep_going: bool,
 ) -> Vec<Row> {
@@ -180,7 +194,7 @@ fn boot_all(
                             break;
                         }
                         let Some((i, guest)) = queue.lock().map_or(None, |mut q| q.pop_front()) else { break };
-                        let row = boot_one(vm_dir, &guest, marker, timeout);
+                        let row = boot_one(vm_dir, &guest, (marker, cmdline), timeout);
                         if row.failed() && !keep_going {
                             stop.store(true, std::sync::atomic::Ordering::Relaxed);
                         }
@@ -196,10 +210,10 @@ fn boot_all(
     rows.into_iter().map(|(_, row)| row).collect()
 }
 
-fn boot_one(vm_dir: &Path, guest: &Guest, marker: &str, timeout: Duration) -> Row {
+fn boot_one(vm_dir: &Path, guest: &Guest, (marker, cmdline): (&str, &str), timeout: Duration) -> Row {
     let mut row = Row::new(&guest.kernel.release);
     let log = vm_dir.join("logs").join(format!("{}.log", guest.kernel.release));
-    match qemu::boot(&guest.kernel, &guest.initrd, marker, &log, timeout) {
+    match qemu::boot(&guest.kernel, &guest.initrd, (marker, cmdline), &log, timeout) {
         Ok(boot) => {
             row.cells = boot.cells;
             row.problem = boot.problem;

@@ -76,7 +76,14 @@ fn forward_lines(out: impl Read, tx: mpsc::Sender<String>) {
 
 /// Boots `kernel` with `initrd`, writes its console to `log`, and collects the
 /// lines marked with `marker` until the guest powers off or `timeout` passes.
-pub fn boot(kernel: &Kernel, initrd: &Path, marker: &str, log: &Path, timeout: Duration) -> Result<Boot> {
+/// `cmdline` (which carries the marker) is handed to the guest's init.
+pub fn boot(
+    kernel: &Kernel,
+    initrd: &Path,
+    (marker, cmdline): (&str, &str),
+    log: &Path,
+    timeout: Duration,
+) -> Result<Boot> {
     let start = Instant::now();
     let mut child = Command::new("qemu-system-x86_64")
         // One host thread for both vCPUs: with multi-threaded TCG, live
@@ -89,7 +96,7 @@ pub fn boot(kernel: &Kernel, initrd: &Path, marker: &str, log: &Path, timeout: D
         .arg("-initrd")
         .arg(initrd)
         .arg("-append")
-        .arg(format!("{CMDLINE} UNIXPEER_MARKER={marker} UNIXPEER_KERNEL={}", kernel.release))
+        .arg(format!("{CMDLINE} {cmdline} UNIXPEER_KERNEL={}", kernel.release))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
