@@ -16,12 +16,13 @@ pub struct Seen {
     pub peer: Option<u64>,
 }
 
-/// These tests inspect every process's sockets and enter namespaces: as
-/// anything but root they would prove nothing, so they fail instead of skipping.
+/// These tests load eBPF programs, inspect every process's sockets and enter
+/// namespaces: as anything but root they would prove nothing, so they fail
+/// instead of skipping.
 pub fn require_root() {
     // SAFETY: geteuid has no failure mode.
     let euid = unsafe { libc::geteuid() };
-    assert_eq!(euid, 0, "the snapshot tests must run as root (CI does); euid is {euid}");
+    assert_eq!(euid, 0, "these tests must run as root (cargo xtask test and CI do); euid is {euid}");
 }
 
 /// The unixtrace binary under test: `$UNIXTRACE_BIN`, else the newer of

@@ -7,7 +7,6 @@ use std::{
     ffi::CString,
     io::{BufRead, BufReader, Read},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
-    path::PathBuf,
     process::{Child, Command, Stdio},
     sync::mpsc::{Receiver, RecvTimeoutError, channel},
     thread,
@@ -16,16 +15,7 @@ use std::{
 
 use serde_json::Value;
 
-/// The unixtrace binary under test: `UNIXTRACE_BIN`, else the release build
-/// that `cargo xtask test` makes before running the tests.
-pub fn unixtrace_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("UNIXTRACE_BIN") {
-        return PathBuf::from(p);
-    }
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/unixtrace");
-    assert!(p.is_file(), "{} is missing: run `cargo xtask test`, or set UNIXTRACE_BIN", p.display());
-    p
-}
+pub use crate::tools::{require_root, unixtrace_bin};
 
 /// `--backend` for this run: the VM matrix sets UNIXTRACE_BACKEND per strategy.
 pub fn backend_args() -> Vec<String> {
@@ -33,12 +23,6 @@ pub fn backend_args() -> Vec<String> {
         Ok(b) if !b.is_empty() => vec!["--backend".into(), b],
         _ => Vec::new(),
     }
-}
-
-pub fn require_root() {
-    // SAFETY: geteuid has no failure mode.
-    let euid = unsafe { libc::geteuid() };
-    assert_eq!(euid, 0, "these tests load eBPF programs and must run as root (cargo xtask test does)");
 }
 
 /// A `unixtrace --follow -v ARGS` whose plain output is read at the end.
@@ -401,4 +385,28 @@ pub fn connect_to(name: &str, ty: i32, nonblock: bool) -> Result<i32, i32> {
 /// Events of one kind from one process.
 pub fn is_event(v: &Value, event: &str, pid: i32) -> bool {
     v["kind"] == "event" && v["event"] == event && v["pid"] == pid
+}
+
+/// The server side of a test's traffic, run in a forked child: accepts `n`
+/// connections on `listener`, reads the client's one byte from each and,
+/// with `reply`, answers one byte before closing, which keeps the client
+/// connected until its connection has been accepted. Returns the child's
+/// exit code: 0, or 1 when an accept fails.
+pub fn serve(listener: i32, n: usize, reply: bool) -> i32 {
+    for _ in 0..n {
+        // SAFETY: raw syscalls on fds the calling child owns.
+        unsafe {
+            let c = libc::accept(listener, std::ptr::null_mut(), std::ptr::null_mut());
+            if c < 0 {
+                return 1;
+            }
+            let mut b = [0u8; 1];
+            libc::read(c, b.as_mut_ptr().cast(), 1);
+            if reply {
+                libc::write(c, b"y".as_ptr().cast(), 1);
+            }
+            libc::close(c);
+        }
+    }
+    0
 }

@@ -44,19 +44,7 @@ fn short_lived_connections_are_all_reported_with_both_ends() {
         // Named by now: connects that come before this would rightly name
         // the server by the name it had at fork.
         report(&ready.write, "ready");
-        for _ in 0..N {
-            // SAFETY: raw syscalls in the child.
-            unsafe {
-                let c = libc::accept(listener, std::ptr::null_mut(), std::ptr::null_mut());
-                if c < 0 {
-                    return 1;
-                }
-                let mut b = [0u8; 1];
-                libc::read(c, b.as_mut_ptr().cast(), 1);
-                libc::close(c);
-            }
-        }
-        0
+        serve(listener, N, false)
     });
     // SAFETY: the parent no longer needs the listener; the server has it.
     unsafe { libc::close(listener) };

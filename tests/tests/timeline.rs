@@ -129,22 +129,8 @@ fn traffic(comm: &str, sock: &str, n: usize) -> (i32, i32) {
             fd
         };
         report(&ready.write, "ready");
-        for _ in 0..n {
-            // SAFETY: raw syscalls in the child.
-            unsafe {
-                let c = libc::accept(listener, std::ptr::null_mut(), std::ptr::null_mut());
-                if c < 0 {
-                    return 1;
-                }
-                let mut b = [0u8; 1];
-                libc::read(c, b.as_mut_ptr().cast(), 1);
-                // The reply keeps the client connected until the server has
-                // accepted: every connection is open at its accept.
-                libc::write(c, b"y".as_ptr().cast(), 1);
-                libc::close(c);
-            }
-        }
-        0
+        // Every connection is open at its accept.
+        serve(listener, n, true)
     });
     assert_eq!(read_lines(&ready, 1), ["ready"], "server did not start");
     let missing = format!("{sock}.missing");

@@ -35,6 +35,34 @@ pub struct Event {
     pub inferred: Option<&'static str>,
 }
 
+#[cfg(test)]
+impl Event {
+    /// A stream-socket event of process `pid` on fd 3, for model tests.
+    pub(crate) fn sample(kind: EventKind, ts_ns: u64, pid: u32, comm: &str, inode: u64, peer_inode: u64) -> Event {
+        Event {
+            ts_ns,
+            kind,
+            pid,
+            tid: pid,
+            uid: 0,
+            comm: comm.into(),
+            netns: 1,
+            sock_type: SockType::Stream,
+            errno: 0,
+            fd: Some(3),
+            peer_fd: None,
+            listen_fd: None,
+            inode: (inode != 0).then_some(inode),
+            peer_inode: (peer_inode != 0).then_some(peer_inode),
+            sk: 0,
+            peer_sk: 0,
+            path: Some("/run/app.sock".into()),
+            child_pid: None,
+            inferred: None,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
     #[error("ring buffer record is {got} bytes, expected {want}")]

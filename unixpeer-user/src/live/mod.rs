@@ -525,27 +525,7 @@ mod tests {
     }
 
     fn ev(kind: EventKind, pid: u32, comm: &str, inode: u64, peer_inode: u64) -> Event {
-        Event {
-            ts_ns: 1,
-            kind,
-            pid,
-            tid: pid,
-            uid: 0,
-            comm: comm.into(),
-            netns: 1,
-            sock_type: SockType::Stream,
-            errno: 0,
-            fd: Some(3),
-            peer_fd: None,
-            listen_fd: None,
-            inode: (inode != 0).then_some(inode),
-            peer_inode: (peer_inode != 0).then_some(peer_inode),
-            sk: 0,
-            peer_sk: 0,
-            path: Some("/run/s.sock".into()),
-            child_pid: None,
-            inferred: None,
-        }
+        Event { path: Some("/run/s.sock".into()), ..Event::sample(kind, 1, pid, comm, inode, peer_inode) }
     }
 
     #[test]

@@ -195,27 +195,7 @@ pub(crate) mod tests {
     use crate::timeline::format::{self, Header};
 
     pub(crate) fn event(kind: EventKind, ts_s: u64, pid: u32, comm: &str, inode: u64) -> Event {
-        Event {
-            ts_ns: ts_s * 1_000_000_000,
-            kind,
-            pid,
-            tid: pid,
-            uid: 0,
-            comm: comm.into(),
-            netns: 1,
-            sock_type: SockType::Stream,
-            errno: 0,
-            fd: Some(3),
-            peer_fd: None,
-            listen_fd: None,
-            inode: (inode != 0).then_some(inode),
-            peer_inode: None,
-            sk: 0,
-            peer_sk: 0,
-            path: Some("/run/app.sock".into()),
-            child_pid: None,
-            inferred: None,
-        }
+        Event::sample(kind, ts_s * 1_000_000_000, pid, comm, inode, 0)
     }
 
     /// A small recording: a listener from the snapshot, one client that
