@@ -363,3 +363,46 @@ fn mounts_tracefs_when_it_is_not_mounted() {
         "unixtrace mounts tracefs itself, where it belongs"
     );
 }
+
+/// ia32 syscall 3 is read(), x86_64's 3 is close(): a 32-bit syscall (here
+/// through `int 0x80`, as a 32-bit program makes them) must not be taken for
+/// a close of the socket it reads from.
+#[test]
+fn a_32_bit_read_is_not_taken_for_a_close() {
+    let mut f = Follower::start(&["--comm", "compat-child"]);
+    let p = pipe();
+    let child = fork_child("compat-child", || {
+        let fds = socketpair(libc::SOCK_STREAM);
+        let ret: i64;
+        // SAFETY: ia32 read(fds[0], NULL, 0) touches no memory. rbx holds the
+        // first argument but is reserved by LLVM, hence the exchange.
+        unsafe {
+            std::arch::asm!(
+                "xchg {fd}, rbx",
+                "int 0x80",
+                "xchg {fd}, rbx",
+                fd = inout(reg) i64::from(fds[0]) => _,
+                inlateout("rax") 3i64 => ret,
+                in("rcx") 0i64,
+                in("rdx") 0i64,
+            );
+        }
+        report(&p.write, &format!("{ret} {}", inode_of(fds[0])));
+        // The socket really goes away only now.
+        // SAFETY: closing the child's own fds.
+        unsafe {
+            libc::close(fds[0]);
+            libc::close(fds[1]);
+        }
+        0
+    });
+    assert_eq!(wait_child(child), 0);
+    let facts: Vec<i64> = read_reports(p)[0].split(' ').map(|x| x.parse().expect("number")).collect();
+    assert_eq!(facts[0], 0, "the ia32 read of 0 bytes returns 0 (needs CONFIG_IA32_EMULATION, as Debian has)");
+    let inode = facts[1] as u64;
+    f.wait_for_n("closes of both ends", 2, WAIT, |v| is_event(v, "close", child));
+    let (_, _) = f.stop();
+    let closes: Vec<&Value> =
+        f.seen.iter().filter(|v| is_event(v, "close", child) && v["inode"].as_u64() == Some(inode)).collect();
+    assert_eq!(closes.len(), 1, "one close of inode {inode}, from the real close(): {closes:?}");
+}

@@ -187,11 +187,16 @@ pub struct KernelOffsets {
     /// The raw counter value that means "one reference": 0 for file_ref_t
     /// (it stores refs - 1), 1 for atomic_long_t.
     pub file_one_ref: u64,
-    /// Offsets inside the syscall tracepoints' records, from their
-    /// `format` files in tracefs: the first argument of `sys_enter_*` and
-    /// `ret` of `sys_exit_*`. Arguments follow each other 8 bytes apart.
-    pub tp_syscall_args: u64,
-    pub tp_syscall_ret: u64,
+    /// `struct pt_regs`: where the syscall number and the first four
+    /// syscall arguments sit (x86_64: orig_ax, di, si, dx, r10).
+    pub pt_regs_syscall_nr: u64,
+    pub pt_regs_args: [u64; 4],
+    /// `task_struct.thread_info.status` (x86_64), whose TS_COMPAT bit marks
+    /// a 32-bit syscall: its numbers mean other calls.
+    pub task_struct_thread_status: u64,
+    /// 1 when the kernel has `bpf_get_current_task_btf` (5.11+): the fd
+    /// table walk is then plain loads instead of one helper call a step.
+    pub has_current_task_btf: u64,
     /// `pid` and `newcomm` in the `task:task_rename` record.
     pub tp_task_rename_pid: u64,
     pub tp_task_rename_newcomm: u64,
@@ -242,12 +247,35 @@ impl KernelFilter {
     }
 }
 
+/// The syscalls the raw `sys_enter`/`sys_exit` programs act on, by number
+/// (the userspace build's own `libc::SYS_*`, so the same ABI as the kernel).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SyscallNumbers {
+    pub connect: u64,
+    pub accept: u64,
+    pub accept4: u64,
+    pub socketpair: u64,
+    pub listen: u64,
+    pub close: u64,
+    /// The TS_COMPAT bit of `thread_info.status`; 0 where there is no
+    /// 32-bit syscall ABI to tell apart.
+    pub ts_compat: u64,
+}
+
+impl SyscallNumbers {
+    pub const fn zeroed() -> Self {
+        // SAFETY: all fields are integers.
+        unsafe { core::mem::zeroed() }
+    }
+}
+
 /// Indices into the `SETTINGS` array, written by userspace once it has
 /// chosen a strategy (after load, so these cannot be `.rodata`).
 pub mod setting {
-    /// 1 when the final close() is reported from sys_enter_close (the
-    /// tracepoint strategy); fentry/kprobe see it in unix_release_sock.
-    pub const CLOSE_FROM_SYSCALL: u32 = 0;
+    /// 1 under the tracepoint strategy: connect() and the final close() are
+    /// reported from the syscalls; fentry/kprobe see them in af_unix.
+    pub const SYSCALL_STRATEGY: u32 = 0;
     pub const MAX: u32 = 1;
 }
 
@@ -268,6 +296,7 @@ mod pod {
     unsafe impl aya::Pod for super::KernelOffsets {}
     unsafe impl aya::Pod for super::KernelFilter {}
     unsafe impl aya::Pod for super::TaskSocketFd {}
+    unsafe impl aya::Pod for super::SyscallNumbers {}
 }
 
 #[cfg(test)]
@@ -287,7 +316,8 @@ mod tests {
 
     #[test]
     fn offsets_layout_has_no_hidden_padding() {
-        assert_eq!(size_of::<KernelOffsets>(), 29 * 8);
+        assert_eq!(size_of::<KernelOffsets>(), 34 * 8);
+        assert_eq!(size_of::<SyscallNumbers>(), 7 * 8);
         assert_eq!(size_of::<KernelFilter>(), 4 * 4 + TASK_COMM_LEN);
         assert_eq!(size_of::<TaskSocketFd>(), 8 + 4 + 4 + TASK_COMM_LEN);
     }

@@ -70,8 +70,8 @@ fn comm_wanted(comm: &[u8; TASK_COMM_LEN]) -> bool {
 static SETTINGS: Array<u32> = Array::with_max_entries(setting::MAX, 0);
 
 #[inline(always)]
-pub fn close_from_syscall() -> bool {
-    SETTINGS.get(setting::CLOSE_FROM_SYSCALL).is_some_and(|v| *v != 0)
+pub fn syscall_strategy() -> bool {
+    SETTINGS.get(setting::SYSCALL_STRATEGY).is_some_and(|v| *v != 0)
 }
 
 /// Starts an event for the current task, or `None` when it is filtered out.

@@ -1,10 +1,12 @@
 //! Pointer walks through kernel structures.
 //!
 //! Every offset comes from `OFFSETS`, which userspace fills from the running
-//! kernel's BTF at load time; every read goes through bpf_probe_read_kernel
-//! and turns a fault into `None`.
+//! kernel's BTF at load time. Reads through pointers the verifier can type
+//! (the current task's fd table, where the kernel allows it) are plain loads;
+//! every other read goes through bpf_probe_read_kernel and turns a fault
+//! into `None`.
 
-use aya_ebpf::helpers::bpf_probe_read_kernel;
+use aya_ebpf::helpers::{bpf_get_current_task, bpf_get_current_task_btf, bpf_probe_read_kernel};
 use unixpeer_common::{AF_UNIX, KernelOffsets};
 
 #[unsafe(no_mangle)]
@@ -35,6 +37,41 @@ pub fn read<T>(addr: u64) -> Option<T> {
 #[inline(always)]
 fn read_ptr(addr: u64) -> Option<u64> {
     read::<u64>(addr).filter(|p| *p != 0)
+}
+
+/// A load through a BTF pointer (from `bpf_get_current_task_btf` or a field
+/// of one): the verifier checks the offset against BTF and the JIT turns a
+/// fault into 0, so no helper call is needed.
+#[inline(always)]
+fn load<T: Copy>(addr: u64) -> T {
+    unsafe { core::ptr::read_volatile(addr as *const T) }
+}
+
+/// The current task's `files->fdt->fd[fd]`. Where the kernel has
+/// `bpf_get_current_task_btf` (5.11+), the walk down to the fd array is
+/// plain loads; the array holds `struct file *` that BTF cannot type, so the
+/// last step stays a probe read. The test is on a load-time constant, so
+/// older kernels' verifiers never see the newer helper.
+#[inline(always)]
+pub fn current_file_of_fd(fd: u32) -> Option<u64> {
+    if off!(has_current_task_btf) == 0 {
+        return file_of_fd(unsafe { bpf_get_current_task() }, fd);
+    }
+    let task = unsafe { bpf_get_current_task_btf() } as u64;
+    let files: u64 = load(task + off!(task_struct_files));
+    if files == 0 {
+        return None;
+    }
+    let fdt: u64 = load(files + off!(files_struct_fdt));
+    if fdt == 0 {
+        return None;
+    }
+    let max_fds: u32 = load(fdt + off!(fdtable_max_fds));
+    if fd >= max_fds {
+        return None;
+    }
+    let fds: u64 = load(fdt + off!(fdtable_fd));
+    read_ptr(fds + u64::from(fd) * 8)
 }
 
 /// `task->files->fdt->fd[fd]`.

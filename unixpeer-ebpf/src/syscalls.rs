@@ -1,27 +1,34 @@
-//! The syscall-tracepoint strategy: `syscalls:sys_{enter,exit}_*`.
+//! The syscall-tracepoint strategy, on the raw syscall tracepoints
+//! `tp_btf/sys_enter` and `tp_btf/sys_exit`.
 //!
-//! Works wherever syscall tracepoints do (every kernel we target, and the
-//! only strategy the CI host allows). The enter side stashes the arguments
-//! per thread; the exit side resolves fd → file → socket in the kernel and
-//! reports. accept and socketpair are observed here under every strategy,
+//! Works wherever BTF does (5.5+; the CI host allows nothing else). One
+//! program per side sees every syscall and acts on connect, accept, accept4,
+//! socketpair, listen (exit) and close (enter), resolving fd → file → socket
+//! in the kernel. The per-syscall `syscalls:sys_*_*` tracepoints would each
+//! copy the record into a perf buffer before the program runs and need the
+//! arguments stashed in a map from enter to exit; here the exit side reads
+//! them from the task's saved registers, which the syscall leaves intact.
+//! accept, socketpair and listen are observed here under every strategy,
 //! because only the syscall knows the fds it returns.
 //!
 //! Cannot see: io_uring connect/accept/close, sockets released without a
 //! close() (exit, exec with O_CLOEXEC, dup2 over the fd, close_range). The
 //! exit case is reported as `TaskExit`, from which userspace infers the
-//! release of sockets only that process held.
+//! release of sockets only that process held. 32-bit (compat) syscalls are
+//! skipped, as the syscalls:* tracepoints skip them.
 //!
-//! Checked on: 6.18.44 (host), Debian 6.1.0 and 6.12 cloud kernels (QEMU).
+//! Attaches to: the sys_enter and sys_exit raw tracepoints
+//! (kernel/entry/common.c, trace_sys_enter/trace_sys_exit).
+//! Checked on: 6.18.44 (host), Debian 5.10.0, 6.1.0 and 6.12 cloud kernels (QEMU).
 
 use aya_ebpf::{
     EbpfContext,
     helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_user},
-    macros::{map, tracepoint},
-    maps::HashMap,
-    programs::TracePointContext,
+    macros::{btf_tracepoint, tracepoint},
+    programs::{BtfTracePointContext, TracePointContext},
 };
 use aya_log_ebpf::{info, warn};
-use unixpeer_common::{AF_UNIX, Backend, EventKind};
+use unixpeer_common::{AF_UNIX, Backend, EventKind, SyscallNumbers};
 
 use crate::{
     emit::{self, actor_wanted, begin, copy_sockaddr, describe, describe_released, name_from_kernel, submit},
@@ -30,79 +37,97 @@ use crate::{
 
 const SOCK_DGRAM: u32 = 2;
 
-#[derive(Clone, Copy)]
-#[repr(C)]
-struct Pending {
-    fd: u64,
-    /// A user pointer: the sockaddr for connect, the int[2] for socketpair.
-    uptr: u64,
-    len: u64,
+#[unsafe(no_mangle)]
+static SYSCALLS: SyscallNumbers = SyscallNumbers::zeroed();
+
+macro_rules! nr {
+    ($name:ident) => {
+        unsafe { core::ptr::read_volatile(&raw const SYSCALLS.$name) }
+    };
 }
 
-/// Arguments of the syscalls now in flight, by pid_tgid.
-#[map]
-static PENDING: HashMap<u64, Pending> = HashMap::with_max_entries(16384, 0);
-
+/// A saved user register: a plain load, since `regs` is a BTF pointer the
+/// verifier checks against `struct pt_regs` (offsets are load-time constants).
 #[inline(always)]
-fn arg(ctx: &TracePointContext, n: u64) -> Option<u64> {
-    unsafe { ctx.read_at::<u64>((off!(tp_syscall_args) + n * 8) as usize).ok() }
-}
-
-#[inline(always)]
-fn ret(ctx: &TracePointContext) -> Option<i64> {
-    unsafe { ctx.read_at::<i64>(off!(tp_syscall_ret) as usize).ok() }
+fn reg(regs: u64, offset: u64) -> u64 {
+    unsafe { core::ptr::read_volatile((regs + offset) as *const u64) }
 }
 
 #[inline(always)]
-fn stash(fd: u64, uptr: u64, len: u64) {
-    let p = Pending { fd, uptr, len };
-    let _ = PENDING.insert(&bpf_get_current_pid_tgid(), &p, 0);
+fn arg(regs: u64, n: usize) -> u64 {
+    let offset = match n {
+        0 => off!(pt_regs_args)[0],
+        1 => off!(pt_regs_args)[1],
+        2 => off!(pt_regs_args)[2],
+        _ => off!(pt_regs_args)[3],
+    };
+    reg(regs, offset)
 }
 
+/// A 32-bit syscall: its numbers name other calls.
 #[inline(always)]
-fn take() -> Option<Pending> {
-    let key = bpf_get_current_pid_tgid();
-    let p = unsafe { PENDING.get(&key) }.copied();
-    if p.is_some() {
-        let _ = PENDING.remove(&key);
+fn compat() -> bool {
+    let flag = nr!(ts_compat);
+    if flag == 0 {
+        return false;
     }
-    p
-}
-
-#[inline(always)]
-fn current_task() -> u64 {
-    unsafe { bpf_get_current_task() }
+    let task = unsafe { bpf_get_current_task() };
+    kernel::read::<u32>(task + off!(task_struct_thread_status)).is_some_and(|s| u64::from(s) & flag != 0)
 }
 
 #[inline(always)]
 fn unix_fd(fd: u32) -> Option<(u64, kernel::UnixSocket)> {
-    let file = kernel::file_of_fd(current_task(), fd)?;
+    let file = kernel::current_file_of_fd(fd)?;
     Some((file, kernel::unix_socket_of_file(file)?))
 }
 
-// --- connect(2): __sys_connect → unix_stream_connect / unix_dgram_connect
-
-#[tracepoint(category = "syscalls", name = "sys_enter_connect")]
-pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
-    if !actor_wanted() {
+#[btf_tracepoint(function = "sys_enter")]
+pub fn sys_enter(ctx: BtfTracePointContext) -> i32 {
+    let id: u64 = ctx.arg(1);
+    if id != nr!(close) || !actor_wanted() || compat() {
         return 0;
     }
-    let (Some(fd), Some(uaddr), Some(len)) = (arg(&ctx, 0), arg(&ctx, 1), arg(&ctx, 2)) else {
+    let regs: u64 = ctx.arg(0);
+    enter_close(arg(regs, 0) as u32);
+    0
+}
+
+#[btf_tracepoint(function = "sys_exit")]
+pub fn sys_exit(ctx: BtfTracePointContext) -> i32 {
+    let regs: u64 = ctx.arg(0);
+    let ret: i64 = ctx.arg(1);
+    let id = reg(regs, off!(pt_regs_syscall_nr));
+    // The cheap test first: this runs after every syscall in the system.
+    let ours = id == nr!(accept)
+        || id == nr!(accept4)
+        || id == nr!(socketpair)
+        || id == nr!(listen)
+        || (id == nr!(connect) && emit::syscall_strategy());
+    if !ours || !actor_wanted() || compat() {
         return 0;
-    };
-    // Only AF_UNIX addresses: everything else costs one user read.
-    let family = unsafe { bpf_probe_read_user(uaddr as *const u16) };
-    if family == Ok(AF_UNIX) {
-        stash(fd, uaddr, len);
+    }
+    if id == nr!(connect) {
+        exit_connect(regs, ret);
+    } else if id == nr!(socketpair) {
+        exit_socketpair(&ctx, regs, ret);
+    } else if id == nr!(listen) {
+        exit_listen(&ctx, regs, ret);
+    } else {
+        exit_accept(regs, ret);
     }
     0
 }
 
-#[tracepoint(category = "syscalls", name = "sys_exit_connect")]
-pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
-    let Some(p) = take() else { return 0 };
-    let Some(rc) = ret(&ctx) else { return 0 };
-    let sock = unix_fd(p.fd as u32).map(|(_, s)| s);
+// --- connect(2): __sys_connect → unix_stream_connect / unix_dgram_connect
+
+#[inline(always)]
+fn exit_connect(regs: u64, rc: i64) {
+    let (fd, uaddr, len) = (arg(regs, 0), arg(regs, 1), arg(regs, 2));
+    // Only AF_UNIX addresses: everything else costs one user read.
+    if unsafe { bpf_probe_read_user(uaddr as *const u16) } != Ok(AF_UNIX) {
+        return;
+    }
+    let sock = unix_fd(fd as u32).map(|(_, s)| s);
     let kind = if rc < 0 {
         EventKind::ConnectFailed
     } else if sock.is_some_and(|s| kernel::socket_type(s.socket) == SOCK_DGRAM) {
@@ -110,8 +135,8 @@ pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
     } else {
         EventKind::Connect
     };
-    let Some(e) = begin(kind, Backend::Tracepoint) else { return 0 };
-    e.fd = p.fd as i32;
+    let Some(e) = begin(kind, Backend::Tracepoint) else { return };
+    e.fd = fd as i32;
     if let Some(s) = sock {
         describe(e, s);
     }
@@ -120,151 +145,87 @@ pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
     }
     // The address the caller asked for names the connection even when it
     // failed or when the peer is unbound.
-    copy_sockaddr(e, p.uptr, p.len as u32, true);
+    copy_sockaddr(e, uaddr, len as u32, true);
     if e.path_len == 0 {
         name_from_kernel(e);
     }
     submit(e);
-    0
 }
 
 // --- accept(2)/accept4(2): do_accept → unix_accept
 
 #[inline(always)]
-fn enter_accept(ctx: &TracePointContext) -> u32 {
-    if actor_wanted()
-        && let Some(fd) = arg(ctx, 0)
-    {
-        stash(fd, 0, 0);
-    }
-    0
-}
-
-#[inline(always)]
-fn exit_accept(ctx: &TracePointContext) -> u32 {
-    let Some(p) = take() else { return 0 };
-    let Some(newfd) = ret(ctx) else { return 0 };
+fn exit_accept(regs: u64, newfd: i64) {
     if newfd < 0 {
-        return 0;
+        return;
     }
-    let Some((_, sock)) = unix_fd(newfd as u32) else { return 0 };
-    let Some(e) = begin(EventKind::Accept, Backend::Tracepoint) else { return 0 };
+    let Some((_, sock)) = unix_fd(newfd as u32) else { return };
+    let Some(e) = begin(EventKind::Accept, Backend::Tracepoint) else { return };
     describe(e, sock);
     e.fd = newfd as i32;
-    e.listen_fd = p.fd as i32;
+    e.listen_fd = arg(regs, 0) as i32;
     name_from_kernel(e);
     submit(e);
-    0
-}
-
-#[tracepoint(category = "syscalls", name = "sys_enter_accept")]
-pub fn sys_enter_accept(ctx: TracePointContext) -> u32 {
-    enter_accept(&ctx)
-}
-
-#[tracepoint(category = "syscalls", name = "sys_exit_accept")]
-pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
-    exit_accept(&ctx)
-}
-
-#[tracepoint(category = "syscalls", name = "sys_enter_accept4")]
-pub fn sys_enter_accept4(ctx: TracePointContext) -> u32 {
-    enter_accept(&ctx)
-}
-
-#[tracepoint(category = "syscalls", name = "sys_exit_accept4")]
-pub fn sys_exit_accept4(ctx: TracePointContext) -> u32 {
-    exit_accept(&ctx)
 }
 
 // --- socketpair(2): __sys_socketpair → unix_socketpair
 
-#[tracepoint(category = "syscalls", name = "sys_enter_socketpair")]
-pub fn sys_enter_socketpair(ctx: TracePointContext) -> u32 {
-    if !actor_wanted() {
-        return 0;
+#[inline(always)]
+fn exit_socketpair(ctx: &BtfTracePointContext, regs: u64, rc: i64) {
+    if rc != 0 || arg(regs, 0) as u16 != AF_UNIX {
+        return;
     }
-    if let (Some(family), Some(usockvec)) = (arg(&ctx, 0), arg(&ctx, 3))
-        && family as u16 == AF_UNIX
-    {
-        stash(0, usockvec, 0);
-    }
-    0
-}
-
-#[tracepoint(category = "syscalls", name = "sys_exit_socketpair")]
-pub fn sys_exit_socketpair(ctx: TracePointContext) -> u32 {
-    let Some(p) = take() else { return 0 };
-    if ret(&ctx) != Some(0) {
-        return 0;
-    }
-    let Ok(fds) = (unsafe { bpf_probe_read_user(p.uptr as *const [i32; 2]) }) else {
+    let usockvec = arg(regs, 3);
+    let Ok(fds) = (unsafe { bpf_probe_read_user(usockvec as *const [i32; 2]) }) else {
         emit::count(unixpeer_common::counter::READ_ERRORS);
-        warn!(&ctx, "socketpair: the fds at user address {:x} could not be read", p.uptr);
-        return 0;
+        warn!(ctx, "socketpair: the fds at user address {:x} could not be read", usockvec);
+        return;
     };
-    let Some((_, sock)) = unix_fd(fds[0] as u32) else { return 0 };
-    let Some(e) = begin(EventKind::Socketpair, Backend::Tracepoint) else { return 0 };
+    let Some((_, sock)) = unix_fd(fds[0] as u32) else { return };
+    let Some(e) = begin(EventKind::Socketpair, Backend::Tracepoint) else { return };
     describe(e, sock);
     e.fd = fds[0];
     e.peer_fd = fds[1];
     submit(e);
-    0
 }
 
 // --- listen(2): __sys_listen → unix_listen
 
-#[tracepoint(category = "syscalls", name = "sys_enter_listen")]
-pub fn sys_enter_listen(ctx: TracePointContext) -> u32 {
-    if actor_wanted()
-        && let Some(fd) = arg(&ctx, 0)
-    {
-        stash(fd, 0, 0);
+#[inline(always)]
+fn exit_listen(ctx: &BtfTracePointContext, regs: u64, rc: i64) {
+    if rc != 0 {
+        return;
     }
-    0
-}
-
-#[tracepoint(category = "syscalls", name = "sys_exit_listen")]
-pub fn sys_exit_listen(ctx: TracePointContext) -> u32 {
-    let Some(p) = take() else { return 0 };
-    if ret(&ctx) != Some(0) {
-        return 0;
-    }
-    let Some((_, sock)) = unix_fd(p.fd as u32) else { return 0 };
-    let Some(e) = begin(EventKind::Listen, Backend::Tracepoint) else { return 0 };
+    let fd = arg(regs, 0);
+    let Some((_, sock)) = unix_fd(fd as u32) else { return };
+    let Some(e) = begin(EventKind::Listen, Backend::Tracepoint) else { return };
     describe(e, sock);
-    e.fd = p.fd as i32;
+    e.fd = fd as i32;
     name_from_kernel(e);
     // Rare enough to narrate: lets `-v` show that the programs' own log works.
-    info!(&ctx, "listen: pid {} fd {} inode {}", e.pid, e.fd, e.inode);
+    info!(ctx, "listen: pid {} fd {} inode {}", e.pid, e.fd, e.inode);
     submit(e);
-    0
 }
 
 // --- close(2): the close that drops the file's last reference releases
 // the socket (unix_release → unix_release_sock); any other only removes a
 // holder, which the model needs to keep holders true after fork.
 
-#[tracepoint(category = "syscalls", name = "sys_enter_close")]
-pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
-    if !actor_wanted() {
-        return 0;
-    }
-    let Some(fd) = arg(&ctx, 0) else { return 0 };
-    let Some((file, sock)) = unix_fd(fd as u32) else { return 0 };
+#[inline(always)]
+fn enter_close(fd: u32) {
+    let Some((file, sock)) = unix_fd(fd) else { return };
     let kind = if !kernel::file_is_last_ref(file) {
         EventKind::FdClose
-    } else if emit::close_from_syscall() {
+    } else if emit::syscall_strategy() {
         EventKind::Close
     } else {
         // unix_release_sock will report it, with the same fields.
-        return 0;
+        return;
     };
-    let Some(e) = begin(kind, Backend::Tracepoint) else { return 0 };
+    let Some(e) = begin(kind, Backend::Tracepoint) else { return };
     describe_released(e, sock);
     e.fd = fd as i32;
     submit(e);
-    0
 }
 
 // --- sched:sched_process_exit: fires in do_exit() before exit_files(), so

@@ -11,6 +11,13 @@ use unixpeer_common::{KernelOffsets, iter_abi};
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
+/// The `struct pt_regs` fields holding the syscall number and the first four
+/// arguments, in the x86_64 syscall ABI (the fourth travels in r10).
+#[cfg(target_arch = "x86_64")]
+const SYSCALL_REGS: (&str, [&str; 4]) = ("orig_ax", ["di", "si", "dx", "r10"]);
+#[cfg(not(target_arch = "x86_64"))]
+compile_error!("unixtrace reads syscall arguments from x86_64's struct pt_regs: add this architecture's to btf.rs");
+
 #[derive(Debug, thiserror::Error)]
 pub enum BtfError {
     #[error(
@@ -138,6 +145,15 @@ impl KernelBtf {
         Err(BtfError::NoFunction(func.to_owned()))
     }
 
+    /// Whether `enum name` has the enumerator `value`: how the kernel's BTF
+    /// tells which BPF helpers it has.
+    pub fn has_enum_value(&self, name: &str, value: &str) -> bool {
+        self.btf.resolve_types_by_name(name).unwrap_or_default().iter().any(|t| match t {
+            Type::Enum(e) => e.members.iter().any(|m| self.btf.resolve_name(m).is_ok_and(|n| n == value)),
+            _ => false,
+        })
+    }
+
     pub fn has_function(&self, func: &str) -> bool {
         self.param_count(func).is_ok()
     }
@@ -178,8 +194,15 @@ impl KernelBtf {
             unix_address_len: self.offset("unix_address", "len")?,
             unix_address_name: self.offset("unix_address", "name")?,
             file_one_ref,
-            tp_syscall_args: 0,
-            tp_syscall_ret: 0,
+            pt_regs_syscall_nr: self.offset("pt_regs", SYSCALL_REGS.0)?,
+            pt_regs_args: [
+                self.offset("pt_regs", SYSCALL_REGS.1[0])?,
+                self.offset("pt_regs", SYSCALL_REGS.1[1])?,
+                self.offset("pt_regs", SYSCALL_REGS.1[2])?,
+                self.offset("pt_regs", SYSCALL_REGS.1[3])?,
+            ],
+            task_struct_thread_status: self.offset("task_struct", "thread_info.status")?,
+            has_current_task_btf: u64::from(self.has_enum_value("bpf_func_id", "BPF_FUNC_get_current_task_btf")),
             tp_task_rename_pid: 0,
             tp_task_rename_newcomm: 0,
         })
@@ -227,6 +250,15 @@ mod tests {
         assert!(off.unix_sock_peer > off.sock_socket);
         assert!(off.socket_to_inode > 0);
         assert!(off.file_one_ref <= 1);
+    }
+
+    #[test]
+    fn helpers_are_found_by_their_enumerator() {
+        let k = kernel();
+        // This kernel (6.18) has had bpf_get_current_task_btf since 5.11.
+        assert!(k.has_enum_value("bpf_func_id", "BPF_FUNC_get_current_task_btf"));
+        assert!(!k.has_enum_value("bpf_func_id", "BPF_FUNC_no_such_helper"));
+        assert_eq!(k.kernel_offsets().expect("offsets").has_current_task_btf, 1);
     }
 
     #[test]

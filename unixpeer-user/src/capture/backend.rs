@@ -14,7 +14,7 @@ use super::{CaptureError, program_error};
 use unixpeer_common::setting;
 
 use super::attach_btf::Target;
-use crate::{btf::KernelBtf, tracefs};
+use crate::btf::KernelBtf;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum BackendChoice {
@@ -31,27 +31,15 @@ pub struct Chosen {
     pub why: String,
 }
 
-/// accept, socketpair and listen: the syscalls alone know the fds they
-/// return, so these run under every strategy.
-const SYSCALL_COMMON: &[(&str, &str, &str)] = &[
-    ("sys_enter_accept", "syscalls", "sys_enter_accept"),
-    ("sys_exit_accept", "syscalls", "sys_exit_accept"),
-    ("sys_enter_accept4", "syscalls", "sys_enter_accept4"),
-    ("sys_exit_accept4", "syscalls", "sys_exit_accept4"),
-    ("sys_enter_socketpair", "syscalls", "sys_enter_socketpair"),
-    ("sys_exit_socketpair", "syscalls", "sys_exit_socketpair"),
-    ("sys_enter_listen", "syscalls", "sys_enter_listen"),
-    ("sys_exit_listen", "syscalls", "sys_exit_listen"),
-    // Every close(): a non-final one drops a holder under every strategy.
-    ("sys_enter_close", "syscalls", "sys_enter_close"),
-    ("sched_process_exit", "sched", "sched_process_exit"),
-    ("task_rename", "task", "task_rename"),
-];
+/// Regular tracepoints attached under every strategy.
+const TRACEPOINTS: &[(&str, &str, &str)] =
+    &[("sched_process_exit", "sched", "sched_process_exit"), ("task_rename", "task", "task_rename")];
 
-/// What the af_unix hooks see under fentry/kprobe, seen at the syscall
-/// boundary instead.
-const SYSCALL_ONLY: &[(&str, &str, &str)] =
-    &[("sys_enter_connect", "syscalls", "sys_enter_connect"), ("sys_exit_connect", "syscalls", "sys_exit_connect")];
+/// The raw syscall tracepoints, attached under every strategy: accept,
+/// socketpair and listen only the syscalls can see (they alone know the fds
+/// they return), and every close() drops a holder. Under the tracepoint
+/// strategy they also report connect and the final close.
+const RAW_SYSCALLS: [&str; 2] = ["sys_enter", "sys_exit"];
 
 enum Hook {
     Entry,
@@ -70,12 +58,15 @@ const FENTRY: &[(&str, &str, Hook)] = &[
 pub fn attach_targets() -> Vec<Target<'static>> {
     let mut targets: Vec<Target<'static>> = FENTRY.iter().map(|(_, func, _)| Target::Func(func)).collect();
     targets.push(Target::Typedef(FORK_TRACEPOINT_TYPEDEF));
+    targets.extend(RAW_SYSCALL_TYPEDEFS.iter().map(|t| Target::Typedef(t)));
     targets.push(Target::Func(super::iter::ITER_TARGET_FUNC));
     targets
 }
 
 /// What aya looks up for `tp_btf/sched_process_fork`.
 const FORK_TRACEPOINT_TYPEDEF: &str = "btf_trace_sched_process_fork";
+/// And for `tp_btf/sys_enter` and `tp_btf/sys_exit`.
+const RAW_SYSCALL_TYPEDEFS: [&str; 2] = ["btf_trace_sys_enter", "btf_trace_sys_exit"];
 
 const KPROBE: &[(&str, &str)] = &[
     ("kprobe_unix_stream_connect", "unix_stream_connect"),
@@ -104,16 +95,20 @@ pub fn attach(
             Chosen { backend: "kprobe", why: "requested with --backend kprobe".into() }
         }
         BackendChoice::Tracepoint => {
-            attach_tracepoints(ebpf, SYSCALL_ONLY)?;
             Chosen { backend: "tracepoint", why: "requested with --backend tracepoint".into() }
         }
         BackendChoice::Auto => auto(ebpf, btf, kbtf, tracefs_root)?,
     };
     let mut settings: Array<_, u32> =
         Array::try_from(ebpf.map_mut("SETTINGS").ok_or(CaptureError::MissingMap("SETTINGS"))?)?;
-    settings.set(setting::CLOSE_FROM_SYSCALL, &u32::from(chosen.backend == "tracepoint"), 0)?;
-    // Only now: sys_enter_close must know who reports final closes.
-    attach_tracepoints(ebpf, SYSCALL_COMMON)?;
+    settings.set(setting::SYSCALL_STRATEGY, &u32::from(chosen.backend == "tracepoint"), 0)?;
+    // Only now: the syscall programs must know whether they report connect
+    // and final closes.
+    attach_raw_syscalls(ebpf, btf).map_err(|e| match chosen.backend {
+        "tracepoint" => CaptureError::NoBackend(format!("  {}\n  raw syscall tracepoints failed ({e})", chosen.why)),
+        _ => e,
+    })?;
+    attach_tracepoints(ebpf, TRACEPOINTS)?;
     attach_fork(ebpf, btf)?;
     log::info!("backend {}: {}", chosen.backend, chosen.why);
     Ok(chosen)
@@ -146,9 +141,6 @@ fn auto(ebpf: &mut Ebpf, btf: &Btf, kbtf: &KernelBtf, tracefs_root: &Path) -> Re
             format!("kprobes unavailable ({})", short(&e))
         }
     };
-    attach_tracepoints(ebpf, SYSCALL_ONLY).map_err(|e| {
-        CaptureError::NoBackend(format!("  {fentry_why}\n  {kprobe_why}\n  syscall tracepoints failed ({e})"))
-    })?;
     Ok(Chosen { backend: "tracepoint", why: format!("{fentry_why}; {kprobe_why}") })
 }
 
@@ -182,6 +174,17 @@ fn attach_tracepoints(ebpf: &mut Ebpf, set: &[(&str, &str, &str)]) -> Result<(),
         let tp: &mut TracePoint = program(ebpf, name)?;
         tp.load().map_err(|e| program_error(name, &target, e))?;
         tp.attach(category, event).map_err(|e| program_error(name, &target, e))?;
+    }
+    Ok(())
+}
+
+/// tp_btf loads wherever BTF does (5.5+), even where fentry is refused.
+fn attach_raw_syscalls(ebpf: &mut Ebpf, btf: &Btf) -> Result<(), CaptureError> {
+    for name in RAW_SYSCALLS {
+        let target = format!("tp_btf {name}");
+        let p: &mut BtfTracePoint = program(ebpf, name)?;
+        p.load(name, btf).map_err(|e| program_error(name, &target, e))?;
+        p.attach().map_err(|e| program_error(name, &target, e))?;
     }
     Ok(())
 }
@@ -238,30 +241,6 @@ fn attach_kprobe(ebpf: &mut Ebpf, tracefs_root: &Path) -> Result<(), CaptureErro
         let p: &mut KProbe = program(ebpf, name)?;
         p.load().map_err(|e| program_error(name, &target, e))?;
         p.attach(func, 0).map_err(|e| program_error(name, &target, e))?;
-    }
-    Ok(())
-}
-
-/// The programs read syscall arguments as consecutive 8-byte slots after
-/// the first; check that every tracepoint they use agrees.
-pub fn check_syscall_layout(root: &Path, args: u64) -> Result<(), CaptureError> {
-    let expect = [
-        ("sys_enter_connect", "uservaddr", 1),
-        ("sys_enter_connect", "addrlen", 2),
-        ("sys_enter_socketpair", "family", 0),
-        ("sys_enter_socketpair", "usockvec", 3),
-        ("sys_enter_accept4", "fd", 0),
-        ("sys_enter_listen", "fd", 0),
-        ("sys_enter_close", "fd", 0),
-    ];
-    for (tp, field, slot) in expect {
-        let got = tracefs::field_offset(root, "syscalls", tp, field)?;
-        if got != args + slot * 8 {
-            return Err(CaptureError::BackendUnavailable {
-                backend: "tracepoint",
-                why: format!("syscalls:{tp} has `{field}` at offset {got}, expected {}", args + slot * 8),
-            });
-        }
     }
     Ok(())
 }

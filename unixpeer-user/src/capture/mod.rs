@@ -13,7 +13,7 @@ use aya::{
     programs::ProgramError,
 };
 use tokio::io::unix::AsyncFd;
-use unixpeer_common::{KernelFilter, TASK_COMM_LEN, counter};
+use unixpeer_common::{KernelFilter, SyscallNumbers, TASK_COMM_LEN, counter};
 
 pub use self::backend::{BackendChoice, Chosen};
 use crate::{
@@ -93,9 +93,6 @@ impl Capture {
         let kbtf = KernelBtf::open(Path::new(VMLINUX_BTF))?;
         let mut offsets = kbtf.kernel_offsets()?;
         let tracefs_root = tracefs::ensure_mounted()?;
-        offsets.tp_syscall_args = tracefs::field_offset(&tracefs_root, "syscalls", "sys_enter_connect", "fd")?;
-        offsets.tp_syscall_ret = tracefs::field_offset(&tracefs_root, "syscalls", "sys_exit_connect", "ret")?;
-        backend::check_syscall_layout(&tracefs_root, offsets.tp_syscall_args)?;
         offsets.tp_task_rename_pid = tracefs::field_offset(&tracefs_root, "task", "task_rename", "pid")?;
         offsets.tp_task_rename_newcomm = tracefs::field_offset(&tracefs_root, "task", "task_rename", "newcomm")?;
 
@@ -105,6 +102,7 @@ impl Capture {
         let mut ebpf = EbpfLoader::new()
             .override_global("OFFSETS", &offsets, true)
             .override_global("FILTER", &filter, true)
+            .override_global("SYSCALLS", &syscall_numbers(), true)
             .override_global(aya_log::LEVEL, &log_level, false)
             .load(OBJECT)
             .map_err(|e| CaptureError::Load(Box::new(e)))?;
@@ -197,6 +195,21 @@ fn register<T: AsRawFd>(inner: T) -> std::io::Result<AsyncFd<T>> {
     // SAFETY: both the ring buffer and the logger own their fd and keep it
     // open, unchanged, for as long as they live inside the AsyncFd.
     unsafe { AsyncFd::register_with_interest(inner, tokio::io::Interest::READABLE) }.map_err(|e| e.into_parts().1)
+}
+
+/// The syscalls the raw syscall programs act on, in this build's ABI.
+fn syscall_numbers() -> SyscallNumbers {
+    SyscallNumbers {
+        connect: libc::SYS_connect as u64,
+        accept: libc::SYS_accept as u64,
+        accept4: libc::SYS_accept4 as u64,
+        socketpair: libc::SYS_socketpair as u64,
+        listen: libc::SYS_listen as u64,
+        close: libc::SYS_close as u64,
+        // arch/x86/include/asm/thread_info.h: TS_COMPAT, a kernel constant
+        // since 2.6.26 with no BTF presence (it is a #define).
+        ts_compat: 0x0002,
+    }
 }
 
 fn kernel_filter(opts: &CaptureOptions) -> KernelFilter {
