@@ -406,3 +406,29 @@ fn a_32_bit_read_is_not_taken_for_a_close() {
         f.seen.iter().filter(|v| is_event(v, "close", child) && v["inode"].as_u64() == Some(inode)).collect();
     assert_eq!(closes.len(), 1, "one close of inode {inode}, from the real close(): {closes:?}");
 }
+
+/// Every event carries the uid of the process that caused it.
+#[test]
+fn events_carry_the_callers_uid() {
+    const NOBODY: u32 = 65534;
+    let mut f = Follower::start(&["--comm", "uid-child"]);
+    let child = fork_child("uid-child", || {
+        // SAFETY: dropping to nobody (with another gid, so a uid read from
+        // the gid would show) in the child only.
+        if unsafe { libc::setgid(4242) != 0 || libc::setuid(NOBODY) != 0 } {
+            return 1;
+        }
+        let fds = socketpair(libc::SOCK_STREAM);
+        // SAFETY: closing the child's own fds.
+        unsafe {
+            libc::close(fds[0]);
+            libc::close(fds[1]);
+        }
+        0
+    });
+    assert_eq!(wait_child(child), 0, "the child could not become nobody");
+    let pair = f.wait_for("the socketpair of uid 65534", WAIT, |v| is_event(v, "socketpair", child));
+    assert_eq!(pair["uid"].as_u64(), Some(u64::from(NOBODY)), "{pair}");
+    let close = f.wait_for("a close of uid 65534", WAIT, |v| is_event(v, "close", child));
+    assert_eq!(close["uid"].as_u64(), Some(u64::from(NOBODY)), "{close}");
+}

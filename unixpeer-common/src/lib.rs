@@ -197,6 +197,11 @@ pub struct KernelOffsets {
     /// 1 when the kernel has `bpf_get_current_task_btf` (5.11+): the fd
     /// table walk is then plain loads instead of one helper call a step.
     pub has_current_task_btf: u64,
+    /// `task_struct.cred` and `cred.uid`: the uid of an event, read where
+    /// the task is a BTF pointer (bpf_get_current_uid_gid maps it through
+    /// the init user namespace, which leaves it as is).
+    pub task_struct_cred: u64,
+    pub cred_uid: u64,
     /// `pid` and `newcomm` in the `task:task_rename` record.
     pub tp_task_rename_pid: u64,
     pub tp_task_rename_newcomm: u64,
@@ -316,7 +321,7 @@ mod tests {
 
     #[test]
     fn offsets_layout_has_no_hidden_padding() {
-        assert_eq!(size_of::<KernelOffsets>(), 34 * 8);
+        assert_eq!(size_of::<KernelOffsets>(), 36 * 8);
         assert_eq!(size_of::<SyscallNumbers>(), 7 * 8);
         assert_eq!(size_of::<KernelFilter>(), 4 * 4 + TASK_COMM_LEN);
         assert_eq!(size_of::<TaskSocketFd>(), 8 + 4 + 4 + TASK_COMM_LEN);

@@ -43,21 +43,19 @@ fn read_ptr(addr: u64) -> Option<u64> {
 /// of one): the verifier checks the offset against BTF and the JIT turns a
 /// fault into 0, so no helper call is needed.
 #[inline(always)]
-fn load<T: Copy>(addr: u64) -> T {
+pub fn load<T: Copy>(addr: u64) -> T {
     unsafe { core::ptr::read_volatile(addr as *const T) }
 }
 
 /// The current task's `files->fdt->fd[fd]`. Where the kernel has
 /// `bpf_get_current_task_btf` (5.11+), the walk down to the fd array is
 /// plain loads; the array holds `struct file *` that BTF cannot type, so the
-/// last step stays a probe read. The test is on a load-time constant, so
-/// older kernels' verifiers never see the newer helper.
+/// last step stays a probe read.
 #[inline(always)]
 pub fn current_file_of_fd(fd: u32) -> Option<u64> {
-    if off!(has_current_task_btf) == 0 {
+    let Some(task) = current_task_btf() else {
         return file_of_fd(unsafe { bpf_get_current_task() }, fd);
-    }
-    let task = unsafe { bpf_get_current_task_btf() } as u64;
+    };
     let files: u64 = load(task + off!(task_struct_files));
     if files == 0 {
         return None;
@@ -72,6 +70,17 @@ pub fn current_file_of_fd(fd: u32) -> Option<u64> {
     }
     let fds: u64 = load(fdt + off!(fdtable_fd));
     read_ptr(fds + u64::from(fd) * 8)
+}
+
+/// The current task as a BTF pointer, where the kernel has
+/// `bpf_get_current_task_btf` (5.11+). The test is on a load-time constant,
+/// so older kernels' verifiers never see the newer helper.
+#[inline(always)]
+pub fn current_task_btf() -> Option<u64> {
+    if off!(has_current_task_btf) == 0 {
+        return None;
+    }
+    Some(unsafe { bpf_get_current_task_btf() } as u64)
 }
 
 /// `task->files->fdt->fd[fd]`.

@@ -203,6 +203,8 @@ impl KernelBtf {
             ],
             task_struct_thread_status: self.offset("task_struct", "thread_info.status")?,
             has_current_task_btf: u64::from(self.has_enum_value("bpf_func_id", "BPF_FUNC_get_current_task_btf")),
+            task_struct_cred: self.offset("task_struct", "cred")?,
+            cred_uid: self.offset("cred", "uid")?,
             tp_task_rename_pid: 0,
             tp_task_rename_newcomm: 0,
         })
