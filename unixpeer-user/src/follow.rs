@@ -246,7 +246,7 @@ impl<W: Write> Sink<'_, W> {
         let res = if self.opts.quiet {
             Ok(())
         } else if self.opts.json {
-            writeln!(self.out, "{}", render::to_json(r, &self.clock))
+            render::write_json(&mut self.out, r, &self.clock)
         } else {
             render::write_text(&mut self.out, r, &self.clock, self.opts.wall_time)
         };

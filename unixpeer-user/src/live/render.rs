@@ -150,45 +150,106 @@ pub fn write_text(out: &mut impl Write, r: &Resolved, clock: &Clock, wall: bool)
     writeln!(out)
 }
 
-pub fn to_json(r: &Resolved, clock: &Clock) -> Value {
+/// The JSON Lines record of one event. Serialized straight from borrowed
+/// fields: building a `serde_json::Value` map first cost ~30 allocations an
+/// event, which at connection rates made `--json` the bottleneck. Fields
+/// are in key order, as the map used to print them (docs/json-schema.md).
+#[derive(serde::Serialize)]
+struct EventRecord<'a> {
+    child_pid: Option<u32>,
+    comm: &'a str,
+    errno: Option<i32>,
+    error: Option<String>,
+    event: &'static str,
+    fd: Option<i32>,
+    inferred: Option<&'static str>,
+    inode: Option<u64>,
+    kind: &'static str,
+    listen_fd: Option<i32>,
+    netns: u32,
+    path: Option<&'a str>,
+    peer_comm: Option<&'a str>,
+    peer_fd: Option<i32>,
+    peer_holders: Option<HolderList<'a>>,
+    peer_inode: Option<u64>,
+    peer_is_listener: bool,
+    peer_pid: Option<u32>,
+    peer_sk: Hex,
+    pid: u32,
+    sk: Hex,
+    tid: u32,
+    time: String,
+    ts: u64,
+    #[serde(rename = "type")]
+    sock_type: &'static str,
+    uid: u32,
+}
+
+/// Holders with their keys in order, as the map printed them.
+struct HolderList<'a>(&'a [Holder]);
+
+impl serde::Serialize for HolderList<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(serde::Serialize)]
+        struct Sorted<'a> {
+            comm: &'a str,
+            fd: Option<i32>,
+            pid: u32,
+        }
+        s.collect_seq(self.0.iter().map(|h| Sorted { comm: &h.comm, fd: h.fd, pid: h.pid }))
+    }
+}
+
+/// A kernel address, as `"0x…"`.
+struct Hex(u64);
+
+impl serde::Serialize for Hex {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&format_args!("{:#x}", self.0))
+    }
+}
+
+/// Writes one event as a JSON line.
+pub fn write_json(out: &mut impl Write, r: &Resolved, clock: &Clock) -> io::Result<()> {
     let e = &r.event;
     let (peer_pid, peer_comm, peer_fd, peer_holders) = match &r.peer {
         Peer::Holders(hs) => {
             let first = hs.first();
-            (first.map(|h| h.pid), first.map(|h| h.comm.clone()), first.and_then(|h| h.fd), Some(hs.clone()))
+            (first.map(|h| h.pid), first.map(|h| h.comm.as_str()), first.and_then(|h| h.fd), Some(HolderList(hs)))
         }
-        Peer::Listener(h) => (Some(h.pid), Some(h.comm.clone()), h.fd, None),
+        Peer::Listener(h) => (Some(h.pid), Some(h.comm.as_str()), h.fd, None),
         Peer::Unknown => (None, None, None, None),
     };
-    let peer_fd = if e.kind == EventKind::Socketpair { e.peer_fd } else { peer_fd };
-    json!({
-        "kind": "event",
-        "event": event_name(e.kind),
-        "ts": e.ts_ns,
-        "time": clock.rfc3339(e.ts_ns),
-        "pid": e.pid,
-        "tid": e.tid,
-        "uid": e.uid,
-        "comm": e.comm,
-        "fd": e.fd,
-        "inode": e.inode,
-        "peer_inode": e.peer_inode,
-        "peer_pid": peer_pid,
-        "peer_comm": peer_comm,
-        "peer_fd": peer_fd,
-        "peer_is_listener": matches!(r.peer, Peer::Listener(_)),
-        "peer_holders": peer_holders,
-        "listen_fd": e.listen_fd,
-        "type": e.sock_type.as_str(),
-        "path": e.path,
-        "netns": e.netns,
-        "errno": (e.errno != 0).then_some(e.errno),
-        "error": (e.errno != 0).then(|| errno_name(e.errno)),
-        "child_pid": e.child_pid,
-        "inferred": e.inferred,
-        "sk": format!("{:#x}", e.sk),
-        "peer_sk": format!("{:#x}", e.peer_sk),
-    })
+    let record = EventRecord {
+        child_pid: e.child_pid,
+        comm: &e.comm,
+        errno: (e.errno != 0).then_some(e.errno),
+        error: (e.errno != 0).then(|| errno_name(e.errno)),
+        event: event_name(e.kind),
+        fd: e.fd,
+        inferred: e.inferred,
+        inode: e.inode,
+        kind: "event",
+        listen_fd: e.listen_fd,
+        netns: e.netns,
+        path: e.path.as_deref(),
+        peer_comm,
+        peer_fd: if e.kind == EventKind::Socketpair { e.peer_fd } else { peer_fd },
+        peer_holders,
+        peer_inode: e.peer_inode,
+        peer_is_listener: matches!(r.peer, Peer::Listener(_)),
+        peer_pid,
+        peer_sk: Hex(e.peer_sk),
+        pid: e.pid,
+        sk: Hex(e.sk),
+        tid: e.tid,
+        time: clock.rfc3339(e.ts_ns),
+        ts: e.ts_ns,
+        sock_type: e.sock_type.as_str(),
+        uid: e.uid,
+    };
+    serde_json::to_writer(&mut *out, &record)?;
+    out.write_all(b"\n")
 }
 
 pub fn lost_json(count: u64, total: u64, ts_ns: u64) -> Value {
@@ -207,6 +268,41 @@ mod tests {
         assert_eq!(clock.wall_hms(1_000_000_000), "11:40:01.123456");
         assert_eq!(civil_from_days(0), (1970, 1, 1));
         assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+    }
+
+    /// One line per event, keys in this order: tools may diff outputs.
+    #[test]
+    fn json_event_line_is_stable() {
+        let clock = Clock { start_mono_ns: 0, wall_offset_ns: 1_795_779_600_123_456_000 };
+        let mut event = crate::events::Event::sample(EventKind::Connect, 5_000, 42, "client", 1001, 1002);
+        event.sk = 0xffff_8881_0000_1000;
+        event.peer_sk = 0xffff_8881_0000_2000;
+        let holders = vec![Holder { pid: 7, comm: "server".into(), fd: Some(9) }];
+        let r = Resolved { event, peer: Peer::Holders(holders) };
+        let mut out = Vec::new();
+        write_json(&mut out, &r, &clock).expect("write");
+        assert_eq!(
+            String::from_utf8(out).expect("utf-8"),
+            concat!(
+                r#"{"child_pid":null,"comm":"client","errno":null,"error":null,"event":"connect","fd":3,"#,
+                r#""inferred":null,"inode":1001,"kind":"event","listen_fd":null,"netns":1,"path":"/run/app.sock","#,
+                r#""peer_comm":"server","peer_fd":9,"peer_holders":[{"comm":"server","fd":9,"pid":7}],"#,
+                r#""peer_inode":1002,"peer_is_listener":false,"peer_pid":7,"peer_sk":"0xffff888100002000","#,
+                r#""pid":42,"sk":"0xffff888100001000","tid":42,"time":"2026-11-27T11:40:00.123461Z","#,
+                r#""ts":5000,"type":"stream","uid":0}"#,
+                "\n"
+            )
+        );
+        let mut out = Vec::new();
+        let failed = Resolved {
+            event: crate::events::Event { errno: libc::ECONNREFUSED, ..r.event.clone() },
+            peer: Peer::Listener(Holder { pid: 7, comm: "server".into(), fd: None }),
+        };
+        write_json(&mut out, &failed, &clock).expect("write");
+        let line = String::from_utf8(out).expect("utf-8");
+        assert!(line.contains(r#""errno":111,"error":"ECONNREFUSED""#), "{line}");
+        assert!(line.contains(r#""peer_comm":"server","peer_fd":null,"peer_holders":null"#), "{line}");
+        assert!(line.contains(r#""peer_is_listener":true,"peer_pid":7"#), "{line}");
     }
 
     #[test]

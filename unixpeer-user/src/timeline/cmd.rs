@@ -116,7 +116,7 @@ fn events(
                     return Ok(());
                 }
                 let res = if opts.json {
-                    writeln!(out, "{}", render::to_json(r, &clock))
+                    render::write_json(out, r, &clock)
                 } else {
                     render::write_text(out, r, &clock, opts.wall_time)
                 };
