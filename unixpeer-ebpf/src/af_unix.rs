@@ -20,7 +20,7 @@ pub fn connect_returned(socket: u64, uaddr: u64, addr_len: i32, rc: i64, dgram: 
     };
     let Some(e) = begin(kind, backend) else { return };
     if let Some(sk) = kernel::read::<u64>(socket + off!(socket_sk)).filter(|sk| *sk != 0) {
-        describe(e, UnixSocket { socket, sk });
+        describe(e, UnixSocket::of_socket(socket, sk));
     }
     if rc < 0 {
         e.errno = (-rc) as i32;
@@ -41,7 +41,7 @@ pub fn connect_returned(socket: u64, uaddr: u64, addr_len: i32, rc: i64, dgram: 
 pub fn release(sk: u64, backend: Backend) {
     let Some(e) = begin(EventKind::Close, backend) else { return };
     let socket = kernel::socket_of_sk(sk);
-    describe(e, UnixSocket { socket, sk });
+    describe(e, UnixSocket::of_socket(socket, sk));
     name_from_kernel(e);
     submit(e);
 }

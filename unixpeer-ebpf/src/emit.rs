@@ -144,7 +144,7 @@ pub fn submit(e: &UnixEvent) {
 pub fn describe(e: &mut UnixEvent, sock: UnixSocket) {
     e.sk = sock.sk;
     e.inode = kernel::inode_of_socket(sock.socket);
-    e.sock_type = kernel::socket_type(sock.socket);
+    e.sock_type = sock.sock_type;
     e.netns = kernel::netns_of(sock.sk);
     let peer = kernel::peer_of(sock.sk);
     e.peer_sk = peer;

@@ -6,7 +6,7 @@
 //! every other read goes through bpf_probe_read_kernel and turns a fault
 //! into `None`.
 
-use aya_ebpf::helpers::{bpf_get_current_task, bpf_get_current_task_btf, bpf_probe_read_kernel};
+use aya_ebpf::helpers::{bpf_get_current_task, bpf_get_current_task_btf, bpf_probe_read_kernel, generated};
 use unixpeer_common::{AF_UNIX, KernelOffsets};
 
 #[unsafe(no_mangle)]
@@ -96,26 +96,86 @@ pub fn file_of_fd(task: u64, fd: u32) -> Option<u64> {
     read_ptr(fds + u64::from(fd) * 8)
 }
 
-/// An AF_UNIX socket reached from a file: `struct socket *` and its `struct sock *`.
+/// An AF_UNIX socket reached from a file: `struct socket *`, its
+/// `struct sock *`, and what was read on the way.
 #[derive(Clone, Copy)]
 pub struct UnixSocket {
     pub socket: u64,
     pub sk: u64,
+    /// The file's raw reference count (`f_ref` or `f_count`).
+    pub file_refs: u64,
+    /// `socket.type`.
+    pub sock_type: u32,
+}
+
+impl UnixSocket {
+    /// A socket reached without its file (inside af_unix).
+    #[inline(always)]
+    pub fn of_socket(socket: u64, sk: u64) -> Self {
+        Self { socket, sk, file_refs: 0, sock_type: socket_type(socket) }
+    }
+}
+
+/// Widest span `read_words` fetches with one probe read.
+const SPAN_WORDS: usize = 8;
+
+/// The 8-byte words at `offs` (each 8-aligned) of the struct at `base`.
+/// When they lie within 64 bytes of each other, as `struct file`'s and
+/// `struct socket`'s do on current kernels, one probe read fetches them
+/// all; otherwise one each. Offsets are load-time constants, so the
+/// verifier sees every index and length as a constant.
+#[inline(always)]
+fn read_words<const N: usize>(base: u64, offs: [u64; N]) -> Option<[u64; N]> {
+    let mut lo = u64::MAX;
+    let mut hi = 0;
+    for o in offs {
+        lo = lo.min(o);
+        hi = hi.max(o);
+    }
+    let mut out = [0u64; N];
+    if hi - lo < (SPAN_WORDS as u64) * 8 {
+        let mut buf = core::mem::MaybeUninit::<[u64; SPAN_WORDS]>::uninit();
+        let len = (hi - lo + 8) as u32;
+        let rc = unsafe { generated::bpf_probe_read_kernel(buf.as_mut_ptr().cast(), len, (base + lo) as *const _) };
+        if rc != 0 {
+            return None;
+        }
+        let words = buf.as_ptr().cast::<u64>();
+        for i in 0..N {
+            let at = ((offs[i] - lo) / 8) as usize & (SPAN_WORDS - 1);
+            // SAFETY: `at` < len / 8, which the read above filled.
+            out[i] = unsafe { *words.add(at) };
+        }
+    } else {
+        for i in 0..N {
+            out[i] = read::<u64>(base + offs[i])?;
+        }
+    }
+    Some(out)
 }
 
 #[inline(always)]
 pub fn unix_socket_of_file(file: u64) -> Option<UnixSocket> {
-    let inode = read_ptr(file + off!(file_f_inode))?;
+    if file == 0 {
+        return None;
+    }
+    let [inode, socket, file_refs] =
+        read_words(file, [off!(file_f_inode), off!(file_private_data), off!(file_refcount)])?;
+    if inode == 0 || socket == 0 {
+        return None;
+    }
     let mode: u16 = read(inode + off!(inode_i_mode))?;
     if mode & S_IFMT != S_IFSOCK {
         return None;
     }
-    let socket = read_ptr(file + off!(file_private_data))?;
-    let sk = read_ptr(socket + off!(socket_sk))?;
-    if !is_unix(sk) {
+    // `type` is a short: fetch the aligned word holding it.
+    let type_at = off!(socket_type);
+    let [sk, type_word] = read_words(socket, [off!(socket_sk), type_at & !7])?;
+    if sk == 0 || !is_unix(sk) {
         return None;
     }
-    Some(UnixSocket { socket, sk })
+    let sock_type = ((type_word >> ((type_at & 7) * 8)) & 0xffff) as u32;
+    Some(UnixSocket { socket, sk, file_refs, sock_type })
 }
 
 #[inline(always)]
@@ -126,8 +186,8 @@ pub fn is_unix(sk: u64) -> bool {
 /// Whether closing this file drops its last reference, i.e. the close()
 /// releases the socket rather than one of several fds sharing it.
 #[inline(always)]
-pub fn file_is_last_ref(file: u64) -> bool {
-    read::<u64>(file + off!(file_refcount)) == Some(off!(file_one_ref))
+pub fn file_is_last_ref(sock: &UnixSocket) -> bool {
+    sock.file_refs == off!(file_one_ref)
 }
 
 /// SOCK_INODE(socket)->i_ino: `struct socket` is embedded in

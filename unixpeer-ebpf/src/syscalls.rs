@@ -71,8 +71,11 @@ fn compat() -> bool {
     if flag == 0 {
         return false;
     }
-    let task = unsafe { bpf_get_current_task() };
-    kernel::read::<u32>(task + off!(task_struct_thread_status)).is_some_and(|s| u64::from(s) & flag != 0)
+    let status = match kernel::current_task_btf() {
+        Some(task) => Some(kernel::load::<u32>(task + off!(task_struct_thread_status))),
+        None => kernel::read::<u32>(unsafe { bpf_get_current_task() } + off!(task_struct_thread_status)),
+    };
+    status.is_some_and(|s| u64::from(s) & flag != 0)
 }
 
 #[inline(always)]
@@ -130,7 +133,7 @@ fn exit_connect(regs: u64, rc: i64) {
     let sock = unix_fd(fd as u32).map(|(_, s)| s);
     let kind = if rc < 0 {
         EventKind::ConnectFailed
-    } else if sock.is_some_and(|s| kernel::socket_type(s.socket) == SOCK_DGRAM) {
+    } else if sock.is_some_and(|s| s.sock_type == SOCK_DGRAM) {
         EventKind::DgramConnect
     } else {
         EventKind::Connect
@@ -213,8 +216,8 @@ fn exit_listen(ctx: &BtfTracePointContext, regs: u64, rc: i64) {
 
 #[inline(always)]
 fn enter_close(fd: u32) {
-    let Some((file, sock)) = unix_fd(fd) else { return };
-    let kind = if !kernel::file_is_last_ref(file) {
+    let Some((_, sock)) = unix_fd(fd) else { return };
+    let kind = if !kernel::file_is_last_ref(&sock) {
         EventKind::FdClose
     } else if emit::syscall_strategy() {
         EventKind::Close
