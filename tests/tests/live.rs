@@ -432,3 +432,40 @@ fn events_carry_the_callers_uid() {
     let close = f.wait_for("a close of uid 65534", WAIT, |v| is_event(v, "close", child));
     assert_eq!(close["uid"].as_u64(), Some(u64::from(NOBODY)), "{close}");
 }
+
+/// A socket whose last fd is closed while the file is still in flight over
+/// SCM_RIGHTS is released later, when the message carrying it is dropped,
+/// outside any syscall of the process. Its close is still reported: under
+/// fentry/kprobe from unix_release_sock, under the tracepoint strategy by
+/// asking UNIX_DIAG whether the orphaned socket still exists.
+#[test]
+fn a_socket_released_in_flight_is_reported_closed() {
+    let mut f = Follower::start(&["--comm", "inflight-child"]);
+    let p = pipe();
+    let child = fork_child("inflight-child", || {
+        let passed = socketpair(libc::SOCK_STREAM);
+        let chan = socketpair(libc::SOCK_STREAM);
+        if unixpeer_tests::farm::send_fd(chan[0], passed[0]).is_err() {
+            return 1;
+        }
+        report(&p.write, &inode_of(passed[0]).to_string());
+        // SAFETY: closing the child's own fds: first the passed one (the
+        // message still holds it), then the channel, which drops the message.
+        unsafe {
+            libc::close(passed[0]);
+            libc::close(chan[0]);
+            libc::close(chan[1]);
+            libc::close(passed[1]);
+        }
+        0
+    });
+    assert_eq!(wait_child(child), 0, "the child could not pass the fd");
+    let inode: u64 = read_reports(p)[0].parse().expect("inode");
+    let close = f.wait_for("the close of the socket released in flight", WAIT, |v| {
+        v["kind"] == "event" && v["event"] == "close" && v["inode"].as_u64() == Some(inode)
+    });
+    assert_eq!(close["pid"].as_i64(), Some(i64::from(child)), "named after the process that closed it: {close}");
+    if f.capture["backend"] == "tracepoint" {
+        assert_eq!(close["inferred"], "the last fd close, released later", "{close}");
+    }
+}

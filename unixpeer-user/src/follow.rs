@@ -136,6 +136,8 @@ pub async fn run(opts: &FollowOptions, mut hooks: Hooks<'_>) -> Result<FollowSum
     let mut sigint = signal(SignalKind::interrupt()).map_err(FollowError::Signal)?;
     let deadline = opts.duration.map(|d| tokio::time::Instant::now() + d);
     let mut lost_tick = tokio::time::interval(Duration::from_secs(1));
+    // Network namespace inode numbers fit the events' 32-bit field.
+    let own_netns = crate::netns::own().ok().and_then(|n| u32::try_from(n.inode).ok());
     let mut sink = Sink {
         tracker,
         out,
@@ -168,6 +170,7 @@ pub async fn run(opts: &FollowOptions, mut hooks: Hooks<'_>) -> Result<FollowSum
             for r in sink.tracker.expire(render::clock_ns(libc::CLOCK_MONOTONIC)) {
                 sink.emit(&r);
             }
+            sink.release_orphans(own_netns);
             sink.report_lost(&mut capture)?;
             if let Some(r) = sink.recorder.as_mut() {
                 r.flush().map_err(FollowError::Recorder)?;
@@ -254,6 +257,34 @@ impl<W: Write> Sink<'_, W> {
             && self.write_error.is_none()
         {
             self.write_error = Some(e);
+        }
+    }
+
+    /// Reports the release of orphaned sockets (see `Tracker::orphans_due`)
+    /// the kernel no longer has. Only our own network namespace can be
+    /// asked; the others' orphans stay unreported.
+    fn release_orphans(&mut self, own_netns: Option<u32>) {
+        let Some(own_netns) = own_netns else { return };
+        let now = render::clock_ns(libc::CLOCK_MONOTONIC);
+        for (inode, netns) in self.tracker.orphans_due(now) {
+            if netns != own_netns {
+                continue;
+            }
+            match crate::diag::exists(inode) {
+                Ok(true) => self.tracker.orphan_lives(inode, now),
+                Ok(false) => {
+                    for r in self.tracker.release_orphan(inode, now) {
+                        if let Some(rec) = self.recorder.as_mut() {
+                            rec.event(&r.event);
+                        }
+                        self.emit(&r);
+                    }
+                }
+                Err(e) => {
+                    log::debug!("cannot look up orphaned socket {inode}: {e}");
+                    return;
+                }
+            }
         }
     }
 

@@ -9,7 +9,7 @@ mod fixtures;
 mod request;
 
 pub use decode::{Progress, UNIX_DIAG_UID, decode_chunk, decode_socket};
-pub use request::dump;
+pub use request::{dump, exists};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DiagError {

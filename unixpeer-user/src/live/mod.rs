@@ -100,9 +100,28 @@ pub struct Tracker {
     /// Under the tracepoint strategy nothing reports a release at exit:
     /// infer it for sockets the exiting process alone held.
     infer_release_on_exit: bool,
+    /// Under the tracepoint strategy, sockets whose last known fd was closed
+    /// while something else still referenced the file (an fd in flight over
+    /// SCM_RIGHTS, a /proc reader's moment): the release comes later, where
+    /// no syscall of ours sees it. By inode, the fd close that left them.
+    orphans: HashMap<u64, Orphan>,
 }
 
 const GRAVEYARD: usize = 4096;
+/// Orphans watched at most; past this, a further one is not reported.
+const ORPHANS: usize = 4096;
+/// The first look at an orphan, after its fd close (event time); then
+/// twice as long between looks, up to a minute, for fds in flight.
+const ORPHAN_FIRST_LOOK_NS: u64 = 500_000_000;
+const ORPHAN_MAX_WAIT_NS: u64 = 60_000_000_000;
+
+struct Orphan {
+    fd_close: Event,
+    next_look_ns: u64,
+    wait_ns: u64,
+}
+/// What an inferred close after an orphaning fd close says it came from.
+pub const RELEASED_LATER: &str = "the last fd close, released later";
 /// How long an accept may wait for its client's connect event (event time).
 const ACCEPT_WAIT_NS: u64 = 100_000_000;
 
@@ -188,6 +207,7 @@ impl Tracker {
 
     fn upsert(&mut self, inode: Option<u64>, holder: Holder, peer_inode: Option<u64>, e: &Event) {
         let Some(inode) = inode else { return };
+        self.orphans.remove(&inode);
         self.by_pid.entry(holder.pid).or_default().insert(inode);
         let s = self.socks.entry(inode).or_default();
         if !s.holders.iter().any(|h| h.pid == holder.pid && h.fd == holder.fd) {
@@ -284,6 +304,12 @@ impl Tracker {
             EventKind::FdClose => {
                 if let Some(i) = e.inode {
                     self.drop_holder(i, e.pid, e.fd);
+                    let orphaned = self.socks.get(&i).is_some_and(|s| s.holders.is_empty());
+                    if orphaned && self.infer_release_on_exit && self.orphans.len() < ORPHANS {
+                        let next_look_ns = e.ts_ns.saturating_add(ORPHAN_FIRST_LOOK_NS);
+                        let orphan = Orphan { fd_close: e.clone(), next_look_ns, wait_ns: ORPHAN_FIRST_LOOK_NS };
+                        self.orphans.insert(i, orphan);
+                    }
                 }
                 self.holders_of(e.inode).map_or(Peer::Unknown, Peer::Holders)
             }
@@ -344,6 +370,42 @@ impl Tracker {
         self.release_pending(|a| a.ts_ns.saturating_add(ACCEPT_WAIT_NS) < now_ns)
     }
 
+    /// Orphaned sockets (see `orphans`) due for a look at `now_ns`, with
+    /// their network namespace: the caller asks the kernel whether each
+    /// still exists, then calls `release_orphan` or `orphan_lives`.
+    pub fn orphans_due(&self, now_ns: u64) -> Vec<(u64, u32)> {
+        let mut v: Vec<(u64, u32)> = self
+            .orphans
+            .iter()
+            .filter(|(_, o)| o.next_look_ns <= now_ns)
+            .filter_map(|(i, _)| Some((*i, self.socks.get(i)?.netns)))
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// The orphaned socket `inode` still exists at `now_ns`: look again later.
+    pub fn orphan_lives(&mut self, inode: u64, now_ns: u64) {
+        if let Some(o) = self.orphans.get_mut(&inode) {
+            o.wait_ns = (o.wait_ns * 2).min(ORPHAN_MAX_WAIT_NS);
+            o.next_look_ns = now_ns.saturating_add(o.wait_ns);
+        }
+    }
+
+    /// The kernel no longer has the orphaned socket `inode`: reports its
+    /// release at `now_ns`, naming the process whose fd close left it.
+    pub fn release_orphan(&mut self, inode: u64, now_ns: u64) -> Vec<Resolved> {
+        let Some(orphan) = self.orphans.remove(&inode) else { return Vec::new() };
+        let mut close = orphan.fd_close;
+        close.kind = EventKind::Close;
+        close.ts_ns = now_ns.max(close.ts_ns);
+        close.inferred = Some(RELEASED_LATER);
+        if let Some(s) = self.socks.get_mut(&inode) {
+            s.holders.push(Holder { pid: close.pid, comm: close.comm.clone(), fd: close.fd });
+        }
+        self.apply(close)
+    }
+
     /// At the end of a capture or a replay: what is still waiting.
     pub fn finish(&mut self) -> Vec<Resolved> {
         self.release_pending(|_| true)
@@ -398,6 +460,7 @@ impl Tracker {
     fn close(&mut self, e: &mut Event) -> Peer {
         self.embryos.remove(&e.sk);
         let Some(inode) = e.inode else { return Peer::Unknown };
+        self.orphans.remove(&inode);
         let sock = self.socks.remove(&inode);
         // The kernel may already have cut the peer link (the peer closed
         // first); the model remembers it.
@@ -481,6 +544,49 @@ mod tests {
         );
         assert_eq!(out[0].event.fd, Some(4));
         assert!(t.socks.is_empty() && t.by_pid.values().all(|s| s.is_empty()));
+    }
+
+    #[test]
+    fn an_orphaned_socket_is_looked_at_then_released() {
+        let mut t = Tracker::new(true);
+        t.apply(ev(EventKind::Socketpair, 1, "p", 10, 11));
+        // The last fd of 10 closed while the file was still referenced.
+        let mut c = ev(EventKind::FdClose, 1, "p", 10, 11);
+        c.ts_ns = 1_000;
+        t.apply(c);
+        assert!(t.orphans_due(1_000 + ORPHAN_FIRST_LOOK_NS - 1).is_empty(), "not before its first look");
+        let due = 1_000 + ORPHAN_FIRST_LOOK_NS;
+        assert_eq!(t.orphans_due(due), vec![(10, 1)]);
+        // Still in the kernel (in flight): the next look waits twice as long.
+        t.orphan_lives(10, due);
+        assert!(t.orphans_due(due + 2 * ORPHAN_FIRST_LOOK_NS - 1).is_empty());
+        assert_eq!(t.orphans_due(due + 2 * ORPHAN_FIRST_LOOK_NS), vec![(10, 1)]);
+        // Gone: one inferred close, naming whoever closed the last fd.
+        let out = t.release_orphan(10, 5_000_000_000);
+        assert_eq!(out.len(), 1);
+        let r = &out[0];
+        assert_eq!((r.event.kind, r.event.inode, r.event.inferred), (EventKind::Close, Some(10), Some(RELEASED_LATER)));
+        assert_eq!((r.event.pid, r.event.ts_ns), (1, 5_000_000_000));
+        assert!(t.orphans_due(u64::MAX).is_empty() && !t.socks.contains_key(&10));
+    }
+
+    #[test]
+    fn an_orphan_held_again_or_closed_is_no_longer_watched() {
+        let mut t = Tracker::new(true);
+        t.apply(ev(EventKind::Socketpair, 1, "p", 10, 11));
+        t.apply(ev(EventKind::FdClose, 1, "p", 10, 11));
+        // (The sample socketpair gave the second end no fd.)
+        t.apply(Event { fd: None, ..ev(EventKind::FdClose, 1, "p", 11, 10) });
+        assert_eq!(t.orphans_due(u64::MAX).len(), 2);
+        // Received over SCM_RIGHTS and used: a holder again.
+        t.apply(ev(EventKind::Accept, 2, "q", 10, 0));
+        t.apply(ev(EventKind::Close, 3, "r", 11, 0));
+        assert!(t.orphans_due(u64::MAX).is_empty());
+        // Other strategies see every release: nothing to watch.
+        let mut t = Tracker::new(false);
+        t.apply(ev(EventKind::Socketpair, 1, "p", 10, 11));
+        t.apply(ev(EventKind::FdClose, 1, "p", 10, 11));
+        assert!(t.orphans_due(u64::MAX).is_empty());
     }
 
     #[test]
