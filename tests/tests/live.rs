@@ -166,6 +166,12 @@ fn failed_connect_to_a_missing_path_reports_enoent() {
     assert_eq!((ev["errno"].as_i64(), ev["error"].as_str()), (Some(i64::from(libc::ENOENT)), Some("ENOENT")), "{ev}");
     assert_eq!(ev["path"].as_str(), Some(path.as_str()), "{ev}");
     assert_eq!(ev["comm"], "cf-client");
+    // The socket never connected, so only the kernel can say what it was.
+    let inode = ev["inode"].as_u64().expect("the failed socket's inode");
+    let close = f.wait_for("the failed socket's close", WAIT, |v| {
+        is_event(v, "close", child) && v["inode"].as_u64() == Some(inode)
+    });
+    assert_eq!(close["type"], "stream", "{close}");
 }
 
 #[test]

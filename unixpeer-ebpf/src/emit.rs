@@ -153,12 +153,15 @@ pub fn describe(e: &mut UnixEvent, sock: UnixSocket) {
     }
 }
 
-/// For a socket going away: only its identity. Its type, netns, name and
-/// peer are already in userspace's model, and every read saved here is
-/// saved on each close() in the system.
+/// For a socket going away: its identity, and its type, which the walk to
+/// it already read (a socket the model never saw, such as one whose connect
+/// failed, still shows as a stream). Its netns, name and peer are in
+/// userspace's model, and every read saved here is saved on each close()
+/// in the system.
 #[inline(always)]
 pub fn describe_released(e: &mut UnixEvent, sock: UnixSocket) {
     e.sk = sock.sk;
+    e.sock_type = sock.sock_type;
     e.inode = kernel::inode_of_socket(sock.socket);
     e.peer_sk = kernel::peer_of(sock.sk);
 }
