@@ -280,10 +280,15 @@ fn kill_9_leaves_a_recording_that_replays_up_to_the_last_flush() {
         assert!(accepts >= 50, "{name}: {accepts} accepts read back, at least 50 were flushed before the kill");
         assert!(!stderr(&o).contains("error"), "{name}: {}", stderr(&o));
 
-        // Cut anywhere after the seeds: still readable, with a warning.
+        // Cut after the seeds, inside a record (not just after a newline,
+        // which would leave a whole file): still readable, with a warning.
         let bytes = fs::read(&file).expect("read");
+        let mut at = bytes.len() - bytes.len() / 7;
+        while bytes[at - 1] == b'\n' {
+            at -= 1;
+        }
         let cut = scratch(&format!("cut-{name}"));
-        fs::write(&cut, &bytes[..bytes.len() - bytes.len() / 7]).expect("write cut");
+        fs::write(&cut, &bytes[..at]).expect("write cut");
         let o = unixtrace(&["-r", cut.to_str().expect("utf-8"), "--summary"]);
         assert_eq!(o.status.code(), Some(0), "{name}: {}", stderr(&o));
         assert!(stderr(&o).contains("warning: ") && stderr(&o).contains("cut off"), "{name}: {}", stderr(&o));
