@@ -46,11 +46,11 @@ macro_rules! nr {
     };
 }
 
-/// A saved user register: a plain load, since `regs` is a BTF pointer the
-/// verifier checks against `struct pt_regs` (offsets are load-time constants).
+/// A saved user register: `regs` is a BTF pointer the verifier checks
+/// against `struct pt_regs`, so a plain load.
 #[inline(always)]
 fn reg(regs: u64, offset: u64) -> u64 {
-    unsafe { core::ptr::read_volatile((regs + offset) as *const u64) }
+    kernel::load(regs + offset)
 }
 
 #[inline(always)]
