@@ -202,9 +202,35 @@ pub struct KernelOffsets {
     /// the init user namespace, which leaves it as is).
     pub task_struct_cred: u64,
     pub cred_uid: u64,
+    /// 1 when the walks past the fd table use `bpf_rdonly_cast` (6.2+) and
+    /// plain loads rather than bpf_probe_read_kernel calls.
+    pub cast_loads: u64,
+    /// BTF type ids of the structs those walks cast to.
+    pub btf: CastTypes,
     /// `pid` and `newcomm` in the `task:task_rename` record.
     pub tp_task_rename_pid: u64,
     pub tp_task_rename_newcomm: u64,
+}
+
+/// BTF ids, in the running kernel's vmlinux BTF, of the structs the kernel
+/// programs cast pointers to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CastTypes {
+    pub file: u64,
+    pub inode: u64,
+    pub socket: u64,
+    /// `struct socket_alloc`, for SOCK_INODE(): casts need `socket` at
+    /// its start, which userspace checks.
+    pub socket_alloc: u64,
+    pub sock: u64,
+    pub unix_sock: u64,
+    pub net: u64,
+    pub unix_address: u64,
+    /// A struct that starts with a `struct file *` (`struct kiocb`): cast
+    /// to it, a slot of the fd array is read with a plain load. 0 where no
+    /// such struct was found; the slot is then probe-read.
+    pub file_slot: u64,
 }
 
 impl KernelOffsets {
@@ -231,6 +257,13 @@ pub mod iter_abi {
 pub const SUN_PATH_OFFSET: u64 = 2;
 pub const AF_UNIX: u16 = 1;
 
+/// A kfunc call instruction (`call` with src_reg BPF_PSEUDO_KFUNC_CALL) whose
+/// imm is a placeholder: the kernel programs emit it where they call
+/// `bpf_rdonly_cast`, and userspace rewrites it at load time. As a
+/// little-endian u64: opcode 0x85, registers 0x20, offset 0, imm in the
+/// high half.
+pub const KFUNC_CALL_PLACEHOLDER: u64 = (0x7fdc_a57e << 32) | 0x2085;
+
 /// Filters applied inside the kernel, set at load time.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -243,6 +276,10 @@ pub struct KernelFilter {
     pub comm_enabled: u32,
     pub _pad: u32,
     pub comm: [u8; TASK_COMM_LEN],
+    /// 0xff over `comm`'s bytes up to and including its NUL: a task's
+    /// command matches when it equals `comm` under this mask, which the
+    /// programs test as two 8-byte words rather than byte by byte.
+    pub comm_mask: [u8; TASK_COMM_LEN],
 }
 
 impl KernelFilter {
@@ -321,9 +358,9 @@ mod tests {
 
     #[test]
     fn offsets_layout_has_no_hidden_padding() {
-        assert_eq!(size_of::<KernelOffsets>(), 36 * 8);
+        assert_eq!(size_of::<KernelOffsets>(), 46 * 8);
         assert_eq!(size_of::<SyscallNumbers>(), 7 * 8);
-        assert_eq!(size_of::<KernelFilter>(), 4 * 4 + TASK_COMM_LEN);
+        assert_eq!(size_of::<KernelFilter>(), 4 * 4 + 2 * TASK_COMM_LEN);
         assert_eq!(size_of::<TaskSocketFd>(), 8 + 4 + 4 + TASK_COMM_LEN);
     }
 

@@ -5,21 +5,21 @@ use unixpeer_common::{Backend, EventKind};
 
 use crate::{
     emit::{begin, copy_sockaddr, describe, name_from_kernel, submit},
-    kernel::{self, UnixSocket, off},
+    kernel::{self, Current, UnixSocket},
 };
 
 /// After `unix_stream_connect` or `unix_dgram_connect(struct socket *sock,
 /// struct sockaddr *uaddr, int addr_len, int flags)` returned `rc`. `uaddr`
 /// is the kernel's copy of the caller's address.
 #[inline(always)]
-pub fn connect_returned(socket: u64, uaddr: u64, addr_len: i32, rc: i64, dgram: bool, backend: Backend) {
+pub fn connect_returned(socket: u64, uaddr: u64, addr_len: i32, rc: i64, dgram: bool, backend: Backend, cur: Current) {
     let kind = match (rc < 0, dgram) {
         (true, _) => EventKind::ConnectFailed,
         (false, true) => EventKind::DgramConnect,
         (false, false) => EventKind::Connect,
     };
-    let Some(e) = begin(kind, backend) else { return };
-    if let Some(sk) = kernel::read::<u64>(socket + off!(socket_sk)).filter(|sk| *sk != 0) {
+    let Some(e) = begin(cur, kind, backend) else { return };
+    if let Some(sk) = kernel::socket_sk(socket) {
         describe(e, UnixSocket::of_socket(socket, sk));
     }
     if rc < 0 {
@@ -38,8 +38,8 @@ pub fn connect_returned(socket: u64, uaddr: u64, addr_len: i32, rc: i64, dgram: 
 /// reference to the socket is gone, whoever held it and however it went
 /// (close, exit, exec, an embryo never accepted).
 #[inline(always)]
-pub fn release(sk: u64, backend: Backend) {
-    let Some(e) = begin(EventKind::Close, backend) else { return };
+pub fn release(sk: u64, backend: Backend, cur: Current) {
+    let Some(e) = begin(cur, EventKind::Close, backend) else { return };
     let socket = kernel::socket_of_sk(sk);
     describe(e, UnixSocket::of_socket(socket, sk));
     name_from_kernel(e);

@@ -3,7 +3,7 @@
 use aya_ebpf::{
     bindings::BPF_RB_NO_WAKEUP,
     helpers::{
-        bpf_get_current_pid_tgid, bpf_get_current_uid_gid, bpf_ktime_get_ns,
+        bpf_get_current_uid_gid, bpf_ktime_get_ns,
         generated::{bpf_get_current_comm, bpf_probe_read_kernel, bpf_probe_read_user},
     },
     macros::map,
@@ -13,7 +13,7 @@ use unixpeer_common::{
     Backend, EventKind, KernelFilter, SUN_PATH_OFFSET, TASK_COMM_LEN, UNIX_PATH_MAX, UnixEvent, counter, setting,
 };
 
-use crate::kernel::{self, UnixSocket, off};
+use crate::kernel::{self, Current, UnixSocket, off};
 
 #[unsafe(no_mangle)]
 static FILTER: KernelFilter = KernelFilter::zeroed();
@@ -40,8 +40,8 @@ pub fn count(index: u32) {
 /// Whether the current task passes the in-kernel pid filter. Cheap enough
 /// for the entry of every program, before any map or pointer work.
 #[inline(always)]
-pub fn actor_wanted() -> bool {
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+pub fn actor_wanted(cur: Current) -> bool {
+    let (tgid, _) = cur.tgid_pid();
     let self_pid = unsafe { core::ptr::read_volatile(&raw const FILTER.self_pid) };
     let pid = unsafe { core::ptr::read_volatile(&raw const FILTER.pid) };
     tgid != self_pid && (pid == 0 || tgid == pid)
@@ -52,18 +52,11 @@ fn comm_wanted(comm: &[u8; TASK_COMM_LEN]) -> bool {
     if unsafe { core::ptr::read_volatile(&raw const FILTER.comm_enabled) } == 0 {
         return true;
     }
-    let want = unsafe { core::ptr::read_volatile(&raw const FILTER.comm) };
-    let mut i = 0;
-    while i < TASK_COMM_LEN {
-        if comm[i] != want[i] {
-            return false;
-        }
-        if comm[i] == 0 {
-            break;
-        }
-        i += 1;
-    }
-    true
+    let words = |b: [u8; TASK_COMM_LEN]| unsafe { core::mem::transmute::<[u8; TASK_COMM_LEN], [u64; 2]>(b) };
+    let have = words(*comm);
+    let want = words(unsafe { core::ptr::read_volatile(&raw const FILTER.comm) });
+    let mask = words(unsafe { core::ptr::read_volatile(&raw const FILTER.comm_mask) });
+    have[0] & mask[0] == want[0] && have[1] & mask[1] == want[1]
 }
 
 #[map]
@@ -76,10 +69,10 @@ pub fn syscall_strategy() -> bool {
 
 /// Starts an event for the current task, or `None` when it is filtered out.
 #[inline(always)]
-pub fn begin(kind: EventKind, backend: Backend) -> Option<&'static mut UnixEvent> {
+pub fn begin(cur: Current, kind: EventKind, backend: Backend) -> Option<&'static mut UnixEvent> {
     let ptr = SCRATCH.get_ptr_mut(0)?;
     let e = unsafe { &mut *ptr };
-    let pid_tgid = bpf_get_current_pid_tgid();
+    let (tgid, tid) = cur.tgid_pid();
     e.ts_ns = unsafe { bpf_ktime_get_ns() };
     // Volatile: LLVM merges four plain zero stores into a call to memset,
     // which for BPF is a byte-at-a-time loop of ~100 instructions.
@@ -90,9 +83,9 @@ pub fn begin(kind: EventKind, backend: Backend) -> Option<&'static mut UnixEvent
         core::ptr::write_volatile(&raw mut e.peer_inode, 0);
     }
     e.kind = kind as u32;
-    e.pid = (pid_tgid >> 32) as u32;
-    e.tid = pid_tgid as u32;
-    fill_uid_comm(e);
+    e.pid = tgid;
+    e.tid = tid;
+    fill_uid_comm(cur, e);
     e.netns = 0;
     e.sock_type = 0;
     e.errno = 0;
@@ -112,8 +105,8 @@ pub fn begin(kind: EventKind, backend: Backend) -> Option<&'static mut UnixEvent
 /// these are four loads; the helpers copy the command with strscpy and map
 /// the uid through a namespace, several times the cost at connection rates.
 #[inline(always)]
-fn fill_uid_comm(e: &mut UnixEvent) {
-    if let Some(task) = kernel::current_task_btf() {
+fn fill_uid_comm(cur: Current, e: &mut UnixEvent) {
+    if let Some(task) = cur.btf() {
         let cred: u64 = kernel::load(task + off!(task_struct_cred));
         e.uid = if cred == 0 { 0 } else { kernel::load(cred + off!(cred_uid)) };
         let comm = task + off!(task_struct_comm);

@@ -11,12 +11,13 @@ use unixpeer_common::{Backend, EventKind};
 
 use crate::{
     emit::{actor_wanted, begin, submit},
-    kernel::{self, off},
+    kernel::{self, Current, off},
 };
 
 #[btf_tracepoint(function = "sched_process_fork")]
 pub fn sched_process_fork(ctx: BtfTracePointContext) -> i32 {
-    if !actor_wanted() {
+    let cur = Current::get();
+    if !actor_wanted(cur) {
         return 0;
     }
     let parent: u64 = ctx.arg(0);
@@ -31,7 +32,7 @@ pub fn sched_process_fork(ctx: BtfTracePointContext) -> i32 {
     if pid != tgid || files(parent) == files(child) {
         return 0;
     }
-    if let Some(e) = begin(EventKind::Fork, Backend::Tracepoint) {
+    if let Some(e) = begin(cur, EventKind::Fork, Backend::Tracepoint) {
         e.child_pid = pid as u32;
         submit(e);
     }

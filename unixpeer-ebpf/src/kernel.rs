@@ -15,9 +15,9 @@ pub(crate) static OFFSETS: KernelOffsets = KernelOffsets::zeroed();
 /// Reads one offset. Volatile so that the compiler does not fold the
 /// all-zero initialiser into the code: the real value arrives at load time.
 macro_rules! off {
-    ($field:ident) => {{
+    ($($field:tt)+) => {{
         #[allow(unused_unsafe)]
-        let v = unsafe { core::ptr::read_volatile(&raw const $crate::kernel::OFFSETS.$field) };
+        let v = unsafe { core::ptr::read_volatile(&raw const $crate::kernel::OFFSETS.$($field)+) };
         v
     }};
 }
@@ -34,6 +34,58 @@ pub fn read<T>(addr: u64) -> Option<T> {
     unsafe { bpf_probe_read_kernel(addr as *const T).ok() }
 }
 
+/// `bpf_rdonly_cast(ptr, btf_id)` (6.2+): `ptr` as a read-only pointer to
+/// the kernel type `btf_id`, which the programs then read with plain loads
+/// (the JIT turns a fault into 0) instead of a bpf_probe_read_kernel call
+/// each. The verifier rewrites the call into `r0 = r1`, so it costs nothing.
+/// aya cannot emit kfunc calls: the instruction is a placeholder whose imm
+/// userspace sets to the kfunc's BTF id at load time, or which it turns
+/// into `r0 = r1` where the kernel lacks the kfunc (and `cast_loads` is 0).
+#[inline(always)]
+pub fn cast(ptr: u64, btf_id: u64) -> u64 {
+    let out: u64;
+    // SAFETY: a kfunc call, clobbering r1-r5 as any call does.
+    unsafe {
+        core::arch::asm!(
+            ".8byte {insn}",
+            insn = const unixpeer_common::KFUNC_CALL_PLACEHOLDER,
+            inlateout("r1") ptr => _,
+            inlateout("r2") btf_id => _,
+            lateout("r0") out,
+            lateout("r3") _,
+            lateout("r4") _,
+            lateout("r5") _,
+            options(pure, nomem, nostack),
+        );
+    }
+    out
+}
+
+/// Whether the walks cast and load (see [`cast`]) rather than probe-read.
+#[inline(always)]
+fn cast_loads() -> bool {
+    off!(cast_loads) != 0
+}
+
+/// The field at `off` in the struct at `base`, whose BTF id is `ty`: a
+/// plain load through a cast pointer where the kernel allows it, else a
+/// probe read.
+#[inline(always)]
+pub fn field<T: Copy>(base: u64, ty: u64, off: u64) -> Option<T> {
+    if base == 0 {
+        return None;
+    }
+    if cast_loads() {
+        return Some(load(cast(base, ty) + off));
+    }
+    read(base + off)
+}
+
+#[inline(always)]
+fn field_ptr(base: u64, ty: u64, off: u64) -> Option<u64> {
+    field::<u64>(base, ty, off).filter(|p| *p != 0)
+}
+
 #[inline(always)]
 fn read_ptr(addr: u64) -> Option<u64> {
     read::<u64>(addr).filter(|p| *p != 0)
@@ -47,40 +99,73 @@ pub fn load<T: Copy>(addr: u64) -> T {
     unsafe { core::ptr::read_volatile(addr as *const T) }
 }
 
-/// The current task's `files->fdt->fd[fd]`. Where the kernel has
-/// `bpf_get_current_task_btf` (5.11+), the walk down to the fd array is
-/// plain loads; the array holds `struct file *` that BTF cannot type, so the
-/// last step stays a probe read.
-#[inline(always)]
-pub fn current_file_of_fd(fd: u32) -> Option<u64> {
-    let Some(task) = current_task_btf() else {
-        return file_of_fd(unsafe { bpf_get_current_task() }, fd);
-    };
-    let files: u64 = load(task + off!(task_struct_files));
-    if files == 0 {
-        return None;
-    }
-    let fdt: u64 = load(files + off!(files_struct_fdt));
-    if fdt == 0 {
-        return None;
-    }
-    let max_fds: u32 = load(fdt + off!(fdtable_max_fds));
-    if fd >= max_fds {
-        return None;
-    }
-    let fds: u64 = load(fdt + off!(fdtable_fd));
-    read_ptr(fds + u64::from(fd) * 8)
-}
+/// The task a program runs in, looked up once per run: where the kernel
+/// has `bpf_get_current_task_btf` (5.11+), a BTF pointer the programs read
+/// with plain loads. The helper is a real call every time (the verifier
+/// does not inline it), so it is not called per field.
+#[derive(Clone, Copy)]
+pub struct Current(u64);
 
-/// The current task as a BTF pointer, where the kernel has
-/// `bpf_get_current_task_btf` (5.11+). The test is on a load-time constant,
-/// so older kernels' verifiers never see the newer helper.
-#[inline(always)]
-pub fn current_task_btf() -> Option<u64> {
-    if off!(has_current_task_btf) == 0 {
-        return None;
+impl Current {
+    #[inline(always)]
+    pub fn get() -> Self {
+        // The test is on a load-time constant, so older kernels' verifiers
+        // never see the newer helper.
+        if off!(has_current_task_btf) == 0 {
+            return Self(0);
+        }
+        Self(unsafe { bpf_get_current_task_btf() } as u64)
     }
-    Some(unsafe { bpf_get_current_task_btf() } as u64)
+
+    /// The task as a BTF pointer, where the kernel has one.
+    #[inline(always)]
+    pub fn btf(self) -> Option<u64> {
+        if off!(has_current_task_btf) == 0 {
+            return None;
+        }
+        Some(self.0)
+    }
+
+    /// Thread group id and thread id.
+    #[inline(always)]
+    pub fn tgid_pid(self) -> (u32, u32) {
+        match self.btf() {
+            Some(task) => (load::<u32>(task + off!(task_struct_tgid)), load::<u32>(task + off!(task_struct_pid))),
+            None => {
+                let pid_tgid = aya_ebpf::helpers::bpf_get_current_pid_tgid();
+                ((pid_tgid >> 32) as u32, pid_tgid as u32)
+            }
+        }
+    }
+
+    /// `files->fdt->fd[fd]`. Through the BTF pointer the walk down to the
+    /// fd array is plain loads. BTF cannot type the array's slots; cast to
+    /// a struct that starts with a `struct file *`, one is a plain load too.
+    #[inline(always)]
+    pub fn file_of_fd(self, fd: u32) -> Option<u64> {
+        let Some(task) = self.btf() else {
+            return file_of_fd(unsafe { bpf_get_current_task() }, fd);
+        };
+        let files: u64 = load(task + off!(task_struct_files));
+        if files == 0 {
+            return None;
+        }
+        let fdt: u64 = load(files + off!(files_struct_fdt));
+        if fdt == 0 {
+            return None;
+        }
+        let max_fds: u32 = load(fdt + off!(fdtable_max_fds));
+        if fd >= max_fds {
+            return None;
+        }
+        let fds: u64 = load(fdt + off!(fdtable_fd));
+        let slot = fds + u64::from(fd) * 8;
+        if cast_loads() && off!(btf.file_slot) != 0 {
+            let file: u64 = load(cast(slot, off!(btf.file_slot)));
+            return (file != 0).then_some(file);
+        }
+        read_ptr(slot)
+    }
 }
 
 /// `task->files->fdt->fd[fd]`.
@@ -159,28 +244,37 @@ pub fn unix_socket_of_file(file: u64) -> Option<UnixSocket> {
     if file == 0 {
         return None;
     }
-    let [inode, socket, file_refs] =
-        read_words(file, [off!(file_f_inode), off!(file_private_data), off!(file_refcount)])?;
+    let [inode, socket, file_refs] = if cast_loads() {
+        let f = cast(file, off!(btf.file));
+        [load(f + off!(file_f_inode)), load(f + off!(file_private_data)), load(f + off!(file_refcount))]
+    } else {
+        read_words(file, [off!(file_f_inode), off!(file_private_data), off!(file_refcount)])?
+    };
     if inode == 0 || socket == 0 {
         return None;
     }
-    let mode: u16 = read(inode + off!(inode_i_mode))?;
+    let mode: u16 = field(inode, off!(btf.inode), off!(inode_i_mode))?;
     if mode & S_IFMT != S_IFSOCK {
         return None;
     }
-    // `type` is a short: fetch the aligned word holding it.
-    let type_at = off!(socket_type);
-    let [sk, type_word] = read_words(socket, [off!(socket_sk), type_at & !7])?;
+    let (sk, sock_type) = if cast_loads() {
+        let s = cast(socket, off!(btf.socket));
+        (load::<u64>(s + off!(socket_sk)), u32::from(load::<u16>(s + off!(socket_type))))
+    } else {
+        // `type` is a short: fetch the aligned word holding it.
+        let type_at = off!(socket_type);
+        let [sk, type_word] = read_words(socket, [off!(socket_sk), type_at & !7])?;
+        (sk, ((type_word >> ((type_at & 7) * 8)) & 0xffff) as u32)
+    };
     if sk == 0 || !is_unix(sk) {
         return None;
     }
-    let sock_type = ((type_word >> ((type_at & 7) * 8)) & 0xffff) as u32;
     Some(UnixSocket { socket, sk, file_refs, sock_type })
 }
 
 #[inline(always)]
 pub fn is_unix(sk: u64) -> bool {
-    read::<u16>(sk + off!(sock_family)) == Some(AF_UNIX)
+    field::<u16>(sk, off!(btf.sock), off!(sock_family)) == Some(AF_UNIX)
 }
 
 /// Whether closing this file drops its last reference, i.e. the close()
@@ -194,41 +288,45 @@ pub fn file_is_last_ref(sock: &UnixSocket) -> bool {
 /// `struct socket_alloc` next to its inode.
 #[inline(always)]
 pub fn inode_of_socket(socket: u64) -> u64 {
-    if socket == 0 {
-        return 0;
-    }
-    read::<u64>(socket + off!(socket_to_inode) + off!(inode_i_ino)).unwrap_or(0)
+    field::<u64>(socket, off!(btf.socket_alloc), off!(socket_to_inode) + off!(inode_i_ino)).unwrap_or(0)
 }
 
 #[inline(always)]
 pub fn socket_of_sk(sk: u64) -> u64 {
-    read::<u64>(sk + off!(sock_socket)).unwrap_or(0)
+    field::<u64>(sk, off!(btf.sock), off!(sock_socket)).unwrap_or(0)
+}
+
+#[inline(always)]
+pub fn socket_sk(socket: u64) -> Option<u64> {
+    field_ptr(socket, off!(btf.socket), off!(socket_sk))
 }
 
 #[inline(always)]
 pub fn socket_type(socket: u64) -> u32 {
-    read::<i16>(socket + off!(socket_type)).map_or(0, |t| t as u32)
+    field::<u16>(socket, off!(btf.socket), off!(socket_type)).map_or(0, u32::from)
 }
 
 /// `unix_sk(sk)->peer`: for a connected stream socket before accept this is
 /// the embryo sock the server will get from accept().
 #[inline(always)]
 pub fn peer_of(sk: u64) -> u64 {
-    read::<u64>(sk + off!(unix_sock_peer)).unwrap_or(0)
+    field::<u64>(sk, off!(btf.unix_sock), off!(unix_sock_peer)).unwrap_or(0)
 }
 
 /// `sock_net(sk)->ns.inum`.
 #[inline(always)]
 pub fn netns_of(sk: u64) -> u32 {
-    read_ptr(sk + off!(sock_net)).and_then(|net| read::<u32>(net + off!(net_ns_inum))).unwrap_or(0)
+    field_ptr(sk, off!(btf.sock), off!(sock_net))
+        .and_then(|net| field::<u32>(net, off!(btf.net), off!(net_ns_inum)))
+        .unwrap_or(0)
 }
 
 /// The bound address of `sk` (`unix_sk(sk)->addr`): where its
 /// `sockaddr_un` starts and how long it is, in kernel memory.
 #[inline(always)]
 pub fn bound_name(sk: u64) -> Option<(u64, u32)> {
-    let addr = read_ptr(sk + off!(unix_sock_addr))?;
-    let len: i32 = read(addr + off!(unix_address_len))?;
+    let addr = field_ptr(sk, off!(btf.unix_sock), off!(unix_sock_addr))?;
+    let len: i32 = field(addr, off!(btf.unix_address), off!(unix_address_len))?;
     if len <= 0 {
         return None;
     }

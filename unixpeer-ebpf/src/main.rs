@@ -7,6 +7,7 @@
 //! snapshot.
 #![no_std]
 #![no_main]
+#![feature(asm_experimental_arch)]
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod af_unix;

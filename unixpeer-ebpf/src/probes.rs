@@ -16,7 +16,7 @@ use aya_ebpf::{
 };
 use unixpeer_common::Backend;
 
-use crate::{af_unix, emit::actor_wanted};
+use crate::{af_unix, emit::actor_wanted, kernel::Current};
 
 #[derive(Clone, Copy)]
 #[repr(C)]
@@ -31,7 +31,7 @@ static CONNECT_ARGS: HashMap<u64, ConnectArgs> = HashMap::with_max_entries(16384
 
 #[inline(always)]
 fn stash(ctx: &ProbeContext) {
-    if !actor_wanted() {
+    if !actor_wanted(Current::get()) {
         return;
     }
     let (Some(socket), Some(uaddr), Some(addr_len)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1), ctx.arg::<i32>(2)) else {
@@ -47,7 +47,15 @@ fn returned(ctx: &RetProbeContext, dgram: bool) {
     let Some(args) = (unsafe { CONNECT_ARGS.get(&key) }).copied() else { return };
     let _ = CONNECT_ARGS.remove(&key);
     let rc: i32 = ctx.ret();
-    af_unix::connect_returned(args.socket, args.uaddr, args.addr_len as i32, i64::from(rc), dgram, Backend::Kprobe);
+    af_unix::connect_returned(
+        args.socket,
+        args.uaddr,
+        args.addr_len as i32,
+        i64::from(rc),
+        dgram,
+        Backend::Kprobe,
+        Current::get(),
+    );
 }
 
 #[kprobe(function = "unix_stream_connect")]
@@ -76,10 +84,11 @@ pub fn kretprobe_unix_dgram_connect(ctx: RetProbeContext) -> u32 {
 
 #[kprobe(function = "unix_release_sock")]
 pub fn kprobe_unix_release_sock(ctx: ProbeContext) -> u32 {
-    if actor_wanted()
+    let cur = Current::get();
+    if actor_wanted(cur)
         && let Some(sk) = ctx.arg::<u64>(0)
     {
-        af_unix::release(sk, Backend::Kprobe);
+        af_unix::release(sk, Backend::Kprobe, cur);
     }
     0
 }

@@ -23,7 +23,7 @@
 
 use aya_ebpf::{
     EbpfContext,
-    helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_user},
+    helpers::{bpf_get_current_task, bpf_probe_read_user},
     macros::{btf_tracepoint, tracepoint},
     programs::{BtfTracePointContext, TracePointContext},
 };
@@ -32,7 +32,7 @@ use unixpeer_common::{AF_UNIX, Backend, EventKind, SyscallNumbers};
 
 use crate::{
     emit::{self, actor_wanted, begin, copy_sockaddr, describe, describe_released, name_from_kernel, submit},
-    kernel::{self, off},
+    kernel::{self, Current, off},
 };
 
 const SOCK_DGRAM: u32 = 2;
@@ -66,12 +66,12 @@ fn arg(regs: u64, n: usize) -> u64 {
 
 /// A 32-bit syscall: its numbers name other calls.
 #[inline(always)]
-fn compat() -> bool {
+fn compat(cur: Current) -> bool {
     let flag = nr!(ts_compat);
     if flag == 0 {
         return false;
     }
-    let status = match kernel::current_task_btf() {
+    let status = match cur.btf() {
         Some(task) => Some(kernel::load::<u32>(task + off!(task_struct_thread_status))),
         None => kernel::read::<u32>(unsafe { bpf_get_current_task() } + off!(task_struct_thread_status)),
     };
@@ -79,19 +79,23 @@ fn compat() -> bool {
 }
 
 #[inline(always)]
-fn unix_fd(fd: u32) -> Option<(u64, kernel::UnixSocket)> {
-    let file = kernel::current_file_of_fd(fd)?;
+fn unix_fd(cur: Current, fd: u32) -> Option<(u64, kernel::UnixSocket)> {
+    let file = cur.file_of_fd(fd)?;
     Some((file, kernel::unix_socket_of_file(file)?))
 }
 
 #[btf_tracepoint(function = "sys_enter")]
 pub fn sys_enter(ctx: BtfTracePointContext) -> i32 {
     let id: u64 = ctx.arg(1);
-    if id != nr!(close) || !actor_wanted() || compat() {
+    if id != nr!(close) {
+        return 0;
+    }
+    let cur = Current::get();
+    if !actor_wanted(cur) || compat(cur) {
         return 0;
     }
     let regs: u64 = ctx.arg(0);
-    enter_close(arg(regs, 0) as u32);
+    enter_close(cur, arg(regs, 0) as u32);
     0
 }
 
@@ -106,17 +110,21 @@ pub fn sys_exit(ctx: BtfTracePointContext) -> i32 {
         || id == nr!(socketpair)
         || id == nr!(listen)
         || (id == nr!(connect) && emit::syscall_strategy());
-    if !ours || !actor_wanted() || compat() {
+    if !ours {
+        return 0;
+    }
+    let cur = Current::get();
+    if !actor_wanted(cur) || compat(cur) {
         return 0;
     }
     if id == nr!(connect) {
-        exit_connect(regs, ret);
+        exit_connect(cur, regs, ret);
     } else if id == nr!(socketpair) {
-        exit_socketpair(&ctx, regs, ret);
+        exit_socketpair(&ctx, cur, regs, ret);
     } else if id == nr!(listen) {
-        exit_listen(&ctx, regs, ret);
+        exit_listen(&ctx, cur, regs, ret);
     } else {
-        exit_accept(regs, ret);
+        exit_accept(cur, regs, ret);
     }
     0
 }
@@ -124,13 +132,13 @@ pub fn sys_exit(ctx: BtfTracePointContext) -> i32 {
 // --- connect(2): __sys_connect → unix_stream_connect / unix_dgram_connect
 
 #[inline(always)]
-fn exit_connect(regs: u64, rc: i64) {
+fn exit_connect(cur: Current, regs: u64, rc: i64) {
     let (fd, uaddr, len) = (arg(regs, 0), arg(regs, 1), arg(regs, 2));
     // Only AF_UNIX addresses: everything else costs one user read.
     if unsafe { bpf_probe_read_user(uaddr as *const u16) } != Ok(AF_UNIX) {
         return;
     }
-    let sock = unix_fd(fd as u32).map(|(_, s)| s);
+    let sock = unix_fd(cur, fd as u32).map(|(_, s)| s);
     let kind = if rc < 0 {
         EventKind::ConnectFailed
     } else if sock.is_some_and(|s| s.sock_type == SOCK_DGRAM) {
@@ -138,7 +146,7 @@ fn exit_connect(regs: u64, rc: i64) {
     } else {
         EventKind::Connect
     };
-    let Some(e) = begin(kind, Backend::Tracepoint) else { return };
+    let Some(e) = begin(cur, kind, Backend::Tracepoint) else { return };
     e.fd = fd as i32;
     if let Some(s) = sock {
         describe(e, s);
@@ -158,12 +166,12 @@ fn exit_connect(regs: u64, rc: i64) {
 // --- accept(2)/accept4(2): do_accept → unix_accept
 
 #[inline(always)]
-fn exit_accept(regs: u64, newfd: i64) {
+fn exit_accept(cur: Current, regs: u64, newfd: i64) {
     if newfd < 0 {
         return;
     }
-    let Some((_, sock)) = unix_fd(newfd as u32) else { return };
-    let Some(e) = begin(EventKind::Accept, Backend::Tracepoint) else { return };
+    let Some((_, sock)) = unix_fd(cur, newfd as u32) else { return };
+    let Some(e) = begin(cur, EventKind::Accept, Backend::Tracepoint) else { return };
     describe(e, sock);
     e.fd = newfd as i32;
     e.listen_fd = arg(regs, 0) as i32;
@@ -174,7 +182,7 @@ fn exit_accept(regs: u64, newfd: i64) {
 // --- socketpair(2): __sys_socketpair → unix_socketpair
 
 #[inline(always)]
-fn exit_socketpair(ctx: &BtfTracePointContext, regs: u64, rc: i64) {
+fn exit_socketpair(ctx: &BtfTracePointContext, cur: Current, regs: u64, rc: i64) {
     if rc != 0 || arg(regs, 0) as u16 != AF_UNIX {
         return;
     }
@@ -184,8 +192,8 @@ fn exit_socketpair(ctx: &BtfTracePointContext, regs: u64, rc: i64) {
         warn!(ctx, "socketpair: the fds at user address {:x} could not be read", usockvec);
         return;
     };
-    let Some((_, sock)) = unix_fd(fds[0] as u32) else { return };
-    let Some(e) = begin(EventKind::Socketpair, Backend::Tracepoint) else { return };
+    let Some((_, sock)) = unix_fd(cur, fds[0] as u32) else { return };
+    let Some(e) = begin(cur, EventKind::Socketpair, Backend::Tracepoint) else { return };
     describe(e, sock);
     e.fd = fds[0];
     e.peer_fd = fds[1];
@@ -195,13 +203,13 @@ fn exit_socketpair(ctx: &BtfTracePointContext, regs: u64, rc: i64) {
 // --- listen(2): __sys_listen → unix_listen
 
 #[inline(always)]
-fn exit_listen(ctx: &BtfTracePointContext, regs: u64, rc: i64) {
+fn exit_listen(ctx: &BtfTracePointContext, cur: Current, regs: u64, rc: i64) {
     if rc != 0 {
         return;
     }
     let fd = arg(regs, 0);
-    let Some((_, sock)) = unix_fd(fd as u32) else { return };
-    let Some(e) = begin(EventKind::Listen, Backend::Tracepoint) else { return };
+    let Some((_, sock)) = unix_fd(cur, fd as u32) else { return };
+    let Some(e) = begin(cur, EventKind::Listen, Backend::Tracepoint) else { return };
     describe(e, sock);
     e.fd = fd as i32;
     name_from_kernel(e);
@@ -215,8 +223,8 @@ fn exit_listen(ctx: &BtfTracePointContext, regs: u64, rc: i64) {
 // holder, which the model needs to keep holders true after fork.
 
 #[inline(always)]
-fn enter_close(fd: u32) {
-    let Some((_, sock)) = unix_fd(fd) else { return };
+fn enter_close(cur: Current, fd: u32) {
+    let Some((_, sock)) = unix_fd(cur, fd) else { return };
     let kind = if !kernel::file_is_last_ref(&sock) {
         EventKind::FdClose
     } else if emit::syscall_strategy() {
@@ -225,7 +233,7 @@ fn enter_close(fd: u32) {
         // unix_release_sock will report it, with the same fields.
         return;
     };
-    let Some(e) = begin(kind, Backend::Tracepoint) else { return };
+    let Some(e) = begin(cur, kind, Backend::Tracepoint) else { return };
     describe_released(e, sock);
     e.fd = fd as i32;
     submit(e);
@@ -238,12 +246,13 @@ fn enter_close(fd: u32) {
 #[tracepoint(category = "sched", name = "sched_process_exit")]
 pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     let _ = ctx.as_ptr();
-    let pid_tgid = bpf_get_current_pid_tgid();
+    let cur = Current::get();
+    let (tgid, pid) = cur.tgid_pid();
     // Only the group leader: one event per process, not per thread.
-    if (pid_tgid >> 32) as u32 != pid_tgid as u32 || !actor_wanted() {
+    if tgid != pid || !actor_wanted(cur) {
         return 0;
     }
-    if let Some(e) = begin(EventKind::TaskExit, Backend::Tracepoint) {
+    if let Some(e) = begin(cur, EventKind::TaskExit, Backend::Tracepoint) {
         submit(e);
     }
     0

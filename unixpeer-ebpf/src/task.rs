@@ -10,12 +10,13 @@ use unixpeer_common::{Backend, EventKind, TASK_COMM_LEN};
 
 use crate::{
     emit::{actor_wanted, begin, submit},
-    kernel::off,
+    kernel::{Current, off},
 };
 
 #[tracepoint(category = "task", name = "task_rename")]
 pub fn task_rename(ctx: TracePointContext) -> u32 {
-    if !actor_wanted() {
+    let cur = Current::get();
+    if !actor_wanted(cur) {
         return 0;
     }
     let pid = unsafe { ctx.read_at::<i32>(off!(tp_task_rename_pid) as usize) };
@@ -23,7 +24,7 @@ pub fn task_rename(ctx: TracePointContext) -> u32 {
     let (Ok(pid), Ok(comm)) = (pid, comm) else {
         return 0;
     };
-    if let Some(e) = begin(EventKind::Rename, Backend::Tracepoint) {
+    if let Some(e) = begin(cur, EventKind::Rename, Backend::Tracepoint) {
         // The renamed task, which need not be the one doing the renaming.
         e.pid = pid as u32;
         e.tid = pid as u32;

@@ -14,7 +14,7 @@ use aya_ebpf::{
 };
 use unixpeer_common::Backend;
 
-use crate::{af_unix, emit::actor_wanted};
+use crate::{af_unix, emit::actor_wanted, kernel::Current};
 
 /// fexit's context holds the arguments and then the return value. Reading
 /// it from there, rather than with bpf_get_func_ret (5.17+), keeps 5.10
@@ -24,26 +24,29 @@ const CONNECT_NR_ARGS: usize = 4;
 
 #[fexit(function = "unix_stream_connect")]
 pub fn fexit_unix_stream_connect(ctx: FExitContext) -> i32 {
-    if actor_wanted() {
+    let cur = Current::get();
+    if actor_wanted(cur) {
         let rc: i32 = ctx.arg(CONNECT_NR_ARGS);
-        af_unix::connect_returned(ctx.arg(0), ctx.arg(1), ctx.arg(2), i64::from(rc), false, Backend::Fentry);
+        af_unix::connect_returned(ctx.arg(0), ctx.arg(1), ctx.arg(2), i64::from(rc), false, Backend::Fentry, cur);
     }
     0
 }
 
 #[fexit(function = "unix_dgram_connect")]
 pub fn fexit_unix_dgram_connect(ctx: FExitContext) -> i32 {
-    if actor_wanted() {
+    let cur = Current::get();
+    if actor_wanted(cur) {
         let rc: i32 = ctx.arg(CONNECT_NR_ARGS);
-        af_unix::connect_returned(ctx.arg(0), ctx.arg(1), ctx.arg(2), i64::from(rc), true, Backend::Fentry);
+        af_unix::connect_returned(ctx.arg(0), ctx.arg(1), ctx.arg(2), i64::from(rc), true, Backend::Fentry, cur);
     }
     0
 }
 
 #[fentry(function = "unix_release_sock")]
 pub fn fentry_unix_release_sock(ctx: FEntryContext) -> i32 {
-    if actor_wanted() {
-        af_unix::release(ctx.arg(0), Backend::Fentry);
+    let cur = Current::get();
+    if actor_wanted(cur) {
+        af_unix::release(ctx.arg(0), Backend::Fentry, cur);
     }
     0
 }

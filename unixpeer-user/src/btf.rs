@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use btf_rs::{Btf, Type};
-use unixpeer_common::{KernelOffsets, iter_abi};
+use unixpeer_common::{CastTypes, KernelOffsets, iter_abi};
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
@@ -158,6 +158,53 @@ impl KernelBtf {
         self.param_count(func).is_ok()
     }
 
+    /// The BTF id of a kernel function, as a kfunc call names it.
+    pub fn function_id(&self, func: &str) -> Option<u32> {
+        let ids = self.btf.resolve_ids_by_name(func).ok()?;
+        ids.into_iter().find(|id| matches!(self.btf.resolve_type_by_id(*id), Ok(Type::Func(_))))
+    }
+
+    /// `bpf_rdonly_cast`'s id, where the kernel has the kfunc (6.2+).
+    pub fn rdonly_cast_id(&self) -> Option<u32> {
+        self.function_id("bpf_rdonly_cast")
+    }
+
+    /// The id of the full definition of `struct name`.
+    fn struct_id(&self, name: &str) -> Option<u64> {
+        let ids = self.btf.resolve_ids_by_name(name).ok()?;
+        let id = ids
+            .into_iter()
+            .find(|id| matches!(self.btf.resolve_type_by_id(*id), Ok(Type::Struct(s)) if !s.members.is_empty()))?;
+        Some(u64::from(id))
+    }
+
+    /// `struct kiocb`, if it still starts with its `struct file *ki_filp`.
+    fn file_slot(&self) -> Option<u64> {
+        let kiocb = self.strukt("kiocb").ok()?;
+        let (bits, bitfield, ty) = self.find(&kiocb, "ki_filp")?;
+        if bits != 0 || bitfield.is_some() {
+            return None;
+        }
+        let Type::Ptr(p) = ty else { return None };
+        let pointee = self.underlying(self.btf.resolve_chained_type(&p).ok()?)?;
+        (self.btf.resolve_name(&pointee).ok()? == "file").then_some(())?;
+        self.struct_id("kiocb")
+    }
+
+    fn cast_types(&self) -> Option<CastTypes> {
+        Some(CastTypes {
+            file: self.struct_id("file")?,
+            inode: self.struct_id("inode")?,
+            socket: self.struct_id("socket")?,
+            socket_alloc: self.struct_id("socket_alloc")?,
+            sock: self.struct_id("sock")?,
+            unix_sock: self.struct_id("unix_sock")?,
+            net: self.struct_id("net")?,
+            unix_address: self.struct_id("unix_address")?,
+            file_slot: self.file_slot().unwrap_or(0),
+        })
+    }
+
     pub fn kernel_offsets(&self) -> Result<KernelOffsets, BtfError> {
         // 6.13 replaced `atomic_long_t f_count` with `file_ref_t f_ref`,
         // which stores the count minus one.
@@ -168,6 +215,8 @@ impl KernelBtf {
         };
         let socket_alloc_socket = self.offset("socket_alloc", "socket")?;
         let socket_alloc_inode = self.offset("socket_alloc", "vfs_inode")?;
+        // A struct socket cast to its socket_alloc must start it.
+        let cast = self.rdonly_cast_id().filter(|_| socket_alloc_socket == 0).and_then(|_| self.cast_types());
         Ok(KernelOffsets {
             task_struct_files: self.offset("task_struct", "files")?,
             task_struct_tgid: self.offset("task_struct", "tgid")?,
@@ -205,6 +254,8 @@ impl KernelBtf {
             has_current_task_btf: u64::from(self.has_enum_value("bpf_func_id", "BPF_FUNC_get_current_task_btf")),
             task_struct_cred: self.offset("task_struct", "cred")?,
             cred_uid: self.offset("cred", "uid")?,
+            cast_loads: u64::from(cast.is_some()),
+            btf: cast.unwrap_or_default(),
             tp_task_rename_pid: 0,
             tp_task_rename_newcomm: 0,
         })
@@ -261,6 +312,29 @@ mod tests {
         assert!(k.has_enum_value("bpf_func_id", "BPF_FUNC_get_current_task_btf"));
         assert!(!k.has_enum_value("bpf_func_id", "BPF_FUNC_no_such_helper"));
         assert_eq!(k.kernel_offsets().expect("offsets").has_current_task_btf, 1);
+    }
+
+    #[test]
+    fn this_kernel_gets_cast_loads_with_the_struct_ids() {
+        let k = kernel();
+        // 6.18 has had bpf_rdonly_cast since 6.2.
+        let id = k.rdonly_cast_id().expect("bpf_rdonly_cast in this kernel's BTF");
+        assert!(matches!(k.btf().resolve_type_by_id(id), Ok(Type::Func(_))));
+        assert_eq!(k.function_id("no_such_kfunc"), None);
+        let off = k.kernel_offsets().expect("offsets");
+        assert_eq!(off.cast_loads, 1);
+        let b = off.btf;
+        let ids = [b.file, b.inode, b.socket, b.socket_alloc, b.sock, b.unix_sock, b.net, b.unix_address, b.file_slot];
+        let names = ["file", "inode", "socket", "socket_alloc", "sock", "unix_sock", "net", "unix_address", "kiocb"];
+        for (id, name) in ids.into_iter().zip(names) {
+            match k.btf().resolve_type_by_id(id as u32) {
+                Ok(Type::Struct(s)) => {
+                    assert_eq!(k.btf().resolve_name(&s).expect("name"), name);
+                    assert!(!s.members.is_empty(), "struct {name} is a forward declaration");
+                }
+                other => panic!("id {id} for struct {name} is {other:?}"),
+            }
+        }
     }
 
     #[test]

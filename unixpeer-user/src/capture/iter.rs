@@ -6,7 +6,7 @@ use std::{io::Read, path::Path, time::Instant};
 use aya::{Ebpf, EbpfLoader, programs::Iter};
 use unixpeer_common::TaskSocketFd;
 
-use super::{CaptureError, OBJECT, attach_btf::Target, program_error};
+use super::{CaptureError, attach_btf::Target, program_error};
 use crate::{
     btf::{KernelBtf, VMLINUX_BTF},
     holders::{HolderSource, Holders, HoldersError, holders_from_records},
@@ -51,7 +51,7 @@ pub fn load_for_iter(kbtf: &KernelBtf) -> Result<Ebpf, CaptureError> {
         .override_global("OFFSETS", &offsets, true)
         .map_max_entries("EVENTS", 4096)
         .map_max_entries("AYA_LOGS", 4096)
-        .load(OBJECT)
+        .load(super::object_for(kbtf, &offsets).bytes())
         .map_err(|e| CaptureError::Load(Box::new(e)))
 }
 

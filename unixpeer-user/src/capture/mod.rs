@@ -4,6 +4,7 @@
 pub mod attach_btf;
 mod backend;
 pub mod iter;
+mod kfunc;
 
 use std::{os::fd::AsRawFd, path::Path};
 
@@ -29,6 +30,19 @@ const DRAIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(20)
 /// The object built by `cargo xtask build-ebpf`, committed so that building
 /// unixtrace needs only stable Rust.
 static OBJECT: &[u8] = aya::include_bytes_aligned!("../../ebpf/unixpeer.bpf.o");
+
+/// The object with its kfunc calls resolved for this kernel: the walks
+/// use `bpf_rdonly_cast` where `offsets` says they may.
+fn object_for(kbtf: &KernelBtf, offsets: &unixpeer_common::KernelOffsets) -> kfunc::Object {
+    let rdonly_cast = kbtf.rdonly_cast_id().filter(|_| offsets.cast_loads != 0);
+    let object = kfunc::resolve(OBJECT, rdonly_cast);
+    log::debug!(
+        "kernel pointer walks: {} ({} call sites)",
+        if rdonly_cast.is_some() { "bpf_rdonly_cast and plain loads" } else { "bpf_probe_read_kernel" },
+        object.resolved
+    );
+    object
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
@@ -99,13 +113,15 @@ impl Capture {
         let filter = kernel_filter(opts);
         let aya_btf = attach_btf::stand_in(&kbtf, &backend::attach_targets())?;
         let log_level: u8 = if opts.kernel_logs { 0xff } else { 0 };
+        let object = object_for(&kbtf, &offsets);
         let mut ebpf = EbpfLoader::new()
             .override_global("OFFSETS", &offsets, true)
             .override_global("FILTER", &filter, true)
             .override_global("SYSCALLS", &syscall_numbers(), true)
             .override_global(aya_log::LEVEL, &log_level, false)
-            .load(OBJECT)
+            .load(object.bytes())
             .map_err(|e| CaptureError::Load(Box::new(e)))?;
+        drop(object);
 
         let chosen = backend::attach(&mut ebpf, &aya_btf, &kbtf, opts.backend, &tracefs_root)?;
         let ring = RingBuf::try_from(ebpf.take_map("EVENTS").ok_or(CaptureError::MissingMap("EVENTS"))?)?;
@@ -222,6 +238,8 @@ fn kernel_filter(opts: &CaptureOptions) -> KernelFilter {
         let b = comm.as_bytes();
         let n = b.len().min(TASK_COMM_LEN - 1);
         f.comm[..n].copy_from_slice(&b[..n]);
+        // The name and the NUL that ends it.
+        f.comm_mask[..=n].fill(0xff);
     }
     f
 }
