@@ -3,6 +3,9 @@
 //! by `unixtrace --follow`, interleaved in one run. Reports the throughput
 //! ratio, the events unixtrace printed against the events the generator
 //! caused, the lost count, and unixtrace's RSS over a 1,000,000-connection run.
+//! Each round also measures the hooks alone (the programs attached, every
+//! event filtered out at their first instruction): the most any work inside
+//! them could give back.
 
 use std::{
     io::{BufRead, BufReader},
@@ -50,8 +53,13 @@ struct Tracer {
 
 impl Tracer {
     fn start(unixtrace: &Path) -> Result<Self> {
+        Self::start_with(unixtrace, &["--comm", "connloop"])
+    }
+
+    fn start_with(unixtrace: &Path, filter: &[&str]) -> Result<Self> {
         let mut cmd = Command::new(unixtrace);
-        cmd.args(["--follow", "--comm", "connloop", "-v"])
+        cmd.args(["--follow", "-v"])
+            .args(filter)
             .stdout(Stdio::from(std::fs::File::create("/dev/null")?))
             .stderr(Stdio::piped());
         pin_to(&mut cmd, TRACER_CPU);
@@ -154,6 +162,7 @@ pub fn run(release: &Path) -> Result<()> {
         "generator pinned to CPU {GENERATOR_CPU}, unixtrace to CPU {TRACER_CPU}; {ROUNDS} rounds of {SECONDS} s each"
     );
     let (mut untraced, mut traced, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let mut floors = Vec::new();
     let mut all_exact = true;
     let mut total_lost = 0;
     for round in 1..=ROUNDS {
@@ -176,6 +185,16 @@ pub fn run(release: &Path) -> Result<()> {
         );
         all_exact &= summary.printed == expected;
         total_lost += summary.lost;
+
+        // The same programs attached, with every event of the generator
+        // filtered out at their first instruction (`-p 1`: only init's):
+        // what the strategy's hooks cost before the programs do any work.
+        let idle = Tracer::start_with(&unixtrace, &["-p", "1"])?;
+        let gen_floor = generate(&connloop, &[SECONDS, GENERATOR_CPU])?;
+        idle.stop()?;
+        let floor = gen_floor.rate / base.rate;
+        println!("  hooks only (every event filtered in the kernel): {:.0}/s, ratio {floor:.3}", gen_floor.rate);
+        floors.push(floor);
         untraced.push(base.rate);
         traced.push(gen_traced.rate);
         ratios.push(ratio);
@@ -225,6 +244,10 @@ pub fn run(release: &Path) -> Result<()> {
         median(untraced),
         median(traced),
         median(ratios)
+    );
+    println!(
+        "| hooks only, every event filtered in the kernel (median of {ROUNDS}) | | | {:.3} |",
+        median(floors)
     );
     println!(
         "events lost: {total_lost} (target 0); every event printed: {all_exact}; peak RSS {:.1} MiB (target <= 50)",
