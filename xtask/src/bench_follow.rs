@@ -245,10 +245,7 @@ pub fn run(release: &Path) -> Result<()> {
         median(traced),
         median(ratios)
     );
-    println!(
-        "| hooks only, every event filtered in the kernel (median of {ROUNDS}) | | | {:.3} |",
-        median(floors)
-    );
+    println!("| hooks only, every event filtered in the kernel (median of {ROUNDS}) | | | {:.3} |", median(floors));
     println!(
         "events lost: {total_lost} (target 0); every event printed: {all_exact}; peak RSS {:.1} MiB (target <= 50)",
         mib(peak)
