@@ -443,10 +443,14 @@ fn events_carry_the_callers_uid() {
 /// SCM_RIGHTS is released later, when the message carrying it is dropped,
 /// outside any syscall of the process. Its close is still reported: under
 /// fentry/kprobe from unix_release_sock, under the tracepoint strategy by
-/// asking UNIX_DIAG whether the orphaned socket still exists.
+/// asking UNIX_DIAG whether the orphaned socket still exists. A recording
+/// replays that close as it was shown live.
 #[test]
 fn a_socket_released_in_flight_is_reported_closed() {
-    let mut f = Follower::start(&["--comm", "inflight-child"]);
+    let recording = std::env::temp_dir().join(format!("unixtrace-inflight-{}.jsonl", std::process::id()));
+    let _ = std::fs::remove_file(&recording);
+    let file = recording.to_str().expect("utf-8 temp dir");
+    let mut f = Follower::start(&["--comm", "inflight-child", "-w", file]);
     let p = pipe();
     let child = fork_child("inflight-child", || {
         let passed = socketpair(libc::SOCK_STREAM);
@@ -473,5 +477,22 @@ fn a_socket_released_in_flight_is_reported_closed() {
     assert_eq!(close["pid"].as_i64(), Some(i64::from(child)), "named after the process that closed it: {close}");
     if f.capture["backend"] == "tracepoint" {
         assert_eq!(close["inferred"], "the last fd close, released later", "{close}");
+    }
+    let (code, stderr) = f.stop();
+    assert_eq!(code, Some(0), "unixtrace failed: {stderr}");
+    let replay = std::process::Command::new(unixtrace_bin())
+        .args(["-r", file, "--json", "--comm", "inflight-child"])
+        .output()
+        .expect("run unixtrace -r");
+    let _ = std::fs::remove_file(&recording);
+    assert!(replay.status.success(), "replay failed: {}", String::from_utf8_lossy(&replay.stderr));
+    let replayed: Vec<Value> = String::from_utf8_lossy(&replay.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter(|v: &Value| v["kind"] == "event" && v["event"] == "close" && v["inode"].as_u64() == Some(inode))
+        .collect();
+    assert_eq!(replayed.len(), 1, "the replay shows the close once: {replayed:?}");
+    for key in ["pid", "comm", "inferred", "type", "peer_inode"] {
+        assert_eq!(replayed[0][key], close[key], "replayed `{key}` differs: {} against live {close}", replayed[0]);
     }
 }

@@ -70,7 +70,7 @@ pub enum Peer {
 }
 
 /// An event with its other end resolved: what output renders.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Resolved {
     pub event: Event,
     pub peer: Peer,
@@ -122,6 +122,10 @@ struct Orphan {
 }
 /// What an inferred close after an orphaning fd close says it came from.
 pub const RELEASED_LATER: &str = "the last fd close, released later";
+/// What a close inferred from the exit of the last holder says.
+pub const RELEASED_AT_EXIT: &str = "exit";
+/// Every reason a close may be inferred for (`Event::inferred`).
+pub const INFERRED: [&str; 2] = [RELEASED_AT_EXIT, RELEASED_LATER];
 /// How long an accept may wait for its client's connect event (event time).
 const ACCEPT_WAIT_NS: u64 = 100_000_000;
 
@@ -440,7 +444,7 @@ impl Tracker {
                 close.fd = fd;
                 close.netns = s.netns;
                 close.sock_type = s.sock_type.unwrap_or(close.sock_type);
-                close.inferred = Some("exit");
+                close.inferred = Some(RELEASED_AT_EXIT);
                 // Keep the exiting process as the last holder for the line.
                 s.holders.push(Holder { pid: e.pid, comm: e.comm.clone(), fd });
                 released.push(close);
@@ -568,6 +572,25 @@ mod tests {
         assert_eq!((r.event.kind, r.event.inode, r.event.inferred), (EventKind::Close, Some(10), Some(RELEASED_LATER)));
         assert_eq!((r.event.pid, r.event.ts_ns), (1, 5_000_000_000));
         assert!(t.orphans_due(u64::MAX).is_empty() && !t.socks.contains_key(&10));
+    }
+
+    #[test]
+    fn a_recorded_orphan_release_applies_like_the_live_one() {
+        let setup = || {
+            let mut t = Tracker::new(true);
+            t.apply(ev(EventKind::Socketpair, 1, "p", 10, 11));
+            let mut c = ev(EventKind::FdClose, 1, "p", 10, 11);
+            c.fd = Some(3);
+            t.apply(c);
+            t
+        };
+        let live = setup().release_orphan(10, 9_000);
+        assert_eq!(live.len(), 1);
+        // What the recorder wrote for it, applied as replay does.
+        let mut replayed = setup();
+        let out = replayed.apply(live[0].event.clone());
+        assert_eq!(out, live);
+        assert!(replayed.orphans_due(u64::MAX).is_empty() && !replayed.socks.contains_key(&10));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use unixpeer_common::EventKind;
 use super::{FORMAT_NAME, FORMAT_VERSION};
 use crate::events::{Event, SockType, event_name};
 use crate::holders::{Comm, Holder as SnapHolder, HolderList};
-use crate::live::{Holder, SeedSocket};
+use crate::live::{Holder, INFERRED, SeedSocket};
 use crate::model::{KernelState, Model, SockName, Socket, Vfs};
 
 /// The first line of every timeline.
@@ -264,6 +264,10 @@ pub fn write_event(out: &mut Vec<u8>, e: &Event) {
     if let Some(c) = e.child_pid {
         int(out, ",\"child_pid\":", c);
     }
+    if let Some(why) = e.inferred {
+        out.extend_from_slice(b",\"inferred\":");
+        json_str(out, why);
+    }
     out.extend_from_slice(b"}\n");
 }
 
@@ -330,6 +334,8 @@ struct Line<'a> {
     peer_sk: Option<u64>,
     path: Option<String>,
     child_pid: Option<u32>,
+    #[serde(borrow, default)]
+    inferred: Option<Cow<'a, str>>,
     count: Option<u64>,
     seed: Option<SeedRecord>,
     received: Option<u64>,
@@ -398,7 +404,12 @@ fn event(l: &Line<'_>) -> Result<Event, String> {
         peer_sk: l.peer_sk.unwrap_or(0),
         path: l.path.clone(),
         child_pid: l.child_pid,
-        inferred: None,
+        inferred: match l.inferred.as_deref() {
+            None => None,
+            Some(why) => Some(
+                *INFERRED.iter().find(|k| **k == why).ok_or_else(|| format!("unknown `inferred` reason {why:?}"))?,
+            ),
+        },
     })
 }
 
@@ -465,12 +476,21 @@ pub(crate) mod tests {
         e.child_pid = Some(77);
         e.peer_fd = Some(-3);
         variants.push(e);
+        for why in crate::live::INFERRED {
+            variants.push(Event { kind: EventKind::Close, inferred: Some(why), ..sample_event() });
+        }
         for e in variants {
             let mut line = Vec::new();
             write_event(&mut line, &e);
             assert_eq!(line.iter().filter(|&&b| b == b'\n').count(), 1, "one line: {}", String::from_utf8_lossy(&line));
             assert_eq!(parse_record(&line), Ok(Record::Event(e)));
         }
+    }
+
+    #[test]
+    fn an_unknown_inferred_reason_is_refused_by_name() {
+        let line = br#"{"k":"e","ev":"close","ts":1,"pid":1,"tid":1,"uid":0,"comm":"x","netns":1,"type":"stream","inferred":"magic"}"#;
+        assert_eq!(parse_record(line), Err(r#"unknown `inferred` reason "magic""#.to_owned()));
     }
 
     #[test]
