@@ -189,11 +189,16 @@ pub fn run(release: &Path) -> Result<()> {
         // The same programs attached, with every event of the generator
         // filtered out at their first instruction (`-p 1`: only init's):
         // what the strategy's hooks cost before the programs do any work.
+        // Its own untraced run right before it: the machine's speed drifts.
+        let floor_base = generate(&connloop, &[SECONDS, GENERATOR_CPU])?;
         let idle = Tracer::start_with(&unixtrace, &["-p", "1"])?;
         let gen_floor = generate(&connloop, &[SECONDS, GENERATOR_CPU])?;
         idle.stop()?;
-        let floor = gen_floor.rate / base.rate;
-        println!("  hooks only (every event filtered in the kernel): {:.0}/s, ratio {floor:.3}", gen_floor.rate);
+        let floor = gen_floor.rate / floor_base.rate;
+        println!(
+            "  hooks only (every event filtered in the kernel): untraced {:.0}/s, {:.0}/s, ratio {floor:.3}",
+            floor_base.rate, gen_floor.rate
+        );
         floors.push(floor);
         untraced.push(base.rate);
         traced.push(gen_traced.rate);
