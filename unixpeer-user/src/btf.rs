@@ -170,7 +170,7 @@ impl KernelBtf {
     }
 
     /// The id of the full definition of `struct name`.
-    fn struct_id(&self, name: &str) -> Option<u64> {
+    pub(crate) fn struct_id(&self, name: &str) -> Option<u64> {
         let ids = self.btf.resolve_ids_by_name(name).ok()?;
         let id = ids
             .into_iter()

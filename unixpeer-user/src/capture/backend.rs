@@ -104,8 +104,12 @@ pub fn attach(
     settings.set(setting::SYSCALL_STRATEGY, &u32::from(chosen.backend == "tracepoint"), 0)?;
     // Only now: the syscall programs must know whether they report connect
     // and final closes.
-    attach_raw_syscalls(ebpf, btf).map_err(|e| match chosen.backend {
-        "tracepoint" => CaptureError::NoBackend(format!("  {}\n  raw syscall tracepoints failed ({e})", chosen.why)),
+    attach_raw_syscalls(ebpf, btf).map_err(|e| match e {
+        // A verifier rejection is a bug to report, not a missing feature.
+        CaptureError::Verifier { .. } => e,
+        _ if chosen.backend == "tracepoint" => {
+            CaptureError::NoBackend(format!("  {}\n  raw syscall tracepoints failed ({e})", chosen.why))
+        }
         _ => e,
     })?;
     attach_tracepoints(ebpf, TRACEPOINTS)?;

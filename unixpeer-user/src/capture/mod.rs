@@ -88,6 +88,7 @@ pub struct Capture {
     counters: PerCpuArray<MapData, u64>,
     logger: Option<AsyncFd<aya_log::EbpfLogger<&'static dyn log::Log>>>,
     pub chosen: Chosen,
+    pub walks: Walks,
     lost_seen: u64,
 }
 
@@ -101,29 +102,85 @@ pub enum Record {
     },
 }
 
-impl Capture {
-    pub fn start(opts: &CaptureOptions) -> Result<Self, CaptureError> {
-        privileges::check_capture()?;
+/// What a load of the programs needs from this kernel, found once.
+struct Setup {
+    kbtf: KernelBtf,
+    offsets: unixpeer_common::KernelOffsets,
+    tracefs_root: std::path::PathBuf,
+    aya_btf: aya::Btf,
+}
+
+impl Setup {
+    fn new() -> Result<Self, CaptureError> {
         let kbtf = KernelBtf::open(Path::new(VMLINUX_BTF))?;
         let mut offsets = kbtf.kernel_offsets()?;
         let tracefs_root = tracefs::ensure_mounted()?;
         offsets.tp_task_rename_pid = tracefs::field_offset(&tracefs_root, "task", "task_rename", "pid")?;
         offsets.tp_task_rename_newcomm = tracefs::field_offset(&tracefs_root, "task", "task_rename", "newcomm")?;
-
-        let filter = kernel_filter(opts);
         let aya_btf = attach_btf::stand_in(&kbtf, &backend::attach_targets())?;
+        Ok(Self { kbtf, offsets, tracefs_root, aya_btf })
+    }
+
+    /// Loads the object with `offsets` and attaches a strategy.
+    fn load(
+        &self,
+        offsets: &unixpeer_common::KernelOffsets,
+        opts: &CaptureOptions,
+    ) -> Result<(Ebpf, Chosen), CaptureError> {
         let log_level: u8 = if opts.kernel_logs { 0xff } else { 0 };
-        let object = object_for(&kbtf, &offsets);
+        let object = object_for(&self.kbtf, offsets);
         let mut ebpf = EbpfLoader::new()
-            .override_global("OFFSETS", &offsets, true)
-            .override_global("FILTER", &filter, true)
+            .override_global("OFFSETS", offsets, true)
+            .override_global("FILTER", &kernel_filter(opts), true)
             .override_global("SYSCALLS", &syscall_numbers(), true)
             .override_global(aya_log::LEVEL, &log_level, false)
             .load(object.bytes())
             .map_err(|e| CaptureError::Load(Box::new(e)))?;
         drop(object);
+        let chosen = backend::attach(&mut ebpf, &self.aya_btf, &self.kbtf, opts.backend, &self.tracefs_root)?;
+        Ok((ebpf, chosen))
+    }
 
-        let chosen = backend::attach(&mut ebpf, &aya_btf, &kbtf, opts.backend, &tracefs_root)?;
+    /// Loads with the `bpf_rdonly_cast` walks where the kernel has the
+    /// kfunc. They are only faster: should this kernel's verifier refuse
+    /// them, the programs load again with probe reads, as on kernels
+    /// before 6.2.
+    fn load_with_fallback(&self, opts: &CaptureOptions) -> Result<(Ebpf, Chosen, Walks), CaptureError> {
+        let mut offsets = self.offsets;
+        if offsets.cast_loads == 0 {
+            return self.load(&offsets, opts).map(|(e, c)| (e, c, Walks::ProbeReads));
+        }
+        match self.load(&offsets, opts) {
+            Ok((e, c)) => Ok((e, c, Walks::Casts)),
+            Err(CaptureError::Verifier { program, log_tail, .. }) => {
+                log::info!(
+                    "the verifier refused program `{program}` with bpf_rdonly_cast walks; loading again with \
+                     probe reads. Its log ended:\n{log_tail}"
+                );
+                offsets.cast_loads = 0;
+                self.load(&offsets, opts).map(|(e, c)| (e, c, Walks::ProbeReads))
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// How the programs read kernel memory past the task (see the eBPF
+/// crate's `kernel` module).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Walks {
+    /// `bpf_rdonly_cast` and plain loads (6.2+).
+    Casts,
+    /// One `bpf_probe_read_kernel` per field.
+    ProbeReads,
+}
+
+impl Capture {
+    pub fn start(opts: &CaptureOptions) -> Result<Self, CaptureError> {
+        privileges::check_capture()?;
+        let setup = Setup::new()?;
+        let (mut ebpf, chosen, walks) = setup.load_with_fallback(opts)?;
+        log::debug!("kernel pointer walks: {walks:?}");
         let ring = RingBuf::try_from(ebpf.take_map("EVENTS").ok_or(CaptureError::MissingMap("EVENTS"))?)?;
         let counters = PerCpuArray::try_from(ebpf.take_map("COUNTERS").ok_or(CaptureError::MissingMap("COUNTERS"))?)?;
         let logger = if opts.kernel_logs {
@@ -137,7 +194,8 @@ impl Capture {
         } else {
             None
         };
-        Ok(Self { ebpf, btf: aya_btf, kbtf, ring: register(ring)?, counters, logger, chosen, lost_seen: 0 })
+        let Setup { kbtf, aya_btf, .. } = setup;
+        Ok(Self { ebpf, btf: aya_btf, kbtf, ring: register(ring)?, counters, logger, chosen, walks, lost_seen: 0 })
     }
 
     /// Waits until the ring buffer has data or the drain interval passed,
@@ -264,5 +322,35 @@ pub(crate) fn program_error(program: &str, target: &str, source: ProgramError) -
         source => {
             CaptureError::Program { program: program.to_owned(), target: target.to_owned(), source: Box::new(source) }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Loads the real programs into this kernel: run as root, as CI does.
+    #[test]
+    fn a_refused_cast_walk_loads_again_with_probe_reads() {
+        assert!(
+            privileges::check_capture().is_ok(),
+            "this test loads BPF programs: run it as root (or with CAP_BPF and CAP_PERFMON)"
+        );
+        let mut setup = Setup::new().expect("BTF, offsets and tracefs of this kernel");
+        assert_eq!(setup.offsets.cast_loads, 1, "this kernel (6.18) has bpf_rdonly_cast");
+        let opts = CaptureOptions { backend: BackendChoice::Tracepoint, ..Default::default() };
+        let (_, chosen, walks) = setup.load_with_fallback(&opts).expect("the programs load");
+        assert_eq!((chosen.backend, walks), ("tracepoint", Walks::Casts));
+
+        // Casting a `struct file *` to a 16-byte list_head: its fields lie
+        // outside, which the verifier must refuse.
+        setup.offsets.btf.file = setup.kbtf.struct_id("list_head").expect("struct list_head");
+        match setup.load(&setup.offsets, &opts) {
+            Err(CaptureError::Verifier { log_tail, .. }) => assert!(!log_tail.is_empty()),
+            Err(e) => panic!("expected a verifier rejection, got: {e}"),
+            Ok(_) => panic!("the verifier accepted loads outside struct list_head"),
+        }
+        let (_, chosen, walks) = setup.load_with_fallback(&opts).expect("the programs load again with probe reads");
+        assert_eq!((chosen.backend, walks), ("tracepoint", Walks::ProbeReads));
     }
 }
