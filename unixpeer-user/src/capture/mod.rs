@@ -37,9 +37,9 @@ fn object_for(kbtf: &KernelBtf, offsets: &unixpeer_common::KernelOffsets) -> kfu
     let rdonly_cast = kbtf.rdonly_cast_id().filter(|_| offsets.cast_loads != 0);
     let object = kfunc::resolve(OBJECT, rdonly_cast);
     log::debug!(
-        "kernel pointer walks: {} ({} call sites)",
-        if rdonly_cast.is_some() { "bpf_rdonly_cast and plain loads" } else { "bpf_probe_read_kernel" },
-        object.resolved
+        "{} kfunc call sites made {}",
+        object.resolved,
+        if rdonly_cast.is_some() { "bpf_rdonly_cast calls" } else { "`r0 = r1`" }
     );
     object
 }
@@ -180,7 +180,13 @@ impl Capture {
         privileges::check_capture()?;
         let setup = Setup::new()?;
         let (mut ebpf, chosen, walks) = setup.load_with_fallback(opts)?;
-        log::debug!("kernel pointer walks: {walks:?}");
+        log::debug!(
+            "kernel pointer walks: {}",
+            match walks {
+                Walks::Casts => "bpf_rdonly_cast and plain loads",
+                Walks::ProbeReads => "bpf_probe_read_kernel",
+            }
+        );
         let ring = RingBuf::try_from(ebpf.take_map("EVENTS").ok_or(CaptureError::MissingMap("EVENTS"))?)?;
         let counters = PerCpuArray::try_from(ebpf.take_map("COUNTERS").ok_or(CaptureError::MissingMap("COUNTERS"))?)?;
         let logger = if opts.kernel_logs {
