@@ -4,7 +4,7 @@
 //! ratio, the events unixtrace printed against the events the generator
 //! caused, the lost count, and unixtrace's RSS over a 1,000,000-connection run.
 //! Each round also measures the hooks alone (the programs attached, every
-//! event filtered out at their first instruction): the most any work inside
+//! event filtered out by their pid test, before any walk): the most any work inside
 //! them could give back.
 
 use std::{
@@ -187,7 +187,7 @@ pub fn run(release: &Path) -> Result<()> {
         total_lost += summary.lost;
 
         // The same programs attached, with every event of the generator
-        // filtered out at their first instruction (`-p 1`: only init's):
+        // filtered out by their pid test, before any walk (`-p 1`: only init's):
         // what the strategy's hooks cost before the programs do any work.
         // Its own untraced run right before it: the machine's speed drifts.
         let floor_base = generate(&connloop, &[SECONDS, GENERATOR_CPU])?;
