@@ -4,8 +4,8 @@
 //! ratio, the events unixtrace printed against the events the generator
 //! caused, the lost count, and unixtrace's RSS over a 1,000,000-connection run.
 //! Each round also measures the hooks alone (the programs attached, every
-//! event filtered out by their pid test, before any walk): the most any work inside
-//! them could give back.
+//! event filtered out by their pid test, before any walk): the most any
+//! work inside them could give back.
 
 use std::{
     io::{BufRead, BufReader},
