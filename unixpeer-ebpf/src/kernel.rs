@@ -1,10 +1,11 @@
 //! Pointer walks through kernel structures.
 //!
 //! Every offset comes from `OFFSETS`, which userspace fills from the running
-//! kernel's BTF at load time. Reads through pointers the verifier can type
-//! (the current task's fd table, where the kernel allows it) are plain loads;
-//! every other read goes through bpf_probe_read_kernel and turns a fault
-//! into `None`.
+//! kernel's BTF at load time, and so do the BTF ids the walks cast to.
+//! Reads through pointers the verifier can type are plain loads: the current
+//! task's fields (5.11+), and past the fd table every struct cast with
+//! `bpf_rdonly_cast` (6.2+). Where the kernel has neither, a read goes
+//! through bpf_probe_read_kernel and turns a fault into `None`.
 
 use aya_ebpf::helpers::{bpf_get_current_task, bpf_get_current_task_btf, bpf_probe_read_kernel, generated};
 use unixpeer_common::{AF_UNIX, KernelOffsets};
