@@ -88,7 +88,6 @@ pub struct Capture {
     counters: PerCpuArray<MapData, u64>,
     logger: Option<AsyncFd<aya_log::EbpfLogger<&'static dyn log::Log>>>,
     pub chosen: Chosen,
-    pub walks: Walks,
     lost_seen: u64,
 }
 
@@ -201,7 +200,7 @@ impl Capture {
             None
         };
         let Setup { kbtf, aya_btf, .. } = setup;
-        Ok(Self { ebpf, btf: aya_btf, kbtf, ring: register(ring)?, counters, logger, chosen, walks, lost_seen: 0 })
+        Ok(Self { ebpf, btf: aya_btf, kbtf, ring: register(ring)?, counters, logger, chosen, lost_seen: 0 })
     }
 
     /// Waits until the ring buffer has data or the drain interval passed,
