@@ -496,3 +496,24 @@ fn a_socket_released_in_flight_is_reported_closed() {
         assert_eq!(replayed[0][key], close[key], "replayed `{key}` differs: {} against live {close}", replayed[0]);
     }
 }
+
+/// Where the kernel has the `bpf_rdonly_cast` kfunc (6.2+), the programs
+/// walk kernel structs through casts. Were the verifier to refuse them,
+/// unixtrace would load again with probe reads and every other test would
+/// still pass: this one says which walks loaded, on each kernel.
+#[test]
+fn the_walks_use_casts_where_the_kernel_has_the_kfunc() {
+    let btf = std::fs::read("/sys/kernel/btf/vmlinux").expect("read this kernel's BTF");
+    let has_kfunc = btf.windows(17).any(|w| w == b"\0bpf_rdonly_cast\0");
+    let mut f = Follower::start(&["-vv"]);
+    let (code, stderr) = f.stop();
+    assert_eq!(code, Some(0), "unixtrace failed: {stderr}");
+    let want = if has_kfunc {
+        "kernel pointer walks: bpf_rdonly_cast and plain loads"
+    } else {
+        "kernel pointer walks: bpf_probe_read_kernel"
+    };
+    let said: Vec<&str> =
+        stderr.lines().filter(|l| l.contains("kernel pointer walks") || l.contains("refused")).collect();
+    assert!(stderr.contains(want), "expected `{want}` (kfunc in BTF: {has_kfunc}); unixtrace said: {said:?}");
+}
