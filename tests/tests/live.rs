@@ -500,7 +500,8 @@ fn a_socket_released_in_flight_is_reported_closed() {
 /// Where the kernel has the `bpf_rdonly_cast` kfunc (6.2+), the programs
 /// walk kernel structs through casts. Were the verifier to refuse them,
 /// unixtrace would load again with probe reads and every other test would
-/// still pass: this one says which walks loaded, on each kernel.
+/// still pass: this one says which walks loaded, on each kernel. It stops
+/// unixtrace right after its ready line, which must end cleanly too.
 #[test]
 fn the_walks_use_casts_where_the_kernel_has_the_kfunc() {
     let btf = std::fs::read("/sys/kernel/btf/vmlinux").expect("read this kernel's BTF");

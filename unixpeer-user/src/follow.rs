@@ -81,6 +81,11 @@ pub struct Hooks<'a> {
 }
 
 pub async fn run(opts: &FollowOptions, mut hooks: Hooks<'_>) -> Result<FollowSummary, FollowError> {
+    // First: a Ctrl-C while the programs load or the snapshot is taken, or
+    // right after the ready line, must end the capture cleanly (summary,
+    // recording closed) rather than kill the process.
+    let mut sigterm = signal(SignalKind::terminate()).map_err(FollowError::Signal)?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(FollowError::Signal)?;
     let mut capture = Capture::start(&opts.capture)?;
     let clock = Clock::now();
     // Only the tracepoint strategy misses releases done by exit().
@@ -132,8 +137,6 @@ pub async fn run(opts: &FollowOptions, mut hooks: Hooks<'_>) -> Result<FollowSum
     }
     out.flush()?;
 
-    let mut sigterm = signal(SignalKind::terminate()).map_err(FollowError::Signal)?;
-    let mut sigint = signal(SignalKind::interrupt()).map_err(FollowError::Signal)?;
     let deadline = opts.duration.map(|d| tokio::time::Instant::now() + d);
     let mut lost_tick = tokio::time::interval(Duration::from_secs(1));
     // Network namespace inode numbers fit the events' 32-bit field.
