@@ -271,6 +271,9 @@ impl<W: Write> Sink<'_, W> {
         let now = render::clock_ns(libc::CLOCK_MONOTONIC);
         for (inode, netns) in self.tracker.orphans_due(now) {
             if netns != own_netns {
+                // Cannot be asked from here: back off like a live one
+                // rather than collect it again every tick.
+                self.tracker.orphan_lives(inode, now);
                 continue;
             }
             match crate::diag::exists(inode) {

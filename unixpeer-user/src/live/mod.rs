@@ -544,7 +544,7 @@ mod tests {
         assert_eq!(out.len(), 1);
         assert_eq!(
             (out[0].event.kind, out[0].event.inode, out[0].event.inferred),
-            (EventKind::Close, Some(11), Some("exit"))
+            (EventKind::Close, Some(11), Some(RELEASED_AT_EXIT))
         );
         assert_eq!(out[0].event.fd, Some(4));
         assert!(t.socks.is_empty() && t.by_pid.values().all(|s| s.is_empty()));
