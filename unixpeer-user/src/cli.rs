@@ -32,6 +32,12 @@ pub struct Args {
     #[arg(long)]
     pub count: Option<u64>,
 
+    /// Size of the kernel's event ring buffer for --follow (e.g. 64M, 512K;
+    /// rounded up to a power of two). Default: 4 MiB per CPU, 8 to 256 MiB.
+    /// A larger buffer rides out longer bursts; -v shows the size in use.
+    #[arg(long, value_name = "BYTES", value_parser = parse_size, requires = "follow")]
+    pub buffer_size: Option<u64>,
+
     /// Say more on stderr (repeat for more): which sources were used and why.
     #[arg(short = 'v', long, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -175,6 +181,24 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(secs).map_err(|e| e.to_string())
 }
 
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("bad size {s:?}: expected a number of bytes such as 64M or 512K"))?;
+    let shift = match unit.to_ascii_uppercase().trim_end_matches(['B', 'I']) {
+        "" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        _ => return Err(format!("bad size unit {unit:?} in {s:?} (use K, M or G)")),
+    };
+    match n.checked_mul(1 << shift) {
+        Some(b) if (1..=1 << 31).contains(&b) => Ok(b),
+        _ => Err(format!("size {s:?} is out of range: the ring buffer takes 4K to 2G")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -186,6 +210,16 @@ mod tests {
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert!(parse_duration("x").is_err());
         assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("64M"), Ok(64 << 20));
+        assert_eq!(parse_size("512KiB"), Ok(512 << 10));
+        assert_eq!(parse_size("1g"), Ok(1 << 30));
+        assert!(parse_size("3T").is_err() && parse_size("0").is_err() && parse_size("4G").is_err());
+        assert!(parse_size("many").unwrap_err().contains("64M"));
     }
 
     #[test]

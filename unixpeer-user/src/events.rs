@@ -3,6 +3,7 @@
 
 use unixpeer_common::{EventKind, UNIX_PATH_MAX, UnixEvent};
 
+use crate::holders::Comm;
 pub use crate::model::SockType;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -13,7 +14,7 @@ pub struct Event {
     pub pid: u32,
     pub tid: u32,
     pub uid: u32,
-    pub comm: String,
+    pub comm: Comm,
     pub netns: u32,
     pub sock_type: SockType,
     pub errno: i32,
@@ -88,7 +89,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         pid: raw.pid,
         tid: raw.tid,
         uid: raw.uid,
-        comm: c_str(&raw.comm),
+        comm: Comm::new(&raw.comm),
         netns: raw.netns,
         sock_type: SockType::from_kernel(raw.sock_type as u8),
         errno: raw.errno,
@@ -103,6 +104,48 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         child_pid: (raw.child_pid != 0).then_some(raw.child_pid),
         inferred: None,
     })
+}
+
+/// The kernel record an event was decoded from, as far as the event keeps
+/// it: replays a recorded stream through `decode` (`cargo xtask bench
+/// consume`). `decode(encode(e)) == e` for every event the kernel can make.
+pub fn encode(e: &Event) -> UnixEvent {
+    let mut raw = UnixEvent::zeroed();
+    raw.ts_ns = e.ts_ns;
+    raw.kind = e.kind as u32;
+    raw.pid = e.pid;
+    raw.tid = e.tid;
+    raw.uid = e.uid;
+    let comm = e.comm.as_bytes();
+    raw.comm[..comm.len()].copy_from_slice(comm);
+    raw.netns = e.netns;
+    raw.sock_type = u32::from(e.sock_type.to_kernel());
+    raw.errno = e.errno;
+    raw.fd = e.fd.unwrap_or(-1);
+    raw.peer_fd = e.peer_fd.unwrap_or(-1);
+    raw.listen_fd = e.listen_fd.unwrap_or(-1);
+    raw.inode = e.inode.unwrap_or(0);
+    raw.peer_inode = e.peer_inode.unwrap_or(0);
+    raw.sk = e.sk;
+    raw.peer_sk = e.peer_sk;
+    if let Some(path) = &e.path {
+        // `@name` is an abstract name: a leading NUL in the kernel.
+        let (lead, name) = match path.strip_prefix('@') {
+            Some(name) => (Some(0u8), name.as_bytes()),
+            None => (None, path.as_bytes()),
+        };
+        let bytes: Vec<u8> = lead.into_iter().chain(name.iter().copied()).take(UNIX_PATH_MAX).collect();
+        raw.path[..bytes.len()].copy_from_slice(&bytes);
+        raw.path_len = bytes.len() as u32;
+    }
+    raw.child_pid = e.child_pid.unwrap_or(0);
+    raw
+}
+
+/// The bytes of a kernel record, as the ring buffer hands them over.
+pub fn record_bytes(raw: &UnixEvent) -> &[u8] {
+    // SAFETY: UnixEvent is plain old data with explicit padding fields.
+    unsafe { std::slice::from_raw_parts((raw as *const UnixEvent).cast::<u8>(), size_of::<UnixEvent>()) }
 }
 
 fn c_str(b: &[u8]) -> String {
@@ -157,8 +200,24 @@ mod tests {
     }
 
     fn bytes(e: &UnixEvent) -> Vec<u8> {
-        // SAFETY: reading a POD struct's bytes.
-        unsafe { std::slice::from_raw_parts((e as *const UnixEvent).cast::<u8>(), size_of::<UnixEvent>()).to_vec() }
+        record_bytes(e).to_vec()
+    }
+
+    #[test]
+    fn encode_inverts_decode() {
+        let mut samples = vec![Event::sample(EventKind::Connect, 9, 7, "client", 11, 12)];
+        samples.push(Event { path: Some("@bus".into()), sk: 0xffff_0001, peer_sk: 0xffff_0002, ..samples[0].clone() });
+        samples.push(Event { path: None, peer_fd: Some(4), sock_type: SockType::Seqpacket, ..samples[0].clone() });
+        samples.push(Event { kind: EventKind::Fork, child_pid: Some(99), errno: 0, fd: None, ..samples[0].clone() });
+        samples.push(Event {
+            kind: EventKind::ConnectFailed,
+            errno: libc::ENOENT,
+            sock_type: SockType::Other(0),
+            ..samples[0].clone()
+        });
+        for e in samples {
+            assert_eq!(decode(record_bytes(&encode(&e))).expect("decode"), e);
+        }
     }
 
     #[test]
@@ -168,7 +227,7 @@ mod tests {
         e.peer_fd = 4;
         let ev = decode(&bytes(&e)).expect("decode");
         assert_eq!(ev.kind, EventKind::Socketpair);
-        assert_eq!((ev.pid, ev.tid, ev.comm.as_str()), (100, 101, "demo"));
+        assert_eq!((ev.pid, ev.tid, ev.comm.to_str().as_ref()), (100, 101, "demo"));
         assert_eq!((ev.fd, ev.peer_fd, ev.listen_fd), (Some(3), Some(4), None));
         assert_eq!((ev.inode, ev.peer_inode), (Some(7), None));
         assert_eq!(ev.sock_type, SockType::Seqpacket);

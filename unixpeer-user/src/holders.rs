@@ -41,6 +41,23 @@ impl Comm {
         let end = self.0.iter().position(|&b| b == 0).unwrap_or(self.0.len());
         &self.0[..end]
     }
+
+    /// The name as text; bytes that are not UTF-8 become U+FFFD.
+    pub fn to_str(&self) -> std::borrow::Cow<'_, str> {
+        String::from_utf8_lossy(self.as_bytes())
+    }
+}
+
+impl From<&str> for Comm {
+    fn from(s: &str) -> Self {
+        Self::new(s.as_bytes())
+    }
+}
+
+impl PartialEq<&str> for Comm {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
 }
 
 impl std::fmt::Display for Comm {
@@ -57,7 +74,14 @@ impl std::fmt::Debug for Comm {
 
 impl serde::Serialize for Comm {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
+        s.serialize_str(&self.to_str())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Comm {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = std::borrow::Cow::<'de, str>::deserialize(d)?;
+        Ok(Self::new(s.as_bytes()))
     }
 }
 

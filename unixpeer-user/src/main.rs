@@ -13,7 +13,7 @@ use unixpeer_user::capture::{
 };
 use unixpeer_user::cli::{Args, Command, HolderChoice};
 use unixpeer_user::filter::Filter;
-use unixpeer_user::follow::{self, FollowOptions, Hooks, Recorder};
+use unixpeer_user::follow::{self, FollowOptions, Hooks, Recorder, SnapshotPurpose};
 use unixpeer_user::holders::{HolderSource, ProcScan};
 use unixpeer_user::live::SeedSocket;
 use unixpeer_user::model::Model;
@@ -97,6 +97,7 @@ fn follow_main(args: &Args) -> anyhow::Result<()> {
             pid: single(&args.pid),
             comm: single(&args.comm),
             kernel_logs: args.verbose > 0,
+            buffer_size: args.buffer_size,
         },
         json: args.json,
         wall_time: args.timestamp,
@@ -109,16 +110,17 @@ fn follow_main(args: &Args) -> anyhow::Result<()> {
     let writer = args.write.as_deref().map(|p| TimelineWriter::create(p, args.force)).transpose()?.map(RefCell::new);
     let filter = filter_from(args);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the runtime")?;
-    let mut take_snapshot = |records: Result<Vec<_>, String>| -> Result<Vec<SeedSocket>, String> {
+    let mut take_snapshot = |purpose, records: Result<Vec<_>, String>| -> Result<Vec<SeedSocket>, String> {
         let mut source: Box<dyn HolderSource + Send> = match records {
             Ok(records) => Box::new(Precomputed { records, why: "BPF iter/task_file of the running capture".into() }),
             Err(why) => Box::new(ProcScan { why: format!("BPF task_file iterator failed ({why})") }),
         };
-        let snap = snapshot::take(args.all_netns, source.as_mut()).map_err(|e| e.to_string())?;
+        let initial = purpose == SnapshotPurpose::Initial;
+        let snap = snapshot::take(args.all_netns && initial, source.as_mut()).map_err(|e| e.to_string())?;
         if let Some(w) = &writer {
             w.borrow_mut().seeds(&snap.model).map_err(|e| e.to_string())?;
         }
-        if !args.quiet {
+        if initial && !args.quiet {
             print_snapshot(args, &snap).map_err(|e| format!("{e:#}"))?;
         }
         Ok(seeds(&snap.model))

@@ -29,6 +29,16 @@ impl SockType {
         }
     }
 
+    /// The kernel's `sk_type` value: the inverse of `from_kernel`.
+    pub fn to_kernel(self) -> u8 {
+        match self {
+            Self::Stream => libc::SOCK_STREAM as u8,
+            Self::Dgram => libc::SOCK_DGRAM as u8,
+            Self::Seqpacket => libc::SOCK_SEQPACKET as u8,
+            Self::Other(t) => t,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Stream => "stream",

@@ -19,7 +19,6 @@ use unixpeer_common::{KernelFilter, SyscallNumbers, TASK_COMM_LEN, counter};
 pub use self::backend::{BackendChoice, Chosen};
 use crate::{
     btf::{BtfError, KernelBtf, VMLINUX_BTF},
-    events::{self, Event},
     privileges::{self, PrivilegeError},
     tracefs::{self, TracefsError},
 };
@@ -77,6 +76,34 @@ pub struct CaptureOptions {
     pub comm: Option<String>,
     /// Forward aya-log messages from the programs (`-v`).
     pub kernel_logs: bool,
+    /// Bytes of the event ring buffer (`--buffer-size`); None: by CPU count.
+    pub buffer_size: Option<u64>,
+}
+
+/// Ring buffer bytes per CPU that can produce events: a core running the
+/// connection loop flat out fills about 90 MB/s, so 4 MiB gives the
+/// consumer ~45 ms of slack per busy core between its 20 ms drains.
+const BUFFER_PER_CPU: u64 = 4 << 20;
+const BUFFER_MIN: u64 = 8 << 20;
+const BUFFER_MAX: u64 = 256 << 20;
+
+/// The ring buffer size: a power of two of at least a page, as the kernel
+/// requires; the user's size is rounded up to one.
+pub fn buffer_size(requested: Option<u64>) -> u64 {
+    let page = page_size();
+    match requested {
+        Some(b) => b.max(page).checked_next_power_of_two().unwrap_or(1 << 31).min(1 << 31),
+        None => {
+            let cpus = aya::util::nr_cpus().map_or(1, |n| u64::from(n.get()));
+            (cpus * BUFFER_PER_CPU).next_power_of_two().clamp(BUFFER_MIN, BUFFER_MAX)
+        }
+    }
+}
+
+fn page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(p).ok().filter(|p| p.is_power_of_two()).unwrap_or(4096)
 }
 
 pub struct Capture {
@@ -88,17 +115,11 @@ pub struct Capture {
     counters: PerCpuArray<MapData, u64>,
     logger: Option<AsyncFd<aya_log::EbpfLogger<&'static dyn log::Log>>>,
     pub chosen: Chosen,
+    /// Bytes of the event ring buffer.
+    pub buffer_size: u64,
+    /// Whether the size was the user's (`--buffer-size`) or by CPU count.
+    buffer_requested: bool,
     lost_seen: u64,
-}
-
-/// One item of the capture stream.
-#[derive(Debug)]
-pub enum Record {
-    Event(Event),
-    /// `count` more events were dropped in the kernel since the last report.
-    Lost {
-        count: u64,
-    },
 }
 
 /// What a load of the programs needs from this kernel, found once.
@@ -128,7 +149,9 @@ impl Setup {
     ) -> Result<(Ebpf, Chosen), CaptureError> {
         let log_level: u8 = if opts.kernel_logs { 0xff } else { 0 };
         let object = object_for(&self.kbtf, offsets);
+        let ring_bytes = u32::try_from(buffer_size(opts.buffer_size)).unwrap_or(1 << 31);
         let mut ebpf = EbpfLoader::new()
+            .map_max_entries("EVENTS", ring_bytes)
             .override_global("OFFSETS", offsets, true)
             .override_global("FILTER", &kernel_filter(opts), true)
             .override_global("SYSCALLS", &syscall_numbers(), true)
@@ -200,7 +223,29 @@ impl Capture {
             None
         };
         let Setup { kbtf, aya_btf, .. } = setup;
-        Ok(Self { ebpf, btf: aya_btf, kbtf, ring: register(ring)?, counters, logger, chosen, lost_seen: 0 })
+        Ok(Self {
+            ebpf,
+            btf: aya_btf,
+            kbtf,
+            ring: register(ring)?,
+            counters,
+            logger,
+            chosen,
+            buffer_size: buffer_size(opts.buffer_size),
+            buffer_requested: opts.buffer_size.is_some(),
+            lost_seen: 0,
+        })
+    }
+
+    /// The ring buffer's size and where it came from, for `-v`.
+    pub fn buffer_size_text(&self) -> String {
+        let why = if self.buffer_requested {
+            "--buffer-size, rounded up to a power of two".to_owned()
+        } else {
+            let cpus = aya::util::nr_cpus().map_or(1, |n| n.get());
+            format!("{} MiB per CPU for {cpus} CPUs, within 8-256 MiB; --buffer-size to change", BUFFER_PER_CPU >> 20)
+        };
+        format!("{} KiB ({why})", self.buffer_size >> 10)
     }
 
     /// Waits until the ring buffer has data or the drain interval passed,
@@ -209,7 +254,7 @@ impl Capture {
     ///
     /// The programs never wake us (see `submit` in the eBPF crate's emit.rs):
     /// the timer drains the ring buffer.
-    pub async fn next_batch(&mut self, f: &mut dyn FnMut(Record)) -> Result<(), CaptureError> {
+    pub async fn next_batch(&mut self, f: &mut dyn FnMut(&[u8])) -> Result<(), CaptureError> {
         let tick = tokio::time::sleep(DRAIN_INTERVAL);
         tokio::select! {
             g = self.ring.readable_mut() => g?.clear_ready(),
@@ -229,16 +274,13 @@ impl Capture {
     }
 
     /// Drains whatever is already in the ring buffer, without waiting.
-    pub fn drain_now(&mut self, f: &mut dyn FnMut(Record)) {
+    pub fn drain_now(&mut self, f: &mut dyn FnMut(&[u8])) {
         if let Some(l) = self.logger.as_mut() {
             l.get_mut().flush();
         }
         let ring = self.ring.get_mut();
         while let Some(item) = ring.next() {
-            match events::decode(&item) {
-                Ok(e) => f(Record::Event(e)),
-                Err(e) => log::warn!("dropping malformed kernel record: {e}"),
-            }
+            f(&item);
         }
     }
 

@@ -4,21 +4,25 @@
 //! a socket now. Bounded: a socket leaves the model once its close has been
 //! reported.
 
+mod pending;
 pub mod render;
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
+
+use foldhash::{HashMap, HashSet};
 
 use unixpeer_common::EventKind;
 
-use crate::events::Event;
+use self::pending::PendingAccepts;
 #[cfg(test)]
 use crate::events::SockType;
+use crate::{events::Event, holders::Comm};
 
 /// One process holding a socket through one fd.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Holder {
     pub pid: u32,
-    pub comm: String,
+    pub comm: Comm,
     pub fd: Option<i32>,
 }
 
@@ -83,7 +87,7 @@ pub struct Tracker {
     by_pid: HashMap<u32, HashSet<u64>>,
     /// The latest command name of each process seen in an event: a child
     /// inherits its parent's name at fork and often changes it afterwards.
-    comms: HashMap<u32, String>,
+    comms: HashMap<u32, Comm>,
     /// Listening sockets by (netns, name): who a connect is talking to
     /// before the server accepts.
     /// The inode, so that the holder named is whoever holds it now.
@@ -96,7 +100,7 @@ pub struct Tracker {
     graveyard: HashMap<u64, Vec<Holder>>,
     graveyard_order: VecDeque<u64>,
     /// Accepts that arrived before the connect naming their client.
-    pending_accepts: Vec<Event>,
+    pending: PendingAccepts,
     /// Under the tracepoint strategy nothing reports a release at exit:
     /// infer it for sockets the exiting process alone held.
     infer_release_on_exit: bool,
@@ -154,9 +158,43 @@ impl Tracker {
         self.socks.insert(s.inode, sock);
     }
 
+    /// Makes the model agree with the kernel's sockets of network namespace
+    /// `netns` (a snapshot taken after lost events): sockets the kernel no
+    /// longer has leave without a line (their close was lost), the others
+    /// take the kernel's holders and peers. Returns how many left and how
+    /// many the model had missed.
+    pub fn resync(&mut self, seeds: Vec<SeedSocket>, netns: u32) -> (u64, u64) {
+        let kernel: HashSet<u64> = seeds.iter().map(|s| s.inode).collect();
+        let before = self.socks.len();
+        self.socks.retain(|inode, s| s.netns != netns || kernel.contains(inode));
+        let gone = (before - self.socks.len()) as u64;
+        let found = seeds.iter().filter(|s| !self.socks.contains_key(&s.inode)).count() as u64;
+        self.listeners.retain(|(n, _), inode| *n != netns || kernel.contains(inode));
+        for s in seeds {
+            self.seed(s);
+        }
+        // Holders come from the kernel now: rebuild who holds what.
+        self.by_pid.clear();
+        for (inode, s) in &self.socks {
+            for h in &s.holders {
+                self.by_pid.entry(h.pid).or_default().insert(*inode);
+            }
+        }
+        let socks = &self.socks;
+        self.comms.retain(|pid, _| self.by_pid.contains_key(pid));
+        self.embryos.retain(|_, client| socks.contains_key(client));
+        self.orphans.retain(|inode, _| socks.contains_key(inode));
+        (gone, found)
+    }
+
+    /// Sockets the model knows now.
+    pub fn sockets_len(&self) -> usize {
+        self.socks.len()
+    }
+
     /// Entries the model holds: its memory footprint.
     pub fn len(&self) -> usize {
-        self.socks.len() + self.embryos.len() + self.graveyard.len()
+        self.socks.len() + self.embryos.len() + self.graveyard.len() + self.pending.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -187,7 +225,7 @@ impl Tracker {
         let mut holders = live.or_else(|| self.graveyard.get(&inode)).cloned().filter(|h| !h.is_empty())?;
         for h in &mut holders {
             if let Some(c) = self.comms.get(&h.pid) {
-                h.comm.clone_from(c);
+                h.comm = *c;
             }
         }
         Some(holders)
@@ -236,16 +274,17 @@ impl Tracker {
         }
     }
 
-    /// Applies one event and says who is at the other end. Most events give
-    /// one line; an exit may give one inferred close per socket released.
-    pub fn apply(&mut self, mut e: Event) -> Vec<Resolved> {
-        let now = e.ts_ns;
-        let mut out = self.release_pending(|a| a.ts_ns.saturating_add(ACCEPT_WAIT_NS) < now);
+    /// Applies one event and appends to `out` what it resolves, with who is
+    /// at the other end. Most events give one line; an exit may give one
+    /// inferred close per socket released, and an event may first release
+    /// accepts whose wait is over.
+    pub fn apply(&mut self, mut e: Event, out: &mut Vec<Resolved>) {
+        self.expire(e.ts_ns, out);
         if e.kind != EventKind::TaskExit && self.comms.get(&e.pid) != Some(&e.comm) {
             // (A rename of an untracked thread is undone below.)
-            self.comms.insert(e.pid, e.comm.clone());
+            self.comms.insert(e.pid, e.comm);
         }
-        let actor = |fd| Holder { pid: e.pid, comm: e.comm.clone(), fd };
+        let actor = |fd| Holder { pid: e.pid, comm: e.comm, fd };
         let peer = match e.kind {
             EventKind::Socketpair => {
                 self.upsert(e.inode, actor(e.fd), e.peer_inode, &e);
@@ -276,8 +315,10 @@ impl Tracker {
                 let client = e.inode;
                 out.push(Resolved { event: e, peer });
                 // The accept that came first can now name its client.
-                out.extend(self.release_pending(|a| client.is_some() && a.peer_inode == client));
-                return out;
+                if let Some(a) = client.and_then(|c| self.pending.take_client(c)) {
+                    self.resolve_accept(a, out);
+                }
+                return;
             }
             EventKind::DgramConnect => {
                 self.upsert(e.inode, actor(e.fd), None, &e);
@@ -294,14 +335,16 @@ impl Tracker {
                 // accept() can return before the client's connect() does:
                 // wait a little for the connect to name the client.
                 if self.holders_of(e.peer_inode).is_none() && e.peer_inode.is_some() {
-                    self.pending_accepts.push(e);
-                    return out;
+                    if let Some(oldest) = self.pending.push(e) {
+                        self.resolve_accept(oldest, out);
+                    }
+                    return;
                 }
                 self.accept(&mut e)
             }
             EventKind::Close => {
-                if let Some(i) = e.inode {
-                    out.extend(self.release_pending(|a| a.inode == Some(i)));
+                if let Some(a) = e.inode.and_then(|i| self.pending.take_accepted(i)) {
+                    self.resolve_accept(a, out);
                 }
                 self.close(&mut e)
             }
@@ -324,8 +367,8 @@ impl Tracker {
                 Peer::Unknown
             }
             EventKind::TaskExit => {
-                out.extend(self.exit(e));
-                return out;
+                self.exit(e, out);
+                return;
             }
             // A tid that is no process we track is a thread: ignore it.
             EventKind::Rename => {
@@ -336,11 +379,10 @@ impl Tracker {
             }
         };
         out.push(Resolved { event: e, peer });
-        out
     }
 
     fn accept(&mut self, e: &mut Event) -> Peer {
-        let actor = Holder { pid: e.pid, comm: e.comm.clone(), fd: e.fd };
+        let actor = Holder { pid: e.pid, comm: e.comm, fd: e.fd };
         self.upsert(e.inode, actor, e.peer_inode, e);
         if let (Some(client), Some(me)) = (e.peer_inode, e.inode)
             && let Some(c) = self.socks.get_mut(&client)
@@ -350,28 +392,18 @@ impl Tracker {
         self.holders_of(e.peer_inode).map_or(Peer::Unknown, Peer::Holders)
     }
 
-    /// Accepts still waiting for their client's connect that `which`
-    /// selects, resolved with whatever is known now.
-    fn release_pending(&mut self, which: impl Fn(&Event) -> bool) -> Vec<Resolved> {
-        if self.pending_accepts.is_empty() {
-            return Vec::new();
-        }
-        let (ready, wait): (Vec<Event>, Vec<Event>) =
-            std::mem::take(&mut self.pending_accepts).into_iter().partition(|a| which(a));
-        self.pending_accepts = wait;
-        ready
-            .into_iter()
-            .map(|mut a| {
-                let peer = self.accept(&mut a);
-                Resolved { event: a, peer }
-            })
-            .collect()
+    /// A waiting accept, resolved with whatever is known now.
+    fn resolve_accept(&mut self, mut a: Event, out: &mut Vec<Resolved>) {
+        let peer = self.accept(&mut a);
+        out.push(Resolved { event: a, peer });
     }
 
-    /// Accepts whose wait is over at `now_ns` (CLOCK_MONOTONIC), for a
-    /// stream that has gone quiet.
-    pub fn expire(&mut self, now_ns: u64) -> Vec<Resolved> {
-        self.release_pending(|a| a.ts_ns.saturating_add(ACCEPT_WAIT_NS) < now_ns)
+    /// Accepts whose wait is over at `now_ns` (CLOCK_MONOTONIC): called
+    /// with every event, and on a timer for a stream that has gone quiet.
+    pub fn expire(&mut self, now_ns: u64, out: &mut Vec<Resolved>) {
+        while let Some(a) = self.pending.pop_older_than(now_ns.saturating_sub(ACCEPT_WAIT_NS)) {
+            self.resolve_accept(a, out);
+        }
     }
 
     /// Orphaned sockets (see `orphans`) due for a look at `now_ns`, with
@@ -398,21 +430,23 @@ impl Tracker {
 
     /// The kernel no longer has the orphaned socket `inode`: reports its
     /// release at `now_ns`, naming the process whose fd close left it.
-    pub fn release_orphan(&mut self, inode: u64, now_ns: u64) -> Vec<Resolved> {
-        let Some(orphan) = self.orphans.remove(&inode) else { return Vec::new() };
+    pub fn release_orphan(&mut self, inode: u64, now_ns: u64, out: &mut Vec<Resolved>) {
+        let Some(orphan) = self.orphans.remove(&inode) else { return };
         let mut close = orphan.fd_close;
         close.kind = EventKind::Close;
         close.ts_ns = now_ns.max(close.ts_ns);
         close.inferred = Some(RELEASED_LATER);
         if let Some(s) = self.socks.get_mut(&inode) {
-            s.holders.push(Holder { pid: close.pid, comm: close.comm.clone(), fd: close.fd });
+            s.holders.push(Holder { pid: close.pid, comm: close.comm, fd: close.fd });
         }
-        self.apply(close)
+        self.apply(close, out);
     }
 
     /// At the end of a capture or a replay: what is still waiting.
-    pub fn finish(&mut self) -> Vec<Resolved> {
-        self.release_pending(|_| true)
+    pub fn finish(&mut self, out: &mut Vec<Resolved>) {
+        while let Some(a) = self.pending.pop_front() {
+            self.resolve_accept(a, out);
+        }
     }
 
     fn fork(&mut self, parent: u32, child: u32) {
@@ -420,7 +454,7 @@ impl Tracker {
         for inode in &inodes {
             if let Some(s) = self.socks.get_mut(inode) {
                 let inherited: Vec<Holder> =
-                    s.holders.iter().filter(|h| h.pid == parent).map(|h| Holder { pid: child, ..h.clone() }).collect();
+                    s.holders.iter().filter(|h| h.pid == parent).map(|h| Holder { pid: child, ..*h }).collect();
                 s.holders.extend(inherited);
             }
         }
@@ -429,9 +463,9 @@ impl Tracker {
 
     /// The process is gone: it holds nothing. Under the tracepoint strategy
     /// the sockets it alone held were released by its exit; report those.
-    fn exit(&mut self, e: Event) -> Vec<Resolved> {
+    fn exit(&mut self, e: Event, out: &mut Vec<Resolved>) {
         self.comms.remove(&e.pid);
-        let Some(inodes) = self.by_pid.remove(&e.pid) else { return Vec::new() };
+        let Some(inodes) = self.by_pid.remove(&e.pid) else { return };
         let mut released = Vec::new();
         for inode in inodes {
             let Some(s) = self.socks.get_mut(&inode) else { continue };
@@ -446,12 +480,14 @@ impl Tracker {
                 close.sock_type = s.sock_type.unwrap_or(close.sock_type);
                 close.inferred = Some(RELEASED_AT_EXIT);
                 // Keep the exiting process as the last holder for the line.
-                s.holders.push(Holder { pid: e.pid, comm: e.comm.clone(), fd });
+                s.holders.push(Holder { pid: e.pid, comm: e.comm, fd });
                 released.push(close);
             }
         }
         released.sort_by_key(|c| c.inode);
-        released.into_iter().flat_map(|c| self.apply(c)).collect()
+        for c in released {
+            self.apply(c, out);
+        }
     }
 
     fn peer_of_connect(&self, e: &Event) -> Peer {
@@ -513,8 +549,28 @@ impl Tracker {
 mod tests {
     use super::*;
 
+    impl Tracker {
+        fn applied(&mut self, e: Event) -> Vec<Resolved> {
+            let mut out = Vec::new();
+            self.apply(e, &mut out);
+            out
+        }
+
+        fn orphan_released(&mut self, inode: u64, now_ns: u64) -> Vec<Resolved> {
+            let mut out = Vec::new();
+            self.release_orphan(inode, now_ns, &mut out);
+            out
+        }
+
+        fn finished(&mut self) -> Vec<Resolved> {
+            let mut out = Vec::new();
+            self.finish(&mut out);
+            out
+        }
+    }
+
     fn one(t: &mut Tracker, e: Event) -> Resolved {
-        let mut v = t.apply(e);
+        let mut v = t.applied(e);
         assert_eq!(v.len(), 1);
         v.remove(0)
     }
@@ -525,22 +581,22 @@ mod tests {
         let mut pair = ev(EventKind::Socketpair, 1, "parent", 10, 11);
         pair.fd = Some(3);
         pair.peer_fd = Some(4);
-        t.apply(pair);
+        t.applied(pair);
         let mut fork = ev(EventKind::Fork, 1, "parent", 0, 0);
         fork.child_pid = Some(2);
-        t.apply(fork);
+        t.applied(fork);
         // The parent keeps end 10, the child keeps end 11.
         let mut c = ev(EventKind::FdClose, 1, "parent", 11, 10);
         c.fd = Some(4);
-        t.apply(c);
+        t.applied(c);
         // The child renamed itself after fork.
         let mut c = ev(EventKind::FdClose, 2, "child", 10, 11);
         c.fd = Some(3);
-        t.apply(c);
+        t.applied(c);
         let r = one(&mut t, ev(EventKind::Close, 1, "parent", 10, 11));
         assert_eq!(r.peer, Peer::Holders(vec![Holder { pid: 2, comm: "child".into(), fd: Some(4) }]));
         // The child exits without close(): its end is released by the exit.
-        let out = t.apply(ev(EventKind::TaskExit, 2, "parent", 0, 0));
+        let out = t.applied(ev(EventKind::TaskExit, 2, "parent", 0, 0));
         assert_eq!(out.len(), 1);
         assert_eq!(
             (out[0].event.kind, out[0].event.inode, out[0].event.inferred),
@@ -553,11 +609,11 @@ mod tests {
     #[test]
     fn an_orphaned_socket_is_looked_at_then_released() {
         let mut t = Tracker::new(true);
-        t.apply(ev(EventKind::Socketpair, 1, "p", 10, 11));
+        t.applied(ev(EventKind::Socketpair, 1, "p", 10, 11));
         // The last fd of 10 closed while the file was still referenced.
         let mut c = ev(EventKind::FdClose, 1, "p", 10, 11);
         c.ts_ns = 1_000;
-        t.apply(c);
+        t.applied(c);
         assert!(t.orphans_due(1_000 + ORPHAN_FIRST_LOOK_NS - 1).is_empty(), "not before its first look");
         let due = 1_000 + ORPHAN_FIRST_LOOK_NS;
         assert_eq!(t.orphans_due(due), vec![(10, 1)]);
@@ -566,7 +622,7 @@ mod tests {
         assert!(t.orphans_due(due + 2 * ORPHAN_FIRST_LOOK_NS - 1).is_empty());
         assert_eq!(t.orphans_due(due + 2 * ORPHAN_FIRST_LOOK_NS), vec![(10, 1)]);
         // Gone: one inferred close, naming whoever closed the last fd.
-        let out = t.release_orphan(10, 5_000_000_000);
+        let out = t.orphan_released(10, 5_000_000_000);
         assert_eq!(out.len(), 1);
         let r = &out[0];
         assert_eq!((r.event.kind, r.event.inode, r.event.inferred), (EventKind::Close, Some(10), Some(RELEASED_LATER)));
@@ -578,17 +634,17 @@ mod tests {
     fn a_recorded_orphan_release_applies_like_the_live_one() {
         let setup = || {
             let mut t = Tracker::new(true);
-            t.apply(ev(EventKind::Socketpair, 1, "p", 10, 11));
+            t.applied(ev(EventKind::Socketpair, 1, "p", 10, 11));
             let mut c = ev(EventKind::FdClose, 1, "p", 10, 11);
             c.fd = Some(3);
-            t.apply(c);
+            t.applied(c);
             t
         };
-        let live = setup().release_orphan(10, 9_000);
+        let live = setup().orphan_released(10, 9_000);
         assert_eq!(live.len(), 1);
         // What the recorder wrote for it, applied as replay does.
         let mut replayed = setup();
-        let out = replayed.apply(live[0].event.clone());
+        let out = replayed.applied(live[0].event.clone());
         assert_eq!(out, live);
         assert!(replayed.orphans_due(u64::MAX).is_empty() && !replayed.socks.contains_key(&10));
     }
@@ -596,59 +652,59 @@ mod tests {
     #[test]
     fn an_orphan_held_again_or_closed_is_no_longer_watched() {
         let mut t = Tracker::new(true);
-        t.apply(ev(EventKind::Socketpair, 1, "p", 10, 11));
-        t.apply(ev(EventKind::FdClose, 1, "p", 10, 11));
+        t.applied(ev(EventKind::Socketpair, 1, "p", 10, 11));
+        t.applied(ev(EventKind::FdClose, 1, "p", 10, 11));
         // (The sample socketpair gave the second end no fd.)
-        t.apply(Event { fd: None, ..ev(EventKind::FdClose, 1, "p", 11, 10) });
+        t.applied(Event { fd: None, ..ev(EventKind::FdClose, 1, "p", 11, 10) });
         assert_eq!(t.orphans_due(u64::MAX).len(), 2);
         // Received over SCM_RIGHTS and used: a holder again.
-        t.apply(ev(EventKind::Accept, 2, "q", 10, 0));
-        t.apply(ev(EventKind::Close, 3, "r", 11, 0));
+        t.applied(ev(EventKind::Accept, 2, "q", 10, 0));
+        t.applied(ev(EventKind::Close, 3, "r", 11, 0));
         assert!(t.orphans_due(u64::MAX).is_empty());
         // Other strategies see every release: nothing to watch.
         let mut t = Tracker::new(false);
-        t.apply(ev(EventKind::Socketpair, 1, "p", 10, 11));
-        t.apply(ev(EventKind::FdClose, 1, "p", 10, 11));
+        t.applied(ev(EventKind::Socketpair, 1, "p", 10, 11));
+        t.applied(ev(EventKind::FdClose, 1, "p", 10, 11));
         assert!(t.orphans_due(u64::MAX).is_empty());
     }
 
     #[test]
     fn exit_infers_nothing_when_the_kernel_reports_releases() {
         let mut t = Tracker::new(false);
-        t.apply(ev(EventKind::Socketpair, 1, "p", 10, 11));
-        assert!(t.apply(ev(EventKind::TaskExit, 1, "p", 0, 0)).is_empty());
+        t.applied(ev(EventKind::Socketpair, 1, "p", 10, 11));
+        assert!(t.applied(ev(EventKind::TaskExit, 1, "p", 0, 0)).is_empty());
     }
 
     #[test]
     fn an_accept_that_returns_before_its_connect_still_names_the_client() {
         let mut t = Tracker::new(true);
-        t.apply(ev(EventKind::Listen, 10, "server", 100, 0));
+        t.applied(ev(EventKind::Listen, 10, "server", 100, 0));
         let mut a = ev(EventKind::Accept, 10, "server", 300, 200);
         a.sk = 0xabc;
-        assert!(t.apply(a).is_empty(), "the accept waits for its connect");
+        assert!(t.applied(a).is_empty(), "the accept waits for its connect");
         let mut c = ev(EventKind::Connect, 20, "client", 200, 0);
         c.peer_sk = 0xabc;
-        let out = t.apply(c);
+        let out = t.applied(c);
         assert_eq!(out.iter().map(|r| r.event.kind).collect::<Vec<_>>(), vec![EventKind::Connect, EventKind::Accept]);
         assert_eq!(out[1].peer, Peer::Holders(vec![Holder { pid: 20, comm: "client".into(), fd: Some(3) }]));
         // One that never gets its connect is shown once its wait is over.
         let mut a = ev(EventKind::Accept, 10, "server", 301, 201);
         a.ts_ns = 1;
-        assert!(t.apply(a).is_empty());
+        assert!(t.applied(a).is_empty());
         let mut later = ev(EventKind::Socketpair, 30, "other", 400, 401);
         later.ts_ns = 1 + ACCEPT_WAIT_NS + 1;
-        let out = t.apply(later);
+        let out = t.applied(later);
         assert_eq!((out[0].event.kind, &out[0].peer), (EventKind::Accept, &Peer::Unknown));
-        assert!(t.finish().is_empty());
+        assert!(t.finished().is_empty());
     }
 
     #[test]
     fn graveyard_is_bounded() {
         let mut t = Tracker::new(true);
         for i in 1..=(GRAVEYARD as u64 + 100) {
-            t.apply(ev(EventKind::Socketpair, 1, "p", i * 2, i * 2 + 1));
-            t.apply(ev(EventKind::Close, 1, "p", i * 2, 0));
-            t.apply(ev(EventKind::Close, 1, "p", i * 2 + 1, 0));
+            t.applied(ev(EventKind::Socketpair, 1, "p", i * 2, i * 2 + 1));
+            t.applied(ev(EventKind::Close, 1, "p", i * 2, 0));
+            t.applied(ev(EventKind::Close, 1, "p", i * 2 + 1, 0));
         }
         assert_eq!(t.len(), GRAVEYARD);
     }
@@ -660,7 +716,7 @@ mod tests {
     #[test]
     fn connect_then_accept_names_both_ends_and_close_evicts() {
         let mut t = Tracker::new(true);
-        t.apply(ev(EventKind::Listen, 10, "server", 100, 0));
+        t.applied(ev(EventKind::Listen, 10, "server", 100, 0));
         let mut c = ev(EventKind::Connect, 20, "client", 200, 0);
         c.peer_sk = 0xabc;
         let r = one(&mut t, c);
@@ -676,7 +732,7 @@ mod tests {
         assert!(matches!(r.peer, Peer::Holders(ref h) if h[0].pid == 10));
         let r = one(&mut t, ev(EventKind::Close, 10, "server", 300, 0));
         assert!(matches!(r.peer, Peer::Holders(ref h) if h[0].pid == 20), "second close names the first");
-        t.apply(ev(EventKind::Close, 10, "server", 100, 0));
+        t.applied(ev(EventKind::Close, 10, "server", 100, 0));
         assert!(t.socks.is_empty() && t.embryos.is_empty(), "closed sockets must be evicted");
         assert_eq!(t.graveyard.len(), 3);
     }

@@ -1,12 +1,13 @@
 //! Event lines for people and JSON Lines for tools.
 
-use std::io::{self, Write};
-
 use serde_json::{Value, json};
 use unixpeer_common::EventKind;
 
 use super::{Holder, Peer, Resolved};
-use crate::events::event_name;
+use crate::{
+    events::event_name,
+    output::{escape, jsonw::Obj},
+};
 
 /// Maps CLOCK_MONOTONIC event times to wall-clock time.
 #[derive(Clone, Copy, Debug)]
@@ -30,25 +31,88 @@ impl Clock {
 
     /// `HH:MM:SS.uuuuuu` in UTC.
     pub fn wall_hms(&self, mono_ns: u64) -> String {
+        let mut s = Vec::with_capacity(15);
+        self.push_wall_hms(&mut s, mono_ns);
+        String::from_utf8(s).unwrap_or_default()
+    }
+
+    fn push_wall_hms(&self, out: &mut Vec<u8>, mono_ns: u64) {
         let ns = self.wall_ns(mono_ns).max(0) as u128;
-        let secs = ns / 1_000_000_000;
-        let us = (ns % 1_000_000_000) / 1000;
-        format!("{:02}:{:02}:{:02}.{us:06}", (secs / 3600) % 24, (secs / 60) % 60, secs % 60)
+        let secs = (ns / 1_000_000_000) as u64;
+        let us = ((ns % 1_000_000_000) / 1000) as u64;
+        push_padded(out, (secs / 3600) % 24, 2);
+        out.push(b':');
+        push_padded(out, (secs / 60) % 60, 2);
+        out.push(b':');
+        push_padded(out, secs % 60, 2);
+        out.push(b'.');
+        push_padded(out, us, 6);
     }
 
     /// `2026-11-27T11:40:00.123456Z`.
     pub fn rfc3339(&self, mono_ns: u64) -> String {
+        let mut s = Vec::with_capacity(27);
+        self.push_rfc3339(&mut s, mono_ns);
+        String::from_utf8(s).unwrap_or_default()
+    }
+
+    pub fn push_rfc3339(&self, out: &mut Vec<u8>, mono_ns: u64) {
         let ns = self.wall_ns(mono_ns).max(0) as u128;
         let secs = (ns / 1_000_000_000) as i64;
-        let us = (ns % 1_000_000_000) / 1000;
-        let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+        let us = ((ns % 1_000_000_000) / 1000) as u64;
+        let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400) as u64);
         let (y, m, d) = civil_from_days(days);
-        format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{us:06}Z", rem / 3600, (rem / 60) % 60, rem % 60)
+        push_padded(out, y.max(0) as u64, 4);
+        out.push(b'-');
+        push_padded(out, u64::from(m), 2);
+        out.push(b'-');
+        push_padded(out, u64::from(d), 2);
+        out.push(b'T');
+        push_padded(out, rem / 3600, 2);
+        out.push(b':');
+        push_padded(out, (rem / 60) % 60, 2);
+        out.push(b':');
+        push_padded(out, rem % 60, 2);
+        out.push(b'.');
+        push_padded(out, us, 6);
+        out.push(b'Z');
     }
 
     pub fn relative_s(&self, mono_ns: u64) -> f64 {
         (mono_ns as f64 - self.start_mono_ns as f64) / 1e9
     }
+
+    /// Seconds since the start as `{:.6}` prints them, without a float.
+    fn push_relative(&self, out: &mut Vec<u8>, mono_ns: u64) {
+        let (sign, delta) = match mono_ns.checked_sub(self.start_mono_ns) {
+            Some(d) => ("", d),
+            None => ("-", self.start_mono_ns - mono_ns),
+        };
+        let us = (delta + 500) / 1000;
+        out.extend_from_slice(sign.as_bytes());
+        push_int(out, us / 1_000_000);
+        out.push(b'.');
+        push_padded(out, us % 1_000_000, 6);
+    }
+}
+
+fn push_int(out: &mut Vec<u8>, v: impl itoa::Integer) {
+    out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
+}
+
+/// `v` with leading zeros to `width` digits.
+fn push_padded(out: &mut Vec<u8>, v: u64, width: usize) {
+    let mut b = itoa::Buffer::new();
+    let digits = b.format(v);
+    out.extend(std::iter::repeat_n(b'0', width.saturating_sub(digits.len())));
+    out.extend_from_slice(digits.as_bytes());
+}
+
+/// Pads what was written since `from` with spaces to `width` characters.
+fn pad_to(out: &mut Vec<u8>, from: usize, width: usize) {
+    let written = &out[from..];
+    let chars = if written.is_ascii() { written.len() } else { String::from_utf8_lossy(written).chars().count() };
+    out.extend(std::iter::repeat_n(b' ', width.saturating_sub(chars)));
 }
 
 /// Days since 1970-01-01 to a proleptic Gregorian date (H. Hinnant's
@@ -72,7 +136,7 @@ pub fn clock_ns(clock: libc::clockid_t) -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-pub fn errno_name(errno: i32) -> String {
+pub fn errno_name(errno: i32) -> std::borrow::Cow<'static, str> {
     let name = match errno {
         libc::EPERM => "EPERM",
         libc::ENOENT => "ENOENT",
@@ -96,164 +160,185 @@ pub fn errno_name(errno: i32) -> String {
         libc::ENOMEM => "ENOMEM",
         libc::ENOBUFS => "ENOBUFS",
         libc::EALREADY => "EALREADY",
-        _ => return format!("errno {errno}"),
+        _ => return format!("errno {errno}").into(),
     };
-    name.to_owned()
+    name.into()
 }
 
-fn holder_text(h: &Holder) -> String {
-    match h.fd {
-        Some(fd) => format!("{}/{}:{fd}", h.pid, h.comm),
-        None => format!("{}/{}", h.pid, h.comm),
+fn push_holder(out: &mut Vec<u8>, h: &Holder) {
+    push_int(out, h.pid);
+    out.push(b'/');
+    escape::push_bytes(out, h.comm.as_bytes());
+    if let Some(fd) = h.fd {
+        out.push(b':');
+        push_int(out, fd);
     }
 }
 
-fn peer_text(peer: &Peer) -> String {
+fn push_peer(out: &mut Vec<u8>, peer: &Peer) {
     match peer {
-        Peer::Holders(hs) => {
-            let mut s = hs.first().map(holder_text).unwrap_or_else(|| "?".into());
-            if hs.len() > 1 {
-                s.push_str(&format!(" +{}", hs.len() - 1));
+        Peer::Holders(hs) => match hs.first() {
+            Some(h) => {
+                push_holder(out, h);
+                if hs.len() > 1 {
+                    out.extend_from_slice(b" +");
+                    push_int(out, hs.len() - 1);
+                }
             }
-            s
+            None => out.push(b'?'),
+        },
+        Peer::Listener(h) => {
+            push_holder(out, h);
+            out.extend_from_slice(b" (listening)");
         }
-        Peer::Listener(h) => format!("{} (listening)", holder_text(h)),
-        Peer::Unknown => "?".into(),
+        Peer::Unknown => out.push(b'?'),
     }
 }
 
 pub const TEXT_HEADER: &str =
     "TIME             EVENT          PROCESS                      PEER                              TYPE       PATH";
 
-pub fn write_text(out: &mut impl Write, r: &Resolved, clock: &Clock, wall: bool) -> io::Result<()> {
+/// One line for people, appended to `out`. Every string another process
+/// chose (command, path) is escaped.
+pub fn write_text(out: &mut Vec<u8>, r: &Resolved, clock: &Clock, wall: bool) {
     let e = &r.event;
-    let time = if wall { clock.wall_hms(e.ts_ns) } else { format!("{:.6}", clock.relative_s(e.ts_ns)) };
-    let me = Holder { pid: e.pid, comm: e.comm.clone(), fd: e.fd };
-    let mut me = holder_text(&me);
+    let mut col = out.len();
+    if wall {
+        clock.push_wall_hms(out, e.ts_ns);
+    } else {
+        clock.push_relative(out, e.ts_ns);
+    }
+    pad_to(out, col, 16);
+    out.push(b' ');
+    col = out.len();
+    out.extend_from_slice(event_name(e.kind).as_bytes());
+    pad_to(out, col, 14);
+    out.push(b' ');
+    col = out.len();
+    push_int(out, e.pid);
+    out.push(b'/');
+    escape::push_bytes(out, e.comm.as_bytes());
+    if let Some(fd) = e.fd {
+        out.push(b':');
+        push_int(out, fd);
+    }
     if e.kind == EventKind::Socketpair
         && let Some(fd) = e.peer_fd
     {
-        me.push_str(&format!(",{fd}"));
+        out.push(b',');
+        push_int(out, fd);
     }
-    let peer = if e.kind == EventKind::Listen { String::new() } else { peer_text(&r.peer) };
-    let path = e.path.as_deref().unwrap_or("-");
-    write!(out, "{time:<16} {:<14} {me:<28} {peer:<33} {:<10} {path}", event_name(e.kind), e.sock_type.as_str())?;
+    pad_to(out, col, 28);
+    out.push(b' ');
+    col = out.len();
+    if e.kind != EventKind::Listen {
+        push_peer(out, &r.peer);
+    }
+    pad_to(out, col, 33);
+    out.push(b' ');
+    col = out.len();
+    out.extend_from_slice(e.sock_type.as_str().as_bytes());
+    pad_to(out, col, 10);
+    out.push(b' ');
+    match &e.path {
+        Some(p) => escape::push(out, p),
+        None => out.push(b'-'),
+    }
     if e.errno != 0 {
-        write!(out, "  {}", errno_name(e.errno))?;
+        out.extend_from_slice(b"  ");
+        out.extend_from_slice(errno_name(e.errno).as_bytes());
     }
     if let Some(how) = e.inferred {
-        write!(out, "  (released by {how})")?;
+        out.extend_from_slice(b"  (released by ");
+        out.extend_from_slice(how.as_bytes());
+        out.push(b')');
     }
     if let Some(child) = e.child_pid {
-        write!(out, "  child {child}")?;
+        out.extend_from_slice(b"  child ");
+        push_int(out, child);
     }
-    writeln!(out)
+    out.push(b'\n');
 }
 
-/// The JSON Lines record of one event. Serialized straight from borrowed
-/// fields: building a `serde_json::Value` map first cost ~30 allocations an
-/// event, which at connection rates made `--json` the bottleneck. Fields
-/// are in key order, as the map used to print them (docs/json-schema.md).
-#[derive(serde::Serialize)]
-struct EventRecord<'a> {
-    child_pid: Option<u32>,
-    comm: &'a str,
-    errno: Option<i32>,
-    error: Option<String>,
-    event: &'static str,
-    fd: Option<i32>,
-    inferred: Option<&'static str>,
-    inode: Option<u64>,
-    kind: &'static str,
-    listen_fd: Option<i32>,
-    netns: u32,
-    path: Option<&'a str>,
-    peer_comm: Option<&'a str>,
-    peer_fd: Option<i32>,
-    peer_holders: Option<HolderList<'a>>,
-    peer_inode: Option<u64>,
-    peer_is_listener: bool,
-    peer_pid: Option<u32>,
-    peer_sk: Hex,
-    pid: u32,
-    sk: Hex,
-    tid: u32,
-    time: String,
-    ts: u64,
-    #[serde(rename = "type")]
-    sock_type: &'static str,
-    uid: u32,
-}
-
-/// Holders with their keys in order, as the map printed them.
-struct HolderList<'a>(&'a [Holder]);
-
-impl serde::Serialize for HolderList<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        #[derive(serde::Serialize)]
-        struct Sorted<'a> {
-            comm: &'a str,
-            fd: Option<i32>,
-            pid: u32,
-        }
-        s.collect_seq(self.0.iter().map(|h| Sorted { comm: &h.comm, fd: h.fd, pid: h.pid }))
-    }
-}
-
-/// A kernel address, as `"0x…"`.
-struct Hex(u64);
-
-impl serde::Serialize for Hex {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&format_args!("{:#x}", self.0))
-    }
-}
-
-/// Writes one event as a JSON line.
-pub fn write_json(out: &mut impl Write, r: &Resolved, clock: &Clock) -> io::Result<()> {
+/// One event as a JSON line, appended to `out`. Keys in alphabetical order
+/// and always present (null when unknown), as docs/json-schema.md lists
+/// them: tools may diff outputs.
+pub fn write_json(out: &mut Vec<u8>, r: &Resolved, clock: &Clock) {
     let e = &r.event;
     let (peer_pid, peer_comm, peer_fd, peer_holders) = match &r.peer {
         Peer::Holders(hs) => {
             let first = hs.first();
-            (first.map(|h| h.pid), first.map(|h| h.comm.as_str()), first.and_then(|h| h.fd), Some(HolderList(hs)))
+            (first.map(|h| h.pid), first.map(|h| h.comm.to_str()), first.and_then(|h| h.fd), Some(hs.as_slice()))
         }
-        Peer::Listener(h) => (Some(h.pid), Some(h.comm.as_str()), h.fd, None),
+        Peer::Listener(h) => (Some(h.pid), Some(h.comm.to_str()), h.fd, None),
         Peer::Unknown => (None, None, None, None),
     };
-    let record = EventRecord {
-        child_pid: e.child_pid,
-        comm: &e.comm,
-        errno: (e.errno != 0).then_some(e.errno),
-        error: (e.errno != 0).then(|| errno_name(e.errno)),
-        event: event_name(e.kind),
-        fd: e.fd,
-        inferred: e.inferred,
-        inode: e.inode,
-        kind: "event",
-        listen_fd: e.listen_fd,
-        netns: e.netns,
-        path: e.path.as_deref(),
-        peer_comm,
-        peer_fd: if e.kind == EventKind::Socketpair { e.peer_fd } else { peer_fd },
-        peer_holders,
-        peer_inode: e.peer_inode,
-        peer_is_listener: matches!(r.peer, Peer::Listener(_)),
-        peer_pid,
-        peer_sk: Hex(e.peer_sk),
-        pid: e.pid,
-        sk: Hex(e.sk),
-        tid: e.tid,
-        time: clock.rfc3339(e.ts_ns),
-        ts: e.ts_ns,
-        sock_type: e.sock_type.as_str(),
-        uid: e.uid,
-    };
-    serde_json::to_writer(&mut *out, &record)?;
-    out.write_all(b"\n")
+    let mut o = Obj::new(out);
+    o.opt_int("child_pid", e.child_pid);
+    o.str("comm", &e.comm.to_str());
+    o.opt_int("errno", (e.errno != 0).then_some(e.errno));
+    o.opt_str("error", (e.errno != 0).then(|| errno_name(e.errno)).as_deref());
+    o.str("event", event_name(e.kind));
+    o.opt_int("fd", e.fd);
+    o.opt_str("inferred", e.inferred);
+    o.opt_int("inode", e.inode);
+    o.str("kind", "event");
+    o.opt_int("listen_fd", e.listen_fd);
+    o.int("netns", e.netns);
+    o.opt_str("path", e.path.as_deref());
+    o.opt_str("peer_comm", peer_comm.as_deref());
+    o.opt_int("peer_fd", if e.kind == EventKind::Socketpair { e.peer_fd } else { peer_fd });
+    match peer_holders {
+        Some(hs) => {
+            let list = o.key("peer_holders");
+            list.push(b'[');
+            for (i, h) in hs.iter().enumerate() {
+                if i > 0 {
+                    list.push(b',');
+                }
+                let mut ho = Obj::new(list);
+                ho.str("comm", &h.comm.to_str());
+                ho.opt_int("fd", h.fd);
+                ho.int("pid", h.pid);
+                ho.end();
+            }
+            list.push(b']');
+        }
+        None => o.key("peer_holders").extend_from_slice(b"null"),
+    }
+    o.opt_int("peer_inode", e.peer_inode);
+    o.bool("peer_is_listener", matches!(r.peer, Peer::Listener(_)));
+    o.opt_int("peer_pid", peer_pid);
+    o.hex("peer_sk", e.peer_sk);
+    o.int("pid", e.pid);
+    o.hex("sk", e.sk);
+    o.int("tid", e.tid);
+    let time = o.key("time");
+    time.push(b'"');
+    clock.push_rfc3339(time, e.ts_ns);
+    time.push(b'"');
+    o.int("ts", e.ts_ns);
+    o.str("type", e.sock_type.as_str());
+    o.int("uid", e.uid);
+    o.end();
+    out.push(b'\n');
 }
 
 pub fn lost_json(count: u64, total: u64, ts_ns: u64) -> Value {
     json!({ "kind": "lost", "count": count, "total": total, "ts": ts_ns })
+}
+
+/// The model was checked against the kernel after lost events.
+pub fn resync_json(r: &crate::follow::ResyncRecord) -> Value {
+    json!({
+        "kind": "resync",
+        "ts": r.ts_ns,
+        "lost": r.lost,
+        "netns": r.netns,
+        "gone": r.gone,
+        "found": r.found,
+        "sockets": r.sockets,
+    })
 }
 
 #[cfg(test)]
@@ -280,7 +365,7 @@ mod tests {
         let holders = vec![Holder { pid: 7, comm: "server".into(), fd: Some(9) }];
         let r = Resolved { event, peer: Peer::Holders(holders) };
         let mut out = Vec::new();
-        write_json(&mut out, &r, &clock).expect("write");
+        write_json(&mut out, &r, &clock);
         assert_eq!(
             String::from_utf8(out).expect("utf-8"),
             concat!(
@@ -298,7 +383,7 @@ mod tests {
             event: crate::events::Event { errno: libc::ECONNREFUSED, ..r.event.clone() },
             peer: Peer::Listener(Holder { pid: 7, comm: "server".into(), fd: None }),
         };
-        write_json(&mut out, &failed, &clock).expect("write");
+        write_json(&mut out, &failed, &clock);
         let line = String::from_utf8(out).expect("utf-8");
         assert!(line.contains(r#""errno":111,"error":"ECONNREFUSED""#), "{line}");
         assert!(line.contains(r#""peer_comm":"server","peer_fd":null,"peer_holders":null"#), "{line}");

@@ -1,6 +1,8 @@
 //! Rendering a snapshot: a table for people, JSON Lines for programs.
 
+pub mod escape;
 pub mod json;
+pub mod jsonw;
 pub mod table;
 pub mod term;
 

@@ -103,6 +103,7 @@ fn events(
         writeln!(out, "{}", render::TEXT_HEADER).map_err(OutputError::from)?;
     }
     let mut lost_total = 0;
+    let mut line = Vec::with_capacity(512);
     let shown = |ts: u64| since.is_none_or(|s| ts >= s);
     replay.run::<TimelineError>(until, &mut |step| {
         match step {
@@ -115,12 +116,13 @@ fn events(
                 if (bookkeeping && opts.verbose < 2) || !shown(r.event.ts_ns) || !filter.matches_event(r) {
                     return Ok(());
                 }
-                let res = if opts.json {
-                    render::write_json(out, r, &clock)
+                line.clear();
+                if opts.json {
+                    render::write_json(&mut line, r, &clock);
                 } else {
-                    render::write_text(out, r, &clock, opts.wall_time)
-                };
-                res.map_err(OutputError::from)?;
+                    render::write_text(&mut line, r, &clock, opts.wall_time);
+                }
+                out.write_all(&line).map_err(OutputError::from)?;
             }
             Step::Lost { ts_ns, count } => {
                 lost_total += count;
@@ -129,6 +131,15 @@ fn events(
                 );
                 if opts.json && shown(ts_ns) {
                     writeln!(out, "{}", render::lost_json(count, lost_total, ts_ns)).map_err(OutputError::from)?;
+                }
+            }
+            Step::Resync(r) => {
+                eprintln!(
+                    "unixtrace: the recording resynchronized with the kernel after {} lost events: {} sockets gone, {} missed",
+                    r.lost, r.gone, r.found
+                );
+                if opts.json && shown(r.ts_ns) {
+                    writeln!(out, "{}", render::resync_json(r)).map_err(OutputError::from)?;
                 }
             }
         }

@@ -90,6 +90,7 @@ pub fn collect(replay: &mut Replay) -> Result<Conns, TimelineError> {
         match step {
             Step::Event(r) => b.event(r),
             Step::Lost { count, .. } => lost += count,
+            Step::Resync(_) => {}
         }
         Ok(())
     })?;
@@ -104,7 +105,7 @@ struct Builder {
 }
 
 fn proc_of(h: &Holder) -> Proc {
-    Proc { pid: h.pid, comm: h.comm.clone() }
+    Proc { pid: h.pid, comm: h.comm.to_string() }
 }
 
 fn first_peer(peer: &Peer) -> Option<&Holder> {
@@ -122,7 +123,7 @@ impl Builder {
         self.list.push(Conn {
             kind,
             sock_type: e.sock_type,
-            client: Proc { pid: e.pid, comm: e.comm.clone() },
+            client: Proc { pid: e.pid, comm: e.comm.to_string() },
             client_fd: e.fd,
             server: peer.map(proc_of),
             server_fd: peer.and_then(|h| h.fd),
@@ -160,7 +161,7 @@ impl Builder {
                     return;
                 };
                 let c = &mut self.list[i];
-                c.server = Some(Proc { pid: e.pid, comm: e.comm.clone() });
+                c.server = Some(Proc { pid: e.pid, comm: e.comm.to_string() });
                 c.server_fd = e.fd;
                 c.accepted = true;
                 let client_closed = c.end_ns.is_some();

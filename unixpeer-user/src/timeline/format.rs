@@ -12,6 +12,7 @@ use crate::events::{Event, SockType, event_name};
 use crate::holders::{Comm, Holder as SnapHolder, HolderList};
 use crate::live::{Holder, INFERRED, SeedSocket};
 use crate::model::{KernelState, Model, SockName, Socket, Vfs};
+use crate::output::jsonw::{int, json_str};
 
 /// The first line of every timeline.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -111,7 +112,7 @@ impl SeedRecord {
                 holders: model
                     .holders(s.inode)
                     .iter()
-                    .map(|h| Holder { pid: h.pid, comm: h.comm.to_string(), fd: Some(h.fd as i32) })
+                    .map(|h| Holder { pid: h.pid, comm: h.comm, fd: Some(h.fd as i32) })
                     .collect(),
             })
             .collect()
@@ -229,7 +230,7 @@ pub fn write_event(out: &mut Vec<u8>, e: &Event) {
     int(out, ",\"tid\":", e.tid);
     int(out, ",\"uid\":", e.uid);
     out.extend_from_slice(b",\"comm\":");
-    json_str(out, &e.comm);
+    json_str(out, &e.comm.to_str());
     int(out, ",\"netns\":", e.netns);
     match e.sock_type {
         SockType::Other(t) => int(out, ",\"type\":\"type", t),
@@ -269,42 +270,6 @@ pub fn write_event(out: &mut Vec<u8>, e: &Event) {
         json_str(out, why);
     }
     out.extend_from_slice(b"}\n");
-}
-
-fn int<I: itoa::Integer>(out: &mut Vec<u8>, key: &str, v: I) {
-    out.extend_from_slice(key.as_bytes());
-    out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
-}
-
-/// A JSON string literal. Command names and paths come from other
-/// processes: quotes, backslashes and control bytes must be escaped.
-pub fn json_str(out: &mut Vec<u8>, s: &str) {
-    out.push(b'"');
-    let bytes = s.as_bytes();
-    let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        let esc: &[u8] = match b {
-            b'"' => b"\\\"",
-            b'\\' => b"\\\\",
-            b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            b'\t' => b"\\t",
-            0..=0x1f | 0x7f => b"",
-            _ => continue,
-        };
-        out.extend_from_slice(&bytes[start..i]);
-        if esc.is_empty() {
-            const HEX: &[u8; 16] = b"0123456789abcdef";
-            out.extend_from_slice(b"\\u00");
-            out.push(HEX[usize::from(b >> 4)]);
-            out.push(HEX[usize::from(b & 0xf)]);
-        } else {
-            out.extend_from_slice(esc);
-        }
-        start = i + 1;
-    }
-    out.extend_from_slice(&bytes[start..]);
-    out.push(b'"');
 }
 
 /// Every line after the header, as read: one flat object whose `k` says
@@ -354,6 +319,14 @@ pub enum Record {
         ts_ns: u64,
         count: u64,
     },
+    /// After `lost` events were lost, the model was checked against the
+    /// kernel's sockets of `netns`: the seeds that follow, up to
+    /// `SeedsDone`, are what the kernel had.
+    Resync {
+        ts_ns: u64,
+        lost: u64,
+        netns: u32,
+    },
     /// Written on a clean stop; a killed recorder leaves none.
     End {
         ts_ns: u64,
@@ -375,6 +348,11 @@ pub fn parse_record(line: &[u8]) -> Result<Record, String> {
             Ok(Record::End { ts_ns: need(l.ts, "ts")?, received: l.received.unwrap_or(0), lost: l.lost.unwrap_or(0) })
         }
         "e" => event(&l).map(Record::Event),
+        "resync" => Ok(Record::Resync {
+            ts_ns: need(l.ts, "ts")?,
+            lost: l.lost.unwrap_or(0),
+            netns: l.netns.ok_or("resync record lacks `netns`")?,
+        }),
         other => Err(format!("unknown record kind {other:?}")),
     }
 }
@@ -391,7 +369,7 @@ fn event(l: &Line<'_>) -> Result<Event, String> {
         pid: need(l.pid, "pid")?,
         tid: need(l.tid, "tid")?,
         uid: need(l.uid, "uid")?,
-        comm: l.comm.as_deref().ok_or("event record lacks `comm`")?.to_owned(),
+        comm: l.comm.as_deref().ok_or("event record lacks `comm`")?.into(),
         netns: need(l.netns, "netns")?,
         sock_type,
         errno: l.errno.unwrap_or(0),
@@ -426,6 +404,12 @@ pub fn write_seed(out: &mut Vec<u8>, s: &SeedRecord) -> serde_json::Result<()> {
 
 pub fn write_lost(out: &mut Vec<u8>, ts_ns: u64, count: u64) {
     out.extend_from_slice(format!("{{\"k\":\"lost\",\"ts\":{ts_ns},\"count\":{count}}}\n").as_bytes());
+}
+
+pub fn write_resync(out: &mut Vec<u8>, ts_ns: u64, lost: u64, netns: u32) {
+    out.extend_from_slice(
+        format!("{{\"k\":\"resync\",\"ts\":{ts_ns},\"lost\":{lost},\"netns\":{netns}}}\n").as_bytes(),
+    );
 }
 
 pub fn write_end(out: &mut Vec<u8>, ts_ns: u64, received: u64, lost: u64) {

@@ -13,6 +13,7 @@ use super::{
     reader::Reader,
 };
 use crate::{
+    follow::ResyncRecord,
     holders::HolderMap,
     live::{Resolved, Tracker},
     model::{KernelState, Model, SockType, Socket},
@@ -21,7 +22,12 @@ use crate::{
 /// One thing a replay produces, in recorded order.
 pub enum Step<'a> {
     Event(&'a Resolved),
-    Lost { ts_ns: u64, count: u64 },
+    Lost {
+        ts_ns: u64,
+        count: u64,
+    },
+    /// The model was checked against the kernel after lost events.
+    Resync(&'a ResyncRecord),
 }
 
 pub struct Replay {
@@ -36,6 +42,8 @@ pub struct Replay {
     pub events: u64,
     /// Time of the last record read: where the recording ends so far.
     pub last_ts: u64,
+    /// What the model resolved from one record, reused.
+    resolved: Vec<Resolved>,
 }
 
 impl Replay {
@@ -47,8 +55,16 @@ impl Replay {
     pub fn from_reader(reader: Reader) -> Result<Self, TimelineError> {
         let tracker = Tracker::new(reader.header.infer_release_on_exit);
         let last_ts = reader.header.start_mono_ns;
-        let mut r =
-            Self { reader, tracker, rows: HashMap::new(), ahead: None, closed: HashSet::new(), events: 0, last_ts };
+        let mut r = Self {
+            reader,
+            tracker,
+            rows: HashMap::new(),
+            ahead: None,
+            closed: HashSet::new(),
+            events: 0,
+            last_ts,
+            resolved: Vec::new(),
+        };
         let mut seeds = Vec::new();
         while let Some(rec) = r.reader.next_record()? {
             match rec {
@@ -84,16 +100,19 @@ impl Replay {
                     None => {
                         // Accepts still waiting for a connect, as live mode
                         // shows them when it stops.
-                        for r in self.tracker.finish() {
+                        let mut out = std::mem::take(&mut self.resolved);
+                        self.tracker.finish(&mut out);
+                        for r in out.drain(..) {
                             f(Step::Event(&r))?;
                         }
+                        self.resolved = out;
                         return Ok(());
                     }
                 },
             };
             let ts = match &rec {
                 Record::Event(e) => e.ts_ns,
-                Record::Lost { ts_ns, .. } | Record::End { ts_ns, .. } => *ts_ns,
+                Record::Lost { ts_ns, .. } | Record::End { ts_ns, .. } | Record::Resync { ts_ns, .. } => *ts_ns,
                 Record::Seed(_) | Record::SeedsDone => self.last_ts,
             };
             if until.is_some_and(|u| ts > u) {
@@ -104,7 +123,9 @@ impl Replay {
             match rec {
                 Record::Event(e) => {
                     self.events += 1;
-                    for r in self.tracker.apply(e) {
+                    let mut out = std::mem::take(&mut self.resolved);
+                    self.tracker.apply(e, &mut out);
+                    for r in out.drain(..) {
                         if r.event.kind == EventKind::Close
                             && let Some(i) = r.event.inode
                         {
@@ -112,12 +133,41 @@ impl Replay {
                         }
                         f(Step::Event(&r))?;
                     }
+                    self.resolved = out;
                 }
                 Record::Lost { ts_ns, count } => f(Step::Lost { ts_ns, count })?,
+                Record::Resync { ts_ns, lost, netns } => {
+                    if let Some(r) = self.resync(ts_ns, lost, netns)? {
+                        f(Step::Resync(&r))?;
+                    }
+                }
                 // Seeds after events would be a writer bug; they add nothing.
                 Record::Seed(_) | Record::SeedsDone | Record::End { .. } => {}
             }
         }
+    }
+
+    /// Applies a recorded check against the kernel: its seeds follow, up to
+    /// `SeedsDone`. Without them (the check failed while recording) the
+    /// model stays as it was, as the live one did.
+    fn resync(&mut self, ts_ns: u64, lost: u64, netns: u32) -> Result<Option<ResyncRecord>, TimelineError> {
+        let mut seeds = Vec::new();
+        loop {
+            match self.reader.next_record()? {
+                Some(Record::Seed(s)) => seeds.push(s),
+                Some(Record::SeedsDone) => break,
+                other => {
+                    self.ahead = other;
+                    return Ok(None);
+                }
+            }
+        }
+        let (gone, found) = self.tracker.resync(SeedRecord::seeds(&seeds), netns);
+        for s in seeds {
+            self.rows.insert(s.inode, s);
+        }
+        let sockets = self.tracker.sockets_len() as u64;
+        Ok(Some(ResyncRecord { ts_ns, lost, netns, gone, found, sockets }))
     }
 
     /// Whether every record was applied.

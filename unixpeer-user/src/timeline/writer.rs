@@ -97,6 +97,11 @@ impl TimelineWriter {
         format::write_lost(&mut self.buf, ts_ns, count);
     }
 
+    /// The seeds of the check (`seeds`) follow.
+    pub fn resync(&mut self, ts_ns: u64, lost: u64, netns: u32) {
+        format::write_resync(&mut self.buf, ts_ns, lost, netns);
+    }
+
     /// Hands the buffer to the file or encoder, keeping any error for later.
     fn spill(&mut self) {
         if self.buf.is_empty() || self.error.is_some() {
@@ -196,6 +201,10 @@ impl Recorder for &RefCell<TimelineWriter> {
 
     fn lost(&mut self, ts_ns: u64, count: u64) {
         self.borrow_mut().lost(ts_ns, count);
+    }
+
+    fn resync(&mut self, ts_ns: u64, lost: u64, netns: u32) {
+        self.borrow_mut().resync(ts_ns, lost, netns);
     }
 
     fn flush(&mut self) -> Result<(), RecorderError> {

@@ -1,0 +1,153 @@
+//! The consumer alone, for `cargo xtask bench consume`: a recorded stream
+//! of kernel events goes through decode, model and one output on the
+//! calling thread, with no kernel involved.
+//!
+//! Usage: consume RECORDING OUTPUT... (OUTPUT: text, json, record, record-zst)
+//!
+//! The recording's events are turned back into the kernel's records
+//! (`events::encode`) in a scratch file first; each output then reads that
+//! file in chunks and only the time spent consuming them is counted. One
+//! line per output: `consume OUTPUT events=N seconds=S cpu_seconds=C
+//! rate=R cpu_rate=CR tracked=T`.
+
+use std::{
+    fs::File,
+    io::{BufWriter, Read, Write},
+    path::Path,
+    time::Instant,
+};
+
+use anyhow::{Context, Result, bail};
+use unixpeer_common::UnixEvent;
+use unixpeer_user::{
+    events,
+    follow::{Consumer, FollowOptions, Recorder},
+    live::{Tracker, render::clock_ns},
+    timeline::{
+        format::{Record, SeedRecord},
+        reader::Reader,
+        writer::TimelineWriter,
+    },
+};
+
+const RECORD: usize = size_of::<UnixEvent>();
+/// Records read from the scratch file at a time.
+const CHUNK: usize = 8192;
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some((recording, outputs)) = args.split_first() else {
+        bail!("usage: consume RECORDING OUTPUT... (text, json, record, record-zst)");
+    };
+    let scratch = std::env::temp_dir().join(format!("unixpeer-consume-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch)?;
+    let result = run(Path::new(recording), outputs, &scratch);
+    let _ = std::fs::remove_dir_all(&scratch);
+    result
+}
+
+fn run(recording: &Path, outputs: &[String], scratch: &Path) -> Result<()> {
+    let raw = scratch.join("events.raw");
+    let (seeds, infer, n) = encode(recording, &raw)?;
+    eprintln!("consume: {n} kernel records from {}", recording.display());
+    for output in outputs {
+        let opts = FollowOptions { json: output == "json", quiet: output.starts_with("record"), ..Default::default() };
+        let writer = match output.as_str() {
+            "text" | "json" => None,
+            "record" => Some(TimelineWriter::create(&scratch.join("out.jsonl"), true)?),
+            "record-zst" => Some(TimelineWriter::create(&scratch.join("out.jsonl.zst"), true)?),
+            other => bail!("unknown output {other:?}: text, json, record or record-zst"),
+        };
+        let writer = writer.map(std::cell::RefCell::new);
+        let mut recorder = writer.as_ref();
+        let mut tracker = Tracker::new(infer);
+        for s in SeedRecord::seeds(&seeds) {
+            tracker.seed(s);
+        }
+        let devnull = BufWriter::with_capacity(1 << 16, File::create("/dev/null")?);
+        let clock = unixpeer_user::live::render::Clock::now();
+        let filter = |_: &unixpeer_user::live::Resolved| true;
+        let mut sink =
+            Consumer::new(tracker, devnull, &opts, clock, &filter, recorder.as_mut().map(|r| r as &mut dyn Recorder));
+        let (seconds, cpu_seconds) = feed(&raw, &mut sink)?;
+        let tracked = sink.tracker.len();
+        let events = sink.summary.received;
+        if let Some(w) = &writer {
+            w.borrow_mut().finish(events).context("finishing the recording")?;
+        }
+        println!(
+            "consume {output} events={events} seconds={seconds:.3} cpu_seconds={cpu_seconds:.3} rate={:.0} cpu_rate={:.0} tracked={tracked}",
+            events as f64 / seconds,
+            events as f64 / cpu_seconds
+        );
+    }
+    Ok(())
+}
+
+/// Every record of `raw` through the consumer; returns the wall and CPU
+/// seconds spent in it (reading the file is not counted).
+fn feed<W: Write>(raw: &Path, sink: &mut Consumer<'_, W>) -> Result<(f64, f64)> {
+    let mut file = File::open(raw)?;
+    let mut buf = vec![0u8; RECORD * CHUNK];
+    let (mut wall, mut cpu) = (0.0, 0u64);
+    loop {
+        let n = read_full(&mut file, &mut buf)?;
+        if n == 0 {
+            break;
+        }
+        let (t0, c0) = (Instant::now(), clock_ns(libc::CLOCK_THREAD_CPUTIME_ID));
+        for rec in buf[..n].as_chunks::<RECORD>().0 {
+            sink.record(rec);
+        }
+        sink.finish_batch()?;
+        wall += t0.elapsed().as_secs_f64();
+        cpu += clock_ns(libc::CLOCK_THREAD_CPUTIME_ID) - c0;
+    }
+    let (t0, c0) = (Instant::now(), clock_ns(libc::CLOCK_THREAD_CPUTIME_ID));
+    sink.finish();
+    sink.finish_batch()?;
+    if let Some(r) = sink.recorder() {
+        r.flush().map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    wall += t0.elapsed().as_secs_f64();
+    cpu += clock_ns(libc::CLOCK_THREAD_CPUTIME_ID) - c0;
+    Ok((wall, cpu as f64 / 1e9))
+}
+
+fn read_full(f: &mut File, buf: &mut [u8]) -> Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n - n % RECORD)
+}
+
+/// The recording's seeds, whether it infers releases at exit, and its
+/// events written as kernel records to `raw`.
+fn encode(recording: &Path, raw: &Path) -> Result<(Vec<SeedRecord>, bool, u64)> {
+    let mut reader = Reader::open(recording)?;
+    let infer = reader.header.infer_release_on_exit;
+    let mut out = BufWriter::with_capacity(1 << 20, File::create(raw)?);
+    let (mut seeds, mut n) = (Vec::new(), 0u64);
+    let mut in_seeds = true;
+    while let Some(rec) = reader.next_record()? {
+        match rec {
+            Record::Seed(s) if in_seeds => seeds.push(s),
+            Record::SeedsDone => in_seeds = false,
+            Record::Event(e) => {
+                in_seeds = false;
+                out.write_all(events::record_bytes(&events::encode(&e)))?;
+                n += 1;
+            }
+            _ => {}
+        }
+    }
+    out.flush()?;
+    if n == 0 {
+        bail!("{} holds no events", recording.display());
+    }
+    Ok((seeds, infer, n))
+}

@@ -1,0 +1,229 @@
+//! The consumer side of a capture: raw kernel records are decoded, recorded,
+//! applied to the model, filtered and written out, one at a time, with no
+//! kernel involved. `follow::run` feeds it from the ring buffer;
+//! `cargo xtask bench consume` feeds it a recorded stream.
+//!
+//! Per-event work is bounded: the model's lookups are by key, what the model
+//! resolves goes through one reused vector, and lines are formatted into one
+//! reused buffer before they reach the writer.
+
+use std::io::{self, Write};
+
+use unixpeer_common::EventKind;
+
+use super::{FollowOptions, FollowSummary, Recorder, ResyncRecord};
+use crate::{
+    events::{self, Event},
+    live::{
+        Resolved, Tracker,
+        render::{self, Clock},
+    },
+};
+
+pub struct Consumer<'a, W: Write> {
+    pub tracker: Tracker,
+    out: W,
+    pub summary: FollowSummary,
+    write_error: Option<io::Error>,
+    opts: &'a FollowOptions,
+    clock: Clock,
+    filter: &'a dyn Fn(&Resolved) -> bool,
+    recorder: Option<&'a mut dyn Recorder>,
+    /// What the model resolved from the event at hand.
+    resolved: Vec<Resolved>,
+    /// The line being formatted.
+    line: Vec<u8>,
+    /// Records that did not decode, reported once a second.
+    malformed: u64,
+}
+
+impl<'a, W: Write> Consumer<'a, W> {
+    pub fn new(
+        tracker: Tracker,
+        out: W,
+        opts: &'a FollowOptions,
+        clock: Clock,
+        filter: &'a dyn Fn(&Resolved) -> bool,
+        recorder: Option<&'a mut dyn Recorder>,
+    ) -> Self {
+        Self {
+            tracker,
+            out,
+            summary: FollowSummary::default(),
+            write_error: None,
+            opts,
+            clock,
+            filter,
+            recorder,
+            resolved: Vec::with_capacity(16),
+            line: Vec::with_capacity(512),
+            malformed: 0,
+        }
+    }
+
+    /// Stop once `--count` lines were printed.
+    pub fn done(&self) -> bool {
+        self.opts.count.is_some_and(|c| self.summary.printed >= c)
+    }
+
+    /// One record as the ring buffer hands it over.
+    pub fn record(&mut self, bytes: &[u8]) {
+        match events::decode(bytes) {
+            Ok(e) => self.event(e),
+            Err(e) => {
+                if self.malformed == 0 {
+                    log::warn!("dropping malformed kernel record: {e}");
+                }
+                self.malformed += 1;
+            }
+        }
+    }
+
+    /// One decoded kernel event: recorded first, so that a replay rebuilds
+    /// the same model, then applied and shown.
+    pub fn event(&mut self, e: Event) {
+        self.summary.received += 1;
+        if let Some(rec) = self.recorder.as_mut() {
+            rec.event(&e);
+        }
+        let mut resolved = std::mem::take(&mut self.resolved);
+        self.tracker.apply(e, &mut resolved);
+        self.emit_all(&mut resolved);
+        self.resolved = resolved;
+    }
+
+    /// Accepts whose wait for their connect is over at `now_ns`.
+    pub fn expire(&mut self, now_ns: u64) {
+        let mut resolved = std::mem::take(&mut self.resolved);
+        self.tracker.expire(now_ns, &mut resolved);
+        self.emit_all(&mut resolved);
+        self.resolved = resolved;
+    }
+
+    /// At the end: whatever still waits.
+    pub fn finish(&mut self) {
+        let mut resolved = std::mem::take(&mut self.resolved);
+        self.tracker.finish(&mut resolved);
+        self.emit_all(&mut resolved);
+        self.resolved = resolved;
+    }
+
+    /// An event the model deduced (an orphan's release): recorded like a
+    /// kernel event, since a replay cannot deduce it again.
+    fn deduced(&mut self, resolved: &mut Vec<Resolved>) {
+        for r in resolved.iter() {
+            if let Some(rec) = self.recorder.as_mut() {
+                rec.event(&r.event);
+            }
+        }
+        self.emit_all(resolved);
+    }
+
+    fn emit_all(&mut self, resolved: &mut Vec<Resolved>) {
+        for r in resolved.drain(..) {
+            self.emit(&r);
+        }
+    }
+
+    fn emit(&mut self, r: &Resolved) {
+        // Bookkeeping events keep the model's holders true; people want
+        // them only when asking for detail.
+        let bookkeeping =
+            matches!(r.event.kind, EventKind::TaskExit | EventKind::Fork | EventKind::FdClose | EventKind::Rename);
+        if (bookkeeping && self.opts.verbose < 2) || !(self.filter)(r) || self.done() {
+            return;
+        }
+        self.summary.printed += 1;
+        if self.opts.quiet {
+            return;
+        }
+        self.line.clear();
+        if self.opts.json {
+            render::write_json(&mut self.line, r, &self.clock);
+        } else {
+            render::write_text(&mut self.line, r, &self.clock, self.opts.wall_time);
+        }
+        if let Err(e) = self.out.write_all(&self.line)
+            && self.write_error.is_none()
+        {
+            self.write_error = Some(e);
+        }
+    }
+
+    /// After a batch: the lines reach the writer's target, or the first
+    /// error writing them is returned.
+    pub fn finish_batch(&mut self) -> io::Result<()> {
+        if let Some(e) = self.write_error.take() {
+            return Err(e);
+        }
+        self.out.flush()
+    }
+
+    /// The first write error since the last call.
+    pub fn take_write_error(&mut self) -> Option<io::Error> {
+        self.write_error.take()
+    }
+
+    pub fn out(&mut self) -> &mut W {
+        &mut self.out
+    }
+
+    pub fn recorder(&mut self) -> Option<&mut (dyn Recorder + 'a)> {
+        self.recorder.as_deref_mut()
+    }
+
+    /// Whether lines go out as JSON (and so do lost and resync records).
+    pub fn json_out(&self) -> bool {
+        self.opts.json && !self.opts.quiet
+    }
+
+    pub fn verbose(&self) -> u8 {
+        self.opts.verbose
+    }
+
+    /// Says that the model was checked against the kernel, and what changed.
+    pub fn resynced(&mut self, r: &ResyncRecord) -> io::Result<()> {
+        self.summary.resyncs += 1;
+        eprintln!(
+            "unixtrace: resynchronized with the kernel after {} lost events: {} sockets gone, {} missed, {} tracked",
+            r.lost, r.gone, r.found, r.sockets
+        );
+        if self.json_out() {
+            writeln!(self.out, "{}", render::resync_json(r))?;
+        }
+        Ok(())
+    }
+
+    /// Reports the release of orphaned sockets (see `Tracker::orphans_due`)
+    /// the kernel no longer has. Only our own network namespace can be
+    /// asked; the others' orphans stay unreported.
+    pub fn release_orphans(&mut self, own_netns: Option<u32>, now: u64) {
+        let Some(own_netns) = own_netns else { return };
+        let mut resolved = std::mem::take(&mut self.resolved);
+        for (inode, netns) in self.tracker.orphans_due(now) {
+            if netns != own_netns {
+                // Cannot be asked from here: back off like a live one
+                // rather than collect it again every tick.
+                self.tracker.orphan_lives(inode, now);
+                continue;
+            }
+            match crate::diag::exists(inode) {
+                Ok(true) => self.tracker.orphan_lives(inode, now),
+                Ok(false) => {
+                    self.tracker.release_orphan(inode, now, &mut resolved);
+                    self.deduced(&mut resolved);
+                }
+                Err(e) => {
+                    log::debug!("cannot look up orphaned socket {inode}: {e}");
+                    break;
+                }
+            }
+        }
+        self.resolved = resolved;
+    }
+
+    /// Records that did not decode since the last call.
+    pub fn take_malformed(&mut self) -> u64 {
+        std::mem::take(&mut self.malformed)
+    }
+}
