@@ -2,7 +2,8 @@
 //! of kernel events goes through decode, model and one output on the
 //! calling thread, with no kernel involved.
 //!
-//! Usage: consume RECORDING OUTPUT... (OUTPUT: text, json, record, record-zst)
+//! Usage: consume RECORDING OUTPUT... (OUTPUT: text, json, record, record-zst,
+//! or model: decode and model alone, for the breakdown)
 //!
 //! The recording's events are turned back into the kernel's records
 //! (`events::encode`) in a scratch file first; each output then reads that
@@ -51,12 +52,13 @@ fn run(recording: &Path, outputs: &[String], scratch: &Path) -> Result<()> {
     let (seeds, infer, n) = encode(recording, &raw)?;
     eprintln!("consume: {n} kernel records from {}", recording.display());
     for output in outputs {
-        let opts = FollowOptions { json: output == "json", quiet: output.starts_with("record"), ..Default::default() };
+        let quiet = output.starts_with("record") || output == "model";
+        let opts = FollowOptions { json: output == "json", quiet, ..Default::default() };
         let writer = match output.as_str() {
-            "text" | "json" => None,
+            "text" | "json" | "model" => None,
             "record" => Some(TimelineWriter::create(&scratch.join("out.jsonl"), true)?),
             "record-zst" => Some(TimelineWriter::create(&scratch.join("out.jsonl.zst"), true)?),
-            other => bail!("unknown output {other:?}: text, json, record or record-zst"),
+            other => bail!("unknown output {other:?}: text, json, record, record-zst or model"),
         };
         let writer = writer.map(std::cell::RefCell::new);
         let mut recorder = writer.as_ref();

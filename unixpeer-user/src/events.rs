@@ -77,9 +77,17 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
     if bytes.len() < want {
         return Err(DecodeError::Size { got: bytes.len(), want });
     }
-    // SAFETY: UnixEvent is plain old data valid for any bit pattern and the
-    // slice holds at least its size; read_unaligned copes with alignment.
-    let raw: UnixEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    let copy;
+    let raw: &UnixEvent = if bytes.as_ptr().cast::<UnixEvent>().is_aligned() {
+        // SAFETY: UnixEvent is plain old data valid for any bit pattern, the
+        // slice holds at least its size and the pointer is aligned. Ring
+        // buffer records are 8-byte aligned: no copy of the record.
+        unsafe { &*bytes.as_ptr().cast::<UnixEvent>() }
+    } else {
+        // SAFETY: as above; read_unaligned copes with alignment.
+        copy = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<UnixEvent>()) };
+        &copy
+    };
     let kind = EventKind::from_u32(raw.kind).ok_or(DecodeError::Kind(raw.kind))?;
     let fd = |v: i32| (v >= 0).then_some(v);
     let ino = |v: u64| (v != 0).then_some(v);

@@ -20,6 +20,9 @@ use crate::{
     },
 };
 
+/// Bytes of lines gathered before they go to the writer.
+const LINES: usize = 64 * 1024;
+
 pub struct Consumer<'a, W: Write> {
     pub tracker: Tracker,
     out: W,
@@ -31,8 +34,9 @@ pub struct Consumer<'a, W: Write> {
     recorder: Option<&'a mut dyn Recorder>,
     /// What the model resolved from the event at hand.
     resolved: Vec<Resolved>,
-    /// The line being formatted.
-    line: Vec<u8>,
+    /// Lines formatted since the last write to `out`: one copy per line,
+    /// and large writes.
+    lines: Vec<u8>,
     /// Records that did not decode, reported once a second.
     malformed: u64,
 }
@@ -56,7 +60,7 @@ impl<'a, W: Write> Consumer<'a, W> {
             filter,
             recorder,
             resolved: Vec::with_capacity(16),
-            line: Vec::with_capacity(512),
+            lines: Vec::with_capacity(LINES + 4096),
             malformed: 0,
         }
     }
@@ -120,9 +124,12 @@ impl<'a, W: Write> Consumer<'a, W> {
     }
 
     fn emit_all(&mut self, resolved: &mut Vec<Resolved>) {
-        for r in resolved.drain(..) {
-            self.emit(&r);
+        // By reference: a resolved event is a few hundred bytes, not worth
+        // moving again.
+        for r in resolved.iter() {
+            self.emit(r);
         }
+        resolved.clear();
     }
 
     fn emit(&mut self, r: &Resolved) {
@@ -137,26 +144,40 @@ impl<'a, W: Write> Consumer<'a, W> {
         if self.opts.quiet {
             return;
         }
-        self.line.clear();
         if self.opts.json {
-            render::write_json(&mut self.line, r, &self.clock);
+            render::write_json(&mut self.lines, r, &self.clock);
         } else {
-            render::write_text(&mut self.line, r, &self.clock, self.opts.wall_time);
+            render::write_text(&mut self.lines, r, &self.clock, self.opts.wall_time);
         }
-        if let Err(e) = self.out.write_all(&self.line)
+        if self.lines.len() >= LINES {
+            self.spill();
+        }
+    }
+
+    /// The gathered lines to the writer; an error is kept for the caller.
+    fn spill(&mut self) {
+        if let Err(e) = self.out.write_all(&self.lines)
             && self.write_error.is_none()
         {
             self.write_error = Some(e);
         }
+        self.lines.clear();
+    }
+
+    /// Everything gathered reaches the writer's target.
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.spill();
+        self.out.flush()
     }
 
     /// After a batch: the lines reach the writer's target, or the first
     /// error writing them is returned.
     pub fn finish_batch(&mut self) -> io::Result<()> {
-        if let Some(e) = self.write_error.take() {
-            return Err(e);
+        self.flush()?;
+        match self.write_error.take() {
+            Some(e) => Err(e),
+            None => Ok(()),
         }
-        self.out.flush()
     }
 
     /// The first write error since the last call.
@@ -164,8 +185,10 @@ impl<'a, W: Write> Consumer<'a, W> {
         self.write_error.take()
     }
 
-    pub fn out(&mut self) -> &mut W {
-        &mut self.out
+    /// Appends a line of the caller's (a lost-events record) in order.
+    pub fn line(&mut self, args: std::fmt::Arguments<'_>) {
+        let _ = self.lines.write_fmt(args);
+        self.lines.push(b'\n');
     }
 
     pub fn recorder(&mut self) -> Option<&mut (dyn Recorder + 'a)> {
@@ -189,7 +212,7 @@ impl<'a, W: Write> Consumer<'a, W> {
             r.lost, r.gone, r.found, r.sockets
         );
         if self.json_out() {
-            writeln!(self.out, "{}", render::resync_json(r))?;
+            writeln!(self.lines, "{}", render::resync_json(r))?;
         }
         Ok(())
     }

@@ -186,7 +186,7 @@ pub async fn run<'a>(opts: &'a FollowOptions, hooks: Hooks<'a>) -> Result<Follow
         if stop || sink.done() {
             break;
         }
-        sink.out().flush()?;
+        sink.flush()?;
     }
     finish(&mut sink, &mut capture)?;
     Ok(sink.summary)
@@ -269,7 +269,7 @@ fn report_lost<W: Write>(sink: &mut Consumer<'_, W>, capture: &mut Capture) -> R
     }
     eprintln!("unixtrace: WARNING: {lost} events lost in the kernel (ring buffer full), {total} in total");
     if sink.json_out() {
-        writeln!(sink.out(), "{}", render::lost_json(lost, total, ts))?;
+        sink.line(format_args!("{}", render::lost_json(lost, total, ts)));
     }
     Ok(lost)
 }
@@ -280,7 +280,7 @@ fn finish<W: Write>(sink: &mut Consumer<'_, W>, capture: &mut Capture) -> Result
     capture.drain_now(&mut |rec| sink.record(rec));
     sink.finish();
     report_lost(sink, capture)?;
-    sink.out().flush()?;
+    sink.flush()?;
     let summary = std::mem::take(&mut sink.summary);
     if let Some(r) = sink.recorder() {
         r.finish(&summary).map_err(FollowError::Recorder)?;

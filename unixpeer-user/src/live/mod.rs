@@ -26,9 +26,12 @@ pub struct Holder {
     pub fd: Option<i32>,
 }
 
+/// Almost every socket has one holder: kept inline, no allocation.
+pub type Holders = smallvec::SmallVec<[Holder; 1]>;
+
 #[derive(Clone, Debug, Default)]
 struct Sock {
-    holders: Vec<Holder>,
+    holders: Holders,
     peer_inode: Option<u64>,
     path: Option<String>,
     listener: bool,
@@ -67,7 +70,7 @@ pub struct SockView {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Peer {
     /// The process(es) holding the peer socket.
-    Holders(Vec<Holder>),
+    Holders(Holders),
     /// The connection is not accepted yet: the process listening on the name.
     Listener(Holder),
     Unknown,
@@ -97,7 +100,7 @@ pub struct Tracker {
     embryos: HashMap<u64, u64>,
     /// Who held recently closed sockets, so the close of the second end of
     /// a connection can still name the first. Bounded to `GRAVEYARD`.
-    graveyard: HashMap<u64, Vec<Holder>>,
+    graveyard: HashMap<u64, Holders>,
     graveyard_order: VecDeque<u64>,
     /// Accepts that arrived before the connect naming their client.
     pending: PendingAccepts,
@@ -148,7 +151,7 @@ impl Tracker {
             self.by_pid.entry(h.pid).or_default().insert(s.inode);
         }
         let sock = Sock {
-            holders: s.holders,
+            holders: s.holders.into(),
             peer_inode: s.peer_inode,
             path: s.path,
             listener: s.listening,
@@ -214,12 +217,12 @@ impl Tracker {
                 pending: pending.contains(&inode),
                 netns: s.netns,
                 sock_type: s.sock_type,
-                holders: self.holders_of(Some(inode)).unwrap_or_default(),
+                holders: self.holders_of(Some(inode)).unwrap_or_default().to_vec(),
             })
             .collect()
     }
 
-    fn holders_of(&self, inode: Option<u64>) -> Option<Vec<Holder>> {
+    fn holders_of(&self, inode: Option<u64>) -> Option<Holders> {
         let inode = inode?;
         let live = self.socks.get(&inode).map(|s| &s.holders);
         let mut holders = live.or_else(|| self.graveyard.get(&inode)).cloned().filter(|h| !h.is_empty())?;
@@ -231,7 +234,7 @@ impl Tracker {
         Some(holders)
     }
 
-    fn bury(&mut self, inode: u64, holders: Vec<Holder>) {
+    fn bury(&mut self, inode: u64, holders: Holders) {
         if self.graveyard_order.len() >= GRAVEYARD
             && let Some(old) = self.graveyard_order.pop_front()
         {
@@ -289,7 +292,7 @@ impl Tracker {
             EventKind::Socketpair => {
                 self.upsert(e.inode, actor(e.fd), e.peer_inode, &e);
                 self.upsert(e.peer_inode, actor(e.peer_fd), e.inode, &e);
-                Peer::Holders(vec![actor(e.peer_fd)])
+                Peer::Holders(smallvec::smallvec![actor(e.peer_fd)])
             }
             EventKind::Listen => {
                 self.upsert(e.inode, actor(e.fd), None, &e);
@@ -453,7 +456,7 @@ impl Tracker {
         let Some(inodes) = self.by_pid.get(&parent).cloned() else { return };
         for inode in &inodes {
             if let Some(s) = self.socks.get_mut(inode) {
-                let inherited: Vec<Holder> =
+                let inherited: Holders =
                     s.holders.iter().filter(|h| h.pid == parent).map(|h| Holder { pid: child, ..*h }).collect();
                 s.holders.extend(inherited);
             }
@@ -594,7 +597,7 @@ mod tests {
         c.fd = Some(3);
         t.applied(c);
         let r = one(&mut t, ev(EventKind::Close, 1, "parent", 10, 11));
-        assert_eq!(r.peer, Peer::Holders(vec![Holder { pid: 2, comm: "child".into(), fd: Some(4) }]));
+        assert_eq!(r.peer, Peer::Holders(smallvec::smallvec![Holder { pid: 2, comm: "child".into(), fd: Some(4) }]));
         // The child exits without close(): its end is released by the exit.
         let out = t.applied(ev(EventKind::TaskExit, 2, "parent", 0, 0));
         assert_eq!(out.len(), 1);
@@ -686,7 +689,10 @@ mod tests {
         c.peer_sk = 0xabc;
         let out = t.applied(c);
         assert_eq!(out.iter().map(|r| r.event.kind).collect::<Vec<_>>(), vec![EventKind::Connect, EventKind::Accept]);
-        assert_eq!(out[1].peer, Peer::Holders(vec![Holder { pid: 20, comm: "client".into(), fd: Some(3) }]));
+        assert_eq!(
+            out[1].peer,
+            Peer::Holders(smallvec::smallvec![Holder { pid: 20, comm: "client".into(), fd: Some(3) }])
+        );
         // One that never gets its connect is shown once its wait is over.
         let mut a = ev(EventKind::Accept, 10, "server", 301, 201);
         a.ts_ns = 1;
@@ -724,7 +730,7 @@ mod tests {
         let mut a = ev(EventKind::Accept, 10, "server", 300, 200);
         a.sk = 0xabc;
         let r = one(&mut t, a);
-        assert_eq!(r.peer, Peer::Holders(vec![Holder { pid: 20, comm: "client".into(), fd: Some(3) }]));
+        assert_eq!(r.peer, Peer::Holders(smallvec::smallvec![Holder { pid: 20, comm: "client".into(), fd: Some(3) }]));
         // The client closes: the model still knows who was at the other end
         // even though the kernel reported no peer.
         let r = one(&mut t, ev(EventKind::Close, 20, "client", 200, 0));
@@ -760,6 +766,6 @@ mod tests {
             holders: vec![h(6, "b")],
         });
         let r = one(&mut t, ev(EventKind::Close, 5, "a", 1, 0));
-        assert_eq!(r.peer, Peer::Holders(vec![h(6, "b")]));
+        assert_eq!(r.peer, Peer::Holders(smallvec::smallvec![h(6, "b")]));
     }
 }

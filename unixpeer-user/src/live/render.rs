@@ -6,7 +6,10 @@ use unixpeer_common::EventKind;
 use super::{Holder, Peer, Resolved};
 use crate::{
     events::event_name,
-    output::{escape, jsonw::Obj},
+    output::{
+        escape,
+        jsonw::{bool, hex, int, null, opt_int, opt_str, str},
+    },
 };
 
 /// Maps CLOCK_MONOTONIC event times to wall-clock time.
@@ -57,22 +60,46 @@ impl Clock {
     }
 
     pub fn push_rfc3339(&self, out: &mut Vec<u8>, mono_ns: u64) {
+        thread_local! {
+            /// The last second formatted, `YYYY-MM-DDTHH:MM:SS`: events come
+            /// thousands to the second, and the date is most of the work.
+            static LAST: std::cell::Cell<(u64, [u8; 19])> = const { std::cell::Cell::new((u64::MAX, [0; 19])) };
+        }
         let ns = self.wall_ns(mono_ns).max(0) as u128;
-        let secs = (ns / 1_000_000_000) as i64;
+        let secs = (ns / 1_000_000_000) as u64;
         let us = ((ns % 1_000_000_000) / 1000) as u64;
-        let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400) as u64);
-        let (y, m, d) = civil_from_days(days);
-        push_padded(out, y.max(0) as u64, 4);
-        out.push(b'-');
-        push_padded(out, u64::from(m), 2);
-        out.push(b'-');
-        push_padded(out, u64::from(d), 2);
-        out.push(b'T');
-        push_padded(out, rem / 3600, 2);
-        out.push(b':');
-        push_padded(out, (rem / 60) % 60, 2);
-        out.push(b':');
-        push_padded(out, rem % 60, 2);
+        let (last, mut text) = LAST.get();
+        if last != secs {
+            let mut v = Vec::with_capacity(19);
+            let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+            let (y, m, d) = civil_from_days(days);
+            push_padded(&mut v, y.max(0) as u64, 4);
+            v.push(b'-');
+            push_padded(&mut v, u64::from(m), 2);
+            v.push(b'-');
+            push_padded(&mut v, u64::from(d), 2);
+            v.push(b'T');
+            push_padded(&mut v, rem / 3600, 2);
+            v.push(b':');
+            push_padded(&mut v, (rem / 60) % 60, 2);
+            v.push(b':');
+            push_padded(&mut v, rem % 60, 2);
+            match <[u8; 19]>::try_from(v.as_slice()) {
+                Ok(t) => {
+                    text = t;
+                    LAST.set((secs, text));
+                }
+                // A year past 9999: not cached.
+                Err(_) => {
+                    out.extend_from_slice(&v);
+                    out.push(b'.');
+                    push_padded(out, us, 6);
+                    out.push(b'Z');
+                    return;
+                }
+            }
+        }
+        out.extend_from_slice(&text);
         out.push(b'.');
         push_padded(out, us, 6);
         out.push(b'Z');
@@ -96,16 +123,13 @@ impl Clock {
     }
 }
 
-fn push_int(out: &mut Vec<u8>, v: impl itoa::Integer) {
-    out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
-}
+use crate::output::jsonw::push_int;
 
 /// `v` with leading zeros to `width` digits.
 fn push_padded(out: &mut Vec<u8>, v: u64, width: usize) {
-    let mut b = itoa::Buffer::new();
-    let digits = b.format(v);
-    out.extend(std::iter::repeat_n(b'0', width.saturating_sub(digits.len())));
-    out.extend_from_slice(digits.as_bytes());
+    let digits = v.checked_ilog10().unwrap_or(0) as usize + 1;
+    out.extend(std::iter::repeat_n(b'0', width.saturating_sub(digits)));
+    push_int(out, v);
 }
 
 /// Pads what was written since `from` with spaces to `width` characters.
@@ -202,6 +226,7 @@ pub const TEXT_HEADER: &str =
 /// chose (command, path) is escaped.
 pub fn write_text(out: &mut Vec<u8>, r: &Resolved, clock: &Clock, wall: bool) {
     let e = &r.event;
+    out.reserve(512);
     let mut col = out.len();
     if wall {
         clock.push_wall_hms(out, e.ts_ns);
@@ -273,54 +298,49 @@ pub fn write_json(out: &mut Vec<u8>, r: &Resolved, clock: &Clock) {
         Peer::Listener(h) => (Some(h.pid), Some(h.comm.to_str()), h.fd, None),
         Peer::Unknown => (None, None, None, None),
     };
-    let mut o = Obj::new(out);
-    o.opt_int("child_pid", e.child_pid);
-    o.str("comm", &e.comm.to_str());
-    o.opt_int("errno", (e.errno != 0).then_some(e.errno));
-    o.opt_str("error", (e.errno != 0).then(|| errno_name(e.errno)).as_deref());
-    o.str("event", event_name(e.kind));
-    o.opt_int("fd", e.fd);
-    o.opt_str("inferred", e.inferred);
-    o.opt_int("inode", e.inode);
-    o.str("kind", "event");
-    o.opt_int("listen_fd", e.listen_fd);
-    o.int("netns", e.netns);
-    o.opt_str("path", e.path.as_deref());
-    o.opt_str("peer_comm", peer_comm.as_deref());
-    o.opt_int("peer_fd", if e.kind == EventKind::Socketpair { e.peer_fd } else { peer_fd });
+    // One growth check for the whole line instead of one per field.
+    out.reserve(1024);
+    opt_int(out, "{\"child_pid\":", e.child_pid);
+    str(out, ",\"comm\":", &e.comm.to_str());
+    opt_int(out, ",\"errno\":", (e.errno != 0).then_some(e.errno));
+    opt_str(out, ",\"error\":", (e.errno != 0).then(|| errno_name(e.errno)).as_deref());
+    str(out, ",\"event\":", event_name(e.kind));
+    opt_int(out, ",\"fd\":", e.fd);
+    opt_str(out, ",\"inferred\":", e.inferred);
+    opt_int(out, ",\"inode\":", e.inode);
+    out.extend_from_slice(b",\"kind\":\"event\"");
+    opt_int(out, ",\"listen_fd\":", e.listen_fd);
+    int(out, ",\"netns\":", e.netns);
+    opt_str(out, ",\"path\":", e.path.as_deref());
+    opt_str(out, ",\"peer_comm\":", peer_comm.as_deref());
+    opt_int(out, ",\"peer_fd\":", if e.kind == EventKind::Socketpair { e.peer_fd } else { peer_fd });
     match peer_holders {
         Some(hs) => {
-            let list = o.key("peer_holders");
-            list.push(b'[');
+            out.extend_from_slice(b",\"peer_holders\":[");
             for (i, h) in hs.iter().enumerate() {
-                if i > 0 {
-                    list.push(b',');
-                }
-                let mut ho = Obj::new(list);
-                ho.str("comm", &h.comm.to_str());
-                ho.opt_int("fd", h.fd);
-                ho.int("pid", h.pid);
-                ho.end();
+                str(out, if i == 0 { "{\"comm\":" } else { ",{\"comm\":" }, &h.comm.to_str());
+                opt_int(out, ",\"fd\":", h.fd);
+                int(out, ",\"pid\":", h.pid);
+                out.push(b'}');
             }
-            list.push(b']');
+            out.push(b']');
         }
-        None => o.key("peer_holders").extend_from_slice(b"null"),
+        None => null(out, ",\"peer_holders\":"),
     }
-    o.opt_int("peer_inode", e.peer_inode);
-    o.bool("peer_is_listener", matches!(r.peer, Peer::Listener(_)));
-    o.opt_int("peer_pid", peer_pid);
-    o.hex("peer_sk", e.peer_sk);
-    o.int("pid", e.pid);
-    o.hex("sk", e.sk);
-    o.int("tid", e.tid);
-    let time = o.key("time");
-    time.push(b'"');
-    clock.push_rfc3339(time, e.ts_ns);
-    time.push(b'"');
-    o.int("ts", e.ts_ns);
-    o.str("type", e.sock_type.as_str());
-    o.int("uid", e.uid);
-    o.end();
+    opt_int(out, ",\"peer_inode\":", e.peer_inode);
+    bool(out, ",\"peer_is_listener\":", matches!(r.peer, Peer::Listener(_)));
+    opt_int(out, ",\"peer_pid\":", peer_pid);
+    hex(out, ",\"peer_sk\":", e.peer_sk);
+    int(out, ",\"pid\":", e.pid);
+    hex(out, ",\"sk\":", e.sk);
+    int(out, ",\"tid\":", e.tid);
+    out.extend_from_slice(b",\"time\":\"");
+    clock.push_rfc3339(out, e.ts_ns);
+    out.push(b'"');
+    int(out, ",\"ts\":", e.ts_ns);
+    str(out, ",\"type\":", e.sock_type.as_str());
+    int(out, ",\"uid\":", e.uid);
+    out.push(b'}');
     out.push(b'\n');
 }
 
@@ -363,7 +383,7 @@ mod tests {
         event.sk = 0xffff_8881_0000_1000;
         event.peer_sk = 0xffff_8881_0000_2000;
         let holders = vec![Holder { pid: 7, comm: "server".into(), fd: Some(9) }];
-        let r = Resolved { event, peer: Peer::Holders(holders) };
+        let r = Resolved { event, peer: Peer::Holders(holders.into()) };
         let mut out = Vec::new();
         write_json(&mut out, &r, &clock);
         assert_eq!(

@@ -3,11 +3,73 @@
 //! serializer's per-field calls and `fmt` machinery were most of the cost.
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
+const PAIRS: &[u8; 200] =
+    b"0001020304050607080910111213141516171819202122232425262728293031323334353637383940414243444546474849\
+    5051525354555657585960616263646566676869707172737475767778798081828384858687888990919293949596979899";
 
 /// `key` (already quoted, with its separator) and an integer.
-pub fn int<I: itoa::Integer>(out: &mut Vec<u8>, key: &str, v: I) {
+#[inline(always)]
+pub fn int<I: Int>(out: &mut Vec<u8>, key: &str, v: I) {
     out.extend_from_slice(key.as_bytes());
-    out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
+    push_int(out, v);
+}
+
+/// The integers lines carry.
+pub trait Int: Copy {
+    /// Whether it is negative, and its magnitude.
+    fn split(self) -> (bool, u64);
+}
+
+macro_rules! unsigned {
+    ($($t:ty),*) => {$(impl Int for $t {
+        #[inline(always)]
+        fn split(self) -> (bool, u64) { (false, self as u64) }
+    })*};
+}
+macro_rules! signed {
+    ($($t:ty),*) => {$(impl Int for $t {
+        #[inline(always)]
+        fn split(self) -> (bool, u64) { (self < 0, self.unsigned_abs() as u64) }
+    })*};
+}
+unsigned!(u8, u16, u32, u64, usize);
+signed!(i32, i64);
+
+/// An integer in decimal. Digits are made right to left in a scratch
+/// array and moved with one fixed-size copy: a copy of the digits' own
+/// length would be a call to memmove for every number of every line.
+#[inline(always)]
+pub fn push_int(out: &mut Vec<u8>, v: impl Int) {
+    const MAX: usize = 20;
+    let (negative, mut n) = v.split();
+    if negative {
+        out.push(b'-');
+    }
+    let mut scratch = [0u8; 2 * MAX];
+    let mut start = MAX;
+    // Two digits per division.
+    while n >= 100 {
+        let pair = (n % 100) as usize * 2;
+        n /= 100;
+        start -= 2;
+        scratch[start..start + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
+    }
+    if n >= 10 {
+        start -= 2;
+        scratch[start..start + 2].copy_from_slice(&PAIRS[n as usize * 2..n as usize * 2 + 2]);
+    } else {
+        start -= 1;
+        scratch[start] = b'0' + n as u8;
+    }
+    out.reserve(MAX);
+    let len = out.len();
+    // SAFETY: `reserve` made room for MAX bytes past `len`; the copy writes
+    // exactly MAX bytes there (digits first, then scratch zeros) and only
+    // the digits are kept by set_len.
+    unsafe {
+        std::ptr::copy_nonoverlapping(scratch.as_ptr().add(start), out.as_mut_ptr().add(len), MAX);
+        out.set_len(len + MAX - start);
+    }
 }
 
 /// A JSON string literal. Command names and paths come from other
@@ -16,6 +78,11 @@ pub fn int<I: itoa::Integer>(out: &mut Vec<u8>, key: &str, v: I) {
 pub fn json_str(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
     let bytes = s.as_bytes();
+    if !bytes.iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\' || b == 0x7f) {
+        out.extend_from_slice(bytes);
+        out.push(b'"');
+        return;
+    }
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
         let esc: &[u8] = match b {
@@ -41,71 +108,59 @@ pub fn json_str(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
 }
 
-/// One JSON object, its keys written in the order the caller gives them.
-pub struct Obj<'a> {
-    out: &'a mut Vec<u8>,
-    first: bool,
+// The helpers below take `key` as the literal that precedes the value,
+// separator included (`",\"fd\":"`): inlined, each literal becomes a few
+// stores instead of a call to memmove.
+
+#[inline(always)]
+pub fn opt_int<I: Int>(out: &mut Vec<u8>, key: &str, v: Option<I>) {
+    match v {
+        Some(v) => int(out, key, v),
+        None => null(out, key),
+    }
 }
 
-impl<'a> Obj<'a> {
-    pub fn new(out: &'a mut Vec<u8>) -> Self {
-        out.push(b'{');
-        Self { out, first: true }
-    }
+#[inline(always)]
+pub fn null(out: &mut Vec<u8>, key: &str) {
+    out.extend_from_slice(key.as_bytes());
+    out.extend_from_slice(b"null");
+}
 
-    pub fn key(&mut self, k: &str) -> &mut Vec<u8> {
-        if !self.first {
-            self.out.push(b',');
-        }
-        self.first = false;
-        self.out.push(b'"');
-        self.out.extend_from_slice(k.as_bytes());
-        self.out.extend_from_slice(b"\":");
-        self.out
-    }
+#[inline(always)]
+pub fn str(out: &mut Vec<u8>, key: &str, v: &str) {
+    out.extend_from_slice(key.as_bytes());
+    json_str(out, v);
+}
 
-    pub fn int<I: itoa::Integer>(&mut self, k: &str, v: I) {
-        let out = self.key(k);
-        out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
+#[inline(always)]
+pub fn opt_str(out: &mut Vec<u8>, key: &str, v: Option<&str>) {
+    match v {
+        Some(v) => str(out, key, v),
+        None => null(out, key),
     }
+}
 
-    pub fn opt_int<I: itoa::Integer>(&mut self, k: &str, v: Option<I>) {
-        match v {
-            Some(v) => self.int(k, v),
-            None => self.key(k).extend_from_slice(b"null"),
-        }
-    }
+#[inline(always)]
+pub fn bool(out: &mut Vec<u8>, key: &str, v: bool) {
+    out.extend_from_slice(key.as_bytes());
+    out.extend_from_slice(if v { b"true" } else { b"false" });
+}
 
-    pub fn str(&mut self, k: &str, v: &str) {
-        let out = self.key(k);
-        json_str(out, v);
+/// A kernel address as `"0x…"`, as `{:#x}` prints it.
+#[inline(always)]
+pub fn hex(out: &mut Vec<u8>, key: &str, v: u64) {
+    out.extend_from_slice(key.as_bytes());
+    let mut b = *b"\"0x0000000000000000\"";
+    for (i, byte) in v.to_be_bytes().iter().enumerate() {
+        b[3 + 2 * i] = HEX[usize::from(byte >> 4)];
+        b[4 + 2 * i] = HEX[usize::from(byte & 0xf)];
     }
-
-    pub fn opt_str(&mut self, k: &str, v: Option<&str>) {
-        match v {
-            Some(v) => self.str(k, v),
-            None => self.key(k).extend_from_slice(b"null"),
-        }
-    }
-
-    pub fn bool(&mut self, k: &str, v: bool) {
-        self.key(k).extend_from_slice(if v { b"true" } else { b"false" });
-    }
-
-    /// A kernel address as `"0x…"`, as `{:#x}` prints it.
-    pub fn hex(&mut self, k: &str, v: u64) {
-        let out = self.key(k);
-        out.extend_from_slice(b"\"0x");
-        let digits = (64 - v.leading_zeros()).div_ceil(4).max(1);
-        for i in (0..digits).rev() {
-            out.push(HEX[((v >> (i * 4)) & 0xf) as usize]);
-        }
-        out.push(b'"');
-    }
-
-    pub fn end(self) {
-        self.out.push(b'}');
-    }
+    // Leading zeros go, but one digit stays.
+    let skip = ((v.leading_zeros() / 4) as usize).min(15);
+    b[2 + skip] = b'x';
+    b[1 + skip] = b'0';
+    b[skip] = b'"';
+    out.extend_from_slice(&b[skip..]);
 }
 
 #[cfg(test)]
@@ -113,16 +168,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn integers_print_as_display_does() {
+        for v in [0u64, 1, 9, 10, 99, 12345, u64::from(u32::MAX), u64::MAX] {
+            let mut out = b"x".to_vec();
+            push_int(&mut out, v);
+            assert_eq!(out, format!("x{v}").into_bytes());
+        }
+        for v in [0i64, -1, -10, i64::MIN, i64::MAX] {
+            let mut out = Vec::new();
+            push_int(&mut out, v);
+            assert_eq!(out, v.to_string().into_bytes());
+        }
+    }
+
+    #[test]
     fn writes_what_serde_json_reads_back() {
         let mut out = Vec::new();
-        let mut o = Obj::new(&mut out);
-        o.int("a", -5i32);
-        o.opt_int::<u32>("b", None);
-        o.str("c", "q\"\\\n\u{1b}é");
-        o.hex("d", 0xffff_8881_0000_1000);
-        o.hex("e", 0);
-        o.bool("f", true);
-        o.end();
+        int(&mut out, "{\"a\":", -5i32);
+        opt_int::<u32>(&mut out, ",\"b\":", None);
+        str(&mut out, ",\"c\":", "q\"\\\n\u{1b}é");
+        hex(&mut out, ",\"d\":", 0xffff_8881_0000_1000);
+        hex(&mut out, ",\"e\":", 0);
+        bool(&mut out, ",\"f\":", true);
+        out.push(b'}');
         let v: serde_json::Value = serde_json::from_slice(&out).expect("valid JSON");
         assert_eq!(v["a"], -5);
         assert!(v["b"].is_null());

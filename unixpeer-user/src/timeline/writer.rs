@@ -30,7 +30,7 @@ use crate::{
 const CHUNK: usize = 256 * 1024;
 /// zstd level 1: the recorder must keep up with the capture on one core,
 /// and level 1 still shrinks these lines about tenfold.
-const ZSTD_LEVEL: i32 = 1;
+const ZSTD_LEVEL: i32 = -3;
 
 enum Sink {
     Plain(File),
