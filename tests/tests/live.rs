@@ -518,3 +518,145 @@ fn the_walks_use_casts_where_the_kernel_has_the_kfunc() {
         stderr.lines().filter(|l| l.contains("kernel pointer walks") || l.contains("refused")).collect();
     assert!(stderr.contains(want), "expected `{want}` (kfunc in BTF: {has_kfunc}); unixtrace said: {said:?}");
 }
+
+/// connect + accept + socketpair + four closes per iteration, as
+/// `cargo xtask bench follow`'s generator does, on a listener the parent
+/// made (no allocation in the forked child).
+fn burst(listener: i32, path: &str, iterations: usize) -> i32 {
+    let (addr, len) = sockaddr(path);
+    for _ in 0..iterations {
+        // SAFETY: raw socket syscalls on fds this child owns.
+        unsafe {
+            let c = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
+            if c < 0 || libc::connect(c, (&raw const addr).cast(), len) != 0 {
+                return 2;
+            }
+            let s = libc::accept(listener, std::ptr::null_mut(), std::ptr::null_mut());
+            let mut pair = [0; 2];
+            if s < 0 || libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM, 0, pair.as_mut_ptr()) != 0 {
+                return 3;
+            }
+            for fd in [c, s, pair[0], pair[1]] {
+                libc::close(fd);
+            }
+        }
+    }
+    // SAFETY: the listener is this child's to close.
+    unsafe { libc::close(listener) };
+    0
+}
+
+/// UNIX sockets of this network namespace, as the kernel lists them.
+fn kernel_sockets() -> usize {
+    std::fs::read_to_string("/proc/net/unix").expect("/proc/net/unix").lines().count().saturating_sub(1)
+}
+
+#[test]
+fn a_burst_beyond_the_ring_buffer_is_counted_resynced_and_the_next_connection_named() {
+    const N: usize = 5000;
+    // A one-page ring buffer holds about 18 records: the burst overflows
+    // it between two drains. Only the burst's command is captured, so the
+    // kernel's counts are this test's alone.
+    let comm = "lb-burst";
+    let recording = format!("/tmp/unixpeer-live-{}-burst.jsonl", std::process::id());
+    let mut f = Follower::start(&["--buffer-size", "4K", "--comm", comm, "-v", "-w", &recording, "--force"]);
+    let path = tmp_path("burst");
+    let listener = listen_on(&path, libc::SOCK_STREAM, 128);
+    let burster = fork_child(comm, || burst(listener, &path, N));
+    // SAFETY: the child has its own copy of the listener.
+    unsafe { libc::close(listener) };
+    assert_eq!(wait_child(burster), 0, "the burst failed");
+
+    // Loss is counted in the kernel and reported once a second: wait until
+    // every socket event of the burst was either printed or counted lost
+    // (the rest of the count is the burster's exit and rename bookkeeping,
+    // not printed without -vv).
+    let caused = 7 * N as u64 + 2;
+    let tally = |seen: &[Value]| {
+        let printed = seen.iter().filter(|v| v["kind"] == "event" && v["pid"] == burster).count() as u64;
+        let lost: Vec<&Value> = seen.iter().filter(|v| v["kind"] == "lost").collect();
+        (printed, lost.iter().map(|v| v["count"].as_u64().expect("lost count")).sum::<u64>(), lost.len())
+    };
+    loop {
+        let (printed, lost, reports) = tally(&f.seen);
+        if printed + lost >= caused {
+            assert!(printed + lost <= caused + 2, "{printed} printed + {lost} lost, for {caused} socket events");
+            break;
+        }
+        f.wait_for_n("further loss reports", reports + 1, WAIT, |v| v["kind"] == "lost");
+    }
+    let (_, lost, _) = tally(&f.seen);
+    assert!(lost > 0, "a {N}-iteration burst into a one-page ring buffer lost nothing");
+    let last_lost = f.seen.iter().rposition(|v| v["kind"] == "lost").expect("a lost record");
+    assert_eq!(f.seen[last_lost]["total"].as_u64(), Some(lost), "the running total: {}", f.seen[last_lost]);
+    // After the last loss, the model is checked against the kernel.
+    let earlier = f.seen[..last_lost].iter().filter(|v| v["kind"] == "resync").count();
+    let resyncs = f.wait_for_n("a resync after the last loss", earlier + 1, WAIT, |v| v["kind"] == "resync");
+    let resync = resyncs.last().expect("a resync").clone();
+    let field = |k: &str| resyncs.iter().map(|r| r[k].as_u64().expect("a count")).sum::<u64>();
+    assert_eq!(field("lost"), lost, "each resync says what was lost before it: {resyncs:?}");
+    // Sockets whose close was lost left the model; what is left is what
+    // the kernel has (plus what came and went during the check).
+    assert!(field("gone") > 0, "the lost closes left phantoms to remove: {resyncs:?}");
+    let tracked = resync["sockets"].as_u64().expect("sockets tracked") as usize;
+    let in_kernel = kernel_sockets();
+    assert!(tracked <= in_kernel + 64, "{tracked} sockets tracked after the resync, the kernel has {in_kernel}");
+
+    // After the burst, a connection is named with both ends. The server
+    // listens itself: the test process's own calls are not captured.
+    let after = tmp_path("after");
+    let _ = std::fs::remove_file(&after);
+    let (addr, len) = sockaddr(&after);
+    let ready = pipe();
+    let server = fork_child(comm, || {
+        // SAFETY: raw socket syscalls in the child.
+        let listener = unsafe {
+            let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
+            if fd < 0 || libc::bind(fd, (&raw const addr).cast(), len) != 0 || libc::listen(fd, 16) != 0 {
+                return 4;
+            }
+            fd
+        };
+        report(&ready.write, "ready");
+        serve(listener, 1, true)
+    });
+    read_lines(&ready, 1);
+    let client = fork_child(comm, || {
+        let Ok(fd) = connect_to(&after, libc::SOCK_STREAM, false) else { return 2 };
+        let mut b = [0u8; 1];
+        // SAFETY: raw syscalls in the child.
+        unsafe {
+            libc::write(fd, b"x".as_ptr().cast(), 1);
+            libc::read(fd, b.as_mut_ptr().cast(), 1);
+            libc::close(fd);
+        }
+        0
+    });
+    assert_eq!(wait_child(client), 0, "client failed");
+    assert_eq!(wait_child(server), 0, "server failed");
+    let connect = f.wait_for("the connect after the burst", WAIT, |v| is_event(v, "connect", client));
+    assert_eq!(connect["peer_pid"].as_i64(), Some(i64::from(server)), "{connect}");
+    assert_eq!(connect["path"].as_str(), Some(after.as_str()), "{connect}");
+    let accept = f.wait_for("the accept after the burst", WAIT, |v| is_event(v, "accept", server));
+    assert_eq!((accept["peer_pid"].as_i64(), accept["peer_comm"].as_str()), (Some(i64::from(client)), Some(comm)));
+
+    let (code, stderr) = f.stop();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("events lost in the kernel (ring buffer full)"), "loss is said on stderr:\n{stderr}");
+    assert!(stderr.contains("resynchronized with the kernel after"), "the resync is said on stderr:\n{stderr}");
+    // The recording says it too, and a replay rebuilds the same check.
+    let replay = std::process::Command::new(unixtrace_bin())
+        .args(["-r", &recording, "--json"])
+        .output()
+        .expect("replay the recording");
+    let _ = std::fs::remove_file(&recording);
+    let text = String::from_utf8_lossy(&replay.stdout);
+    let replayed: Vec<Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let again: Vec<&Value> = replayed.iter().filter(|v| v["kind"] == "resync").collect();
+    assert_eq!(again.len(), resyncs.len(), "every resync is in the recording: {again:?}");
+    for (r, live) in again.iter().zip(&resyncs) {
+        assert_eq!((&r["lost"], &r["gone"]), (&live["lost"], &live["gone"]), "replayed {r} vs live {live}");
+    }
+    let named = replayed.iter().find(|v| is_event(v, "connect", client)).expect("the replayed connect after the burst");
+    assert_eq!(named["peer_pid"].as_i64(), Some(i64::from(server)), "{named}");
+}

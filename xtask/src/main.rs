@@ -3,8 +3,7 @@
 //! xtask itself builds on the machine's default Rust; everything else is
 //! built with toolchains it installs on demand (see `toolchain`).
 
-mod bench_follow;
-mod bench_snapshot;
+mod bench;
 mod ebpf;
 mod run;
 mod toolchain;
@@ -75,8 +74,12 @@ enum Command {
 enum BenchKind {
     /// The attributed snapshot against `ss -xap` and `lsof +E -U`.
     Snapshot,
-    /// A connection generator untraced and traced by `unixtrace --follow`.
+    /// A connection generator untraced and traced by `unixtrace --follow`,
+    /// per output, pinned and unpinned; a soak and an overload.
     Follow,
+    /// The consumer alone: a recorded 1M-connection stream through decode,
+    /// model and each output on one core.
+    Consume,
 }
 
 fn main() -> Result<()> {
@@ -90,10 +93,14 @@ fn main() -> Result<()> {
         Command::Fuzz { seconds } => run::fuzz(&root, seconds),
         Command::Bench { what: BenchKind::Snapshot } => {
             let bin = run::build_release(&root, &["unixpeer-user", "unixpeer-tests"])?;
-            bench_snapshot::run(&root, &bin.join("unixtrace"))
+            bench::snapshot::run(&root, &bin.join("unixtrace"))
         }
         Command::Bench { what: BenchKind::Follow } => {
-            bench_follow::run(&run::build_release(&root, &["unixpeer-user", "unixpeer-tests"])?)
+            bench::follow::run(&run::build_release(&root, &["unixpeer-user", "unixpeer-tests"])?)
+        }
+        Command::Bench { what: BenchKind::Consume } => {
+            let bin = run::build_release(&root, &["unixpeer-user", "unixpeer-tests"])?;
+            bench::consume::run(&bin, &run::build_example(&root, "unixpeer-user", "consume")?)
         }
         Command::VmTest { kernels, keep_going, filter } => vm::run(&root, &vm::VmOpts { kernels, keep_going, filter }),
     }

@@ -31,6 +31,13 @@ pub fn build_release(root: &Path, packages: &[&str]) -> Result<std::path::PathBu
     Ok(root.join("target/release"))
 }
 
+/// Builds one example in release mode; returns its path.
+pub fn build_example(root: &Path, package: &str, example: &str) -> Result<std::path::PathBuf> {
+    let tc = toolchain::stable()?;
+    sh(cargo(root, &tc).args(["build", "--release", "--locked", "-p", package, "--example", example]))?;
+    Ok(root.join("target/release/examples").join(example))
+}
+
 pub fn run(root: &Path, args: &[String]) -> Result<()> {
     let bin = build_unixtrace(root)?;
     let mut cmd = if is_root() {

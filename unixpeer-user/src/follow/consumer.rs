@@ -204,6 +204,15 @@ impl<'a, W: Write> Consumer<'a, W> {
         self.opts.verbose
     }
 
+    /// Makes the model agree with the kernel (see `Tracker::resync`).
+    /// Accepts still waiting for a connect stop waiting first, so that a
+    /// replay of the recording, which does the same at the resync record,
+    /// ends up with the same model.
+    pub fn resync(&mut self, seeds: Vec<crate::live::SeedSocket>, netns: u32) -> (u64, u64) {
+        self.finish();
+        self.tracker.resync(seeds, netns)
+    }
+
     /// Says that the model was checked against the kernel, and what changed.
     pub fn resynced(&mut self, r: &ResyncRecord) -> io::Result<()> {
         self.summary.resyncs += 1;

@@ -59,7 +59,7 @@ impl<'h> Resync<'h> {
                 return Ok(());
             }
         };
-        let (gone, found) = sink.tracker.resync(seeds, netns);
+        let (gone, found) = sink.resync(seeds, netns);
         let record = ResyncRecord { ts_ns, lost, netns, gone, found, sockets: sink.tracker.sockets_len() as u64 };
         sink.resynced(&record)?;
         Ok(())

@@ -137,7 +137,10 @@ impl Replay {
                 }
                 Record::Lost { ts_ns, count } => f(Step::Lost { ts_ns, count })?,
                 Record::Resync { ts_ns, lost, netns } => {
-                    if let Some(r) = self.resync(ts_ns, lost, netns)? {
+                    if let Some((released, r)) = self.resync(ts_ns, lost, netns)? {
+                        for a in &released {
+                            f(Step::Event(a))?;
+                        }
                         f(Step::Resync(&r))?;
                     }
                 }
@@ -150,7 +153,14 @@ impl Replay {
     /// Applies a recorded check against the kernel: its seeds follow, up to
     /// `SeedsDone`. Without them (the check failed while recording) the
     /// model stays as it was, as the live one did.
-    fn resync(&mut self, ts_ns: u64, lost: u64, netns: u32) -> Result<Option<ResyncRecord>, TimelineError> {
+    /// Accepts still waiting stop waiting first, as they did live; they
+    /// are returned to be shown before the resync.
+    fn resync(
+        &mut self,
+        ts_ns: u64,
+        lost: u64,
+        netns: u32,
+    ) -> Result<Option<(Vec<Resolved>, ResyncRecord)>, TimelineError> {
         let mut seeds = Vec::new();
         loop {
             match self.reader.next_record()? {
@@ -162,12 +172,14 @@ impl Replay {
                 }
             }
         }
+        let mut released = Vec::new();
+        self.tracker.finish(&mut released);
         let (gone, found) = self.tracker.resync(SeedRecord::seeds(&seeds), netns);
         for s in seeds {
             self.rows.insert(s.inode, s);
         }
         let sockets = self.tracker.sockets_len() as u64;
-        Ok(Some(ResyncRecord { ts_ns, lost, netns, gone, found, sockets }))
+        Ok(Some((released, ResyncRecord { ts_ns, lost, netns, gone, found, sockets })))
     }
 
     /// Whether every record was applied.

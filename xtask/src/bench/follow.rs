@@ -1,0 +1,239 @@
+//! `cargo xtask bench follow`: a connection generator (connect + accept +
+//! socketpair + four closes per iteration, on one core) untraced and traced
+//! by `unixtrace --follow`, interleaved in one run, for each output (text,
+//! JSON, a recording) pinned and unpinned. Reports the throughput ratio,
+//! the events unixtrace printed against the events the generator caused,
+//! the lost count and peak RSS; then RSS over a 1,000,000-connection soak,
+//! and an overload (a generator on every core, unixtrace at nice 19) where
+//! loss must be counted and memory stay bounded. Each round also measures
+//! the hooks alone (the programs attached, every event filtered out by
+//! their pid test, before any walk).
+
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use anyhow::Result;
+
+use super::{GENERATOR_CPU, TRACER_CPU, Tracer, generate, median, mib, rss_kib};
+
+const ROUNDS: usize = 3;
+const SECONDS: &str = "4";
+const LONG_RUN: &str = "-n 1000000";
+const OVERLOAD_SECONDS: &str = "10";
+const RATIO_TARGET: f64 = 0.84;
+const SOAK_RSS_TARGET_MIB: f64 = 64.0;
+const OVERLOAD_RSS_TARGET_MIB: f64 = 128.0;
+
+#[derive(Clone, Copy)]
+struct Config {
+    output: &'static str,
+    pinned: bool,
+}
+
+impl Config {
+    fn args(&self, recording: &str) -> Vec<String> {
+        let mut a = vec!["--comm".to_owned(), "connloop".to_owned()];
+        match self.output {
+            "json" => a.push("--json".into()),
+            "recording" => a.extend(["-w", recording, "-q", "--force"].map(String::from)),
+            _ => {}
+        }
+        a
+    }
+
+    fn name(&self) -> String {
+        format!("{} {}", self.output, if self.pinned { "pinned" } else { "unpinned" })
+    }
+}
+
+#[derive(Default)]
+struct Results {
+    ratios: Vec<f64>,
+    lost: u64,
+    exact: bool,
+    peak_kib: u64,
+}
+
+pub fn run(release: &Path) -> Result<()> {
+    let unixtrace = release.join("unixtrace");
+    let connloop = release.join("connloop");
+    let scratch = std::env::temp_dir().join(format!("unixpeer-bench-follow-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch)?;
+    let recording = scratch.join("follow.jsonl.zst");
+    let recording = recording.to_string_lossy();
+    let configs: Vec<Config> = [true, false]
+        .into_iter()
+        .flat_map(|pinned| ["text", "json", "recording"].map(|output| Config { output, pinned }))
+        .collect();
+    println!(
+        "pinned: generator on CPU {GENERATOR_CPU}, unixtrace on CPU {TRACER_CPU}; unpinned: neither; {ROUNDS} rounds of {SECONDS} s per output"
+    );
+    let mut results: Vec<Results> = configs.iter().map(|_| Results { exact: true, ..Default::default() }).collect();
+    let mut floors = Vec::new();
+    for round in 1..=ROUNDS {
+        for (c, res) in configs.iter().zip(results.iter_mut()) {
+            let cpu = |pin: usize| c.pinned.then_some(pin);
+            let base = generate(&connloop, SECONDS, cpu(GENERATOR_CPU))?;
+            let args = c.args(&recording);
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let tracer = Tracer::start(&unixtrace, &args, cpu(TRACER_CPU), None)?;
+            let traced = generate(&connloop, SECONDS, cpu(GENERATOR_CPU))?;
+            // Let unixtrace drain its ring buffer before it is stopped.
+            std::thread::sleep(Duration::from_millis(300));
+            let (summary, rss, said) = tracer.stop()?;
+            let ratio = traced.rate / base.rate;
+            println!(
+                "round {round} {:<17} untraced {:>6.0}/s traced {:>6.0}/s ratio {ratio:.3}; printed {} of {}, {} lost; peak RSS {:.1} MiB",
+                c.name(),
+                base.rate,
+                traced.rate,
+                summary.printed,
+                traced.events(),
+                summary.lost,
+                mib(rss)
+            );
+            for l in said {
+                println!("  {l}");
+            }
+            res.ratios.push(ratio);
+            res.lost += summary.lost;
+            res.exact &= summary.printed == traced.events();
+            res.peak_kib = res.peak_kib.max(rss);
+        }
+        // The same programs with every event of the generator filtered out
+        // by their pid test (`-p 1`: only init's): what the hooks cost
+        // before the programs do any work. Its own untraced run first.
+        let base = generate(&connloop, SECONDS, Some(GENERATOR_CPU))?;
+        let idle = Tracer::start(&unixtrace, &["-p", "1"], Some(TRACER_CPU), None)?;
+        let floor = generate(&connloop, SECONDS, Some(GENERATOR_CPU))?;
+        idle.stop()?;
+        let ratio = floor.rate / base.rate;
+        println!("round {round} hooks only (every event filtered in the kernel): ratio {ratio:.3}");
+        floors.push(ratio);
+    }
+
+    let soak = soak(&unixtrace, &connloop)?;
+    let overload = overload(&unixtrace, &connloop)?;
+    let _ = std::fs::remove_dir_all(&scratch);
+
+    println!(
+        "\n| output | ratio (median of {ROUNDS}, target >= {RATIO_TARGET}) | events lost | every event printed | peak RSS |"
+    );
+    println!("| --- | --- | --- | --- | --- |");
+    for (c, r) in configs.iter().zip(&results) {
+        println!(
+            "| {} | {:.3} | {} | {} | {:.1} MiB |",
+            c.name(),
+            median(r.ratios.clone()),
+            r.lost,
+            r.exact,
+            mib(r.peak_kib)
+        );
+    }
+    println!("| hooks only, every event filtered in the kernel | {:.3} | | | |", median(floors));
+    println!(
+        "soak of 1,000,000 connections: {} lost, every event printed: {}, peak RSS {:.1} MiB (target <= {SOAK_RSS_TARGET_MIB})",
+        soak.lost,
+        soak.exact,
+        mib(soak.peak_kib)
+    );
+    println!(
+        "overload (a generator on each core, unixtrace at nice 19): {} events lost and reported, {} resyncs, peak RSS {:.1} MiB (target <= {OVERLOAD_RSS_TARGET_MIB})",
+        overload.lost,
+        overload.resyncs,
+        mib(overload.peak_kib)
+    );
+    Ok(())
+}
+
+struct Soak {
+    lost: u64,
+    exact: bool,
+    peak_kib: u64,
+    resyncs: u64,
+}
+
+/// RSS sampled twice a second while `f` runs.
+fn sampled<T>(pid: i32, f: impl FnOnce() -> Result<T>) -> Result<(T, Vec<u64>)> {
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = done.clone();
+    let sampler = std::thread::spawn(move || {
+        let mut samples = Vec::new();
+        while !flag.load(std::sync::atomic::Ordering::Relaxed)
+            && let Some(kib) = rss_kib(pid)
+        {
+            samples.push(kib);
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        samples
+    });
+    let out = f();
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let samples = sampler.join().map_err(|_| anyhow::anyhow!("RSS sampler panicked"))?;
+    Ok((out?, samples))
+}
+
+fn soak(unixtrace: &Path, connloop: &Path) -> Result<Soak> {
+    println!("\nsoak: 1,000,000 connections, text output, pinned:");
+    let tracer = Tracer::start(unixtrace, &["--comm", "connloop"], Some(TRACER_CPU), None)?;
+    let start = Instant::now();
+    let (long, samples) = sampled(tracer.pid(), || generate(connloop, LONG_RUN, Some(GENERATOR_CPU)))?;
+    std::thread::sleep(Duration::from_millis(300));
+    let (summary, peak, _) = tracer.stop()?;
+    let quarter = |q: usize| samples.get(samples.len() * q / 4).copied().unwrap_or(0);
+    println!(
+        "  {} iterations in {:.1} s; RSS at 0/25/50/75/100% of the run: {:.1} / {:.1} / {:.1} / {:.1} / {:.1} MiB, peak {:.1} MiB",
+        long.iterations,
+        start.elapsed().as_secs_f64(),
+        mib(quarter(0)),
+        mib(quarter(1)),
+        mib(quarter(2)),
+        mib(quarter(3)),
+        mib(samples.last().copied().unwrap_or(0)),
+        mib(peak)
+    );
+    println!("  events printed {} of {}, {} lost", summary.printed, long.events(), summary.lost);
+    Ok(Soak { lost: summary.lost, exact: summary.printed == long.events(), peak_kib: peak, resyncs: summary.resyncs })
+}
+
+/// More events than any consumer at nice 19 can take: a generator on
+/// every core. Loss must be counted and reported, the model resynced, and
+/// memory stay bounded.
+fn overload(unixtrace: &Path, connloop: &Path) -> Result<Soak> {
+    println!("\noverload: a generator on each CPU for {OVERLOAD_SECONDS} s, unixtrace unpinned at nice 19:");
+    let tracer = Tracer::start(unixtrace, &["--comm", "connloop"], None, Some(19))?;
+    let (runs, samples) = sampled(tracer.pid(), || {
+        std::thread::scope(|s| {
+            let a = s.spawn(|| generate(connloop, OVERLOAD_SECONDS, Some(GENERATOR_CPU)));
+            let b = s.spawn(|| generate(connloop, OVERLOAD_SECONDS, Some(TRACER_CPU)));
+            let a = a.join().map_err(|_| anyhow::anyhow!("generator thread panicked"))??;
+            let b = b.join().map_err(|_| anyhow::anyhow!("generator thread panicked"))??;
+            Ok((a, b))
+        })
+    })?;
+    // A resync may be under way: give it time, then stop.
+    std::thread::sleep(Duration::from_secs(3));
+    let (summary, peak, said) = tracer.stop()?;
+    let caused = runs.0.events() + runs.1.events();
+    println!(
+        "  generators: {:.0}/s and {:.0}/s, {caused} events; unixtrace received {}, lost {} (received + lost = {}), {} resyncs",
+        runs.0.rate,
+        runs.1.rate,
+        summary.received,
+        summary.lost,
+        summary.received + summary.lost,
+        summary.resyncs
+    );
+    println!(
+        "  RSS samples max {:.1} MiB, peak {:.1} MiB; {} warning and resync lines on stderr",
+        mib(samples.iter().copied().max().unwrap_or(0)),
+        mib(peak),
+        said.len()
+    );
+    for l in said.iter().take(4) {
+        println!("  {l}");
+    }
+    Ok(Soak { lost: summary.lost, exact: false, peak_kib: peak, resyncs: summary.resyncs })
+}
