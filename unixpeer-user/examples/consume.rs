@@ -2,14 +2,16 @@
 //! of kernel events goes through decode, model and one output on the
 //! calling thread, with no kernel involved.
 //!
-//! Usage: consume RECORDING OUTPUT... (OUTPUT: text, json, record, record-zst,
-//! or model: decode and model alone, for the breakdown)
+//! Usage:
+//!   consume encode RECORDING STREAM   the recording's seeds and events, as
+//!                                     the kernel's records (`events::encode`)
+//!   consume STREAM OUTPUT...          OUTPUT: text, json, record, record-zst,
+//!                                     or model (decode and model alone)
 //!
-//! The recording's events are turned back into the kernel's records
-//! (`events::encode`) in a scratch file first; each output then reads that
-//! file in chunks and only the time spent consuming them is counted. One
-//! line per output: `consume OUTPUT events=N seconds=S cpu_seconds=C
-//! rate=R cpu_rate=CR tracked=T`.
+//! Each output reads the stream in chunks and only the time spent consuming
+//! them is counted. One line per output: `consume OUTPUT events=N
+//! seconds=S cpu_seconds=C rate=R cpu_rate=CR tracked=T`. Encoding is a
+//! separate run so that the reader's memory is not the consumer's.
 
 use std::{
     fs::File,
@@ -37,20 +39,28 @@ const CHUNK: usize = 8192;
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let Some((recording, outputs)) = args.split_first() else {
-        bail!("usage: consume RECORDING OUTPUT... (text, json, record, record-zst)");
-    };
-    let scratch = std::env::temp_dir().join(format!("unixpeer-consume-{}", std::process::id()));
-    std::fs::create_dir_all(&scratch)?;
-    let result = run(Path::new(recording), outputs, &scratch);
-    let _ = std::fs::remove_dir_all(&scratch);
-    result
+    match args.as_slice() {
+        [cmd, recording, stream] if cmd == "encode" => {
+            let n = encode(Path::new(recording), Path::new(stream))?;
+            eprintln!("consume: {n} kernel records from {recording} in {stream}");
+            Ok(())
+        }
+        [stream, outputs @ ..] if !outputs.is_empty() => {
+            let scratch = std::env::temp_dir().join(format!("unixpeer-consume-{}", std::process::id()));
+            std::fs::create_dir_all(&scratch)?;
+            let result = run(Path::new(stream), outputs, &scratch);
+            let _ = std::fs::remove_dir_all(&scratch);
+            result
+        }
+        _ => bail!(
+            "usage: consume encode RECORDING STREAM | consume STREAM OUTPUT... (text, json, record, record-zst, model)"
+        ),
+    }
 }
 
-fn run(recording: &Path, outputs: &[String], scratch: &Path) -> Result<()> {
-    let raw = scratch.join("events.raw");
-    let (seeds, infer, n) = encode(recording, &raw)?;
-    eprintln!("consume: {n} kernel records from {}", recording.display());
+fn run(stream: &Path, outputs: &[String], scratch: &Path) -> Result<()> {
+    let (seeds, infer): (Vec<SeedRecord>, bool) = serde_json::from_slice(&std::fs::read(seeds_path(stream))?)?;
+    let raw = stream;
     for output in outputs {
         let quiet = output.starts_with("record") || output == "model";
         let opts = FollowOptions { json: output == "json", quiet, ..Default::default() };
@@ -71,7 +81,7 @@ fn run(recording: &Path, outputs: &[String], scratch: &Path) -> Result<()> {
         let filter = |_: &unixpeer_user::live::Resolved| true;
         let mut sink =
             Consumer::new(tracker, devnull, &opts, clock, &filter, recorder.as_mut().map(|r| r as &mut dyn Recorder));
-        let (seconds, cpu_seconds) = feed(&raw, &mut sink)?;
+        let (seconds, cpu_seconds) = feed(raw, &mut sink)?;
         let tracked = sink.tracker.len();
         let events = sink.summary.received;
         if let Some(w) = &writer {
@@ -127,9 +137,16 @@ fn read_full(f: &mut File, buf: &mut [u8]) -> Result<usize> {
     Ok(n - n % RECORD)
 }
 
-/// The recording's seeds, whether it infers releases at exit, and its
-/// events written as kernel records to `raw`.
-fn encode(recording: &Path, raw: &Path) -> Result<(Vec<SeedRecord>, bool, u64)> {
+/// Where the seeds of a stream are kept, beside it.
+fn seeds_path(stream: &Path) -> std::path::PathBuf {
+    let mut p = stream.as_os_str().to_owned();
+    p.push(".seeds.json");
+    p.into()
+}
+
+/// The recording's events written as kernel records to `raw`, and its
+/// seeds (with whether it infers releases at exit) beside it.
+fn encode(recording: &Path, raw: &Path) -> Result<u64> {
     let mut reader = Reader::open(recording)?;
     let infer = reader.header.infer_release_on_exit;
     let mut out = BufWriter::with_capacity(1 << 20, File::create(raw)?);
@@ -151,5 +168,6 @@ fn encode(recording: &Path, raw: &Path) -> Result<(Vec<SeedRecord>, bool, u64)> 
     if n == 0 {
         bail!("{} holds no events", recording.display());
     }
-    Ok((seeds, infer, n))
+    std::fs::write(seeds_path(raw), serde_json::to_vec(&(&seeds, infer))?)?;
+    Ok(n)
 }

@@ -39,11 +39,13 @@ fn run_in(unixtrace: &Path, connloop: &Path, consume: &Path, scratch: &Path) -> 
         untraced.rate
     );
     let recording = record(unixtrace, connloop, scratch)?;
+    let stream = scratch.join("loop.raw");
+    crate::util::run(Command::new(consume).arg("encode").arg(&recording).arg(&stream))?;
     let mut rates: Vec<(&str, Vec<f64>, u64)> = OUTPUTS.iter().map(|o| (*o, Vec::new(), 0)).collect();
     for round in 1..=ROUNDS {
         for (output, samples, peak) in &mut rates {
             let mut cmd = Command::new(consume);
-            cmd.arg(&recording).arg(*output).stdout(Stdio::piped()).stderr(Stdio::inherit());
+            cmd.arg(&stream).arg(*output).stdout(Stdio::piped()).stderr(Stdio::inherit());
             pin_to(&mut cmd, TRACER_CPU);
             let child = cmd.spawn().context("start the consume harness")?;
             let pid = child.id() as i32;
