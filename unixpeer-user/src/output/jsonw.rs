@@ -35,40 +35,37 @@ macro_rules! signed {
 unsigned!(u8, u16, u32, u64, usize);
 signed!(i32, i64);
 
-/// An integer in decimal. Digits are made right to left in a scratch
-/// array and moved with one fixed-size copy: a copy of the digits' own
-/// length would be a call to memmove for every number of every line.
+/// An integer in decimal, its digits written straight into `out`, two per
+/// division, right to left: a scratch array copied afterwards stalled on
+/// store forwarding, and a copy of the digits' own length was a call to
+/// memmove for every number of every line.
 #[inline(always)]
 pub fn push_int(out: &mut Vec<u8>, v: impl Int) {
-    const MAX: usize = 20;
     let (negative, mut n) = v.split();
     if negative {
         out.push(b'-');
     }
-    let mut scratch = [0u8; 2 * MAX];
-    let mut start = MAX;
-    // Two digits per division.
-    while n >= 100 {
-        let pair = (n % 100) as usize * 2;
-        n /= 100;
-        start -= 2;
-        scratch[start..start + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
-    }
-    if n >= 10 {
-        start -= 2;
-        scratch[start..start + 2].copy_from_slice(&PAIRS[n as usize * 2..n as usize * 2 + 2]);
-    } else {
-        start -= 1;
-        scratch[start] = b'0' + n as u8;
-    }
-    out.reserve(MAX);
+    let digits = n.checked_ilog10().unwrap_or(0) as usize + 1;
+    out.reserve(digits);
     let len = out.len();
-    // SAFETY: `reserve` made room for MAX bytes past `len`; the copy writes
-    // exactly MAX bytes there (digits first, then scratch zeros) and only
-    // the digits are kept by set_len.
+    // SAFETY: `reserve` made room for `digits` bytes past `len`; every one
+    // of them is written below (the loop writes pairs from the end, the
+    // last one or two digits go first), then set_len keeps exactly those.
     unsafe {
-        std::ptr::copy_nonoverlapping(scratch.as_ptr().add(start), out.as_mut_ptr().add(len), MAX);
-        out.set_len(len + MAX - start);
+        let dst = out.as_mut_ptr().add(len);
+        let mut end = digits;
+        while n >= 100 {
+            let pair = (n % 100) as usize * 2;
+            n /= 100;
+            end -= 2;
+            std::ptr::copy_nonoverlapping(PAIRS.as_ptr().add(pair), dst.add(end), 2);
+        }
+        if n >= 10 {
+            std::ptr::copy_nonoverlapping(PAIRS.as_ptr().add(n as usize * 2), dst, 2);
+        } else {
+            *dst = b'0' + n as u8;
+        }
+        out.set_len(len + digits);
     }
 }
 
