@@ -46,7 +46,8 @@ fn ensure_installed(toolchain: &str, components: &[&str], targets: &[&str]) -> R
 }
 
 /// The toolchain to build the workspace with, as a `+toolchain` argument:
-/// the default one when it is new enough, else the pinned stable.
+/// the active one (`cargo +T xtask`, else rustup's default) when it is new
+/// enough, else the pinned stable.
 pub fn stable() -> Result<String> {
     if let Ok(t) = std::env::var("UNIXPEER_TOOLCHAIN") {
         return Ok(format!("+{t}"));
@@ -54,8 +55,13 @@ pub fn stable() -> Result<String> {
     let default_minor = output(Command::new("rustc").arg("--version"))
         .and_then(|v| v.split_whitespace().nth(1).map(str::to_owned))
         .and_then(|v| v.split('.').nth(1).and_then(|m| m.parse::<u32>().ok()));
-    let default = output(rustup().arg("default")).and_then(|s| s.split_whitespace().next().map(str::to_owned));
-    let toolchain = match (default_minor, default) {
+    // The toolchain whose rustc answered above: `cargo +1.99 xtask` runs
+    // with RUSTUP_TOOLCHAIN=1.99, which is not rustup's default.
+    let active = std::env::var("RUSTUP_TOOLCHAIN")
+        .ok()
+        .filter(|t| !t.is_empty())
+        .or_else(|| output(rustup().arg("default")).and_then(|s| s.split_whitespace().next().map(str::to_owned)));
+    let toolchain = match (default_minor, active) {
         (Some(m), Some(name)) if m >= MIN_STABLE_MINOR => name,
         _ => PINNED_STABLE.to_owned(),
     };
