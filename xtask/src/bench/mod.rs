@@ -23,7 +23,11 @@ pub const TRACER_CPU: usize = 1;
 /// What one run of the connection generator did.
 pub struct Generated {
     pub iterations: u64,
+    /// Iterations per second of wall-clock time.
     pub rate: f64,
+    /// Iterations per second of the generator's CPU time: the kernel's work
+    /// for its syscalls counts, time stolen by other guests does not.
+    pub cpu_rate: f64,
 }
 
 impl Generated {
@@ -48,8 +52,8 @@ pub fn generate(connloop: &Path, limit: &str, cpu: Option<usize>) -> Result<Gene
     let field = |k: &str| -> Option<f64> {
         text.split_whitespace().find_map(|kv| kv.strip_prefix(k)?.strip_prefix('=')?.parse().ok())
     };
-    match (field("iterations"), field("rate")) {
-        (Some(i), Some(r)) => Ok(Generated { iterations: i as u64, rate: r }),
+    match (field("iterations"), field("rate"), field("cpu_rate")) {
+        (Some(i), Some(r), Some(c)) => Ok(Generated { iterations: i as u64, rate: r, cpu_rate: c }),
         _ => bail!("unexpected connloop output: {text}"),
     }
 }
