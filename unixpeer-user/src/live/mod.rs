@@ -4,6 +4,7 @@
 //! a socket now. Bounded: a socket leaves the model once its close has been
 //! reported.
 
+mod listeners;
 mod pending;
 pub mod render;
 
@@ -13,7 +14,7 @@ use foldhash::{HashMap, HashSet};
 
 use unixpeer_common::EventKind;
 
-use self::pending::PendingAccepts;
+use self::{listeners::Listeners, pending::PendingAccepts};
 #[cfg(test)]
 use crate::events::SockType;
 use crate::{events::Event, holders::Comm};
@@ -94,7 +95,7 @@ pub struct Tracker {
     /// Listening sockets by (netns, name): who a connect is talking to
     /// before the server accepts.
     /// The inode, so that the holder named is whoever holds it now.
-    listeners: HashMap<(u32, String), u64>,
+    listeners: Listeners,
     /// Client inode by the server-side `struct sock` created at connect:
     /// accept returns that very sock.
     embryos: HashMap<u64, u64>,
@@ -145,7 +146,7 @@ impl Tracker {
         if s.listening
             && let Some(path) = &s.path
         {
-            self.listeners.insert((s.netns, path.clone()), s.inode);
+            self.listeners.insert(s.netns, path, s.inode);
         }
         for h in &s.holders {
             self.by_pid.entry(h.pid).or_default().insert(s.inode);
@@ -172,7 +173,7 @@ impl Tracker {
         self.socks.retain(|inode, s| s.netns != netns || kernel.contains(inode));
         let gone = (before - self.socks.len()) as u64;
         let found = seeds.iter().filter(|s| !self.socks.contains_key(&s.inode)).count() as u64;
-        self.listeners.retain(|(n, _), inode| *n != netns || kernel.contains(inode));
+        self.listeners.retain(|n, inode| n != netns || kernel.contains(&inode));
         for s in seeds {
             self.seed(s);
         }
@@ -225,13 +226,19 @@ impl Tracker {
     fn holders_of(&self, inode: Option<u64>) -> Option<Holders> {
         let inode = inode?;
         let live = self.socks.get(&inode).map(|s| &s.holders);
-        let mut holders = live.or_else(|| self.graveyard.get(&inode)).cloned().filter(|h| !h.is_empty())?;
-        for h in &mut holders {
-            if let Some(c) = self.comms.get(&h.pid) {
-                h.comm = *c;
+        live.or_else(|| self.graveyard.get(&inode)).cloned().filter(|h| !h.is_empty())
+    }
+
+    /// A process's name changed: its holders say so from now on. Names
+    /// change rarely, so this is done here rather than looked up each
+    /// time holders are shown.
+    fn rename_holders(&mut self, pid: u32, comm: Comm) {
+        let Some(inodes) = self.by_pid.get(&pid) else { return };
+        for inode in inodes {
+            if let Some(s) = self.socks.get_mut(inode) {
+                s.holders.iter_mut().filter(|h| h.pid == pid).for_each(|h| h.comm = comm);
             }
         }
-        Some(holders)
     }
 
     fn bury(&mut self, inode: u64, holders: Holders) {
@@ -246,8 +253,8 @@ impl Tracker {
 
     fn listener_for(&self, e: &Event) -> Option<Holder> {
         let path = e.path.as_ref()?;
-        let inode = self.listeners.get(&(e.netns, path.clone()))?;
-        self.holders_of(Some(*inode))?.into_iter().next()
+        let inode = self.listeners.get(e.netns, path)?;
+        self.holders_of(Some(inode))?.into_iter().next()
     }
 
     fn upsert(&mut self, inode: Option<u64>, holder: Holder, peer_inode: Option<u64>, e: &Event) {
@@ -286,6 +293,7 @@ impl Tracker {
         if e.kind != EventKind::TaskExit && self.comms.get(&e.pid) != Some(&e.comm) {
             // (A rename of an untracked thread is undone below.)
             self.comms.insert(e.pid, e.comm);
+            self.rename_holders(e.pid, e.comm);
         }
         let actor = |fd| Holder { pid: e.pid, comm: e.comm, fd };
         let peer = match e.kind {
@@ -302,7 +310,7 @@ impl Tracker {
                     s.listener = true;
                 }
                 if let (Some(p), Some(i)) = (&e.path, e.inode) {
-                    self.listeners.insert((e.netns, p.clone()), i);
+                    self.listeners.insert(e.netns, p, i);
                 }
                 Peer::Unknown
             }
@@ -530,7 +538,7 @@ impl Tracker {
             if s.listener
                 && let Some(p) = &s.path
             {
-                self.listeners.remove(&(s.netns, p.clone()));
+                self.listeners.remove(s.netns, p);
             }
             for h in &s.holders {
                 self.by_pid.get_mut(&h.pid).map(|set| set.remove(&inode));
