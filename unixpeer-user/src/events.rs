@@ -33,7 +33,34 @@ pub struct Event {
     pub child_pid: Option<u32>,
     /// Not seen by the kernel but deduced (a release at process exit under
     /// the tracepoint strategy): says from what.
-    pub inferred: Option<&'static str>,
+    pub inferred: Option<Inferred>,
+}
+
+/// Why a close the kernel did not report was deduced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Inferred {
+    /// The last process holding the socket exited (tracepoint strategy).
+    Exit,
+    /// The last fd was closed while the file was still referenced (in
+    /// flight over SCM_RIGHTS, a /proc reader's moment), and UNIX_DIAG later
+    /// no longer had the socket.
+    ReleasedLater,
+}
+
+impl Inferred {
+    pub const ALL: [Self; 2] = [Self::Exit, Self::ReleasedLater];
+
+    /// As JSON output and recordings carry it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Exit => "exit",
+            Self::ReleasedLater => "the last fd close, released later",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|i| i.as_str() == s)
+    }
 }
 
 #[cfg(test)]

@@ -25,9 +25,39 @@ pub enum BackendChoice {
     Tracepoint,
 }
 
+/// The attach strategy in use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Strategy {
+    Fentry,
+    Kprobe,
+    Tracepoint,
+}
+
+impl Strategy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Fentry => "fentry",
+            Self::Kprobe => "kprobe",
+            Self::Tracepoint => "tracepoint",
+        }
+    }
+
+    /// Only the syscall tracepoints miss releases done by exit() and
+    /// anything else outside close(): the model infers those.
+    pub fn infers_releases(self) -> bool {
+        self == Self::Tracepoint
+    }
+}
+
+impl std::fmt::Display for Strategy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Chosen {
-    pub backend: &'static str,
+    pub backend: Strategy,
     pub why: String,
 }
 
@@ -87,27 +117,27 @@ pub fn attach(
 ) -> Result<Chosen, CaptureError> {
     let chosen = match choice {
         BackendChoice::Fentry => {
-            attach_fentry(ebpf, btf, kbtf).map_err(|e| unavailable("fentry", e))?;
-            Chosen { backend: "fentry", why: "requested with --backend fentry".into() }
+            attach_fentry(ebpf, btf, kbtf).map_err(|e| unavailable(Strategy::Fentry, e))?;
+            Chosen { backend: Strategy::Fentry, why: "requested with --backend fentry".into() }
         }
         BackendChoice::Kprobe => {
-            attach_kprobe(ebpf, tracefs_root).map_err(|e| unavailable("kprobe", e))?;
-            Chosen { backend: "kprobe", why: "requested with --backend kprobe".into() }
+            attach_kprobe(ebpf, tracefs_root).map_err(|e| unavailable(Strategy::Kprobe, e))?;
+            Chosen { backend: Strategy::Kprobe, why: "requested with --backend kprobe".into() }
         }
         BackendChoice::Tracepoint => {
-            Chosen { backend: "tracepoint", why: "requested with --backend tracepoint".into() }
+            Chosen { backend: Strategy::Tracepoint, why: "requested with --backend tracepoint".into() }
         }
         BackendChoice::Auto => auto(ebpf, btf, kbtf, tracefs_root)?,
     };
     let mut settings: Array<_, u32> =
         Array::try_from(ebpf.map_mut("SETTINGS").ok_or(CaptureError::MissingMap("SETTINGS"))?)?;
-    settings.set(setting::SYSCALL_STRATEGY, &u32::from(chosen.backend == "tracepoint"), 0)?;
+    settings.set(setting::SYSCALL_STRATEGY, &u32::from(chosen.backend == Strategy::Tracepoint), 0)?;
     // Only now: the syscall programs must know whether they report connect
     // and final closes.
     attach_raw_syscalls(ebpf, btf).map_err(|e| match e {
         // A verifier rejection is a bug to report, not a missing feature.
         CaptureError::Verifier { .. } => e,
-        _ if chosen.backend == "tracepoint" => {
+        _ if chosen.backend == Strategy::Tracepoint => {
             CaptureError::NoBackend(format!("  {}\n  raw syscall tracepoints failed ({e})", chosen.why))
         }
         _ => e,
@@ -118,7 +148,7 @@ pub fn attach(
     Ok(chosen)
 }
 
-fn unavailable(backend: &'static str, e: CaptureError) -> CaptureError {
+fn unavailable(backend: Strategy, e: CaptureError) -> CaptureError {
     match e {
         // A verifier rejection is a bug to report, not a missing feature.
         CaptureError::Verifier { .. } => e,
@@ -128,7 +158,7 @@ fn unavailable(backend: &'static str, e: CaptureError) -> CaptureError {
 
 fn auto(ebpf: &mut Ebpf, btf: &Btf, kbtf: &KernelBtf, tracefs_root: &Path) -> Result<Chosen, CaptureError> {
     let fentry_why = match attach_fentry(ebpf, btf, kbtf) {
-        Ok(()) => return Ok(Chosen { backend: "fentry", why: "BPF trampolines load on this kernel".into() }),
+        Ok(()) => return Ok(Chosen { backend: Strategy::Fentry, why: "BPF trampolines load on this kernel".into() }),
         Err(e @ CaptureError::Verifier { .. }) => return Err(e),
         Err(e) => {
             unload(ebpf, FENTRY.iter().map(|(p, _, _)| *p));
@@ -137,7 +167,7 @@ fn auto(ebpf: &mut Ebpf, btf: &Btf, kbtf: &KernelBtf, tracefs_root: &Path) -> Re
     };
     let kprobe_why = match attach_kprobe(ebpf, tracefs_root) {
         Ok(()) => {
-            return Ok(Chosen { backend: "kprobe", why: format!("{fentry_why}; kprobes load on this kernel") });
+            return Ok(Chosen { backend: Strategy::Kprobe, why: format!("{fentry_why}; kprobes load on this kernel") });
         }
         Err(e @ CaptureError::Verifier { .. }) => return Err(e),
         Err(e) => {
@@ -145,7 +175,7 @@ fn auto(ebpf: &mut Ebpf, btf: &Btf, kbtf: &KernelBtf, tracefs_root: &Path) -> Re
             format!("kprobes unavailable ({})", short(&e))
         }
     };
-    Ok(Chosen { backend: "tracepoint", why: format!("{fentry_why}; {kprobe_why}") })
+    Ok(Chosen { backend: Strategy::Tracepoint, why: format!("{fentry_why}; {kprobe_why}") })
 }
 
 fn short(e: &CaptureError) -> String {
@@ -210,7 +240,7 @@ fn attach_fentry(ebpf: &mut Ebpf, btf: &Btf, kbtf: &KernelBtf) -> Result<(), Cap
         let n = kbtf.param_count(func)?;
         if n != 4 {
             return Err(CaptureError::BackendUnavailable {
-                backend: "fentry",
+                backend: Strategy::Fentry,
                 why: format!("{func} takes {n} arguments on this kernel, unixtrace expects 4"),
             });
         }
@@ -236,7 +266,7 @@ fn attach_fentry(ebpf: &mut Ebpf, btf: &Btf, kbtf: &KernelBtf) -> Result<(), Cap
 fn attach_kprobe(ebpf: &mut Ebpf, tracefs_root: &Path) -> Result<(), CaptureError> {
     if !Path::new(KPROBE_PMU).exists() && !tracefs_root.join("kprobe_events").exists() {
         return Err(CaptureError::BackendUnavailable {
-            backend: "kprobe",
+            backend: Strategy::Kprobe,
             why: format!("{KPROBE_PMU} and kprobe_events are missing: the kernel has no CONFIG_KPROBES"),
         });
     }

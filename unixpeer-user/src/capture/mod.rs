@@ -16,7 +16,7 @@ use aya::{
 use tokio::io::unix::AsyncFd;
 use unixpeer_common::{KernelFilter, SyscallNumbers, TASK_COMM_LEN, counter};
 
-pub use self::backend::{BackendChoice, Chosen};
+pub use self::backend::{BackendChoice, Chosen, Strategy};
 use crate::{
     btf::{BtfError, KernelBtf, VMLINUX_BTF},
     privileges::{self, PrivilegeError},
@@ -58,7 +58,7 @@ pub enum CaptureError {
     #[error("program `{program}` could not be loaded or attached to {target}: {source}")]
     Program { program: String, target: String, source: Box<ProgramError> },
     #[error("the {backend} backend is not available on this kernel: {why}")]
-    BackendUnavailable { backend: &'static str, why: String },
+    BackendUnavailable { backend: Strategy, why: String },
     #[error("no attach strategy works on this kernel:\n{0}")]
     NoBackend(String),
     #[error("the eBPF object lacks map `{0}`")]
@@ -387,7 +387,7 @@ mod tests {
         assert_eq!(setup.offsets.cast_loads, 1, "this kernel (6.18) has bpf_rdonly_cast");
         let opts = CaptureOptions { backend: BackendChoice::Tracepoint, ..Default::default() };
         let (_, chosen, walks) = setup.load_with_fallback(&opts).expect("the programs load");
-        assert_eq!((chosen.backend, walks), ("tracepoint", Walks::Casts));
+        assert_eq!((chosen.backend, walks), (Strategy::Tracepoint, Walks::Casts));
 
         // Casting a `struct file *` to a 16-byte list_head: its fields lie
         // outside, which the verifier must refuse.
@@ -398,6 +398,6 @@ mod tests {
             Ok(_) => panic!("the verifier accepted loads outside struct list_head"),
         }
         let (_, chosen, walks) = setup.load_with_fallback(&opts).expect("the programs load again with probe reads");
-        assert_eq!((chosen.backend, walks), ("tracepoint", Walks::ProbeReads));
+        assert_eq!((chosen.backend, walks), (Strategy::Tracepoint, Walks::ProbeReads));
     }
 }

@@ -132,8 +132,7 @@ pub async fn run<'a>(opts: &'a FollowOptions, hooks: Hooks<'a>) -> Result<Follow
     let mut sigint = signal(SignalKind::interrupt()).map_err(FollowError::Signal)?;
     let mut capture = Capture::start(&opts.capture)?;
     let clock = Clock::now();
-    // Only the tracepoint strategy misses releases done by exit().
-    let infer = capture.chosen.backend == "tracepoint";
+    let infer = capture.chosen.backend.infers_releases();
     let Hooks { snapshot, filter, mut recorder } = hooks;
     if let Some(r) = recorder.as_mut() {
         r.start(&capture.chosen, &clock, infer).map_err(FollowError::Recorder)?;
@@ -218,7 +217,7 @@ fn write_ready_line(out: &mut impl Write, opts: &FollowOptions, capture: &Captur
     } else if opts.json {
         let status = serde_json::json!({
             "kind": "capture",
-            "backend": capture.chosen.backend,
+            "backend": capture.chosen.backend.as_str(),
             "why": capture.chosen.why,
             "start_ts": clock.start_mono_ns,
             "start_time": clock.rfc3339(clock.start_mono_ns),

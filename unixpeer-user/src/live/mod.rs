@@ -17,7 +17,10 @@ use unixpeer_common::EventKind;
 use self::{listeners::Listeners, pending::PendingAccepts};
 #[cfg(test)]
 use crate::events::SockType;
-use crate::{events::Event, holders::Comm};
+use crate::{
+    events::{Event, Inferred},
+    holders::Comm,
+};
 
 /// One process holding a socket through one fd.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -128,12 +131,6 @@ struct Orphan {
     next_look_ns: u64,
     wait_ns: u64,
 }
-/// What an inferred close after an orphaning fd close says it came from.
-pub const RELEASED_LATER: &str = "the last fd close, released later";
-/// What a close inferred from the exit of the last holder says.
-pub const RELEASED_AT_EXIT: &str = "exit";
-/// Every reason a close may be inferred for (`Event::inferred`).
-pub const INFERRED: [&str; 2] = [RELEASED_AT_EXIT, RELEASED_LATER];
 /// How long an accept may wait for its client's connect event (event time).
 const ACCEPT_WAIT_NS: u64 = 100_000_000;
 
@@ -446,7 +443,7 @@ impl Tracker {
         let mut close = orphan.fd_close;
         close.kind = EventKind::Close;
         close.ts_ns = now_ns.max(close.ts_ns);
-        close.inferred = Some(RELEASED_LATER);
+        close.inferred = Some(Inferred::ReleasedLater);
         if let Some(s) = self.socks.get_mut(&inode) {
             s.holders.push(Holder { pid: close.pid, comm: close.comm, fd: close.fd });
         }
@@ -489,7 +486,7 @@ impl Tracker {
                 close.fd = fd;
                 close.netns = s.netns;
                 close.sock_type = s.sock_type.unwrap_or(close.sock_type);
-                close.inferred = Some(RELEASED_AT_EXIT);
+                close.inferred = Some(Inferred::Exit);
                 // Keep the exiting process as the last holder for the line.
                 s.holders.push(Holder { pid: e.pid, comm: e.comm, fd });
                 released.push(close);
@@ -611,7 +608,7 @@ mod tests {
         assert_eq!(out.len(), 1);
         assert_eq!(
             (out[0].event.kind, out[0].event.inode, out[0].event.inferred),
-            (EventKind::Close, Some(11), Some(RELEASED_AT_EXIT))
+            (EventKind::Close, Some(11), Some(Inferred::Exit))
         );
         assert_eq!(out[0].event.fd, Some(4));
         assert!(t.socks.is_empty() && t.by_pid.values().all(|s| s.is_empty()));
@@ -636,7 +633,10 @@ mod tests {
         let out = t.orphan_released(10, 5_000_000_000);
         assert_eq!(out.len(), 1);
         let r = &out[0];
-        assert_eq!((r.event.kind, r.event.inode, r.event.inferred), (EventKind::Close, Some(10), Some(RELEASED_LATER)));
+        assert_eq!(
+            (r.event.kind, r.event.inode, r.event.inferred),
+            (EventKind::Close, Some(10), Some(Inferred::ReleasedLater))
+        );
         assert_eq!((r.event.pid, r.event.ts_ns), (1, 5_000_000_000));
         assert!(t.orphans_due(u64::MAX).is_empty() && !t.socks.contains_key(&10));
     }

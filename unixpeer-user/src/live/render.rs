@@ -5,7 +5,7 @@ use unixpeer_common::EventKind;
 
 use super::{Holder, Peer, Resolved};
 use crate::{
-    events::event_name,
+    events::{Inferred, event_name},
     output::{
         escape,
         jsonw::{bool, hex, int, null, opt_int, opt_str, str},
@@ -273,7 +273,7 @@ pub fn write_text(out: &mut Vec<u8>, r: &Resolved, clock: &Clock, wall: bool) {
         out.extend_from_slice(b"  ");
         out.extend_from_slice(errno_name(e.errno).as_bytes());
     }
-    if let Some(how) = e.inferred {
+    if let Some(how) = e.inferred.map(Inferred::as_str) {
         out.extend_from_slice(b"  (released by ");
         out.extend_from_slice(how.as_bytes());
         out.push(b')');
@@ -306,7 +306,7 @@ pub fn write_json(out: &mut Vec<u8>, r: &Resolved, clock: &Clock) {
     opt_str(out, ",\"error\":", (e.errno != 0).then(|| errno_name(e.errno)).as_deref());
     str(out, ",\"event\":", event_name(e.kind));
     opt_int(out, ",\"fd\":", e.fd);
-    opt_str(out, ",\"inferred\":", e.inferred);
+    opt_str(out, ",\"inferred\":", e.inferred.map(Inferred::as_str));
     opt_int(out, ",\"inode\":", e.inode);
     out.extend_from_slice(b",\"kind\":\"event\"");
     opt_int(out, ",\"listen_fd\":", e.listen_fd);

@@ -8,9 +8,10 @@ use serde::{Deserialize, Serialize};
 use unixpeer_common::EventKind;
 
 use super::{FORMAT_NAME, FORMAT_VERSION};
+use crate::events::Inferred;
 use crate::events::{Event, SockType, event_name};
 use crate::holders::{Comm, Holder as SnapHolder, HolderList};
-use crate::live::{Holder, INFERRED, SeedSocket};
+use crate::live::{Holder, SeedSocket};
 use crate::model::{KernelState, Model, SockName, Socket, Vfs};
 use crate::output::jsonw::{int, json_str};
 
@@ -267,7 +268,7 @@ pub fn write_event(out: &mut Vec<u8>, e: &Event) {
     }
     if let Some(why) = e.inferred {
         out.extend_from_slice(b",\"inferred\":");
-        json_str(out, why);
+        json_str(out, why.as_str());
     }
     out.extend_from_slice(b"}\n");
 }
@@ -384,9 +385,7 @@ fn event(l: &Line<'_>) -> Result<Event, String> {
         child_pid: l.child_pid,
         inferred: match l.inferred.as_deref() {
             None => None,
-            Some(why) => Some(
-                *INFERRED.iter().find(|k| **k == why).ok_or_else(|| format!("unknown `inferred` reason {why:?}"))?,
-            ),
+            Some(why) => Some(Inferred::parse(why).ok_or_else(|| format!("unknown `inferred` reason {why:?}"))?),
         },
     })
 }
@@ -460,7 +459,7 @@ pub(crate) mod tests {
         e.child_pid = Some(77);
         e.peer_fd = Some(-3);
         variants.push(e);
-        for why in crate::live::INFERRED {
+        for why in Inferred::ALL {
             variants.push(Event { kind: EventKind::Close, inferred: Some(why), ..sample_event() });
         }
         for e in variants {
