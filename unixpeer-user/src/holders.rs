@@ -107,8 +107,6 @@ pub struct Holders {
 pub enum HoldersError {
     #[error("cannot list /proc")]
     ListProc(#[source] io::Error),
-    #[error("BPF task_file iterator: {0}")]
-    Iterator(String),
 }
 
 /// Something that can say who holds which socket.

@@ -119,6 +119,8 @@ pub struct Tracker {
 }
 
 const GRAVEYARD: usize = 4096;
+/// Connections not accepted yet that the model follows at most.
+const EMBRYOS: usize = 16384;
 /// Orphans watched at most; past this, a further one is not reported.
 const ORPHANS: usize = 4096;
 /// The first look at an orphan, after its fd close (event time); then
@@ -292,91 +294,29 @@ impl Tracker {
             self.comms.insert(e.pid, e.comm);
             self.rename_holders(e.pid, e.comm);
         }
-        let actor = |fd| Holder { pid: e.pid, comm: e.comm, fd };
         let peer = match e.kind {
-            EventKind::Socketpair => {
-                self.upsert(e.inode, actor(e.fd), e.peer_inode, &e);
-                self.upsert(e.peer_inode, actor(e.peer_fd), e.inode, &e);
-                Peer::Holders(smallvec::smallvec![actor(e.peer_fd)])
-            }
-            EventKind::Listen => {
-                self.upsert(e.inode, actor(e.fd), None, &e);
-                if let Some(i) = e.inode
-                    && let Some(s) = self.socks.get_mut(&i)
-                {
-                    s.listener = true;
-                }
-                if let (Some(p), Some(i)) = (&e.path, e.inode) {
-                    self.listeners.insert(e.netns, p, i);
-                }
-                Peer::Unknown
-            }
-            EventKind::Connect => {
-                self.upsert(e.inode, actor(e.fd), e.peer_inode, &e);
-                if e.peer_inode.is_none()
-                    && e.peer_sk != 0
-                    && let Some(i) = e.inode
-                {
-                    self.embryos.insert(e.peer_sk, i);
-                }
-                let peer = self.peer_of_connect(&e);
-                let client = e.inode;
-                out.push(Resolved { event: e, peer });
-                // The accept that came first can now name its client.
-                if let Some(a) = client.and_then(|c| self.pending.take_client(c)) {
-                    self.resolve_accept(a, out);
-                }
-                return;
-            }
+            EventKind::Connect => return self.on_connect(e, out),
+            EventKind::Accept => return self.on_accept(e, out),
+            EventKind::TaskExit => return self.exit(e, out),
+            EventKind::Socketpair => self.on_socketpair(&e),
+            EventKind::Listen => self.on_listen(&e),
             EventKind::DgramConnect => {
-                self.upsert(e.inode, actor(e.fd), None, &e);
-                self.holders_of(e.peer_inode).map_or(Peer::Unknown, Peer::Holders)
+                self.upsert(e.inode, actor(&e, e.fd), None, &e);
+                self.peer_holders(e.peer_inode)
             }
             EventKind::ConnectFailed => self.listener_for(&e).map_or(Peer::Unknown, Peer::Listener),
-            EventKind::Accept => {
-                // A client that closed before the accept is no longer the
-                // embryo's peer in the kernel; the connect told us who it was.
-                let client = self.embryos.remove(&e.sk);
-                if e.peer_inode.is_none() {
-                    e.peer_inode = client;
-                }
-                // accept() can return before the client's connect() does:
-                // wait a little for the connect to name the client.
-                if self.holders_of(e.peer_inode).is_none() && e.peer_inode.is_some() {
-                    if let Some(oldest) = self.pending.push(e) {
-                        self.resolve_accept(oldest, out);
-                    }
-                    return;
-                }
-                self.accept(&mut e)
-            }
             EventKind::Close => {
                 if let Some(a) = e.inode.and_then(|i| self.pending.take_accepted(i)) {
                     self.resolve_accept(a, out);
                 }
                 self.close(&mut e)
             }
-            EventKind::FdClose => {
-                if let Some(i) = e.inode {
-                    self.drop_holder(i, e.pid, e.fd);
-                    let orphaned = self.socks.get(&i).is_some_and(|s| s.holders.is_empty());
-                    if orphaned && self.infer_release_on_exit && self.orphans.len() < ORPHANS {
-                        let next_look_ns = e.ts_ns.saturating_add(ORPHAN_FIRST_LOOK_NS);
-                        let orphan = Orphan { fd_close: e.clone(), next_look_ns, wait_ns: ORPHAN_FIRST_LOOK_NS };
-                        self.orphans.insert(i, orphan);
-                    }
-                }
-                self.holders_of(e.inode).map_or(Peer::Unknown, Peer::Holders)
-            }
+            EventKind::FdClose => self.on_fd_close(&e),
             EventKind::Fork => {
                 if let Some(child) = e.child_pid {
                     self.fork(e.pid, child);
                 }
                 Peer::Unknown
-            }
-            EventKind::TaskExit => {
-                self.exit(e, out);
-                return;
             }
             // A tid that is no process we track is a thread: ignore it.
             EventKind::Rename => {
@@ -389,9 +329,96 @@ impl Tracker {
         out.push(Resolved { event: e, peer });
     }
 
+    fn peer_holders(&self, inode: Option<u64>) -> Peer {
+        self.holders_of(inode).map_or(Peer::Unknown, Peer::Holders)
+    }
+
+    fn on_socketpair(&mut self, e: &Event) -> Peer {
+        self.upsert(e.inode, actor(e, e.fd), e.peer_inode, e);
+        self.upsert(e.peer_inode, actor(e, e.peer_fd), e.inode, e);
+        Peer::Holders(smallvec::smallvec![actor(e, e.peer_fd)])
+    }
+
+    fn on_listen(&mut self, e: &Event) -> Peer {
+        self.upsert(e.inode, actor(e, e.fd), None, e);
+        if let Some(i) = e.inode
+            && let Some(s) = self.socks.get_mut(&i)
+        {
+            s.listener = true;
+        }
+        if let (Some(p), Some(i)) = (&e.path, e.inode) {
+            self.listeners.insert(e.netns, p, i);
+        }
+        Peer::Unknown
+    }
+
+    fn on_connect(&mut self, e: Event, out: &mut Vec<Resolved>) {
+        self.upsert(e.inode, actor(&e, e.fd), e.peer_inode, &e);
+        if e.peer_inode.is_none()
+            && e.peer_sk != 0
+            && let Some(i) = e.inode
+        {
+            self.add_embryo(e.peer_sk, i);
+        }
+        let peer = self.peer_of_connect(&e);
+        let client = e.inode;
+        out.push(Resolved { event: e, peer });
+        // The accept that came first can now name its client.
+        if let Some(a) = client.and_then(|c| self.pending.take_client(c)) {
+            self.resolve_accept(a, out);
+        }
+    }
+
+    fn on_accept(&mut self, mut e: Event, out: &mut Vec<Resolved>) {
+        // A client that closed before the accept is no longer the embryo's
+        // peer in the kernel; the connect told us who it was.
+        let client = self.embryos.remove(&e.sk);
+        if e.peer_inode.is_none() {
+            e.peer_inode = client;
+        }
+        // accept() can return before the client's connect() does: wait a
+        // little for the connect to name the client.
+        if self.holders_of(e.peer_inode).is_none() && e.peer_inode.is_some() {
+            if let Some(oldest) = self.pending.push(e) {
+                self.resolve_accept(oldest, out);
+            }
+            return;
+        }
+        self.resolve_accept(e, out);
+    }
+
+    fn on_fd_close(&mut self, e: &Event) -> Peer {
+        if let Some(i) = e.inode {
+            self.drop_holder(i, e.pid, e.fd);
+            let orphaned = self.socks.get(&i).is_some_and(|s| s.holders.is_empty());
+            if orphaned && self.infer_release_on_exit && self.orphans.len() < ORPHANS {
+                let next_look_ns = e.ts_ns.saturating_add(ORPHAN_FIRST_LOOK_NS);
+                let orphan = Orphan { fd_close: e.clone(), next_look_ns, wait_ns: ORPHAN_FIRST_LOOK_NS };
+                self.orphans.insert(i, orphan);
+            }
+        }
+        self.peer_holders(e.inode)
+    }
+
+    /// Joins a connect to its later accept. Embryos of connections that are
+    /// never accepted (the client closed first and the server never
+    /// accepts) are only released with their listener, which the syscall
+    /// strategy does not see: past the cap, the dead ones are swept out,
+    /// and if the rest still fill it the join is given up (the accept then
+    /// names its client from the kernel's peer, if the client lives).
+    fn add_embryo(&mut self, sk: u64, client: u64) {
+        if self.embryos.len() >= EMBRYOS {
+            let socks = &self.socks;
+            self.embryos.retain(|_, c| socks.contains_key(c));
+            if self.embryos.len() >= EMBRYOS / 2 {
+                return;
+            }
+        }
+        self.embryos.insert(sk, client);
+    }
+
     fn accept(&mut self, e: &mut Event) -> Peer {
-        let actor = Holder { pid: e.pid, comm: e.comm, fd: e.fd };
-        self.upsert(e.inode, actor, e.peer_inode, e);
+        self.upsert(e.inode, actor(e, e.fd), e.peer_inode, e);
         if let (Some(client), Some(me)) = (e.peer_inode, e.inode)
             && let Some(c) = self.socks.get_mut(&client)
         {
@@ -551,6 +578,11 @@ impl Tracker {
         }
         Peer::Unknown
     }
+}
+
+/// The process an event is about, holding `fd`.
+fn actor(e: &Event, fd: Option<i32>) -> Holder {
+    Holder { pid: e.pid, comm: e.comm, fd }
 }
 
 #[cfg(test)]
