@@ -664,3 +664,38 @@ fn a_burst_beyond_the_ring_buffer_is_counted_resynced_and_the_next_connection_na
     let named = replayed.iter().find(|v| is_event(v, "connect", client)).expect("the replayed connect after the burst");
     assert_eq!(named["peer_pid"].as_i64(), Some(i64::from(server)), "{named}");
 }
+
+#[test]
+fn a_worker_thread_is_named_as_its_process() {
+    let mut f = Follower::start(&[]);
+    let path = tmp_path("threaded");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_threaded")).arg(&path).output().expect("run threaded");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "threaded failed: {said} {}", String::from_utf8_lossy(&out.stderr));
+    let field = |k: &str| -> i64 {
+        said.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(k)?.strip_prefix('=')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {k} in {said:?}"))
+    };
+    let (pid, worker) = (field("pid") as i32, field("worker_tid"));
+    assert_ne!(i64::from(pid), worker, "the connect must come from another thread");
+    // The worker thread connects: the process is named as ps names it, the
+    // thread keeps its own id.
+    let connect = f.wait_for("the worker's connect", WAIT, |v| is_event(v, "connect", pid));
+    assert_eq!((connect["comm"].as_str(), connect["tid"].as_i64()), (Some("threaded"), Some(worker)), "{connect}");
+    assert_eq!((connect["peer_pid"].as_i64(), connect["peer_comm"].as_str()), (Some(i64::from(pid)), Some("threaded")));
+    let accept = f.wait_for("the main thread's accept", WAIT, |v| is_event(v, "accept", pid));
+    assert_eq!(
+        (accept["comm"].as_str(), accept["peer_comm"].as_str()),
+        (Some("threaded"), Some("threaded")),
+        "{accept}"
+    );
+    // Nothing of this process goes by the thread's name, even once the
+    // model has seen the thread.
+    let closes =
+        f.wait_for_n("both ends' closes", 2, WAIT, |v| is_event(v, "close", pid) && v["path"] == path.as_str());
+    for v in f.seen.iter().filter(|v| v["pid"] == pid).chain(&closes) {
+        assert_eq!(v["comm"], "threaded", "{v}");
+        assert!(v["peer_comm"].is_null() || v["peer_comm"] == "threaded", "{v}");
+    }
+}

@@ -170,7 +170,10 @@ pub struct KernelOffsets {
     pub inode_i_mode: u64,
     pub inode_i_ino: u64,
     pub socket_sk: u64,
-    pub socket_file: u64,
+    /// `task_struct.group_leader`: events name the process by its thread
+    /// group leader's command, as ps, ss -p and lsof do, not by the name of
+    /// whichever thread made the call.
+    pub task_struct_group_leader: u64,
     /// `socket_alloc.vfs_inode - socket_alloc.socket`: SOCK_INODE().
     pub socket_to_inode: u64,
     /// `socket.type` (a plain short on every kernel, unlike `sock.sk_type`,

@@ -4,7 +4,7 @@ use aya_ebpf::{
     bindings::BPF_RB_NO_WAKEUP,
     helpers::{
         bpf_get_current_uid_gid, bpf_ktime_get_ns,
-        generated::{bpf_get_current_comm, bpf_probe_read_kernel, bpf_probe_read_user},
+        generated::{bpf_get_current_comm, bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_user},
     },
     macros::map,
     maps::{Array, PerCpuArray, RingBuf},
@@ -101,21 +101,38 @@ pub fn begin(cur: Current, kind: EventKind, backend: Backend) -> Option<&'static
     Some(e)
 }
 
-/// The current task's uid and command. Through the task's BTF pointer
-/// these are four loads; the helpers copy the command with strscpy and map
-/// the uid through a namespace, several times the cost at connection rates.
+/// The current task's uid and its process's command: the thread group
+/// leader's, as ps, ss -p and lsof name a process (a worker thread's own
+/// name would make one process look like several). Through the task's BTF
+/// pointer these are five loads; the helpers copy the command with strscpy
+/// and map the uid through a namespace, several times the cost at
+/// connection rates.
 #[inline(always)]
 fn fill_uid_comm(cur: Current, e: &mut UnixEvent) {
     if let Some(task) = cur.btf() {
         let cred: u64 = kernel::load(task + off!(task_struct_cred));
         e.uid = if cred == 0 { 0 } else { kernel::load(cred + off!(cred_uid)) };
-        let comm = task + off!(task_struct_comm);
+        let leader: u64 = kernel::load(task + off!(task_struct_group_leader));
+        let comm = if leader == 0 { task } else { leader } + off!(task_struct_comm);
         let halves: [u64; 2] = [kernel::load(comm), kernel::load(comm + 8)];
         // SAFETY: two u64 are exactly TASK_COMM_LEN bytes.
         e.comm = unsafe { core::mem::transmute::<[u64; 2], [u8; TASK_COMM_LEN]>(halves) };
     } else {
         e.uid = bpf_get_current_uid_gid() as u32;
-        unsafe { bpf_get_current_comm(e.comm.as_mut_ptr().cast(), TASK_COMM_LEN as u32) };
+        // Before 5.11 the task is read with probe reads; should they fail,
+        // the calling thread's own name is better than none.
+        // SAFETY: a helper without arguments; the task pointer it returns
+        // is only ever read through bpf_probe_read_kernel.
+        let task = unsafe { bpf_get_current_task() };
+        let leader = kernel::read::<u64>(task + off!(task_struct_group_leader)).unwrap_or(0);
+        match kernel::read::<[u8; TASK_COMM_LEN]>(leader + off!(task_struct_comm)) {
+            Some(comm) if leader != 0 => e.comm = comm,
+            // SAFETY: the helper writes at most TASK_COMM_LEN bytes, the size
+            // of `e.comm`.
+            _ => unsafe {
+                bpf_get_current_comm(e.comm.as_mut_ptr().cast(), TASK_COMM_LEN as u32);
+            },
+        }
     }
 }
 

@@ -231,7 +231,7 @@ impl KernelBtf {
             inode_i_mode: self.offset("inode", "i_mode")?,
             inode_i_ino: self.offset("inode", "i_ino")?,
             socket_sk: self.offset("socket", "sk")?,
-            socket_file: self.offset("socket", "file")?,
+            task_struct_group_leader: self.offset("task_struct", "group_leader")?,
             socket_to_inode: socket_alloc_inode - socket_alloc_socket,
             socket_type: self.offset("socket", "type")?,
             sock_family: self.offset("sock", "__sk_common.skc_family")?,
