@@ -4,6 +4,8 @@
 use unixpeer_common::{EventKind, UNIX_PATH_MAX, UnixEvent};
 
 use crate::holders::Comm;
+use std::sync::Arc;
+
 pub use crate::model::SockType;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -27,8 +29,9 @@ pub struct Event {
     /// Kernel address of `struct sock`: joins a connect to its accept.
     pub sk: u64,
     pub peer_sk: u64,
-    /// A path, `@name` for an abstract name, or None.
-    pub path: Option<String>,
+    /// A path, `@name` for an abstract name, or None. Shared: the same few
+    /// names come back in most events, and the model keeps them too.
+    pub path: Option<Arc<str>>,
     /// The new process of a `Fork`.
     pub child_pid: Option<u32>,
     /// Not seen by the kernel but deduced (a release at process exit under
@@ -99,7 +102,36 @@ pub enum DecodeError {
     Kind(u32),
 }
 
+/// Names already rendered, by their raw bytes: a connection loop names the
+/// same path in most of its events, and rendering and allocating it each
+/// time was a good part of the model's cost. Bounded: emptied when full.
+#[derive(Default)]
+pub struct PathCache {
+    names: foldhash::HashMap<Box<[u8]>, Arc<str>>,
+}
+
+const PATH_CACHE: usize = 4096;
+
+impl PathCache {
+    fn get(&mut self, raw: &[u8]) -> Option<Arc<str>> {
+        if let Some(name) = self.names.get(raw) {
+            return Some(name.clone());
+        }
+        let name: Arc<str> = sun_path(raw)?.into();
+        if self.names.len() >= PATH_CACHE {
+            self.names.clear();
+        }
+        self.names.insert(raw.into(), name.clone());
+        Some(name)
+    }
+}
+
 pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
+    decode_cached(bytes, &mut PathCache::default())
+}
+
+/// `decode`, with names looked up in `cache` first.
+pub fn decode_cached(bytes: &[u8], cache: &mut PathCache) -> Result<Event, DecodeError> {
     let want = size_of::<UnixEvent>();
     if bytes.len() < want {
         return Err(DecodeError::Size { got: bytes.len(), want });
@@ -135,7 +167,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
         peer_inode: ino(raw.peer_inode),
         sk: raw.sk,
         peer_sk: raw.peer_sk,
-        path: sun_path(&raw.path[..(raw.path_len as usize).min(UNIX_PATH_MAX)]),
+        path: cache.get(&raw.path[..(raw.path_len as usize).min(UNIX_PATH_MAX)]),
         child_pid: (raw.child_pid != 0).then_some(raw.child_pid),
         inferred: None,
     })

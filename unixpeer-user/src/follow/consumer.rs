@@ -39,6 +39,7 @@ pub struct Consumer<'a, W: Write> {
     lines: Vec<u8>,
     /// Records that did not decode, reported once a second.
     malformed: u64,
+    paths: events::PathCache,
 }
 
 impl<'a, W: Write> Consumer<'a, W> {
@@ -62,6 +63,7 @@ impl<'a, W: Write> Consumer<'a, W> {
             resolved: Vec::with_capacity(16),
             lines: Vec::with_capacity(LINES + 4096),
             malformed: 0,
+            paths: events::PathCache::default(),
         }
     }
 
@@ -72,7 +74,7 @@ impl<'a, W: Write> Consumer<'a, W> {
 
     /// One record as the ring buffer hands it over.
     pub fn record(&mut self, bytes: &[u8]) {
-        match events::decode(bytes) {
+        match events::decode_cached(bytes, &mut self.paths) {
             Ok(e) => self.event(e),
             Err(e) => {
                 if self.malformed == 0 {

@@ -37,7 +37,7 @@ pub type Holders = smallvec::SmallVec<[Holder; 1]>;
 struct Sock {
     holders: Holders,
     peer_inode: Option<u64>,
-    path: Option<String>,
+    path: Option<std::sync::Arc<str>>,
     listener: bool,
     netns: u32,
     sock_type: Option<crate::model::SockType>,
@@ -153,7 +153,7 @@ impl Tracker {
         let sock = Sock {
             holders: s.holders.into(),
             peer_inode: s.peer_inode,
-            path: s.path,
+            path: s.path.map(Into::into),
             listener: s.listening,
             netns: s.netns,
             sock_type: Some(s.sock_type),
@@ -212,7 +212,7 @@ impl Tracker {
             .map(|(&inode, s)| SockView {
                 inode,
                 peer_inode: s.peer_inode,
-                path: s.path.clone(),
+                path: s.path.as_deref().map(str::to_owned),
                 listening: s.listener,
                 pending: pending.contains(&inode),
                 netns: s.netns,

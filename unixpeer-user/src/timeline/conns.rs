@@ -127,7 +127,7 @@ impl Builder {
             client_fd: e.fd,
             server: peer.map(proc_of),
             server_fd: peer.and_then(|h| h.fd),
-            path: e.path.clone(),
+            path: e.path.as_deref().map(str::to_owned),
             start_ns: e.ts_ns,
             end_ns: (kind == ConnKind::Failed).then_some(e.ts_ns),
             errno: e.errno,

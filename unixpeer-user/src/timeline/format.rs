@@ -381,7 +381,7 @@ fn event(l: &Line<'_>) -> Result<Event, String> {
         peer_inode: l.peer_inode,
         sk: l.sk.unwrap_or(0),
         peer_sk: l.peer_sk.unwrap_or(0),
-        path: l.path.clone(),
+        path: l.path.as_deref().map(Into::into),
         child_pid: l.child_pid,
         inferred: match l.inferred.as_deref() {
             None => None,
