@@ -394,34 +394,51 @@ fn html_export_draws_every_connection_in_headless_chromium() {
         eprintln!("the HTML page is rendered in Chromium by the host run, not in the VM guest");
         return;
     }
-    let browser = chromium();
-    let profile = scratch("chromium-profile");
     let shot = scratch("timeline.png");
-    let base = |c: &mut Command| {
-        c.args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
-            .args(["--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1400,700"])
-            .arg(format!("--user-data-dir={}", profile.display()))
-            .stdin(Stdio::null());
-    };
     let url = format!("file://{}", html.display());
-    let mut c = Command::new(&browser);
-    base(&mut c);
-    let o = c.arg(format!("--screenshot={}", shot.display())).arg(&url).output().expect("run chromium");
+    let o =
+        headless_chromium().arg(format!("--screenshot={}", shot.display())).arg(&url).output().expect("run chromium");
     assert!(o.status.success() && shot.is_file(), "screenshot failed: {}", stderr(&o));
-    let mut c = Command::new(&browser);
-    base(&mut c);
-    let o = c.arg("--dump-dom").arg(&url).output().expect("run chromium");
-    let dom = String::from_utf8_lossy(&o.stdout);
+    let dom = dump_dom(&html);
+    let status = page_status(&dom);
+    assert_eq!(status.attr("data-state"), "drawn", "{}", status.0);
+    assert_eq!(status.attr("data-errors"), "", "the page had script errors: {}", status.0);
+    assert_eq!(status.attr("data-bars"), (2 * N).to_string(), "{}", status.0);
+    eprintln!("screenshot: {}", shot.display());
+}
+
+/// Chromium, headless, with a profile of its own and nothing fetched.
+fn headless_chromium() -> Command {
+    let mut c = Command::new(chromium());
+    c.args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        .args(["--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1400,700"])
+        .arg(format!("--user-data-dir={}", scratch("chromium-profile").display()))
+        .stdin(Stdio::null());
+    c
+}
+
+/// The page's DOM once its scripts have run.
+fn dump_dom(html: &Path) -> String {
+    let o = headless_chromium().arg("--dump-dom").arg(format!("file://{}", html.display())).output().expect("chromium");
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// The attributes of the page's `#status` element.
+struct Status(String);
+
+impl Status {
+    fn attr(&self, name: &str) -> &str {
+        self.0.split(&format!("{name}=\"")).nth(1).and_then(|s| s.split('"').next()).unwrap_or("?")
+    }
+}
+
+fn page_status(dom: &str) -> Status {
     let status = dom
         .split("id=\"status\"")
         .nth(1)
         .and_then(|s| s.split('>').next())
         .unwrap_or_else(|| panic!("no #status in the dumped DOM: {}", &dom[..dom.len().min(2000)]));
-    let attr = |name: &str| status.split(&format!("{name}=\"")).nth(1).and_then(|s| s.split('"').next()).unwrap_or("?");
-    assert_eq!(attr("data-state"), "drawn", "{status}");
-    assert_eq!(attr("data-errors"), "", "the page had script errors: {status}");
-    assert_eq!(attr("data-bars"), (2 * N).to_string(), "{status}");
-    eprintln!("screenshot: {}", shot.display());
+    Status(status.to_owned())
 }
 
 fn scratch_existing(name: &str) -> PathBuf {
