@@ -1,7 +1,8 @@
 //! Timelines end to end: the real `unixtrace --follow -w` records real
 //! processes, `-r` replays what live mode printed, a `kill -9` leaves a
-//! readable file, bad files give one clear error, and the HTML export
-//! renders in headless Chromium. Run as root (`cargo xtask test`).
+//! readable file, bad files give one clear error, the HTML export
+//! renders in headless Chromium, and names a hostile process chose reach
+//! people escaped and JSON exact. Run as root (`cargo xtask test`).
 
 use std::{
     fs,
@@ -394,36 +395,203 @@ fn html_export_draws_every_connection_in_headless_chromium() {
         eprintln!("the HTML page is rendered in Chromium by the host run, not in the VM guest");
         return;
     }
-    let browser = chromium();
-    let profile = scratch("chromium-profile");
     let shot = scratch("timeline.png");
-    let base = |c: &mut Command| {
-        c.args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
-            .args(["--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1400,700"])
-            .arg(format!("--user-data-dir={}", profile.display()))
-            .stdin(Stdio::null());
-    };
     let url = format!("file://{}", html.display());
-    let mut c = Command::new(&browser);
-    base(&mut c);
-    let o = c.arg(format!("--screenshot={}", shot.display())).arg(&url).output().expect("run chromium");
+    let o =
+        headless_chromium().arg(format!("--screenshot={}", shot.display())).arg(&url).output().expect("run chromium");
     assert!(o.status.success() && shot.is_file(), "screenshot failed: {}", stderr(&o));
-    let mut c = Command::new(&browser);
-    base(&mut c);
-    let o = c.arg("--dump-dom").arg(&url).output().expect("run chromium");
-    let dom = String::from_utf8_lossy(&o.stdout);
+    let dom = dump_dom(&html);
+    let status = page_status(&dom);
+    assert_eq!(status.attr("data-state"), "drawn", "{}", status.0);
+    assert_eq!(status.attr("data-errors"), "", "the page had script errors: {}", status.0);
+    assert_eq!(status.attr("data-bars"), (2 * N).to_string(), "{}", status.0);
+    eprintln!("screenshot: {}", shot.display());
+}
+
+/// Chromium, headless, with a profile of its own and nothing fetched.
+fn headless_chromium() -> Command {
+    let mut c = Command::new(chromium());
+    c.args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        .args(["--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1400,700"])
+        .arg(format!("--user-data-dir={}", scratch("chromium-profile").display()))
+        .stdin(Stdio::null());
+    c
+}
+
+/// The page's DOM once its scripts have run.
+fn dump_dom(html: &Path) -> String {
+    let o = headless_chromium().arg("--dump-dom").arg(format!("file://{}", html.display())).output().expect("chromium");
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// The attributes of the page's `#status` element.
+struct Status(String);
+
+impl Status {
+    fn attr(&self, name: &str) -> &str {
+        self.0.split(&format!("{name}=\"")).nth(1).and_then(|s| s.split('"').next()).unwrap_or("?")
+    }
+}
+
+fn page_status(dom: &str) -> Status {
     let status = dom
         .split("id=\"status\"")
         .nth(1)
         .and_then(|s| s.split('>').next())
         .unwrap_or_else(|| panic!("no #status in the dumped DOM: {}", &dom[..dom.len().min(2000)]));
-    let attr = |name: &str| status.split(&format!("{name}=\"")).nth(1).and_then(|s| s.split('"').next()).unwrap_or("?");
-    assert_eq!(attr("data-state"), "drawn", "{status}");
-    assert_eq!(attr("data-errors"), "", "the page had script errors: {status}");
-    assert_eq!(attr("data-bars"), (2 * N).to_string(), "{status}");
-    eprintln!("screenshot: {}", shot.display());
+    Status(status.to_owned())
 }
 
 fn scratch_existing(name: &str) -> PathBuf {
     std::env::temp_dir().join(format!("unixpeer-timeline-{}", std::process::id())).join(name)
+}
+
+/// What a hostile process may call itself (comm is at most 15 bytes) and
+/// its socket, and how people must see them.
+const HOSTILE_COMM: &str = "ev\x1b[31mil\x07";
+const SHOWN_COMM: &str = "ev\\x1b[31mil\\x07";
+const HOSTILE_NAME: &str = "@<!--<script></script><script>document.write('PWN'+'ED')</script><b>x\n\"\x1b[2J";
+const SHOWN_NAME: &str = "@<!--<script></script><script>document.write('PWN'+'ED')</script><b>x\\x0a\"\\x1b[2J";
+
+/// unixtrace with rows kept whole, whatever COLUMNS the tests run under.
+fn unixtrace_unwrapped(args: &[&str]) -> Output {
+    Command::new(unixtrace_bin()).args(args).env_remove("COLUMNS").output().expect("run unixtrace")
+}
+
+/// `bytes` reach a terminal: no control character may be among them but
+/// the line breaks, and each of `shown` must be there.
+fn assert_for_people(what: &str, bytes: &[u8], shown: &[&str]) {
+    let text = String::from_utf8_lossy(bytes);
+    let raw: Vec<char> = text.chars().filter(|&c| c.is_control() && c != '\n').collect();
+    assert!(raw.is_empty(), "{what}: raw control characters {raw:?} in:\n{}", text.escape_debug());
+    for s in shown {
+        assert!(text.contains(s), "{what}: no {s:?} in:\n{}", text.escape_debug());
+    }
+}
+
+fn ok_for_people(what: &str, o: &Output, shown: &[&str]) -> String {
+    assert_eq!(o.status.code(), Some(0), "{what}: {}", stderr(o).escape_debug());
+    assert_for_people(what, &o.stdout, shown);
+    assert_for_people(&format!("{what} (stderr)"), &o.stderr, &[]);
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn names_other_processes_chose_are_shown_escaped_and_exact_only_in_json() {
+    let file = scratch("hostile.jsonl");
+    let live_file = scratch("hostile.out");
+    let mut rec = Recorder::start(
+        &file,
+        &["--comm", HOSTILE_COMM],
+        Stdio::from(fs::File::create(&live_file).expect("hostile.out")),
+    );
+    // A listener and both ends of one connection, all held by the process
+    // with the hostile name, until the test lets it go.
+    let ready = pipe();
+    let gate = Gate::new();
+    let holder = fork_child(HOSTILE_COMM, || {
+        let listener = listen_on(HOSTILE_NAME, libc::SOCK_STREAM, 8);
+        let Ok(_client) = connect_to(HOSTILE_NAME, libc::SOCK_STREAM, false) else { return 2 };
+        // SAFETY: accept on the child's own listener.
+        if unsafe { libc::accept(listener, std::ptr::null_mut(), std::ptr::null_mut()) } < 0 {
+            return 3;
+        }
+        report(&ready.write, "ready");
+        gate.wait();
+        0
+    });
+    assert_eq!(read_lines(&ready, 1), ["ready"], "the hostile process did not start");
+    let pid = holder.to_string();
+    let shown_holder = format!("{SHOWN_COMM}[{pid}]:");
+
+    // The snapshot table, and its JSON with the exact command.
+    let table = unixtrace_unwrapped(&["--pid", &pid]);
+    let table = ok_for_people("the snapshot table", &table, &[&shown_holder, SHOWN_NAME]);
+    let connected = table.lines().find(|l| l.contains("connected")).unwrap_or_else(|| panic!("{table}"));
+    assert_eq!(connected.matches(&shown_holder).count(), 2, "PROCESS and PEER PROCESS: {connected}");
+    let snap = unixtrace_unwrapped(&["--pid", &pid, "--json"]);
+    let snap = stdout_json(&snap);
+    let listener = snap.iter().find(|s| s["state"] == "listening").unwrap_or_else(|| panic!("{snap:?}"));
+    assert_eq!(listener["holders"][0]["comm"], HOSTILE_COMM, "{listener}");
+    // As docs/json-schema.md says of `path`: control bytes as \xNN.
+    assert_eq!(listener["path"], SHOWN_NAME, "{listener}");
+
+    rec.wait_for_events("the accept", "accept", 1);
+    gate.open();
+    assert_eq!(wait_child(holder), 0, "the hostile process failed");
+    rec.wait_for_events("the closes at its exit", "close", 3);
+    let (code, _, live_err) = rec.stop();
+    assert_eq!(code, Some(0), "{}", live_err.escape_debug());
+    let live = fs::read(&live_file).expect("live output");
+    let shown_actor = format!("{pid}/{SHOWN_COMM}");
+    assert_for_people("--follow", &live, &[&shown_actor, SHOWN_NAME]);
+    assert_for_people("--follow (stderr)", live_err.as_bytes(), &[]);
+
+    let f = file.to_str().expect("utf-8");
+    ok_for_people("-r", &unixtrace_unwrapped(&["-r", f]), &[&shown_actor, SHOWN_NAME]);
+    let summary = ok_for_people("--summary", &unixtrace_unwrapped(&["-r", f, "--summary"]), &[SHOWN_NAME]);
+    let row = summary.lines().find(|l| l.contains(SHOWN_NAME)).unwrap_or_else(|| panic!("{summary}"));
+    assert!(row.starts_with(&format!("{SHOWN_COMM}  {SHOWN_COMM}  {SHOWN_NAME}  stream")), "{row}");
+    assert!(summary.contains(&format!("{SHOWN_COMM}[{pid}]")), "{summary}");
+
+    // JSON carries the exact values.
+    let replayed = stdout_json(&unixtrace(&["-r", f, "--json"]));
+    let event = |name: &str| {
+        events_of(&replayed)
+            .into_iter()
+            .find(|v| v["event"] == name)
+            .unwrap_or_else(|| panic!("no {name}: {replayed:?}"))
+            .clone()
+    };
+    let connect = event("connect");
+    assert_eq!((connect["comm"].as_str(), connect["path"].as_str()), (Some(HOSTILE_COMM), Some(HOSTILE_NAME)));
+    assert_eq!(connect["peer_comm"], HOSTILE_COMM, "{connect}");
+    let accept = event("accept");
+    let pair = stdout_json(&unixtrace(&["-r", f, "--summary", "--json"]));
+    let pair = pair.iter().find(|v| v["kind"] == "pair").unwrap_or_else(|| panic!("{pair:?}"));
+    assert_eq!((pair["client"].as_str(), pair["path"].as_str()), (Some(HOSTILE_COMM), Some(HOSTILE_NAME)));
+
+    // The table as of the accept, when all three sockets were open.
+    let start = replayed[0]["start_ts"].as_u64().expect("start_ts");
+    let at = format!("+{}ns", accept["ts"].as_u64().expect("ts") - start);
+    let at_table = unixtrace_unwrapped(&["-r", f, "--at", &at]);
+    ok_for_people("--at", &at_table, &[&shown_holder, SHOWN_NAME]);
+
+    // A recording is a file anyone may have written: its header too.
+    let text = fs::read_to_string(&file).expect("recording");
+    let (header, rest) = text.split_once('\n').expect("a header line");
+    let mut header: Value = serde_json::from_str(header).expect("header JSON");
+    header["hostname"] = "evil<b>host\x1b]0;t\x07".into();
+    let forged = scratch("hostile-header.jsonl");
+    fs::write(&forged, format!("{header}\n{rest}")).expect("write");
+    let forged_s = forged.to_str().expect("utf-8");
+    let o = unixtrace_unwrapped(&["-r", forged_s, "-v", "--summary"]);
+    assert_for_people("-r -v (stderr)", &o.stderr, &["evil<b>host\\x1b]0;t\\x07"]);
+
+    let html = scratch("hostile.html");
+    let o = unixtrace(&["export", "-r", forged_s, "--format", "html", "-o", html.to_str().expect("utf-8")]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o).escape_debug());
+    if std::env::var_os("UNIXPEER_IN_VM").is_some_and(|v| v == "1") {
+        eprintln!("the HTML page is rendered in Chromium by the host run, not in the VM guest");
+        return;
+    }
+    let dom = dump_dom(&html);
+    let status = page_status(&dom);
+    assert_eq!(status.attr("data-state"), "drawn", "{}", status.0);
+    assert_eq!(status.attr("data-errors"), "", "the page had script errors: {}", status.0);
+    assert_eq!(status.attr("data-bars"), "1", "one connection, both ends on one lane: {}", status.0);
+    // Had the name ended the data's <script>, its own script would have
+    // written PWNED into the page and its <b> would be an element; had its
+    // `<!--<script>` moved the data's end, the page's script would be data
+    // and nothing would be drawn.
+    assert!(!dom.contains("PWNED") && !dom.contains("<b>"), "markup from a name: {}", dom.escape_debug());
+    assert_for_people(
+        "the HTML page's DOM",
+        dom.as_bytes(),
+        &[
+            "@&lt;!--&lt;script&gt;&lt;/script&gt;&lt;script&gt;document.write('PWN'+'ED')&lt;/script&gt;&lt;b&gt;x\\x0a\"\\x1b[2J",
+            &format!("{SHOWN_COMM}[{pid}]"),
+            "evil&lt;b&gt;host\\x1b]0;t\\x07",
+        ],
+    );
 }

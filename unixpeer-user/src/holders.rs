@@ -60,9 +60,11 @@ impl PartialEq<&str> for Comm {
     }
 }
 
+/// For people: control characters and invalid bytes as `\xNN`, since any
+/// process may name itself anything. `to_str` is the value for JSON.
 impl std::fmt::Display for Comm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&String::from_utf8_lossy(self.as_bytes()))
+        f.write_str(&crate::output::escape::escaped_bytes(self.as_bytes()))
     }
 }
 
@@ -300,6 +302,13 @@ mod tests {
         let map = holders_from_records(&[r(20, 4), r(10, 3), r(10, 3)]);
         let got: Vec<_> = map[&7].iter().map(|h| (h.pid, h.fd, h.comm.to_string())).collect();
         assert_eq!(got, vec![(10, 3, "cat".to_owned()), (20, 4, "cat".to_owned())]);
+    }
+
+    #[test]
+    fn a_comm_is_shown_escaped_and_serialized_exact() {
+        let c = Comm::new(b"ev\x1b[31mil\x07\xff");
+        assert_eq!(c.to_string(), "ev\\x1b[31mil\\x07\\xff");
+        assert_eq!(serde_json::to_string(&c).unwrap(), "\"ev\\u001b[31mil\\u0007\u{fffd}\"");
     }
 
     #[test]

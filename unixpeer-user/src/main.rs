@@ -17,7 +17,7 @@ use unixpeer_user::follow::{self, FollowOptions, Hooks, Recorder, SnapshotPurpos
 use unixpeer_user::holders::{HolderSource, ProcScan};
 use unixpeer_user::live::SeedSocket;
 use unixpeer_user::model::Model;
-use unixpeer_user::output::{self, OutputError};
+use unixpeer_user::output::{self, OutputError, escape};
 use unixpeer_user::snapshot::{self, Snapshot};
 use unixpeer_user::timeline::{self, format::SeedRecord, writer::TimelineWriter};
 
@@ -49,7 +49,9 @@ fn main() -> ExitCode {
             {
                 return ExitCode::SUCCESS;
             }
-            eprintln!("unixtrace: error: {e:#}");
+            // Causes quote paths, files and the kernel's logs: shown escaped,
+            // keeping the line breaks of our own multi-line messages.
+            eprintln!("unixtrace: error: {}", escape::message(&format!("{e:#}")));
             ExitCode::FAILURE
         }
     }
@@ -138,7 +140,7 @@ fn follow_main(args: &Args) -> anyhow::Result<()> {
             // Nothing was recorded: leave no empty file behind.
             let _ = std::fs::remove_file(w.path());
         } else {
-            eprintln!("unixtrace: recorded {} events to {}", w.events, w.path().display());
+            eprintln!("unixtrace: recorded {} events to {}", w.events, escape::path(w.path()));
         }
     }
     result?;
@@ -203,7 +205,9 @@ fn init_logging(verbose: u8) {
         }
         fn log(&self, r: &log::Record<'_>) {
             if self.enabled(r.metadata()) {
-                eprintln!("unixtrace: {}: {}", r.level().as_str().to_lowercase(), r.args());
+                // Records quote errors and the kernel programs' logs.
+                let text = r.args().to_string();
+                eprintln!("unixtrace: {}: {}", r.level().as_str().to_lowercase(), escape::message(&text));
             }
         }
         fn flush(&self) {}

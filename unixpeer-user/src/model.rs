@@ -119,7 +119,7 @@ impl fmt::Display for SockName {
             for c in chunk.valid().chars() {
                 match c {
                     '\0' => f.write_str("@")?,
-                    c if c.is_control() => write!(f, "\\x{:02x}", c as u32)?,
+                    c if crate::output::escape::must_escape(c) => write!(f, "\\x{:02x}", c as u32)?,
                     c => write!(f, "{c}")?,
                 }
             }
@@ -448,5 +448,6 @@ mod tests {
     fn abstract_names_show_with_at() {
         assert_eq!(SockName::abstract_name(b"a\0b").to_string(), "@a@b");
         assert_eq!(SockName::path(b"/p\n").to_string(), "/p\\x0a");
+        assert_eq!(SockName::path("/p\u{202e}q".as_bytes()).to_string(), "/p\\x202eq");
     }
 }

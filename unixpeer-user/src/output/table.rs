@@ -106,8 +106,10 @@ fn row(model: &Model, c: &Connection) -> Row {
     )
 }
 
-/// `comm[pid]:fd`, every holder, space separated.
+/// `comm[pid]:fd`, every holder, space separated. A comm shows escaped
+/// (its Display): widths are then counted on what the terminal shows.
 fn holders_cell(holders: &[Holder]) -> String {
+    use std::fmt::Write as _;
     if holders.is_empty() {
         return "-".to_owned();
     }
@@ -116,7 +118,7 @@ fn holders_cell(holders: &[Holder]) -> String {
         if i > 0 {
             s.push(' ');
         }
-        s.push_str(&format!("{}[{}]:{}", h.comm, h.pid, h.fd));
+        let _ = write!(s, "{}[{}]:{}", h.comm, h.pid, h.fd);
     }
     s
 }
@@ -235,6 +237,43 @@ mod tests {
         let lines = wrap(cell, 16);
         assert!(lines.iter().all(|l| width_of(l) <= 16), "{lines:?}");
         assert_eq!(lines.concat().replace(' ', ""), cell.replace(' ', ""));
+    }
+
+    #[test]
+    fn names_other_processes_chose_are_shown_escaped_and_aligned() {
+        use crate::holders::{Comm, HolderMap};
+        use crate::model::{KernelState, SockName, SockType, Socket};
+        let sock = |inode, peer, name: Option<SockName>| Socket {
+            inode,
+            sock_type: SockType::Stream,
+            state: KernelState::Established,
+            name,
+            peer: Some(peer),
+            icons: Box::default(),
+            rqlen: None,
+            shutdown: 0,
+            uid: None,
+            vfs: None,
+            netns: 1,
+        };
+        let hostile = Comm::new(b"ev\x1b[31mil\x07");
+        let mut holders = HolderMap::new();
+        holders.insert(10, [Holder { pid: 7, fd: 3, comm: hostile }].into_iter().collect());
+        holders.insert(11, [Holder { pid: 8, fd: 4, comm: "server".into() }].into_iter().collect());
+        let name = SockName::abstract_name(b"</script><b>x\n\"");
+        let model = Model::new(vec![sock(10, 11, None), sock(11, 10, Some(name))], holders);
+        let mut out = Vec::new();
+        write(&mut out, &model, &Filter::default(), None).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(!text.chars().any(|c| c.is_control() && c != '\n'), "{text:?}");
+        assert_eq!(text.lines().count(), 2, "{text}");
+        let (header, row) = (text.lines().next().unwrap(), text.lines().nth(1).unwrap());
+        assert!(row.contains("ev\\x1b[31mil\\x07[7]:3"), "{text}");
+        assert!(row.contains("@</script><b>x\\x0a\""), "{text}");
+        // Columns line up on what is shown, escapes included.
+        let column = |line: &str, at: &str| line.find(at).unwrap();
+        assert_eq!(column(header, "PEER PROCESS"), column(row, "server[8]:4"), "{text}");
+        assert_eq!(column(header, "PEER "), column(row, "11"), "{text}");
     }
 
     #[test]

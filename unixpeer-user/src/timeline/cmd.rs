@@ -15,7 +15,7 @@ use super::{
 use crate::{
     filter::Filter,
     live::render,
-    output::{self, OutputError},
+    output::{self, OutputError, escape},
 };
 
 #[derive(Clone, Debug, Default)]
@@ -33,9 +33,10 @@ pub fn replay(path: &Path, opts: &ReplayOptions, filter: &Filter, out: &mut impl
     let mut replay = Replay::open(path)?;
     let h = replay.reader.header.clone();
     if opts.verbose > 0 {
-        eprintln!(
-            "unixtrace: {} recorded on {} (kernel {}) from {} with the {} backend ({}): {}",
-            path.display(),
+        // Every field but the path was read from the file, which anyone may have written.
+        let line = format!(
+            "{} recorded on {} (kernel {}) from {} with the {} backend ({}): {}",
+            escape::path(path),
             h.hostname,
             h.kernel,
             h.start_time,
@@ -43,6 +44,7 @@ pub fn replay(path: &Path, opts: &ReplayOptions, filter: &Filter, out: &mut impl
             h.backend_why,
             h.command_line.join(" ")
         );
+        eprintln!("unixtrace: {}", escape::escaped(&line));
     }
     let result = if opts.summary {
         conns::collect(&mut replay).and_then(|c| Ok(summary::write(out, &c, opts.json).map_err(OutputError::from)?))
@@ -65,7 +67,10 @@ fn table_at(
     let t = at.resolve(&replay.reader.header);
     replay.run::<TimelineError>(Some(t), &mut |_| Ok(()))?;
     if replay.exhausted() && t > replay.last_ts {
-        eprintln!("unixtrace: note: {} ends before that time; showing its last state", replay.reader.path().display());
+        eprintln!(
+            "unixtrace: note: {} ends before that time; showing its last state",
+            escape::path(replay.reader.path())
+        );
     }
     let model = replay.model();
     if opts.json {
@@ -149,7 +154,7 @@ fn events(
 
 fn report_warnings(replay: &mut Replay) {
     for w in replay.reader.take_warnings() {
-        eprintln!("unixtrace: warning: {w}");
+        eprintln!("unixtrace: warning: {}", escape::escaped(&w));
     }
 }
 
@@ -166,6 +171,6 @@ pub fn export(path: &Path, format: Format, output: &Path, force: bool) -> Result
     let werr = |source| TimelineError::Write { path: output.to_owned(), source };
     export::write(&mut w, &conns, format, &title).map_err(werr)?;
     w.flush().map_err(werr)?;
-    eprintln!("unixtrace: wrote {} connections to {}", conns.list.len(), output.display());
+    eprintln!("unixtrace: wrote {} connections to {}", conns.list.len(), escape::path(output));
     Ok(())
 }

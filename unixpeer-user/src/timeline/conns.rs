@@ -15,16 +15,18 @@ use super::{
 };
 use crate::live::{Holder, Peer, Resolved};
 use crate::model::SockType;
+use crate::output::escape;
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Proc {
     pub pid: u32,
+    /// Exact, for JSON; `Display` shows it escaped.
     pub comm: String,
 }
 
 impl std::fmt::Display for Proc {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}[{}]", self.comm, self.pid)
+        write!(f, "{}[{}]", escape::escaped(&self.comm), self.pid)
     }
 }
 
@@ -105,7 +107,7 @@ struct Builder {
 }
 
 fn proc_of(h: &Holder) -> Proc {
-    Proc { pid: h.pid, comm: h.comm.to_string() }
+    Proc { pid: h.pid, comm: h.comm.to_str().into_owned() }
 }
 
 fn first_peer(peer: &Peer) -> Option<&Holder> {
@@ -123,7 +125,7 @@ impl Builder {
         self.list.push(Conn {
             kind,
             sock_type: e.sock_type,
-            client: Proc { pid: e.pid, comm: e.comm.to_string() },
+            client: Proc { pid: e.pid, comm: e.comm.to_str().into_owned() },
             client_fd: e.fd,
             server: peer.map(proc_of),
             server_fd: peer.and_then(|h| h.fd),
@@ -161,7 +163,7 @@ impl Builder {
                     return;
                 };
                 let c = &mut self.list[i];
-                c.server = Some(Proc { pid: e.pid, comm: e.comm.to_string() });
+                c.server = Some(Proc { pid: e.pid, comm: e.comm.to_str().into_owned() });
                 c.server_fd = e.fd;
                 c.accepted = true;
                 let client_closed = c.end_ns.is_some();

@@ -14,6 +14,8 @@ pub mod writer;
 
 use std::path::PathBuf;
 
+use crate::output::escape;
+
 /// The format version this build writes and the only one it reads.
 pub const FORMAT_VERSION: u32 = 1;
 /// The value of the header's `format` key: tells a timeline from any other JSON.
@@ -36,19 +38,21 @@ impl std::fmt::Display for Position {
     }
 }
 
+/// Paths are shown escaped, and so is `why`: it may quote the file (a
+/// parser's "unknown variant" repeats the bad value).
 #[derive(Debug, thiserror::Error)]
 pub enum TimelineError {
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {source}", escape::path(path))]
     Open { path: PathBuf, source: std::io::Error },
-    #[error("{} already exists: pass --force to overwrite it", path.display())]
+    #[error("{} already exists: pass --force to overwrite it", escape::path(path))]
     Exists { path: PathBuf },
-    #[error("{}: the file is empty, not a unixtrace timeline", path.display())]
+    #[error("{}: the file is empty, not a unixtrace timeline", escape::path(path))]
     Empty { path: PathBuf },
-    #[error("{}: {at}: {why}", path.display())]
+    #[error("{}: {at}: {}", escape::path(path), escape::escaped(why))]
     Bad { path: PathBuf, at: Position, why: String },
-    #[error("{}: reading failed at {at}: {source}", path.display())]
+    #[error("{}: reading failed at {at}: {source}", escape::path(path))]
     Read { path: PathBuf, at: Position, source: std::io::Error },
-    #[error("cannot write {}: {source}", path.display())]
+    #[error("cannot write {}: {source}", escape::path(path))]
     Write { path: PathBuf, source: std::io::Error },
     #[error("bad time {0:?}: {1}")]
     Time(String, String),
@@ -64,5 +68,17 @@ impl TimelineError {
 
     pub(crate) fn bad(path: &std::path::Path, at: Position, why: impl Into<String>) -> Self {
         Self::Bad { path: path.to_owned(), at, why: why.into() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_show_what_the_file_said_escaped() {
+        let path = std::path::Path::new("/tmp/a\nb");
+        let e = TimelineError::bad(path, Position::Line(3), "bad record: unknown variant `\u{1b}[2J`");
+        assert_eq!(e.to_string(), "/tmp/a\\x0ab: line 3: bad record: unknown variant `\\x1b[2J`");
     }
 }

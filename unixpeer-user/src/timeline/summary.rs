@@ -10,6 +10,7 @@ use std::io::{self, Write};
 use serde_json::json;
 
 use super::conns::{ConnKind, Conns, Proc};
+use crate::output::escape::escaped;
 
 #[derive(Debug, Default)]
 struct Group {
@@ -95,10 +96,11 @@ pub fn write(out: &mut impl Write, conns: &Conns, json_out: bool) -> io::Result<
         vec![["CLIENT", "SERVER", "PATH", "TYPE", "CONNS", "FAILED", "OPEN", "MIN", "MEDIAN", "MAX"].map(String::from)];
     for ((client, server, path, ty), g) in &mut groups {
         let (min, median, max) = stats(&mut g.lifetimes);
+        // The groups keep the exact names for JSON; people see them escaped.
         rows.push([
-            client.clone(),
-            server.clone(),
-            path.clone(),
+            escaped(client).into_owned(),
+            escaped(server).into_owned(),
+            escaped(path).into_owned(),
             ty.clone(),
             g.connections.to_string(),
             g.failed.to_string(),
@@ -188,6 +190,43 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("server[10]") && text.contains("client[20] (1)"), "{text}");
+    }
+
+    #[test]
+    fn text_shows_names_escaped_and_json_keeps_them_exact() {
+        use crate::model::SockType;
+        use crate::timeline::conns::Conn;
+        let proc = |pid, comm: &str| Proc { pid, comm: comm.into() };
+        let conn = Conn {
+            kind: ConnKind::Connected,
+            sock_type: SockType::Stream,
+            client: proc(20, "ev\u{1b}[31mil\u{7}"),
+            client_fd: Some(3),
+            server: Some(proc(10, "srv\u{202e}x")),
+            server_fd: Some(4),
+            path: Some("@</script><b>x\n\"".into()),
+            start_ns: 1,
+            end_ns: Some(2),
+            errno: 0,
+            accepted: true,
+        };
+        let conns = Conns { list: vec![conn], start_ns: 0, end_ns: 3, lost: 0 };
+        let mut out = Vec::new();
+        write(&mut out, &conns, false).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(!text.chars().any(|c| crate::output::escape::must_escape(c) && c != '\n'), "{text:?}");
+        let row = text.lines().nth(1).unwrap();
+        assert!(row.starts_with("ev\\x1b[31mil\\x07  srv\\x202ex  @</script><b>x\\x0a\"  stream"), "{text}");
+        assert!(text.contains("ev\\x1b[31mil\\x07[20]  ") && text.contains("srv\\x202ex[10] (1)"), "{text}");
+        // The header's CONNS column ends where the row's count does.
+        let header = text.lines().next().unwrap();
+        assert_eq!(header.find("CONNS").map(|i| i + 5), row.find(" 1 ").map(|i| i + 2), "{text}");
+
+        let mut out = Vec::new();
+        write(&mut out, &conns, true).unwrap();
+        let pair: serde_json::Value = serde_json::from_slice(out.split(|&b| b == b'\n').next().unwrap()).unwrap();
+        assert_eq!(pair["client"], "ev\u{1b}[31mil\u{7}");
+        assert_eq!(pair["path"], "@</script><b>x\n\"");
     }
 
     #[test]

@@ -6,15 +6,17 @@ use std::collections::BTreeMap;
 use std::io::{self, Write};
 
 use super::super::conns::{ConnKind, Conns};
+use crate::output::escape;
 
 pub fn write(out: &mut impl Write, conns: &Conns) -> io::Result<()> {
     // (client, server, label) -> (connections, failed)
     let mut edges: BTreeMap<(String, String, String), (u64, u64)> = BTreeMap::new();
     let mut pids: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+    let shown = |comm: &str| escape::escaped(comm).into_owned();
     for c in &conns.list {
-        let server = c.server.as_ref().map_or_else(|| "?".to_owned(), |s| s.comm.clone());
+        let server = c.server.as_ref().map_or_else(|| "?".to_owned(), |s| shown(&s.comm));
         for p in std::iter::once(&c.client).chain(c.server.as_ref()) {
-            let list = pids.entry(p.comm.clone()).or_default();
+            let list = pids.entry(shown(&p.comm)).or_default();
             if !list.contains(&p.pid) {
                 list.push(p.pid);
             }
@@ -22,7 +24,7 @@ pub fn write(out: &mut impl Write, conns: &Conns) -> io::Result<()> {
         if c.server.is_none() {
             pids.entry(server.clone()).or_default();
         }
-        let e = edges.entry((c.client.comm.clone(), server, super::label(c))).or_default();
+        let e = edges.entry((shown(&c.client.comm), server, super::label(c))).or_default();
         if c.kind == ConnKind::Failed {
             e.1 += 1;
         } else {
@@ -59,7 +61,8 @@ pub fn write(out: &mut impl Write, conns: &Conns) -> io::Result<()> {
     writeln!(out, "}}")
 }
 
-/// A dot string literal: names come from other processes.
+/// A dot string literal. Names arrive escaped, so a newline here is one of
+/// ours; a control character left is dropped rather than trusted.
 fn quote(s: &str) -> String {
     let mut q = String::with_capacity(s.len() + 2);
     q.push('"');
@@ -91,5 +94,36 @@ mod tests {
         assert!(dot.contains("\"client\" -> \"server\" [label=\"/run/app.sock\\n1 conn\""), "{dot}");
         assert!(dot.contains("\"server\" [label=\"server\\npid 10\"]"), "{dot}");
         assert_eq!(quote("a\"b\\c\nd\u{7}"), "\"a\\\"b\\\\c\\nd\"");
+    }
+
+    #[test]
+    fn hostile_names_cannot_add_lines_or_leave_the_string() {
+        use crate::model::SockType;
+        use crate::timeline::conns::{Conn, Proc};
+        let proc = |pid, comm: &str| Proc { pid, comm: comm.into() };
+        let conn = Conn {
+            kind: ConnKind::Connected,
+            sock_type: SockType::Stream,
+            client: proc(20, "a\"];x[\npid 1"),
+            client_fd: Some(3),
+            server: Some(proc(10, "ev\u{1b}[31m\\N")),
+            server_fd: Some(4),
+            path: Some("@</script><b>x\n\"".into()),
+            start_ns: 1,
+            end_ns: Some(2),
+            errno: 0,
+            accepted: true,
+        };
+        let conns = Conns { list: vec![conn], start_ns: 0, end_ns: 3, lost: 0 };
+        let mut out = Vec::new();
+        write(&mut out, &conns).unwrap();
+        let dot = String::from_utf8(out).unwrap();
+        assert!(!dot.chars().any(|c| c.is_control() && c != '\n'), "{dot:?}");
+        // The client's node: the quote and newline it chose are text, so
+        // its label still has one line break, ours, before the real pid.
+        let node = r#"  "a\"];x[\\x0apid 1" [label="a\"];x[\\x0apid 1\npid 20"];"#;
+        assert!(dot.lines().any(|l| l == node), "{dot}");
+        assert!(dot.contains(r#""ev\\x1b[31m\\N" [label="ev\\x1b[31m\\N\npid 10"]"#), "{dot}");
+        assert!(dot.contains(r#"[label="@</script><b>x\\x0a\"\n1 conn""#), "{dot}");
     }
 }

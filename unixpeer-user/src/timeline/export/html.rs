@@ -10,6 +10,7 @@ use std::io::{self, Write};
 use serde::Serialize;
 
 use super::super::conns::{ConnKind, Conns, Proc};
+use crate::output::escape;
 
 #[derive(Serialize)]
 struct Data<'a> {
@@ -49,6 +50,8 @@ struct Mark {
 }
 
 pub fn write(out: &mut impl Write, conns: &Conns, title: &str) -> io::Result<()> {
+    // The title names the recording and its host, both read from outside.
+    let title = escape::escaped(title);
     let us = |ns: u64| ns.saturating_sub(conns.start_ns) as f64 / 1e3;
     let mut lanes: Vec<String> = Vec::new();
     let mut lane_of: HashMap<&Proc, usize> = HashMap::new();
@@ -88,13 +91,16 @@ pub fn write(out: &mut impl Write, conns: &Conns, title: &str) -> io::Result<()>
             });
         }
     }
-    let data = Data { title, duration_us: us(conns.end_ns).max(1.0), lanes, bars, marks, paths, lost: conns.lost };
-    // `</script>` inside the data would end the element early.
-    let json = serde_json::to_string(&data)?.replace("</", "<\\/");
+    let data =
+        Data { title: &title, duration_us: us(conns.end_ns).max(1.0), lanes, bars, marks, paths, lost: conns.lost };
+    // Inside a <script> element `</script>` would end it early and `<!--`
+    // would change how the parser looks for its end; `<`, `>` and `&` occur
+    // only inside JSON strings, where their \u escapes mean the same.
+    let json = serde_json::to_string(&data)?.replace('<', "\\u003c").replace('>', "\\u003e").replace('&', "\\u0026");
     // One pass over the template: a title may itself contain a marker.
     let (head, rest) = PAGE.split_once("{{TITLE}}").expect("template has a title marker");
     let (mid, tail) = rest.split_once("{{DATA}}").expect("template has a data marker");
-    for part in [head, &escape(title), mid, &json, tail] {
+    for part in [head, &html_text(&title), mid, &json, tail] {
         out.write_all(part.as_bytes())?;
     }
     Ok(())
@@ -108,8 +114,9 @@ fn lane_for<'c>(lanes: &mut Vec<String>, lane_of: &mut HashMap<&'c Proc, usize>,
     })
 }
 
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+/// Text for the page's markup (element content or a quoted attribute).
+fn html_text(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&#39;")
 }
 
 const PAGE: &str = r##"<!DOCTYPE html>
@@ -259,5 +266,37 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(data).unwrap();
         assert_eq!(v["bars"].as_array().unwrap().len(), 2, "one bar per end");
         assert_eq!(v["lanes"], serde_json::json!(["client[20]", "server[10]"]));
+    }
+
+    #[test]
+    fn names_cannot_end_the_data_or_add_markup() {
+        use crate::model::SockType;
+        use crate::timeline::conns::Conn;
+        let proc = |pid, comm: &str| Proc { pid, comm: comm.into() };
+        let conn = Conn {
+            kind: ConnKind::Connected,
+            sock_type: SockType::Stream,
+            client: proc(20, "<!--<script>"),
+            client_fd: Some(3),
+            server: Some(proc(10, "ev\u{1b}'&amp;")),
+            server_fd: Some(4),
+            path: Some("@</script><b>x\n\"".into()),
+            start_ns: 1,
+            end_ns: Some(2),
+            errno: 0,
+            accepted: true,
+        };
+        let conns = Conns { list: vec![conn], start_ns: 0, end_ns: 3, lost: 0 };
+        let mut out = Vec::new();
+        write(&mut out, &conns, "t\u{7}<b>'\"").unwrap();
+        let page = String::from_utf8(out).unwrap();
+        assert!(!page.chars().any(|c| c.is_control() && c != '\n'), "no raw control character");
+        assert!(!page.contains("<b>") && !page.contains("<!--"), "{page}");
+        assert_eq!(page.matches("</script>").count(), PAGE.matches("</script>").count(), "only the template's");
+        assert!(page.contains("<h1>t\\x07&lt;b&gt;&#39;&quot;</h1>"), "the title as text");
+        let data = page.split("id=\"data\">").nth(1).unwrap().split("</script>").next().unwrap();
+        let v: serde_json::Value = serde_json::from_str(data).unwrap();
+        assert_eq!(v["lanes"], serde_json::json!(["<!--<script>[20]", "ev\\x1b'&amp;[10]"]));
+        assert_eq!(v["paths"][0][0], "@</script><b>x\\x0a\"");
     }
 }

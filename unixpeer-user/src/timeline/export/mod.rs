@@ -1,5 +1,9 @@
 //! Pictures of a recording: a who-talks-to-whom graph (Graphviz dot), a
 //! trace for the Perfetto UI, and a self-contained HTML timeline.
+//!
+//! They are for people, so names other processes chose are escaped as in
+//! the terminal (`\xNN`), then quoted as each format needs; only `--json`
+//! carries exact values.
 
 pub mod dot;
 pub mod html;
@@ -8,6 +12,7 @@ pub mod perfetto;
 use std::io::{self, Write};
 
 use super::conns::{Conn, ConnKind, Conns};
+use crate::output::escape;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -27,10 +32,11 @@ pub fn write(out: &mut impl Write, conns: &Conns, format: Format, title: &str) -
     }
 }
 
-/// What a connection is called where it is drawn: its name, or how it was made.
+/// What a connection is called where it is drawn: its name (escaped like
+/// any name in a picture for people), or how it was made.
 pub fn label(c: &Conn) -> String {
     match (&c.path, c.kind) {
-        (Some(p), _) => p.clone(),
+        (Some(p), _) => escape::escaped(p).into_owned(),
         (None, ConnKind::Socketpair) => "(socketpair)".into(),
         (None, _) => "(unnamed)".into(),
     }

@@ -7,6 +7,7 @@ use std::io::{self, Write};
 use serde_json::{Value, json};
 
 use super::super::conns::{ConnKind, Conns};
+use crate::output::escape;
 
 pub fn write(out: &mut impl Write, conns: &Conns) -> io::Result<()> {
     let us = |ns: u64| ns.saturating_sub(conns.start_ns) as f64 / 1e3;
@@ -46,7 +47,8 @@ pub fn write(out: &mut impl Write, conns: &Conns) -> io::Result<()> {
         }
     }
     for (pid, comm) in named {
-        events.push(json!({"name": "process_name", "ph": "M", "pid": pid, "tid": pid, "args": {"name": format!("{comm} [{pid}]")}}));
+        let name = format!("{} [{pid}]", escape::escaped(&comm));
+        events.push(json!({"name": "process_name", "ph": "M", "pid": pid, "tid": pid, "args": {"name": name}}));
     }
     let trace = json!({ "traceEvents": events, "displayTimeUnit": "ms" });
     serde_json::to_writer(&mut *out, &trace)?;
@@ -69,5 +71,35 @@ mod tests {
         assert_eq!(slices.len(), 2);
         assert_eq!((slices[0]["ts"].as_f64(), slices[0]["dur"].as_f64()), (Some(1e6), Some(2e6)));
         assert_eq!(slices[1]["pid"], 10);
+    }
+
+    #[test]
+    fn names_are_shown_escaped_in_valid_json() {
+        use crate::model::SockType;
+        use crate::timeline::conns::{Conn, Proc};
+        let proc = |pid, comm: &str| Proc { pid, comm: comm.into() };
+        let conn = Conn {
+            kind: ConnKind::Connected,
+            sock_type: SockType::Stream,
+            client: proc(20, "ev\u{1b}[31mil\u{7}"),
+            client_fd: Some(3),
+            server: Some(proc(10, "\"},{\"x\":1")),
+            server_fd: Some(4),
+            path: Some("@</script><b>x\n\"".into()),
+            start_ns: 1,
+            end_ns: Some(2),
+            errno: 0,
+            accepted: true,
+        };
+        let conns = Conns { list: vec![conn], start_ns: 0, end_ns: 3, lost: 0 };
+        let mut out = Vec::new();
+        write(&mut out, &conns).unwrap();
+        assert!(!out[..out.len() - 1].iter().any(|b| b.is_ascii_control()), "{}", String::from_utf8_lossy(&out));
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        let events = v["traceEvents"].as_array().unwrap();
+        assert_eq!(events[0]["name"], "@</script><b>x\\x0a\"");
+        assert_eq!(events[0]["args"]["client"], "ev\\x1b[31mil\\x07[20]");
+        let names: Vec<&Value> = events.iter().filter(|e| e["ph"] == "M").map(|e| &e["args"]["name"]).collect();
+        assert_eq!(names, ["\"},{\"x\":1 [10]", "ev\\x1b[31mil\\x07 [20]"]);
     }
 }
