@@ -315,3 +315,52 @@ fn usage_errors_exit_with_2() {
         assert_eq!(out.status.code(), Some(2), "{args:?}");
     }
 }
+
+#[test]
+fn a_socket_held_by_ten_processes_shows_the_first_and_a_count() {
+    use unixpeer_tests::tracer::{Gate, fork_child, inode_of, socketpair, wait_child};
+    require_root();
+    let pair = socketpair(libc::SOCK_STREAM);
+    let (a, b) = (inode_of(pair[0]), inode_of(pair[1]));
+    let gate = Gate::new();
+    let children: Vec<i32> = (0..10)
+        .map(|_| {
+            fork_child("ten-holders", || {
+                gate.wait();
+                0
+            })
+        })
+        .collect();
+    // SAFETY: the children have their own copies; this process lets go of its own.
+    unsafe {
+        libc::close(pair[0]);
+        libc::close(pair[1]);
+    }
+    let table = unixtrace_table(&["--comm", "ten-holders"]);
+    let wide = unixtrace_table(&["--comm", "ten-holders", "--wide"]);
+    let json = unixtrace_json(&["--comm", "ten-holders"]);
+    // Every child waits on the same pipe: closing it lets them all go.
+    drop(gate);
+    for c in children.iter().copied() {
+        assert_eq!(wait_child(c), 0);
+    }
+    let first = children.iter().min().expect("children");
+    let row = |t: &str| t.lines().find(|l| l.contains(&a.to_string()) || l.contains(&b.to_string())).map(str::to_owned);
+    let row = row(&table).unwrap_or_else(|| panic!("no row for the pair:\n{table}"));
+    // Both columns: the first holder by pid and how many more.
+    assert_eq!(row.matches(&format!("ten-holders[{first}]:")).count(), 2, "{row}");
+    assert_eq!(row.matches(" +9").count(), 2, "{row}");
+    assert_eq!(row.matches("ten-holders[").count(), 2, "one holder per column: {row}");
+    let wide_row = wide.lines().find(|l| l.contains(&a.to_string()) || l.contains(&b.to_string()));
+    let wide_row = wide_row.unwrap_or_else(|| panic!("no row for the pair:\n{wide}"));
+    assert_eq!(wide_row.matches("ten-holders[").count(), 20, "--wide lists all ten on both ends: {wide_row}");
+    for inode in [a, b] {
+        let holders = json[&inode]["holders"].as_array().unwrap_or_else(|| panic!("{}", json[&inode]));
+        assert_eq!(holders.len(), 10, "JSON lists every holder: {holders:?}");
+        let mut pids: Vec<i64> = holders.iter().map(|h| h["pid"].as_i64().expect("pid")).collect();
+        pids.sort_unstable();
+        let mut want: Vec<i64> = children.iter().map(|&c| i64::from(c)).collect();
+        want.sort_unstable();
+        assert_eq!(pids, want);
+    }
+}

@@ -210,6 +210,22 @@ fn replay_prints_what_live_mode_printed_and_answers_at_and_summary() {
     assert_eq!(row["state"], "connected", "{row}");
     assert_eq!(row["holders"][0]["pid"], server, "{row}");
     assert_eq!(row["peer_holders"][0]["pid"], client, "{row}");
+    // The client's fd is what its connect said: known at the syscall
+    // (tracepoint), unknown inside unix_stream_connect (fentry, kprobe),
+    // and then shown as unknown, never as a made-up number.
+    let connect = events_of(&replayed)
+        .into_iter()
+        .find(|v| v["event"] == "connect" && v["inode"] == last["peer_inode"])
+        .unwrap_or_else(|| panic!("no connect for {last}"));
+    assert_eq!(row["peer_holders"][0]["fd"], connect["fd"], "{row} vs {connect}");
+    let text = unixtrace(&["-r", f, "--at", &at]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    let line = text.lines().find(|l| l.contains(&last["inode"].to_string())).unwrap_or_else(|| panic!("{text}"));
+    let shown = match connect["fd"].as_u64() {
+        Some(fd) => format!("[{client}]:{fd}"),
+        None => format!("[{client}]:?"),
+    };
+    assert!(line.contains(&shown) && !line.contains("4294967295"), "{shown} in {line}");
     let later = stdout_json(&unixtrace(&["-r", f, "--json", "--at", "+1h"]));
     assert!(later.iter().all(|s| s["inode"] != last["inode"]), "closed by the end");
 

@@ -79,6 +79,11 @@ pub struct Args {
     #[arg(long)]
     pub listening: bool,
 
+    /// List every process holding a socket in the table (default: the
+    /// first and +N; JSON always lists them all).
+    #[arg(long)]
+    pub wide: bool,
+
     /// With --follow, record a timeline into FILE (zstd-compressed when it
     /// ends in .zst); see docs/timeline-format.md.
     #[arg(short = 'w', long = "write", value_name = "FILE", requires = "follow")]

@@ -19,7 +19,9 @@ use unixpeer_common::{TASK_COMM_LEN, TaskSocketFd};
 pub struct Holder {
     /// Thread group id.
     pub pid: u32,
-    pub fd: u32,
+    /// None when it is not known: a holder the live model learnt of from a
+    /// kernel function that has no fd (fentry/kprobe connect), replayed.
+    pub fd: Option<u32>,
     pub comm: Comm,
 }
 
@@ -122,7 +124,7 @@ pub trait HolderSource {
 pub fn holders_from_records(records: &[TaskSocketFd]) -> HolderMap {
     let mut map = HolderMap::new();
     for r in records {
-        map.entry(r.inode).or_default().push(Holder { pid: r.pid, fd: r.fd, comm: Comm::new(&r.comm) });
+        map.entry(r.inode).or_default().push(Holder { pid: r.pid, fd: Some(r.fd), comm: Comm::new(&r.comm) });
     }
     normalize(&mut map);
     map
@@ -203,7 +205,7 @@ fn scan_pid(pid: u32, out: &mut HolderMap) -> io::Result<()> {
             continue;
         };
         let comm = *comm.get_or_insert_with(|| read_comm(pid));
-        out.entry(inode).or_default().push(Holder { pid, fd, comm });
+        out.entry(inode).or_default().push(Holder { pid, fd: Some(fd), comm });
     }
     Ok(())
 }
@@ -301,7 +303,7 @@ mod tests {
         let r = |pid, fd| TaskSocketFd { inode: 7, pid, fd, comm };
         let map = holders_from_records(&[r(20, 4), r(10, 3), r(10, 3)]);
         let got: Vec<_> = map[&7].iter().map(|h| (h.pid, h.fd, h.comm.to_string())).collect();
-        assert_eq!(got, vec![(10, 3, "cat".to_owned()), (20, 4, "cat".to_owned())]);
+        assert_eq!(got, vec![(10, Some(3), "cat".to_owned()), (20, Some(4), "cat".to_owned())]);
     }
 
     #[test]
@@ -320,7 +322,7 @@ mod tests {
         let mut map = HolderMap::new();
         scan_pid(std::process::id(), &mut map).unwrap();
         let holders = &map[&st.st_ino];
-        assert!(holders.iter().any(|h| h.fd == a.as_raw_fd() as u32));
+        assert!(holders.iter().any(|h| h.fd == Some(a.as_raw_fd() as u32)));
     }
 
     #[test]

@@ -82,7 +82,13 @@ fn print_snapshot(args: &Args, snap: &Snapshot) -> anyhow::Result<()> {
     if args.json {
         output::json::write(&mut out, &snap.model, &filter)?;
     } else {
-        output::table::write(&mut out, &snap.model, &filter, output::term::width())?;
+        output::table::write(
+            &mut out,
+            &snap.model,
+            &filter,
+            output::term::width(),
+            timeline::cmd::holder_list(args.wide),
+        )?;
     }
     out.flush().map_err(OutputError::from)?;
     Ok(())
@@ -156,6 +162,7 @@ fn replay_main(args: &Args, path: &Path) -> anyhow::Result<()> {
         since: args.since,
         until: args.until,
         summary: args.summary,
+        wide: args.wide,
     };
     let mut out = BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
     timeline::cmd::replay(path, &opts, &filter_from(args), &mut out)?;

@@ -47,9 +47,29 @@ impl Row {
     }
 }
 
-pub fn write(out: &mut impl Write, model: &Model, filter: &Filter, width: Option<usize>) -> Result<(), OutputError> {
-    let mut rows: Vec<Row> =
-        model.connections().into_iter().filter(|c| filter.matches(model, c.a, c.b)).map(|c| row(model, &c)).collect();
+/// How many holders a cell lists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Holders {
+    /// The first and `+N` for the rest: a socket held by a whole process
+    /// tree must not widen every row.
+    First,
+    /// Every one (`--wide`).
+    All,
+}
+
+pub fn write(
+    out: &mut impl Write,
+    model: &Model,
+    filter: &Filter,
+    width: Option<usize>,
+    holders: Holders,
+) -> Result<(), OutputError> {
+    let mut rows: Vec<Row> = model
+        .connections()
+        .into_iter()
+        .filter(|c| filter.matches(model, c.a, c.b))
+        .map(|c| row(model, &c, holders))
+        .collect();
     rows.sort_by(|x, y| (x.key.0, x.cell(6), x.key.1, x.key.2).cmp(&(y.key.0, y.cell(6), y.key.1, y.key.2)));
     let widths = layout(&rows, width);
     write_line(out, &HEADERS, &widths)?;
@@ -60,7 +80,7 @@ pub fn write(out: &mut impl Write, model: &Model, filter: &Filter, width: Option
     Ok(())
 }
 
-fn row(model: &Model, c: &Connection) -> Row {
+fn row(model: &Model, c: &Connection, list: Holders) -> Row {
     let a = model.get(c.a);
     let status = a.map_or(Status::Unknown, |s| model.status(s));
     let name = model.name_of(c).map(ToString::to_string);
@@ -70,7 +90,7 @@ fn row(model: &Model, c: &Connection) -> Row {
         (None, _, Status::PeerClosed) => "gone".to_owned(),
         (None, _, _) => "-".to_owned(),
     };
-    let peer_holders = c.b.map_or_else(String::new, |b| holders_cell(model.holders(b)));
+    let peer_holders = c.b.map_or_else(String::new, |b| holders_cell(model.holders(b), list));
     let b_socket = c.b.and_then(|b| model.get(b));
     let netns = match (a.map(|s| s.netns), b_socket.map(|s| s.netns)) {
         (Some(x), Some(y)) if x != y => format!("{x}/{y}"),
@@ -88,7 +108,7 @@ fn row(model: &Model, c: &Connection) -> Row {
     };
     let sock_type = a.map_or_else(String::new, |s| s.sock_type.to_string());
     let inode = c.a.to_string();
-    let holders = holders_cell(model.holders(c.a));
+    let holders = holders_cell(model.holders(c.a), list);
     let peer_holders = if c.b.is_some() { peer_holders } else { String::new() };
     Row::new(
         [
@@ -106,19 +126,33 @@ fn row(model: &Model, c: &Connection) -> Row {
     )
 }
 
-/// `comm[pid]:fd`, every holder, space separated. A comm shows escaped
-/// (its Display): widths are then counted on what the terminal shows.
-fn holders_cell(holders: &[Holder]) -> String {
+/// `comm[pid]:fd` (`:?` when the fd is unknown), space separated: every
+/// holder, or the first and `+N`. A comm shows escaped (its Display):
+/// widths are then counted on what the terminal shows.
+fn holders_cell(holders: &[Holder], list: Holders) -> String {
     use std::fmt::Write as _;
     if holders.is_empty() {
         return "-".to_owned();
     }
+    let shown = match list {
+        Holders::First => &holders[..1],
+        Holders::All => holders,
+    };
     let mut s = String::new();
-    for (i, h) in holders.iter().enumerate() {
+    for (i, h) in shown.iter().enumerate() {
         if i > 0 {
             s.push(' ');
         }
-        let _ = write!(s, "{}[{}]:{}", h.comm, h.pid, h.fd);
+        let _ = write!(s, "{}[{}]:", h.comm, h.pid);
+        match h.fd {
+            Some(fd) => {
+                let _ = write!(s, "{fd}");
+            }
+            None => s.push('?'),
+        }
+    }
+    if shown.len() < holders.len() {
+        let _ = write!(s, " +{}", holders.len() - shown.len());
     }
     s
 }
@@ -258,12 +292,12 @@ mod tests {
         };
         let hostile = Comm::new(b"ev\x1b[31mil\x07");
         let mut holders = HolderMap::new();
-        holders.insert(10, [Holder { pid: 7, fd: 3, comm: hostile }].into_iter().collect());
-        holders.insert(11, [Holder { pid: 8, fd: 4, comm: "server".into() }].into_iter().collect());
+        holders.insert(10, [Holder { pid: 7, fd: Some(3), comm: hostile }].into_iter().collect());
+        holders.insert(11, [Holder { pid: 8, fd: Some(4), comm: "server".into() }].into_iter().collect());
         let name = SockName::abstract_name(b"</script><b>x\n\"");
         let model = Model::new(vec![sock(10, 11, None), sock(11, 10, Some(name))], holders);
         let mut out = Vec::new();
-        write(&mut out, &model, &Filter::default(), None).unwrap();
+        write(&mut out, &model, &Filter::default(), None, Holders::First).unwrap();
         let text = String::from_utf8(out).unwrap();
         assert!(!text.chars().any(|c| c.is_control() && c != '\n'), "{text:?}");
         assert_eq!(text.lines().count(), 2, "{text}");
@@ -274,6 +308,18 @@ mod tests {
         let column = |line: &str, at: &str| line.find(at).unwrap();
         assert_eq!(column(header, "PEER PROCESS"), column(row, "server[8]:4"), "{text}");
         assert_eq!(column(header, "PEER "), column(row, "11"), "{text}");
+    }
+
+    #[test]
+    fn many_holders_show_as_the_first_and_a_count_unless_wide() {
+        let holder = |pid, fd| Holder { pid, fd, comm: "chromium".into() };
+        let many: Vec<Holder> = (0..8).map(|i| holder(12152 + i, Some(6))).collect();
+        assert_eq!(holders_cell(&many, Holders::First), "chromium[12152]:6 +7");
+        let all = holders_cell(&many, Holders::All);
+        assert_eq!((all.split(' ').count(), all.starts_with("chromium[12152]:6 chromium[12153]:6")), (8, true));
+        // An fd nobody reported is unknown, not 4294967295.
+        assert_eq!(holders_cell(&[holder(9, None)], Holders::First), "chromium[9]:?");
+        assert_eq!(holders_cell(&[], Holders::All), "-");
     }
 
     #[test]

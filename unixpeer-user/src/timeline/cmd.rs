@@ -27,6 +27,13 @@ pub struct ReplayOptions {
     pub since: Option<TimeSpec>,
     pub until: Option<TimeSpec>,
     pub summary: bool,
+    /// `--wide`: every holder in the `--at` table.
+    pub wide: bool,
+}
+
+/// `--wide` lists every holder; otherwise the first and `+N`.
+pub fn holder_list(wide: bool) -> output::table::Holders {
+    if wide { output::table::Holders::All } else { output::table::Holders::First }
 }
 
 pub fn replay(path: &Path, opts: &ReplayOptions, filter: &Filter, out: &mut impl Write) -> Result<(), TimelineError> {
@@ -78,7 +85,7 @@ fn table_at(
     } else {
         let clock = replay.reader.header.clock();
         writeln!(out, "# as of {}", clock.rfc3339(t)).map_err(OutputError::from)?;
-        output::table::write(out, &model, filter, output::term::width())?;
+        output::table::write(out, &model, filter, output::term::width(), holder_list(opts.wide))?;
     }
     Ok(())
 }

@@ -10,7 +10,7 @@ use unixpeer_common::EventKind;
 use super::{FORMAT_NAME, FORMAT_VERSION};
 use crate::events::Inferred;
 use crate::events::{Event, SockType, event_name};
-use crate::holders::{Comm, Holder as SnapHolder, HolderList};
+use crate::holders::{Holder as SnapHolder, HolderList};
 use crate::live::{Holder, SeedSocket};
 use crate::model::{KernelState, Model, SockName, Socket, Vfs};
 use crate::output::jsonw::{int, json_str};
@@ -113,7 +113,7 @@ impl SeedRecord {
                 holders: model
                     .holders(s.inode)
                     .iter()
-                    .map(|h| Holder { pid: h.pid, comm: h.comm, fd: Some(h.fd as i32) })
+                    .map(|h| Holder { pid: h.pid, comm: h.comm, fd: h.fd.and_then(|fd| i32::try_from(fd).ok()) })
                     .collect(),
             })
             .collect()
@@ -162,9 +162,9 @@ impl SeedRecord {
 }
 
 /// A live holder in the snapshot's shape; an fd the model does not know
-/// shows as u32::MAX rather than dropping the holder.
+/// stays unknown.
 pub fn snap_holder(h: &Holder) -> SnapHolder {
-    SnapHolder { pid: h.pid, fd: h.fd.map_or(u32::MAX, |fd| fd as u32), comm: Comm::new(h.comm.as_bytes()) }
+    SnapHolder { pid: h.pid, fd: h.fd.and_then(|fd| u32::try_from(fd).ok()), comm: h.comm }
 }
 
 pub fn parse_name(s: &str) -> SockName {
