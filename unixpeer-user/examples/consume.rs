@@ -24,8 +24,7 @@ use anyhow::{Context, Result, bail};
 use unixpeer_common::UnixEvent;
 use unixpeer_user::{
     events,
-    follow::{Consumer, FollowOptions, Recorder},
-    live::{Tracker, render::clock_ns},
+    follow::{Consumer, FollowOptions, Recorder, Tracker, render::clock_ns},
     timeline::{
         format::{Record, SeedRecord},
         reader::Reader,
@@ -77,8 +76,8 @@ fn run(stream: &Path, outputs: &[String], scratch: &Path) -> Result<()> {
             tracker.seed(s);
         }
         let devnull = BufWriter::with_capacity(1 << 16, File::create("/dev/null")?);
-        let clock = unixpeer_user::live::render::Clock::now();
-        let filter = |_: &unixpeer_user::live::Resolved| true;
+        let clock = unixpeer_user::follow::render::Clock::now();
+        let filter = |_: &unixpeer_user::follow::Resolved| true;
         let mut sink =
             Consumer::new(tracker, devnull, &opts, clock, &filter, recorder.as_mut().map(|r| r as &mut dyn Recorder));
         let (seconds, cpu_seconds) = feed(raw, &mut sink)?;

@@ -40,7 +40,7 @@ fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&dir)?;
     for name in ["bench.jsonl", "bench.jsonl.zst"] {
         let path = dir.join(name);
-        let clock = unixpeer_user::live::render::Clock { start_mono_ns: 0, wall_offset_ns: 0 };
+        let clock = unixpeer_user::follow::render::Clock { start_mono_ns: 0, wall_offset_ns: 0 };
         let start = Instant::now();
         let mut w = TimelineWriter::create(&path, true)?;
         w.header(&unixpeer_user::timeline::format::Header::new("tracepoint", "bench", true, &clock))?;

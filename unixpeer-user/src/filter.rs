@@ -2,7 +2,7 @@
 //! `--pid 42` also shows who process 42 talks to.
 
 use crate::{
-    live::{Peer, Resolved},
+    follow::{Peer, Resolved},
     model::{KernelState, Model, SockType},
 };
 
@@ -49,7 +49,7 @@ impl Filter {
     /// the one at the other end may match.
     pub fn matches_event(&self, r: &Resolved) -> bool {
         let e = &r.event;
-        let peers: &[crate::live::Holder] = match &r.peer {
+        let peers: &[crate::follow::Holder] = match &r.peer {
             Peer::Holders(h) => h,
             Peer::Listener(h) => std::slice::from_ref(h),
             Peer::Unknown => &[],

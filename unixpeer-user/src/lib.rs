@@ -10,7 +10,6 @@ pub mod events;
 pub mod filter;
 pub mod follow;
 pub mod holders;
-pub mod live;
 pub mod model;
 pub mod netns;
 pub mod output;

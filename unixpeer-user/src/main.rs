@@ -13,9 +13,9 @@ use unixpeer_user::capture::{
 };
 use unixpeer_user::cli::{Args, Command, HolderChoice};
 use unixpeer_user::filter::Filter;
+use unixpeer_user::follow::SeedSocket;
 use unixpeer_user::follow::{self, FollowOptions, Hooks, Recorder, SnapshotPurpose};
 use unixpeer_user::holders::{HolderSource, ProcScan};
-use unixpeer_user::live::SeedSocket;
 use unixpeer_user::model::Model;
 use unixpeer_user::output::{self, OutputError, escape};
 use unixpeer_user::snapshot::{self, Snapshot};

@@ -14,7 +14,7 @@ use unixpeer_common::EventKind;
 use super::{FollowOptions, FollowSummary, Recorder, ResyncRecord};
 use crate::{
     events::{self, Event},
-    live::{
+    follow::{
         Resolved, Tracker,
         render::{self, Clock},
     },
@@ -210,7 +210,7 @@ impl<'a, W: Write> Consumer<'a, W> {
     /// Accepts still waiting for a connect stop waiting first, so that a
     /// replay of the recording, which does the same at the resync record,
     /// ends up with the same model.
-    pub fn resync(&mut self, seeds: Vec<crate::live::SeedSocket>, netns: u32) -> (u64, u64) {
+    pub fn resync(&mut self, seeds: Vec<crate::follow::SeedSocket>, netns: u32) -> (u64, u64) {
         self.finish();
         self.tracker.resync(seeds, netns)
     }

@@ -5,7 +5,11 @@
 //! idempotent, so they are not counted twice.
 
 mod consumer;
+mod listeners;
+mod pending;
+pub mod render;
 mod resync;
+mod tracker;
 
 use std::{
     io::{self, BufWriter, Write},
@@ -15,15 +19,15 @@ use std::{
 use tokio::signal::unix::{SignalKind, signal};
 use unixpeer_common::TaskSocketFd;
 
-pub use self::consumer::Consumer;
+use self::render::Clock;
 use self::resync::Resync;
+pub use self::{
+    consumer::Consumer,
+    tracker::{Holder, Holders, Peer, Resolved, SeedSocket, SockView, Tracker},
+};
 use crate::{
     capture::{Capture, CaptureError, CaptureOptions, Chosen},
     events::Event,
-    live::{
-        Resolved, SeedSocket, Tracker,
-        render::{self, Clock},
-    },
     privileges,
 };
 

@@ -6,8 +6,9 @@
 
 use std::io::Write;
 
+use super::render;
 use super::{Consumer, FollowError, ResyncRecord, SnapshotHook, SnapshotPurpose};
-use crate::{capture::Capture, live::render};
+use crate::capture::Capture;
 
 /// At most one check this often: under sustained overload a check every
 /// second would cost more than the loss it repairs.

@@ -14,7 +14,7 @@ use super::{
 };
 use crate::{
     filter::Filter,
-    live::render,
+    follow::render,
     output::{self, OutputError, escape},
 };
 

@@ -13,7 +13,7 @@ use super::{
     TimelineError,
     replay::{Replay, Step},
 };
-use crate::live::{Holder, Peer, Resolved};
+use crate::follow::{Holder, Peer, Resolved};
 use crate::model::SockType;
 use crate::output::escape;
 

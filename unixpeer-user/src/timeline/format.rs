@@ -10,8 +10,8 @@ use unixpeer_common::EventKind;
 use super::{FORMAT_NAME, FORMAT_VERSION};
 use crate::events::Inferred;
 use crate::events::{Event, SockType, event_name};
+use crate::follow::{Holder, SeedSocket};
 use crate::holders::{Holder as SnapHolder, HolderList};
-use crate::live::{Holder, SeedSocket};
 use crate::model::{KernelState, Model, SockName, Socket, Vfs};
 use crate::output::jsonw::{int, json_str};
 
@@ -39,14 +39,14 @@ pub struct Header {
 }
 
 impl Header {
-    pub fn clock(&self) -> crate::live::render::Clock {
-        crate::live::render::Clock {
+    pub fn clock(&self) -> crate::follow::render::Clock {
+        crate::follow::render::Clock {
             start_mono_ns: self.start_mono_ns,
             wall_offset_ns: self.start_wall_ns - i128::from(self.start_mono_ns),
         }
     }
 
-    pub fn new(backend: &str, why: &str, infer_release_on_exit: bool, clock: &crate::live::render::Clock) -> Self {
+    pub fn new(backend: &str, why: &str, infer_release_on_exit: bool, clock: &crate::follow::render::Clock) -> Self {
         Self {
             format: FORMAT_NAME.into(),
             version: FORMAT_VERSION,

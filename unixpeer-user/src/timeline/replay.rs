@@ -14,8 +14,8 @@ use super::{
 };
 use crate::{
     follow::ResyncRecord,
+    follow::{Resolved, Tracker},
     holders::HolderMap,
-    live::{Resolved, Tracker},
     model::{KernelState, Model, SockType, Socket},
 };
 
@@ -252,7 +252,7 @@ impl Replay {
 pub(crate) mod tests {
     use super::*;
     use crate::events::Event;
-    use crate::live::Holder;
+    use crate::follow::Holder;
     use crate::model::Status;
     use crate::timeline::format::{self, Header};
 
@@ -263,7 +263,7 @@ pub(crate) mod tests {
     /// A small recording: a listener from the snapshot, one client that
     /// connects at 1 s and closes at 3 s, the server closing at 4 s.
     pub(crate) fn recording() -> Vec<u8> {
-        let clock = crate::live::render::Clock { start_mono_ns: 0, wall_offset_ns: 1_795_780_800_000_000_000 };
+        let clock = crate::follow::render::Clock { start_mono_ns: 0, wall_offset_ns: 1_795_780_800_000_000_000 };
         let mut out = serde_json::to_vec(&Header::new("tracepoint", "test", true, &clock)).unwrap();
         out.push(b'\n');
         let seed = SeedRecord {
@@ -341,7 +341,7 @@ pub(crate) mod tests {
         })
         .unwrap();
         assert_eq!(lines.len(), 4);
-        assert!(matches!(&lines[0].1, crate::live::Peer::Listener(h) if h.comm == "server"));
-        assert!(matches!(&lines[1].1, crate::live::Peer::Holders(h) if h[0].comm == "client"));
+        assert!(matches!(&lines[0].1, crate::follow::Peer::Listener(h) if h.comm == "server"));
+        assert!(matches!(&lines[1].1, crate::follow::Peer::Holders(h) if h[0].comm == "client"));
     }
 }

@@ -21,8 +21,8 @@ use super::{
 use crate::{
     capture::Chosen,
     events::Event,
+    follow::render::{Clock, clock_ns},
     follow::{FollowSummary, Recorder, RecorderError},
-    live::render::{Clock, clock_ns},
     model::Model,
 };
 

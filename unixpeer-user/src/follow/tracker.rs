@@ -4,17 +4,13 @@
 //! a socket now. Bounded: a socket leaves the model once its close has been
 //! reported.
 
-mod listeners;
-mod pending;
-pub mod render;
-
 use std::collections::VecDeque;
 
 use foldhash::{HashMap, HashSet};
 
 use unixpeer_common::EventKind;
 
-use self::{listeners::Listeners, pending::PendingAccepts};
+use super::{listeners::Listeners, pending::PendingAccepts};
 #[cfg(test)]
 use crate::events::SockType;
 use crate::{
