@@ -4,7 +4,6 @@
 //! end-to-end test should print the tracer's output and stderr.
 
 use std::{
-    ffi::CString,
     io::{BufRead, BufReader, Read},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     process::{Child, Command, Stdio},
@@ -15,6 +14,8 @@ use std::{
 
 use serde_json::Value;
 
+use crate::sys;
+pub use crate::sys::sockaddr;
 pub use crate::tools::{require_root, unixtrace_bin};
 
 /// `--backend` for this run: the VM matrix sets UNIXTRACE_BACKEND per strategy.
@@ -23,6 +24,15 @@ pub fn backend_args() -> Vec<String> {
         Ok(b) if !b.is_empty() => vec!["--backend".into(), b],
         _ => Vec::new(),
     }
+}
+
+/// `unixtrace --follow` with this run's backend and a piped stderr, for
+/// the caller's further arguments. Capturing takes root.
+pub fn follow_command() -> Command {
+    require_root();
+    let mut c = Command::new(unixtrace_bin());
+    c.arg("--follow").args(backend_args()).stderr(Stdio::piped());
+    c
 }
 
 /// A `unixtrace --follow -v ARGS` whose plain output is read at the end.
@@ -35,15 +45,7 @@ pub struct Plain {
 /// until `-v` says which backend is attached: a fixed sleep is not enough
 /// under QEMU's emulation.
 pub fn spawn_unixtrace(args: &[&str], stdout: Stdio) -> Plain {
-    require_root();
-    let mut child = Command::new(unixtrace_bin())
-        .args(["--follow", "-v"])
-        .args(args)
-        .args(backend_args())
-        .stdout(stdout)
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start unixtrace");
+    let mut child = follow_command().arg("-v").args(args).stdout(stdout).spawn().expect("start unixtrace");
     let mut err = BufReader::new(child.stderr.take().expect("piped stderr"));
     let (tx, rx) = channel();
     let stderr = thread::spawn(move || {
@@ -91,16 +93,12 @@ pub struct Follower {
 impl Follower {
     /// Starts the tracer and waits until its programs are attached.
     pub fn start(extra: &[&str]) -> Self {
-        require_root();
-        let bin = unixtrace_bin();
-        let mut child = Command::new(&bin)
-            .args(["--follow", "--json"])
-            .args(backend_args())
+        let mut child = follow_command()
+            .arg("--json")
             .args(extra)
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+            .unwrap_or_else(|e| panic!("cannot start unixtrace: {e}"));
         let stdout = child.stdout.take().expect("piped stdout");
         let mut stderr = child.stderr.take().expect("piped stderr");
         let (tx, lines) = channel();
@@ -214,18 +212,14 @@ pub struct Pipe {
 }
 
 pub fn pipe() -> Pipe {
-    let mut fds = [0; 2];
-    // SAFETY: fds is a valid two-int array.
-    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0, "pipe: {}", std::io::Error::last_os_error());
+    let (read, write) = sys::pipe().unwrap_or_else(|e| panic!("pipe: {e}"));
     // SAFETY: both fds were just created and are owned here.
-    unsafe { Pipe { read: OwnedFd::from_raw_fd(fds[0]), write: OwnedFd::from_raw_fd(fds[1]) } }
+    unsafe { Pipe { read: OwnedFd::from_raw_fd(read), write: OwnedFd::from_raw_fd(write) } }
 }
 
-/// Writes one line into a pipe from a child, with raw syscalls only.
+/// Writes one line into a pipe from a child.
 pub fn report(fd: &OwnedFd, line: &str) {
-    let b = format!("{line}\n");
-    // SAFETY: writing a valid buffer to an open fd.
-    unsafe { libc::write(fd.as_raw_fd(), b.as_ptr().cast(), b.len()) };
+    let _ = sys::write_fd(fd.as_raw_fd(), format!("{line}\n").as_bytes());
 }
 
 /// Holds a child until the test lets it go. If the test dies, the child
@@ -237,15 +231,12 @@ impl Gate {
         Self(pipe())
     }
 
-    /// In the child: blocks until `open`.
+    /// In the child: blocks until `open`, or until the test is gone. The
+    /// child's own copy of the write end is closed first, or that EOF could
+    /// never come (the child exits without running destructors).
     pub fn wait(&self) {
-        let mut b = [0u8; 1];
-        // SAFETY: the child drops its copy of the write end (it _exits
-        // without running destructors), then reads.
-        unsafe {
-            libc::close(self.0.write.as_raw_fd());
-            libc::read(self.0.read.as_raw_fd(), b.as_mut_ptr().cast(), 1);
-        }
+        sys::close(self.0.write.as_raw_fd());
+        let _ = sys::read_fd(self.0.read.as_raw_fd(), &mut [0u8; 1]);
     }
 
     pub fn open(&self) {
@@ -265,10 +256,9 @@ pub fn read_lines(p: &Pipe, n: usize) -> Vec<String> {
     let mut pending = String::new();
     while lines.len() < n {
         let mut buf = [0u8; 256];
-        // SAFETY: reading into a valid buffer from an open fd.
-        let got = unsafe { libc::read(p.read.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        let got = sys::read_fd(p.read.as_raw_fd(), &mut buf).unwrap_or_else(|e| panic!("read reports: {e}"));
         assert!(got > 0, "children exited before reporting ({} of {n} lines)", lines.len());
-        pending.push_str(&String::from_utf8_lossy(&buf[..got as usize]));
+        pending.push_str(&String::from_utf8_lossy(&buf[..got]));
         while let Some(i) = pending.find('\n') {
             lines.push(pending[..i].to_owned());
             pending.drain(..=i);
@@ -286,100 +276,48 @@ pub fn read_reports(p: Pipe) -> Vec<String> {
 }
 
 /// Forks a child process named `comm` that runs `f` and exits with its
-/// result. Only async-signal-safe work belongs in `f`: syscalls, no locks.
+/// result. Only async-signal-safe work belongs in `f`: system calls such
+/// as [`sys`]'s, no locks.
 pub fn fork_child(comm: &str, f: impl FnOnce() -> i32) -> i32 {
-    let name = CString::new(comm).expect("comm");
-    // SAFETY: the child only runs `f` (raw syscalls) and _exit.
-    let pid = unsafe { libc::fork() };
-    assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+    let pid = sys::fork().unwrap_or_else(|e| panic!("fork: {e}"));
     if pid == 0 {
-        // SAFETY: PR_SET_NAME with a NUL-terminated name.
-        unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
-        let code = f();
-        // SAFETY: leaving the child without running the parent's destructors.
-        unsafe { libc::_exit(code) };
+        sys::set_comm(comm);
+        sys::exit_child(f());
     }
     pid
 }
 
 pub fn wait_child(pid: i32) -> i32 {
-    let mut status = 0;
-    // SAFETY: waiting for our own child.
-    let rc = unsafe { libc::waitpid(pid, &mut status, 0) };
-    assert_eq!(rc, pid, "waitpid: {}", std::io::Error::last_os_error());
+    let status = sys::wait_pid(pid).unwrap_or_else(|e| panic!("waitpid({pid}): {e}"));
     assert!(libc::WIFEXITED(status), "child {pid} did not exit normally: {status:#x}");
     libc::WEXITSTATUS(status)
 }
 
 pub fn inode_of(fd: i32) -> u64 {
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: fstat into a zeroed stat.
-    assert_eq!(unsafe { libc::fstat(fd, &mut st) }, 0, "fstat({fd})");
-    st.st_ino
+    sys::inode_of(fd).unwrap_or_else(|e| panic!("fstat({fd}): {e}"))
 }
 
 pub fn socketpair(ty: i32) -> [i32; 2] {
-    let mut fds = [0; 2];
-    // SAFETY: fds is a valid two-int array.
-    let rc = unsafe { libc::socketpair(libc::AF_UNIX, ty | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr()) };
-    assert_eq!(rc, 0, "socketpair: {}", std::io::Error::last_os_error());
-    fds
+    let (a, b) = sys::socketpair(ty | libc::SOCK_CLOEXEC).unwrap_or_else(|e| panic!("socketpair: {e}"));
+    [a, b]
 }
 
-/// A `sockaddr_un` for a path, or for an abstract name when it starts with '@'.
-pub fn sockaddr(name: &str) -> (libc::sockaddr_un, libc::socklen_t) {
-    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-    let bytes = name.as_bytes();
-    let (bytes, offset) = if let Some(rest) = name.strip_prefix('@') { (rest.as_bytes(), 1) } else { (bytes, 0) };
-    for (i, b) in bytes.iter().enumerate() {
-        addr.sun_path[i + offset] = *b as libc::c_char;
-    }
-    let len = std::mem::size_of::<libc::sa_family_t>() + offset + bytes.len() + usize::from(offset == 0);
-    (addr, len as libc::socklen_t)
-}
-
+/// A listening socket on `name` (bound only, for a datagram one).
+/// CLOEXEC: the tracer the test starts must not inherit it.
 pub fn listen_on(name: &str, ty: i32, backlog: i32) -> i32 {
-    if !name.starts_with('@') {
-        let _ = std::fs::remove_file(name);
-    }
-    // SAFETY: plain socket syscalls on a fresh fd.
-    unsafe {
-        // CLOEXEC: the tracer the test starts must not inherit it.
-        let fd = libc::socket(libc::AF_UNIX, ty | libc::SOCK_CLOEXEC, 0);
-        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
-        let (addr, len) = sockaddr(name);
-        assert_eq!(
-            libc::bind(fd, (&raw const addr).cast(), len),
-            0,
-            "bind {name}: {}",
-            std::io::Error::last_os_error()
-        );
-        if ty != libc::SOCK_DGRAM {
-            assert_eq!(libc::listen(fd, backlog), 0, "listen: {}", std::io::Error::last_os_error());
-        }
-        fd
-    }
+    let fd = if ty == libc::SOCK_DGRAM {
+        sys::bound(ty | libc::SOCK_CLOEXEC, name)
+    } else {
+        sys::listener(ty | libc::SOCK_CLOEXEC, name, backlog)
+    };
+    fd.unwrap_or_else(|e| panic!("listen on {name}: {e}"))
 }
 
 /// connect(); returns the fd, or the errno on failure. Safe in a child.
 /// Non-blocking sockets fail with EAGAIN on a full backlog instead of waiting.
 pub fn connect_to(name: &str, ty: i32, nonblock: bool) -> Result<i32, i32> {
-    // SAFETY: plain socket syscalls on a fresh fd.
-    unsafe {
-        let flags = if nonblock { libc::SOCK_NONBLOCK } else { 0 };
-        let fd = libc::socket(libc::AF_UNIX, ty | flags, 0);
-        if fd < 0 {
-            return Err(*libc::__errno_location());
-        }
-        let (addr, len) = sockaddr(name);
-        if libc::connect(fd, (&raw const addr).cast(), len) != 0 {
-            let errno = *libc::__errno_location();
-            libc::close(fd);
-            return Err(errno);
-        }
-        Ok(fd)
-    }
+    let flags = if nonblock { libc::SOCK_NONBLOCK } else { 0 };
+    sys::connect(ty | flags, name).map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))
 }
 
 /// Events of one kind from one process.
@@ -394,19 +332,12 @@ pub fn is_event(v: &Value, event: &str, pid: i32) -> bool {
 /// exit code: 0, or 1 when an accept fails.
 pub fn serve(listener: i32, n: usize, reply: bool) -> i32 {
     for _ in 0..n {
-        // SAFETY: raw syscalls on fds the calling child owns.
-        unsafe {
-            let c = libc::accept(listener, std::ptr::null_mut(), std::ptr::null_mut());
-            if c < 0 {
-                return 1;
-            }
-            let mut b = [0u8; 1];
-            libc::read(c, b.as_mut_ptr().cast(), 1);
-            if reply {
-                libc::write(c, b"y".as_ptr().cast(), 1);
-            }
-            libc::close(c);
+        let Ok(c) = sys::accept(listener) else { return 1 };
+        let _ = sys::read_fd(c, &mut [0u8; 1]);
+        if reply {
+            let _ = sys::write_fd(c, b"y");
         }
+        sys::close(c);
     }
     0
 }

@@ -455,7 +455,7 @@ fn a_socket_released_in_flight_is_reported_closed() {
     let child = fork_child("inflight-child", || {
         let passed = socketpair(libc::SOCK_STREAM);
         let chan = socketpair(libc::SOCK_STREAM);
-        if unixpeer_tests::farm::send_fd(chan[0], passed[0]).is_err() {
+        if unixpeer_tests::sys::send_fd(chan[0], passed[0]).is_err() {
             return 1;
         }
         report(&p.write, &inode_of(passed[0]).to_string());

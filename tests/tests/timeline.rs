@@ -50,16 +50,7 @@ struct Recorder {
 
 impl Recorder {
     fn start(file: &Path, extra: &[&str], stdout: Stdio) -> Self {
-        require_root();
-        let child = Command::new(unixtrace_bin())
-            .args(["--follow", "-w"])
-            .arg(file)
-            .args(backend_args())
-            .args(extra)
-            .stdout(stdout)
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start unixtrace");
+        let child = follow_command().arg("-w").arg(file).args(extra).stdout(stdout).spawn().expect("start unixtrace");
         let mut r = Self { child, file: file.to_owned() };
         // The capture is attached before the header is written: from then
         // on nothing is missed.

@@ -33,6 +33,8 @@ static SCRATCH: PerCpuArray<UnixEvent> = PerCpuArray::with_max_entries(1, 0);
 #[inline(always)]
 pub fn count(index: u32) {
     if let Some(c) = COUNTERS.get_ptr_mut(index) {
+        // SAFETY: a successful lookup returns this CPU's slot of the array,
+        // a valid, aligned u64 that lives as long as the map.
         unsafe { *c += 1 };
     }
 }
@@ -42,19 +44,28 @@ pub fn count(index: u32) {
 #[inline(always)]
 pub fn actor_wanted(cur: Current) -> bool {
     let (tgid, _) = cur.tgid_pid();
+    // SAFETY: FILTER is a valid, aligned static; the loader writes it
+    // before the program loads, and it is read-only from then on.
     let self_pid = unsafe { core::ptr::read_volatile(&raw const FILTER.self_pid) };
+    // SAFETY: as above.
     let pid = unsafe { core::ptr::read_volatile(&raw const FILTER.pid) };
     tgid != self_pid && (pid == 0 || tgid == pid)
 }
 
 #[inline(always)]
 fn comm_wanted(comm: &[u8; TASK_COMM_LEN]) -> bool {
+    // SAFETY: FILTER is a valid, aligned static, written by the loader
+    // before the program loads and read-only from then on.
     if unsafe { core::ptr::read_volatile(&raw const FILTER.comm_enabled) } == 0 {
         return true;
     }
+    // SAFETY: [u64; 2] has the size of [u8; TASK_COMM_LEN], and any bytes
+    // are a valid u64.
     let words = |b: [u8; TASK_COMM_LEN]| unsafe { core::mem::transmute::<[u8; TASK_COMM_LEN], [u64; 2]>(b) };
     let have = words(*comm);
+    // SAFETY: FILTER, as above.
     let want = words(unsafe { core::ptr::read_volatile(&raw const FILTER.comm) });
+    // SAFETY: as above.
     let mask = words(unsafe { core::ptr::read_volatile(&raw const FILTER.comm_mask) });
     have[0] & mask[0] == want[0] && have[1] & mask[1] == want[1]
 }
@@ -71,11 +82,18 @@ pub fn syscall_strategy() -> bool {
 #[inline(always)]
 pub fn begin(cur: Current, kind: EventKind, backend: Backend) -> Option<&'static mut UnixEvent> {
     let ptr = SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: a successful lookup returns this CPU's slot, a valid, aligned
+    // UnixEvent that lives as long as the map, and this program holds no
+    // other reference to it. A program that runs on this CPU before this
+    // one submits (where the kernel preempts BPF programs) reuses the slot:
+    // that can mix two events' fields, but not reach outside the slot.
     let e = unsafe { &mut *ptr };
     let (tgid, tid) = cur.tgid_pid();
+    // SAFETY: a helper without arguments.
     e.ts_ns = unsafe { bpf_ktime_get_ns() };
     // Volatile: LLVM merges four plain zero stores into a call to memset,
     // which for BPF is a byte-at-a-time loop of ~100 instructions.
+    // SAFETY: fields of `e`, a valid &mut UnixEvent, so valid and aligned.
     unsafe {
         core::ptr::write_volatile(&raw mut e.sk, 0);
         core::ptr::write_volatile(&raw mut e.peer_sk, 0);
@@ -200,6 +218,9 @@ pub fn copy_sockaddr(e: &mut UnixEvent, sockaddr: u64, len: u32, user: bool) {
     }
     let src = (sockaddr + SUN_PATH_OFFSET) as *const core::ffi::c_void;
     let dst = e.path.as_mut_ptr().cast();
+    // SAFETY: `n` <= UNIX_PATH_MAX, the size of `e.path`, so the helper
+    // writes inside it; `src` may be any address, as the probe-read helpers
+    // return an error where it is not readable instead of faulting.
     let rc = unsafe { if user { bpf_probe_read_user(dst, n, src) } else { bpf_probe_read_kernel(dst, n, src) } };
     if rc == 0 {
         // A path name is NUL-terminated inside the buffer; an abstract one

@@ -18,6 +18,9 @@ use crate::kernel::{self, off};
 #[unsafe(link_section = "iter/task_file")]
 pub fn task_file(ctx: *mut c_void) -> i32 {
     let ctx = ctx as *const u8;
+    // SAFETY: `ctx` is this iterator's `struct bpf_iter__task_file *`, which
+    // the verifier checks every load against; the offsets are its aligned
+    // fields, checked against the running kernel's BTF before loading.
     let (meta, task, fd, file) = unsafe {
         (
             *(ctx.add(iter_abi::TASK_FILE_META) as *const *const u8),
@@ -34,6 +37,9 @@ pub fn task_file(ctx: *mut c_void) -> i32 {
     let Some(pid) = kernel::read::<u32>(task + off!(task_struct_tgid)) else { return 0 };
     let comm = kernel::read::<[u8; TASK_COMM_LEN]>(task + off!(task_struct_comm)).unwrap_or([0; TASK_COMM_LEN]);
     let rec = TaskSocketFd { inode: kernel::inode_of_socket(sock.socket), pid, fd, comm };
+    // SAFETY: `meta` is the verifier-typed `struct bpf_iter_meta *`, not
+    // null (tested above), with its `seq_file *` at META_SEQ; the helper
+    // reads size_of::<TaskSocketFd>() bytes from `rec`, exactly its size.
     unsafe {
         let seq = *(meta.add(iter_abi::META_SEQ) as *const *mut c_void);
         bpf_seq_write(seq.cast(), (&raw const rec).cast(), core::mem::size_of::<TaskSocketFd>() as u32);

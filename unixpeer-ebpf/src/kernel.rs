@@ -17,6 +17,8 @@ pub(crate) static OFFSETS: KernelOffsets = KernelOffsets::zeroed();
 /// all-zero initialiser into the code: the real value arrives at load time.
 macro_rules! off {
     ($($field:tt)+) => {{
+        // SAFETY: OFFSETS is a valid, aligned static; the loader writes it
+        // before the program loads, and it is read-only from then on.
         #[allow(unused_unsafe)]
         let v = unsafe { core::ptr::read_volatile(&raw const $crate::kernel::OFFSETS.$($field)+) };
         v
@@ -32,6 +34,9 @@ pub fn read<T>(addr: u64) -> Option<T> {
     if addr == 0 {
         return None;
     }
+    // SAFETY: bpf_probe_read_kernel tolerates any address: where `addr` is
+    // not readable it returns an error instead of faulting. Callers read
+    // integers and byte arrays, for which any bytes are a valid value.
     unsafe { bpf_probe_read_kernel(addr as *const T).ok() }
 }
 
@@ -97,6 +102,11 @@ fn read_ptr(addr: u64) -> Option<u64> {
 /// fault into 0, so no helper call is needed.
 #[inline(always)]
 pub fn load<T: Copy>(addr: u64) -> T {
+    // SAFETY: callers pass a BTF pointer (the current task, a field of it,
+    // a tracepoint's argument or a `cast` result) plus an offset from that
+    // type's BTF. The verifier rejects a load through anything else, the
+    // JIT turns a fault into 0, and callers load integers, for which any
+    // bytes are a valid value.
     unsafe { core::ptr::read_volatile(addr as *const T) }
 }
 
@@ -115,6 +125,7 @@ impl Current {
         if off!(has_current_task_btf) == 0 {
             return Self(0);
         }
+        // SAFETY: a helper without arguments.
         Self(unsafe { bpf_get_current_task_btf() } as u64)
     }
 
@@ -145,6 +156,8 @@ impl Current {
     #[inline(always)]
     pub fn file_of_fd(self, fd: u32) -> Option<u64> {
         let Some(task) = self.btf() else {
+            // SAFETY: a helper without arguments; `file_of_fd` reads the
+            // task it returns only through bpf_probe_read_kernel.
             return file_of_fd(unsafe { bpf_get_current_task() }, fd);
         };
         let files: u64 = load(task + off!(task_struct_files));
@@ -222,6 +235,11 @@ fn read_words<const N: usize>(base: u64, offs: [u64; N]) -> Option<[u64; N]> {
     if hi - lo < (SPAN_WORDS as u64) * 8 {
         let mut buf = core::mem::MaybeUninit::<[u64; SPAN_WORDS]>::uninit();
         let len = (hi - lo + 8) as u32;
+        // SAFETY: the offsets are of 8-byte fields, so 8-aligned, and
+        // `hi - lo` < SPAN_WORDS * 8: `len` is at most the size of `buf`
+        // (the verifier, to which the offsets are constants, checks it too).
+        // The source may be any address: the helper returns an error where
+        // it is not readable instead of faulting.
         let rc = unsafe { generated::bpf_probe_read_kernel(buf.as_mut_ptr().cast(), len, (base + lo) as *const _) };
         if rc != 0 {
             return None;

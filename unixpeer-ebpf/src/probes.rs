@@ -44,6 +44,9 @@ fn stash(ctx: &ProbeContext) {
 #[inline(always)]
 fn returned(ctx: &RetProbeContext, dgram: bool) {
     let key = bpf_get_current_pid_tgid();
+    // SAFETY: the value is copied out before anything else runs here, and
+    // only this thread's programs insert or remove its pid_tgid key (the
+    // entry probe above, the remove below).
     let Some(args) = (unsafe { CONNECT_ARGS.get(&key) }).copied() else { return };
     let _ = CONNECT_ARGS.remove(&key);
     let rc: i32 = ctx.ret();

@@ -42,6 +42,8 @@ static SYSCALLS: SyscallNumbers = SyscallNumbers::zeroed();
 
 macro_rules! nr {
     ($name:ident) => {
+        // SAFETY: SYSCALLS is a valid, aligned static; the loader writes it
+        // before the program loads, and it is read-only from then on.
         unsafe { core::ptr::read_volatile(&raw const SYSCALLS.$name) }
     };
 }
@@ -73,6 +75,8 @@ fn compat(cur: Current) -> bool {
     }
     let status = match cur.btf() {
         Some(task) => Some(kernel::load::<u32>(task + off!(task_struct_thread_status))),
+        // SAFETY: a helper without arguments; the task it returns is read
+        // only through bpf_probe_read_kernel (`kernel::read`).
         None => kernel::read::<u32>(unsafe { bpf_get_current_task() } + off!(task_struct_thread_status)),
     };
     status.is_some_and(|s| u64::from(s) & flag != 0)
@@ -135,6 +139,8 @@ pub fn sys_exit(ctx: BtfTracePointContext) -> i32 {
 fn exit_connect(cur: Current, regs: u64, rc: i64) {
     let (fd, uaddr, len) = (arg(regs, 0), arg(regs, 1), arg(regs, 2));
     // Only AF_UNIX addresses: everything else costs one user read.
+    // SAFETY: bpf_probe_read_user tolerates any address: where `uaddr` is
+    // not readable it returns an error instead of faulting.
     if unsafe { bpf_probe_read_user(uaddr as *const u16) } != Ok(AF_UNIX) {
         return;
     }
@@ -187,6 +193,8 @@ fn exit_socketpair(ctx: &BtfTracePointContext, cur: Current, regs: u64, rc: i64)
         return;
     }
     let usockvec = arg(regs, 3);
+    // SAFETY: bpf_probe_read_user tolerates any address: where `usockvec`
+    // is not readable it returns an error instead of faulting.
     let Ok(fds) = (unsafe { bpf_probe_read_user(usockvec as *const [i32; 2]) }) else {
         emit::count(unixpeer_common::counter::READ_ERRORS);
         warn!(ctx, "socketpair: the fds at user address {:x} could not be read", usockvec);

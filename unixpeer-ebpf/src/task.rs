@@ -19,7 +19,12 @@ pub fn task_rename(ctx: TracePointContext) -> u32 {
     if !actor_wanted(cur) {
         return 0;
     }
+    // SAFETY: read_at goes through bpf_probe_read_kernel, which tolerates
+    // any address, returning an error where it is not readable; the offsets
+    // are the record's fields, from its format in tracefs, and any bytes
+    // are a valid i32 or byte array.
     let pid = unsafe { ctx.read_at::<i32>(off!(tp_task_rename_pid) as usize) };
+    // SAFETY: as above.
     let comm = unsafe { ctx.read_at::<[u8; TASK_COMM_LEN]>(off!(tp_task_rename_newcomm) as usize) };
     let (Ok(pid), Ok(comm)) = (pid, comm) else {
         return 0;

