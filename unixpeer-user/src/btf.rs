@@ -295,10 +295,18 @@ pub(crate) mod tests {
     /// tests say so and check nothing.
     pub(crate) fn this_kernel() -> Option<KernelBtf> {
         if !Path::new(VMLINUX_BTF).exists() {
-            eprintln!("skipped: this machine's kernel has no {VMLINUX_BTF}");
+            cannot_run(&format!("this machine's kernel has no {VMLINUX_BTF}"));
             return None;
         }
         Some(KernelBtf::open(Path::new(VMLINUX_BTF)).expect("this machine's BTF opens"))
+    }
+
+    /// A test that needs this machine's kernel cannot run here. On a
+    /// developer's machine it says so and checks nothing; in CI (`CI` set),
+    /// where the machine is meant to run it, that is a failure, not a skip.
+    pub(crate) fn cannot_run(why: &str) {
+        assert!(std::env::var_os("CI").is_none(), "this test must run in CI, but cannot: {why}");
+        eprintln!("skipped: {why}");
     }
 
     /// Whether `name` is among the BTF's strings: a second opinion on what

@@ -384,7 +384,7 @@ mod tests {
     #[test]
     fn a_refused_cast_walk_loads_again_with_probe_reads() {
         if let Err(e) = privileges::check_capture() {
-            eprintln!("skipped: this test loads BPF programs. {e}");
+            crate::btf::tests::cannot_run(&format!("this test loads BPF programs. {e}"));
             return;
         }
         if crate::btf::tests::this_kernel().is_none() {
