@@ -8,7 +8,7 @@
 #![no_std]
 #![no_main]
 #![feature(asm_experimental_arch)]
-#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::undocumented_unsafe_blocks)]
 
 mod af_unix;
 mod emit;
