@@ -240,13 +240,7 @@ pub fn write_text(out: &mut Vec<u8>, r: &Resolved, clock: &Clock, wall: bool) {
     pad_to(out, col, 14);
     out.push(b' ');
     col = out.len();
-    push_int(out, e.pid);
-    out.push(b'/');
-    escape::push_bytes(out, e.comm.as_bytes());
-    if let Some(fd) = e.fd {
-        out.push(b':');
-        push_int(out, fd);
-    }
+    push_holder(out, &Holder { pid: e.pid, comm: e.comm, fd: e.fd });
     if e.kind == EventKind::Socketpair
         && let Some(fd) = e.peer_fd
     {

@@ -84,6 +84,28 @@ pub struct Conns {
     pub lost: u64,
 }
 
+/// One connection between processes named `client` and `server` (pids 20
+/// and 10) on a hostile abstract name: for the tests that check what each
+/// output does with names other processes chose.
+#[cfg(test)]
+pub(crate) fn hostile_conns(client: &str, server: &str) -> Conns {
+    let proc = |pid, comm: &str| Proc { pid, comm: comm.into() };
+    let conn = Conn {
+        kind: ConnKind::Connected,
+        sock_type: SockType::Stream,
+        client: proc(20, client),
+        client_fd: Some(3),
+        server: Some(proc(10, server)),
+        server_fd: Some(4),
+        path: Some("@</script><b>x\n\"".into()),
+        start_ns: 1,
+        end_ns: Some(2),
+        errno: 0,
+        accepted: true,
+    };
+    Conns { list: vec![conn], start_ns: 0, end_ns: 3, lost: 0 }
+}
+
 /// Replays the whole file and gathers its connections.
 pub fn collect(replay: &mut Replay) -> Result<Conns, TimelineError> {
     let mut b = Builder::default();

@@ -194,23 +194,7 @@ mod tests {
 
     #[test]
     fn text_shows_names_escaped_and_json_keeps_them_exact() {
-        use crate::model::SockType;
-        use crate::timeline::conns::Conn;
-        let proc = |pid, comm: &str| Proc { pid, comm: comm.into() };
-        let conn = Conn {
-            kind: ConnKind::Connected,
-            sock_type: SockType::Stream,
-            client: proc(20, "ev\u{1b}[31mil\u{7}"),
-            client_fd: Some(3),
-            server: Some(proc(10, "srv\u{202e}x")),
-            server_fd: Some(4),
-            path: Some("@</script><b>x\n\"".into()),
-            start_ns: 1,
-            end_ns: Some(2),
-            errno: 0,
-            accepted: true,
-        };
-        let conns = Conns { list: vec![conn], start_ns: 0, end_ns: 3, lost: 0 };
+        let conns = crate::timeline::conns::hostile_conns("ev\u{1b}[31mil\u{7}", "srv\u{202e}x");
         let mut out = Vec::new();
         write(&mut out, &conns, false).unwrap();
         let text = String::from_utf8(out).unwrap();

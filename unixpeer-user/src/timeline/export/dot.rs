@@ -98,23 +98,7 @@ mod tests {
 
     #[test]
     fn hostile_names_cannot_add_lines_or_leave_the_string() {
-        use crate::model::SockType;
-        use crate::timeline::conns::{Conn, Proc};
-        let proc = |pid, comm: &str| Proc { pid, comm: comm.into() };
-        let conn = Conn {
-            kind: ConnKind::Connected,
-            sock_type: SockType::Stream,
-            client: proc(20, "a\"];x[\npid 1"),
-            client_fd: Some(3),
-            server: Some(proc(10, "ev\u{1b}[31m\\N")),
-            server_fd: Some(4),
-            path: Some("@</script><b>x\n\"".into()),
-            start_ns: 1,
-            end_ns: Some(2),
-            errno: 0,
-            accepted: true,
-        };
-        let conns = Conns { list: vec![conn], start_ns: 0, end_ns: 3, lost: 0 };
+        let conns = crate::timeline::conns::hostile_conns("a\"];x[\npid 1", "ev\u{1b}[31m\\N");
         let mut out = Vec::new();
         write(&mut out, &conns).unwrap();
         let dot = String::from_utf8(out).unwrap();

@@ -270,23 +270,7 @@ mod tests {
 
     #[test]
     fn names_cannot_end_the_data_or_add_markup() {
-        use crate::model::SockType;
-        use crate::timeline::conns::Conn;
-        let proc = |pid, comm: &str| Proc { pid, comm: comm.into() };
-        let conn = Conn {
-            kind: ConnKind::Connected,
-            sock_type: SockType::Stream,
-            client: proc(20, "<!--<script>"),
-            client_fd: Some(3),
-            server: Some(proc(10, "ev\u{1b}'&amp;")),
-            server_fd: Some(4),
-            path: Some("@</script><b>x\n\"".into()),
-            start_ns: 1,
-            end_ns: Some(2),
-            errno: 0,
-            accepted: true,
-        };
-        let conns = Conns { list: vec![conn], start_ns: 0, end_ns: 3, lost: 0 };
+        let conns = crate::timeline::conns::hostile_conns("<!--<script>", "ev\u{1b}'&amp;");
         let mut out = Vec::new();
         write(&mut out, &conns, "t\u{7}<b>'\"").unwrap();
         let page = String::from_utf8(out).unwrap();

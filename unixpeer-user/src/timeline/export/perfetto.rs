@@ -75,23 +75,7 @@ mod tests {
 
     #[test]
     fn names_are_shown_escaped_in_valid_json() {
-        use crate::model::SockType;
-        use crate::timeline::conns::{Conn, Proc};
-        let proc = |pid, comm: &str| Proc { pid, comm: comm.into() };
-        let conn = Conn {
-            kind: ConnKind::Connected,
-            sock_type: SockType::Stream,
-            client: proc(20, "ev\u{1b}[31mil\u{7}"),
-            client_fd: Some(3),
-            server: Some(proc(10, "\"},{\"x\":1")),
-            server_fd: Some(4),
-            path: Some("@</script><b>x\n\"".into()),
-            start_ns: 1,
-            end_ns: Some(2),
-            errno: 0,
-            accepted: true,
-        };
-        let conns = Conns { list: vec![conn], start_ns: 0, end_ns: 3, lost: 0 };
+        let conns = crate::timeline::conns::hostile_conns("ev\u{1b}[31mil\u{7}", "\"},{\"x\":1");
         let mut out = Vec::new();
         write(&mut out, &conns).unwrap();
         assert!(!out[..out.len() - 1].iter().any(|b| b.is_ascii_control()), "{}", String::from_utf8_lossy(&out));
