@@ -559,9 +559,10 @@ fn a_burst_beyond_the_ring_buffer_is_counted_resynced_and_the_next_connection_na
     // kernel's counts are this test's alone.
     let comm = "lb-burst";
     let recording = format!("/tmp/unixpeer-live-{}-burst.jsonl", std::process::id());
-    // -vv: bookkeeping events (fd_close, exit, rename) are printed too, so
-    // that every kernel event of the burst is either printed or lost.
-    let mut f = Follower::start(&["--buffer-size", "4K", "--comm", comm, "-vv", "-w", &recording, "--force"]);
+    // Without -v: the programs' own logging (aya-log) and the debug lines
+    // would slow the consumer under emulation and are not what is tested.
+    // Bookkeeping events (exit, rename) are then not printed, only lost.
+    let mut f = Follower::start(&["--buffer-size", "4K", "--comm", comm, "-w", &recording, "--force"]);
     let path = tmp_path("burst");
     let listener = listen_on(&path, libc::SOCK_STREAM, 128);
     let burster = fork_child(comm, || burst(listener, &path, N));
@@ -571,9 +572,10 @@ fn a_burst_beyond_the_ring_buffer_is_counted_resynced_and_the_next_connection_na
 
     // Loss is counted in the kernel and reported once a second: wait until
     // every socket event of the burst was either printed or counted lost.
-    // Besides them the kernel reports the burster's exit and rename; under
-    // fentry and kprobe, close() of each fd is reported too (as fd_close:
-    // the release itself comes from unix_release_sock).
+    // The lost count may also hold bookkeeping events, which are not
+    // printed: the burster's exit and rename, and under fentry and kprobe
+    // each close() (fd_close: the release itself comes from
+    // unix_release_sock).
     let caused = 7 * N as u64 + 2;
     let closes = 4 * N as u64 + 1;
     let tally = |seen: &[Value]| {
@@ -597,12 +599,10 @@ fn a_burst_beyond_the_ring_buffer_is_counted_resynced_and_the_next_connection_na
     let deadline = std::time::Instant::now() + WAIT;
     loop {
         let (printed, lost) = tally(&f.seen);
-        let fd_closes = kinds(&f.seen).get("\"fd_close\"").copied().unwrap_or(0);
         let tail =
             format!("{printed} printed + {lost} lost, for {caused} socket events of the burst: {:?}", kinds(&f.seen));
         if printed + lost >= caused {
-            let fd_close_room = if fd_closes > 0 || lost > caused { closes } else { 0 };
-            assert!(printed + lost <= caused + 2 + fd_close_room, "{tail}");
+            assert!(printed + lost <= caused + 2 + closes, "{tail}");
             break;
         }
         assert!(std::time::Instant::now() < deadline, "events neither printed nor counted lost: {tail}");
@@ -667,7 +667,10 @@ fn a_burst_beyond_the_ring_buffer_is_counted_resynced_and_the_next_connection_na
 
     let (code, stderr) = f.stop();
     assert_eq!(code, Some(0), "{stderr}");
-    assert!(stderr.contains("events lost in the kernel (ring buffer full)"), "loss is said on stderr:\n{stderr}");
+    assert!(
+        stderr.contains("events lost in the kernel (") || stderr.contains("events missed in the kernel ("),
+        "loss is said on stderr:\n{stderr}"
+    );
     assert!(stderr.contains("resynchronized with the kernel after"), "the resync is said on stderr:\n{stderr}");
     // The recording says it too, and a replay rebuilds the same check.
     let replay = std::process::Command::new(unixtrace_bin())

@@ -5,6 +5,7 @@ pub mod attach_btf;
 mod backend;
 pub mod iter;
 mod kfunc;
+mod misses;
 
 use std::{os::fd::AsRawFd, path::Path};
 
@@ -120,6 +121,7 @@ pub struct Capture {
     /// Whether the size was the user's (`--buffer-size`) or by CPU count.
     buffer_requested: bool,
     lost_seen: u64,
+    missed_seen: u64,
 }
 
 /// What a load of the programs needs from this kernel, found once.
@@ -234,6 +236,7 @@ impl Capture {
             buffer_size: buffer_size(opts.buffer_size),
             buffer_requested: opts.buffer_size.is_some(),
             lost_seen: 0,
+            missed_seen: 0,
         })
     }
 
@@ -300,6 +303,15 @@ impl Capture {
         let new = total.saturating_sub(self.lost_seen);
         self.lost_seen = total;
         Ok(new)
+    }
+
+    /// Hook runs the kernel skipped since the last call (see `misses`): each
+    /// may have been an event. 0 where the kernel does not count them.
+    pub fn take_missed(&mut self) -> u64 {
+        let Some(total) = misses::total(&self.ebpf) else { return 0 };
+        let new = total.saturating_sub(self.missed_seen);
+        self.missed_seen = total;
+        new
     }
 }
 
@@ -393,7 +405,9 @@ mod tests {
         let mut setup = Setup::new().expect("BTF, offsets and tracefs of this kernel");
         let opts = CaptureOptions { backend: BackendChoice::Tracepoint, ..Default::default() };
         let expected = if setup.offsets.cast_loads != 0 { Walks::Casts } else { Walks::ProbeReads };
-        let (_, chosen, walks) = setup.load_with_fallback(&opts).expect("the programs load");
+        let (ebpf, chosen, walks) = setup.load_with_fallback(&opts).expect("the programs load");
+        // Skipped hook runs are read from every loaded program (0 before 5.12).
+        assert!(misses::total(&ebpf).is_some(), "bpf_prog_info of our own programs");
         assert_eq!((chosen.backend, walks), (Strategy::Tracepoint, expected));
 
         // Walks that cast a `struct file *` to a 16-byte list_head read

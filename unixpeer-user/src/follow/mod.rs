@@ -257,10 +257,12 @@ fn every_second<W: Write>(
     Ok(())
 }
 
-/// Events the kernel could not queue since the last look: counted, said on
-/// stderr and in JSON, recorded.
+/// Events the kernel could not queue, or never ran the programs for, since
+/// the last look: counted, said on stderr and in JSON, recorded.
 fn report_lost<W: Write>(sink: &mut Consumer<'_, W>, capture: &mut Capture) -> Result<u64, FollowError> {
-    let lost = capture.take_lost()?;
+    let full = capture.take_lost()?;
+    let missed = capture.take_missed();
+    let lost = full + missed;
     if lost == 0 {
         return Ok(0);
     }
@@ -270,7 +272,17 @@ fn report_lost<W: Write>(sink: &mut Consumer<'_, W>, capture: &mut Capture) -> R
     if let Some(r) = sink.recorder() {
         r.lost(ts, lost);
     }
-    eprintln!("unixtrace: WARNING: {lost} events lost in the kernel (ring buffer full), {total} in total");
+    match (full, missed) {
+        (_, 0) => {
+            eprintln!("unixtrace: WARNING: {lost} events lost in the kernel (ring buffer full), {total} in total")
+        }
+        (0, _) => eprintln!(
+            "unixtrace: WARNING: {lost} events missed in the kernel (a hook skipped while busy on its CPU), {total} in total"
+        ),
+        _ => eprintln!(
+            "unixtrace: WARNING: {lost} events lost in the kernel ({full} ring buffer full, {missed} skipped hooks), {total} in total"
+        ),
+    }
     if sink.json_out() {
         sink.line(format_args!("{}", render::lost_json(lost, total, ts)));
     }
