@@ -596,12 +596,17 @@ fn a_burst_beyond_the_ring_buffer_is_counted_resynced_and_the_next_connection_na
         }
         by_kind
     };
+    // A kprobe the kernel skips (another probe already running on the CPU,
+    // an exhausted kretprobe) is counted only where unixtrace cannot read it
+    // before 6.7: under emulation a handful of a burst's events go that way.
+    // Every other strategy accounts for each event.
+    let uncounted = if f.capture["backend"] == "kprobe" { caused / 100 } else { 0 };
     let deadline = std::time::Instant::now() + WAIT;
     loop {
         let (printed, lost) = tally(&f.seen);
         let tail =
             format!("{printed} printed + {lost} lost, for {caused} socket events of the burst: {:?}", kinds(&f.seen));
-        if printed + lost >= caused {
+        if printed + lost + uncounted >= caused {
             assert!(printed + lost <= caused + 2 + closes, "{tail}");
             break;
         }
