@@ -142,6 +142,21 @@ impl Follower {
         }
     }
 
+    /// Waits up to `timeout` for the next line, then takes every line
+    /// already there; returns how many came (0: none within `timeout`).
+    pub fn lines_within(&mut self, timeout: Duration) -> usize {
+        let mut n = 0;
+        let mut wait = timeout;
+        while let Ok(line) = self.lines.recv_timeout(wait) {
+            let v: Value = serde_json::from_str(&line)
+                .unwrap_or_else(|e| panic!("unixtrace printed a line that is not JSON ({e}): {line}"));
+            self.seen.push(v);
+            n += 1;
+            wait = Duration::ZERO;
+        }
+        n
+    }
+
     /// Every record matching `pred` until `count` of them arrived.
     pub fn wait_for_n(
         &mut self,
@@ -174,7 +189,7 @@ impl Follower {
         }
     }
 
-    fn fail(&mut self, why: &str) -> ! {
+    pub fn fail(&mut self, why: &str) -> ! {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let tail: Vec<String> = self.seen.iter().rev().take(40).map(|v| v.to_string()).collect();
@@ -250,11 +265,17 @@ impl Default for Gate {
     }
 }
 
-/// Reads `n` report lines from children that are still running.
+/// Reads `n` report lines from children that are still running. The test
+/// holds a write end too, so a child that died before reporting shows as
+/// silence, not EOF: two minutes of it fail the test.
 pub fn read_lines(p: &Pipe, n: usize) -> Vec<String> {
     let mut lines = Vec::new();
     let mut pending = String::new();
     while lines.len() < n {
+        let mut poll = libc::pollfd { fd: p.read.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one pollfd, valid for the call.
+        let ready = unsafe { libc::poll(&raw mut poll, 1, 120_000) };
+        assert!(ready > 0, "no report from the children for 2 minutes ({} of {n} lines): did one die?", lines.len());
         let mut buf = [0u8; 256];
         let got = sys::read_fd(p.read.as_raw_fd(), &mut buf).unwrap_or_else(|e| panic!("read reports: {e}"));
         assert!(got > 0, "children exited before reporting ({} of {n} lines)", lines.len());
