@@ -272,7 +272,20 @@ impl Tracker {
 
     fn drop_holder(&mut self, inode: u64, pid: u32, fd: Option<i32>) {
         if let Some(s) = self.socks.get_mut(&inode) {
-            s.holders.retain(|h| !(h.pid == pid && (fd.is_none() || h.fd == fd)));
+            // An fd the kernel could not name (close_range, close-on-exec,
+            // io_uring) is one of the process's fds: drop one, the unnamed
+            // first, and keep the others it may still hold.
+            let at = match fd {
+                Some(_) => s.holders.iter().position(|h| h.pid == pid && h.fd == fd),
+                None => s
+                    .holders
+                    .iter()
+                    .position(|h| h.pid == pid && h.fd.is_none())
+                    .or_else(|| s.holders.iter().position(|h| h.pid == pid)),
+            };
+            if let Some(at) = at {
+                s.holders.remove(at);
+            }
             if !s.holders.iter().any(|h| h.pid == pid) {
                 self.by_pid.get_mut(&pid).map(|set| set.remove(&inode));
             }
@@ -640,6 +653,24 @@ mod tests {
         );
         assert_eq!(out[0].event.fd, Some(4));
         assert!(t.socks.is_empty() && t.by_pid.values().all(|s| s.is_empty()));
+    }
+
+    #[test]
+    fn a_drop_with_no_fd_named_takes_one_holder_of_that_process() {
+        let mut t = Tracker::new(false);
+        let mut pair = ev(EventKind::Socketpair, 1, "p", 10, 11);
+        pair.fd = Some(3);
+        pair.peer_fd = Some(4);
+        t.applied(pair);
+        // A dup of fd 3, seen as a second holder, then one of the two goes
+        // by close_range: the kernel names the file, not the fd.
+        let mut dup = ev(EventKind::Accept, 1, "p", 10, 0);
+        dup.fd = Some(5);
+        t.applied(dup);
+        t.applied(Event { fd: None, ..ev(EventKind::FdClose, 1, "p", 10, 11) });
+        let r = one(&mut t, ev(EventKind::Close, 1, "p", 11, 10));
+        let Peer::Holders(h) = r.peer else { panic!("{:?}", r.peer) };
+        assert_eq!(h.len(), 1, "one of the two fds of 10 is still held: {h:?}");
     }
 
     #[test]
