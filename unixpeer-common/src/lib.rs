@@ -174,6 +174,9 @@ pub struct KernelOffsets {
     /// group leader's command, as ps, ss -p and lsof do, not by the name of
     /// whichever thread made the call.
     pub task_struct_group_leader: u64,
+    /// `task_struct.flags`, for PF_EXITING: a dying process's fds are not
+    /// reported one by one.
+    pub task_struct_flags: u64,
     /// `socket_alloc.vfs_inode - socket_alloc.socket`: SOCK_INODE().
     pub socket_to_inode: u64,
     /// `socket.type` (a plain short on every kernel, unlike `sock.sk_type`,
@@ -190,13 +193,9 @@ pub struct KernelOffsets {
     /// The raw counter value that means "one reference": 0 for file_ref_t
     /// (it stores refs - 1), 1 for atomic_long_t.
     pub file_one_ref: u64,
-    /// `struct pt_regs`: where the syscall number and the first four
-    /// syscall arguments sit (x86_64: orig_ax, di, si, dx, r10).
-    pub pt_regs_syscall_nr: u64,
+    /// `struct pt_regs`: where the first four syscall arguments sit
+    /// (x86_64: di, si, dx, r10), for the syscall functions' hooks.
     pub pt_regs_args: [u64; 4],
-    /// `task_struct.thread_info.status` (x86_64), whose TS_COMPAT bit marks
-    /// a 32-bit syscall: its numbers mean other calls.
-    pub task_struct_thread_status: u64,
     /// 1 when the kernel has `bpf_get_current_task_btf` (5.11+): the fd
     /// table walk is then plain loads instead of one helper call a step.
     pub has_current_task_btf: u64,
@@ -292,36 +291,30 @@ impl KernelFilter {
     }
 }
 
-/// The syscalls the raw `sys_enter`/`sys_exit` programs act on, by number
-/// (the userspace build's own `libc::SYS_*`, so the same ABI as the kernel).
+/// Where the tracepoint strategy finds a syscall's arguments and return
+/// value in the `syscalls:sys_enter_*` and `sys_exit_*` records, by the
+/// kernel's own field names, read from tracefs `format` files at load.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SyscallNumbers {
-    pub connect: u64,
-    pub accept: u64,
-    pub accept4: u64,
-    pub socketpair: u64,
-    pub listen: u64,
-    pub close: u64,
-    /// The TS_COMPAT bit of `thread_info.status`; 0 where there is no
-    /// 32-bit syscall ABI to tell apart.
-    pub ts_compat: u64,
+pub struct SyscallRecords {
+    pub close_fd: u64,
+    pub connect_fd: u64,
+    pub connect_uservaddr: u64,
+    pub connect_addrlen: u64,
+    pub accept_fd: u64,
+    pub accept4_fd: u64,
+    pub socketpair_family: u64,
+    pub socketpair_usockvec: u64,
+    pub listen_fd: u64,
+    /// `ret`, the same in every `sys_exit_*` record.
+    pub exit_ret: u64,
 }
 
-impl SyscallNumbers {
+impl SyscallRecords {
     pub const fn zeroed() -> Self {
         // SAFETY: all fields are integers.
         unsafe { core::mem::zeroed() }
     }
-}
-
-/// Indices into the `SETTINGS` array, written by userspace once it has
-/// chosen a strategy (after load, so these cannot be `.rodata`).
-pub mod setting {
-    /// 1 under the tracepoint strategy: connect() and the final close() are
-    /// reported from the syscalls; fentry/kprobe see them in af_unix.
-    pub const SYSCALL_STRATEGY: u32 = 0;
-    pub const MAX: u32 = 1;
 }
 
 /// Indices into the `COUNTERS` per-CPU array.
@@ -341,7 +334,7 @@ mod pod {
     unsafe impl aya::Pod for super::KernelOffsets {}
     unsafe impl aya::Pod for super::KernelFilter {}
     unsafe impl aya::Pod for super::TaskSocketFd {}
-    unsafe impl aya::Pod for super::SyscallNumbers {}
+    unsafe impl aya::Pod for super::SyscallRecords {}
 }
 
 #[cfg(test)]
@@ -361,8 +354,8 @@ mod tests {
 
     #[test]
     fn offsets_layout_has_no_hidden_padding() {
-        assert_eq!(size_of::<KernelOffsets>(), 46 * 8);
-        assert_eq!(size_of::<SyscallNumbers>(), 7 * 8);
+        assert_eq!(size_of::<KernelOffsets>(), 45 * 8);
+        assert_eq!(size_of::<SyscallRecords>(), 10 * 8);
         assert_eq!(size_of::<KernelFilter>(), 4 * 4 + 2 * TASK_COMM_LEN);
         assert_eq!(size_of::<TaskSocketFd>(), 8 + 4 + 4 + TASK_COMM_LEN);
     }

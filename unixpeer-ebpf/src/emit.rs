@@ -7,10 +7,10 @@ use aya_ebpf::{
         generated::{bpf_get_current_comm, bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_user},
     },
     macros::map,
-    maps::{Array, PerCpuArray, RingBuf},
+    maps::{PerCpuArray, RingBuf},
 };
 use unixpeer_common::{
-    Backend, EventKind, KernelFilter, SUN_PATH_OFFSET, TASK_COMM_LEN, UNIX_PATH_MAX, UnixEvent, counter, setting,
+    Backend, EventKind, KernelFilter, SUN_PATH_OFFSET, TASK_COMM_LEN, UNIX_PATH_MAX, UnixEvent, counter,
 };
 
 use crate::kernel::{self, Current, UnixSocket, off};
@@ -68,14 +68,6 @@ fn comm_wanted(comm: &[u8; TASK_COMM_LEN]) -> bool {
     // SAFETY: as above.
     let mask = words(unsafe { core::ptr::read_volatile(&raw const FILTER.comm_mask) });
     have[0] & mask[0] == want[0] && have[1] & mask[1] == want[1]
-}
-
-#[map]
-static SETTINGS: Array<u32> = Array::with_max_entries(setting::MAX, 0);
-
-#[inline(always)]
-pub fn syscall_strategy() -> bool {
-    SETTINGS.get(setting::SYSCALL_STRATEGY).is_some_and(|v| *v != 0)
 }
 
 /// Starts an event for the current task, or `None` when it is filtered out.

@@ -150,6 +150,19 @@ impl Current {
         }
     }
 
+    /// Whether the task is in do_exit() (PF_EXITING, include/linux/sched.h).
+    #[inline(always)]
+    pub fn exiting(self) -> bool {
+        const PF_EXITING: u32 = 0x4;
+        let flags = match self.btf() {
+            Some(task) => load::<u32>(task + off!(task_struct_flags)),
+            // SAFETY: a helper without arguments; the task it returns is
+            // read only through bpf_probe_read_kernel.
+            None => read::<u32>(unsafe { bpf_get_current_task() } + off!(task_struct_flags)).unwrap_or(0),
+        };
+        flags & PF_EXITING != 0
+    }
+
     /// `files->fdt->fd[fd]`. Through the BTF pointer the walk down to the
     /// fd array is plain loads. BTF cannot type the array's slots; cast to
     /// a struct that starts with a `struct file *`, one is a plain load too.
@@ -338,6 +351,12 @@ pub fn netns_of(sk: u64) -> u32 {
     field_ptr(sk, off!(btf.sock), off!(sock_net))
         .and_then(|net| field::<u32>(net, off!(btf.net), off!(net_ns_inum)))
         .unwrap_or(0)
+}
+
+/// `unix_sk(sk)->addr`, or 0 where it is unbound.
+#[inline(always)]
+pub fn unix_addr(sk: u64) -> u64 {
+    field_ptr(sk, off!(btf.unix_sock), off!(unix_sock_addr)).unwrap_or(0)
 }
 
 /// The bound address of `sk` (`unix_sk(sk)->addr`): where its

@@ -1,9 +1,10 @@
 //! unixtrace's kernel programs.
 //!
 //! Three attach strategies share one event format and one set of pointer
-//! walks (`kernel`): syscall tracepoints (`syscalls`), fentry/fexit
-//! (`trampoline`) and kprobes (`probes`). Userspace loads only the programs
-//! of the strategy it picked. `iter` attributes socket fds to tasks for the
+//! walks (`kernel`) and one set of syscall handlers (`calls`): per-syscall
+//! tracepoints (`syscalls`), fentry/fexit (`trampoline`, with `sysfns` on
+//! the syscall functions) and kprobes (`probes`, with `sysfns`). Userspace
+//! attaches only the programs of the strategy it picked. `iter` attributes socket fds to tasks for the
 //! snapshot.
 #![no_std]
 #![no_main]
@@ -11,12 +12,14 @@
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::undocumented_unsafe_blocks)]
 
 mod af_unix;
+mod calls;
 mod emit;
 mod fork;
 mod iter;
 mod kernel;
 mod probes;
 mod syscalls;
+mod sysfns;
 mod task;
 mod trampoline;
 

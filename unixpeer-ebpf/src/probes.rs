@@ -6,7 +6,8 @@
 //!
 //! Attaches to: unix_stream_connect, unix_dgram_connect (kprobe +
 //! kretprobe), unix_release_sock (kprobe). Checked on: Debian 5.10.0, 6.1.0
-//! and 6.12 cloud kernels in QEMU.
+//! and 6.12 cloud kernels in QEMU. The fds come from kprobes on the
+//! syscall functions (`sysfns`).
 
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid,

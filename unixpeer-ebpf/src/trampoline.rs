@@ -5,8 +5,9 @@
 //!
 //! Attaches to: unix_stream_connect and unix_dgram_connect (fexit),
 //! unix_release_sock (fentry). Checked on: Debian 5.10.0, 6.1.0 and 6.12
-//! cloud kernels in QEMU. accept, socketpair and listen come from the
-//! syscall tracepoints, which alone know the fds.
+//! cloud kernels in QEMU. accept, socketpair, listen, close and the other
+//! ways an fd goes come from the syscall functions (`sysfns`), not from
+//! any syscall tracepoint.
 
 use aya_ebpf::{
     macros::{fentry, fexit},

@@ -11,10 +11,10 @@ use unixpeer_common::{CastTypes, KernelOffsets, iter_abi};
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
-/// The `struct pt_regs` fields holding the syscall number and the first four
-/// arguments, in the x86_64 syscall ABI (the fourth travels in r10).
+/// The `struct pt_regs` fields holding a syscall's first four arguments, in
+/// the x86_64 syscall ABI (the fourth travels in r10).
 #[cfg(target_arch = "x86_64")]
-const SYSCALL_REGS: (&str, [&str; 4]) = ("orig_ax", ["di", "si", "dx", "r10"]);
+const SYSCALL_REGS: [&str; 4] = ["di", "si", "dx", "r10"];
 #[cfg(not(target_arch = "x86_64"))]
 compile_error!("unixtrace reads syscall arguments from x86_64's struct pt_regs: add this architecture's to btf.rs");
 
@@ -145,6 +145,29 @@ impl KernelBtf {
         Err(BtfError::NoFunction(func.to_owned()))
     }
 
+    /// Whether `func`'s first parameter points to a complete struct, which
+    /// fentry may read through: some kernels' BTF (Debian's 5.10) gives the
+    /// syscall functions' `struct pt_regs *` as a forward declaration, in
+    /// some of the function's entries. Every entry must be complete, since
+    /// the verifier checks the one the program attaches to.
+    pub fn first_param_is_struct_pointer(&self, func: &str) -> bool {
+        let entries = self.btf.resolve_types_by_name(func).unwrap_or_default();
+        let funcs: Vec<&Type> = entries.iter().filter(|t| matches!(t, Type::Func(_))).collect();
+        !funcs.is_empty()
+            && funcs.iter().all(|t| {
+                let Type::Func(f) = t else { return false };
+                let Ok(Type::FuncProto(p)) = self.btf.resolve_chained_type(f) else { return false };
+                let Some(Ok(Type::Ptr(ptr))) = p.parameters.first().map(|a| self.btf.resolve_chained_type(a)) else {
+                    return false;
+                };
+                self.btf
+                    .resolve_chained_type(&ptr)
+                    .ok()
+                    .and_then(|t| self.underlying(t))
+                    .is_some_and(|s| !s.members.is_empty())
+            })
+    }
+
     /// Whether `enum name` has the enumerator `value`: how the kernel's BTF
     /// tells which BPF helpers it has.
     pub fn has_enum_value(&self, name: &str, value: &str) -> bool {
@@ -232,6 +255,7 @@ impl KernelBtf {
             inode_i_ino: self.offset("inode", "i_ino")?,
             socket_sk: self.offset("socket", "sk")?,
             task_struct_group_leader: self.offset("task_struct", "group_leader")?,
+            task_struct_flags: self.offset("task_struct", "flags")?,
             socket_to_inode: socket_alloc_inode - socket_alloc_socket,
             socket_type: self.offset("socket", "type")?,
             sock_family: self.offset("sock", "__sk_common.skc_family")?,
@@ -243,14 +267,12 @@ impl KernelBtf {
             unix_address_len: self.offset("unix_address", "len")?,
             unix_address_name: self.offset("unix_address", "name")?,
             file_one_ref,
-            pt_regs_syscall_nr: self.offset("pt_regs", SYSCALL_REGS.0)?,
             pt_regs_args: [
-                self.offset("pt_regs", SYSCALL_REGS.1[0])?,
-                self.offset("pt_regs", SYSCALL_REGS.1[1])?,
-                self.offset("pt_regs", SYSCALL_REGS.1[2])?,
-                self.offset("pt_regs", SYSCALL_REGS.1[3])?,
+                self.offset("pt_regs", SYSCALL_REGS[0])?,
+                self.offset("pt_regs", SYSCALL_REGS[1])?,
+                self.offset("pt_regs", SYSCALL_REGS[2])?,
+                self.offset("pt_regs", SYSCALL_REGS[3])?,
             ],
-            task_struct_thread_status: self.offset("task_struct", "thread_info.status")?,
             has_current_task_btf: u64::from(self.has_enum_value("bpf_func_id", "BPF_FUNC_get_current_task_btf")),
             task_struct_cred: self.offset("task_struct", "cred")?,
             cred_uid: self.offset("cred", "uid")?,
@@ -388,6 +410,16 @@ pub(crate) mod tests {
     fn iter_abi_matches_this_kernel() {
         let Some(k) = this_kernel() else { return };
         k.check_iter_abi().expect("bpf_iter__task_file layout");
+    }
+
+    /// What decides whether fentry reads the syscall functions' registers
+    /// itself (the VM matrix's 5.10 column shows the other side).
+    #[test]
+    fn the_syscall_functions_take_a_complete_pt_regs_here() {
+        let Some(k) = this_kernel() else { return };
+        assert!(k.first_param_is_struct_pointer("__x64_sys_close"));
+        assert!(k.first_param_is_struct_pointer("filp_close"));
+        assert!(!k.first_param_is_struct_pointer("__x64_sys_no_such_call"));
     }
 
     /// The count the fentry strategy checks before it attaches: both

@@ -26,6 +26,8 @@ pub enum TracefsError {
          CONFIG_FTRACE_SYSCALLS, so the tracepoint backend cannot run"
     )]
     NoSyscallTracepoints(PathBuf),
+    #[error("the syscall tracepoints' records are not laid out alike: {0}")]
+    Layout(String),
 }
 
 /// Returns the tracefs root, mounting it when nothing is (as on a machine
@@ -60,6 +62,37 @@ pub fn field_offset(root: &Path, category: &str, name: &str, field: &str) -> Res
     }
     let text = fs::read_to_string(&path).map_err(|source| TracefsError::Format { path: path.clone(), source })?;
     parse_field_offset(&text, field).ok_or(TracefsError::NoField { path, field: field.to_owned() })
+}
+
+/// Where the tracepoint strategy's programs find the arguments and return
+/// values they read, by the kernel's field names.
+pub fn syscall_records(root: &Path) -> Result<unixpeer_common::SyscallRecords, TracefsError> {
+    let at = |name: &str, field: &str| field_offset(root, "syscalls", name, field);
+    Ok(unixpeer_common::SyscallRecords {
+        close_fd: at("sys_enter_close", "fd")?,
+        connect_fd: at("sys_enter_connect", "fd")?,
+        connect_uservaddr: at("sys_enter_connect", "uservaddr")?,
+        connect_addrlen: at("sys_enter_connect", "addrlen")?,
+        accept_fd: at("sys_enter_accept", "fd")?,
+        accept4_fd: at("sys_enter_accept4", "fd")?,
+        socketpair_family: at("sys_enter_socketpair", "family")?,
+        socketpair_usockvec: at("sys_enter_socketpair", "usockvec")?,
+        listen_fd: at("sys_enter_listen", "fd")?,
+        exit_ret: exit_ret(root)?,
+    })
+}
+
+/// `ret`, which one program offset serves for every sys_exit_* record.
+fn exit_ret(root: &Path) -> Result<u64, TracefsError> {
+    let at = |name: &str| field_offset(root, "syscalls", name, "ret");
+    let ret = at("sys_exit_connect")?;
+    for name in ["sys_exit_accept", "sys_exit_accept4", "sys_exit_socketpair", "sys_exit_listen"] {
+        let other = at(name)?;
+        if other != ret {
+            return Err(TracefsError::Layout(format!("`ret` at {other} in {name}, at {ret} in sys_exit_connect")));
+        }
+    }
+    Ok(ret)
 }
 
 fn parse_field_offset(format: &str, field: &str) -> Option<u64> {

@@ -6,12 +6,10 @@ use std::path::Path;
 
 use aya::{
     Btf, Ebpf,
-    maps::Array,
     programs::{BtfTracePoint, FEntry, FExit, KProbe, Program, ProgramError, TracePoint},
 };
 
 use super::{CaptureError, program_error};
-use unixpeer_common::setting;
 
 use super::attach_btf::Target;
 use crate::btf::KernelBtf;
@@ -65,11 +63,33 @@ pub struct Chosen {
 const TRACEPOINTS: &[(&str, &str, &str)] =
     &[("sched_process_exit", "sched", "sched_process_exit"), ("task_rename", "task", "task_rename")];
 
-/// The raw syscall tracepoints, attached under every strategy: accept,
-/// socketpair and listen only the syscalls can see (they alone know the fds
-/// they return), and every close() drops a holder. Under the tracepoint
-/// strategy they also report connect and the final close.
-const RAW_SYSCALLS: [&str; 2] = ["sys_enter", "sys_exit"];
+/// The per-syscall tracepoints, attached under the tracepoint strategy
+/// only: they alone there see accept, socketpair, listen, connect and
+/// close(2). fentry and kprobe see these in kernel functions (`sysfns`),
+/// so that no syscall of the system takes the slow path on their account.
+/// (program, event of category `syscalls`)
+const SYSCALL_TRACEPOINTS: &[(&str, &str, &str)] = &[
+    ("sys_enter_close", "syscalls", "sys_enter_close"),
+    ("sys_enter_connect", "syscalls", "sys_enter_connect"),
+    ("sys_exit_connect", "syscalls", "sys_exit_connect"),
+    ("sys_enter_accept", "syscalls", "sys_enter_accept"),
+    ("sys_exit_accept", "syscalls", "sys_exit_accept"),
+    ("sys_enter_accept4", "syscalls", "sys_enter_accept4"),
+    ("sys_exit_accept4", "syscalls", "sys_exit_accept4"),
+    ("sys_enter_socketpair", "syscalls", "sys_enter_socketpair"),
+    ("sys_exit_socketpair", "syscalls", "sys_exit_socketpair"),
+    ("sys_enter_listen", "syscalls", "sys_enter_listen"),
+    ("sys_exit_listen", "syscalls", "sys_exit_listen"),
+];
+
+/// The syscall functions on x86_64: `__x64_sys_<name>(const struct pt_regs *)`
+/// (arch/x86/include/asm/syscall_wrapper.h). The programs read the
+/// caller's arguments from those registers, laid out as `SYSCALL_REGS`.
+macro_rules! sys {
+    ($name:literal) => {
+        concat!("__x64_sys_", $name)
+    };
+}
 
 enum Hook {
     Entry,
@@ -83,20 +103,41 @@ const FENTRY: &[(&str, &str, Hook)] = &[
     ("fentry_unix_release_sock", "unix_release_sock", Hook::Entry),
 ];
 
+/// The syscall functions and fd drops, under fentry.
+const FENTRY_SYSFNS: &[(&str, &str, Hook)] = &[
+    ("fentry_sys_close", sys!("close"), Hook::Entry),
+    ("fexit_sys_accept", sys!("accept"), Hook::Exit),
+    ("fexit_sys_accept4", sys!("accept4"), Hook::Exit),
+    ("fexit_sys_socketpair", sys!("socketpair"), Hook::Exit),
+    ("fexit_sys_listen", sys!("listen"), Hook::Exit),
+    ("fentry_sys_dup2", sys!("dup2"), Hook::Entry),
+    ("fentry_sys_dup3", sys!("dup3"), Hook::Entry),
+    ("fentry_filp_close", "filp_close", Hook::Entry),
+];
+
+/// Functions whose argument count the fentry/fexit programs assume: fexit
+/// finds the return value right after the arguments.
+const FENTRY_ARGS: &[(&str, usize)] = &[
+    ("unix_stream_connect", 4),
+    ("unix_dgram_connect", 4),
+    (sys!("accept"), 1),
+    (sys!("accept4"), 1),
+    (sys!("socketpair"), 1),
+    (sys!("listen"), 1),
+];
+
 /// Every kernel name a BTF-attached program of ours looks up, for the
 /// stand-in BTF handed to aya.
 pub fn attach_targets() -> Vec<Target<'static>> {
-    let mut targets: Vec<Target<'static>> = FENTRY.iter().map(|(_, func, _)| Target::Func(func)).collect();
+    let mut targets: Vec<Target<'static>> =
+        FENTRY.iter().chain(FENTRY_SYSFNS).map(|(_, func, _)| Target::Func(func)).collect();
     targets.push(Target::Typedef(FORK_TRACEPOINT_TYPEDEF));
-    targets.extend(RAW_SYSCALL_TYPEDEFS.iter().map(|t| Target::Typedef(t)));
     targets.push(Target::Func(super::iter::ITER_TARGET_FUNC));
     targets
 }
 
 /// What aya looks up for `tp_btf/sched_process_fork`.
 const FORK_TRACEPOINT_TYPEDEF: &str = "btf_trace_sched_process_fork";
-/// And for `tp_btf/sys_enter` and `tp_btf/sys_exit`.
-const RAW_SYSCALL_TYPEDEFS: [&str; 2] = ["btf_trace_sys_enter", "btf_trace_sys_exit"];
 
 const KPROBE: &[(&str, &str)] = &[
     ("kprobe_unix_stream_connect", "unix_stream_connect"),
@@ -106,6 +147,24 @@ const KPROBE: &[(&str, &str)] = &[
     ("kprobe_unix_release_sock", "unix_release_sock"),
 ];
 
+/// The syscall functions and fd drops, under kprobe; under fentry too
+/// where the kernel's BTF leaves the syscall functions' `struct pt_regs`
+/// argument incomplete (Debian's 5.10: a forward declaration, which
+/// fentry may not read through).
+const KPROBE_SYSFNS: &[(&str, &str)] = &[
+    ("kprobe_sys_close", sys!("close")),
+    ("kprobe_sys_accept", sys!("accept")),
+    ("kprobe_sys_accept4", sys!("accept4")),
+    ("kprobe_fd_install", "fd_install"),
+    ("kprobe_sys_socketpair", sys!("socketpair")),
+    ("kretprobe_sys_socketpair", sys!("socketpair")),
+    ("kprobe_sys_listen", sys!("listen")),
+    ("kretprobe_sys_listen", sys!("listen")),
+    ("kprobe_sys_dup2", sys!("dup2")),
+    ("kprobe_sys_dup3", sys!("dup3")),
+    ("kprobe_filp_close", "filp_close"),
+];
+
 const KPROBE_PMU: &str = "/sys/bus/event_source/devices/kprobe";
 
 pub fn attach(
@@ -113,12 +172,12 @@ pub fn attach(
     btf: &Btf,
     kbtf: &KernelBtf,
     choice: BackendChoice,
-    tracefs_root: &Path,
+    (tracefs_root, records): (&Path, Result<(), &String>),
 ) -> Result<Chosen, CaptureError> {
     let chosen = match choice {
         BackendChoice::Fentry => {
-            attach_fentry(ebpf, btf, kbtf).map_err(|e| unavailable(Strategy::Fentry, e))?;
-            Chosen { backend: Strategy::Fentry, why: "requested with --backend fentry".into() }
+            let how = attach_fentry(ebpf, btf, kbtf, tracefs_root).map_err(|e| unavailable(Strategy::Fentry, e))?;
+            Chosen { backend: Strategy::Fentry, why: with_note("requested with --backend fentry", how) }
         }
         BackendChoice::Kprobe => {
             attach_kprobe(ebpf, tracefs_root).map_err(|e| unavailable(Strategy::Kprobe, e))?;
@@ -129,19 +188,17 @@ pub fn attach(
         }
         BackendChoice::Auto => auto(ebpf, btf, kbtf, tracefs_root)?,
     };
-    let mut settings: Array<_, u32> =
-        Array::try_from(ebpf.map_mut("SETTINGS").ok_or(CaptureError::MissingMap("SETTINGS"))?)?;
-    settings.set(setting::SYSCALL_STRATEGY, &u32::from(chosen.backend == Strategy::Tracepoint), 0)?;
-    // Only now: the syscall programs must know whether they report connect
-    // and final closes.
-    attach_raw_syscalls(ebpf, btf).map_err(|e| match e {
-        // A verifier rejection is a bug to report, not a missing feature.
-        CaptureError::Verifier { .. } => e,
-        _ if chosen.backend == Strategy::Tracepoint => {
-            CaptureError::NoBackend(format!("  {}\n  raw syscall tracepoints failed ({e})", chosen.why))
-        }
-        _ => e,
-    })?;
+    if chosen.backend == Strategy::Tracepoint {
+        let attached = match records {
+            Ok(()) => attach_tracepoints(ebpf, SYSCALL_TRACEPOINTS),
+            Err(why) => Err(CaptureError::NoBackend(why.clone())),
+        };
+        attached.map_err(|e| match e {
+            // A verifier rejection is a bug to report, not a missing feature.
+            CaptureError::Verifier { .. } => e,
+            _ => CaptureError::NoBackend(format!("  {}\n  syscall tracepoints failed ({e})", chosen.why)),
+        })?;
+    }
     attach_tracepoints(ebpf, TRACEPOINTS)?;
     attach_fork(ebpf, btf)?;
     log::info!("backend {}: {}", chosen.backend, chosen.why);
@@ -157,11 +214,17 @@ fn unavailable(backend: Strategy, e: CaptureError) -> CaptureError {
 }
 
 fn auto(ebpf: &mut Ebpf, btf: &Btf, kbtf: &KernelBtf, tracefs_root: &Path) -> Result<Chosen, CaptureError> {
-    let fentry_why = match attach_fentry(ebpf, btf, kbtf) {
-        Ok(()) => return Ok(Chosen { backend: Strategy::Fentry, why: "BPF trampolines load on this kernel".into() }),
+    let fentry_why = match attach_fentry(ebpf, btf, kbtf, tracefs_root) {
+        Ok(how) => {
+            return Ok(Chosen {
+                backend: Strategy::Fentry,
+                why: with_note("BPF trampolines load on this kernel", how),
+            });
+        }
         Err(e @ CaptureError::Verifier { .. }) => return Err(e),
         Err(e) => {
-            unload(ebpf, FENTRY.iter().map(|(p, _, _)| *p));
+            unload(ebpf, FENTRY.iter().chain(FENTRY_SYSFNS).map(|(p, _, _)| *p));
+            unload(ebpf, KPROBE_SYSFNS.iter().map(|(p, _)| *p));
             format!("fentry unavailable ({})", short(&e))
         }
     };
@@ -171,11 +234,18 @@ fn auto(ebpf: &mut Ebpf, btf: &Btf, kbtf: &KernelBtf, tracefs_root: &Path) -> Re
         }
         Err(e @ CaptureError::Verifier { .. }) => return Err(e),
         Err(e) => {
-            unload(ebpf, KPROBE.iter().map(|(p, _)| *p));
+            unload(ebpf, KPROBE.iter().chain(KPROBE_SYSFNS).map(|(p, _)| *p));
             format!("kprobes unavailable ({})", short(&e))
         }
     };
     Ok(Chosen { backend: Strategy::Tracepoint, why: format!("{fentry_why}; {kprobe_why}") })
+}
+
+fn with_note(why: &str, note: Option<&str>) -> String {
+    match note {
+        Some(n) => format!("{why}; {n}"),
+        None => why.to_owned(),
+    }
 }
 
 fn short(e: &CaptureError) -> String {
@@ -213,17 +283,6 @@ fn attach_tracepoints(ebpf: &mut Ebpf, set: &[(&str, &str, &str)]) -> Result<(),
 }
 
 /// tp_btf loads wherever BTF does (5.5+), even where fentry is refused.
-fn attach_raw_syscalls(ebpf: &mut Ebpf, btf: &Btf) -> Result<(), CaptureError> {
-    for name in RAW_SYSCALLS {
-        let target = format!("tp_btf {name}");
-        let p: &mut BtfTracePoint = program(ebpf, name)?;
-        p.load(name, btf).map_err(|e| program_error(name, &target, e))?;
-        p.attach().map_err(|e| program_error(name, &target, e))?;
-    }
-    Ok(())
-}
-
-/// tp_btf loads wherever BTF does (5.5+), even where fentry is refused.
 fn attach_fork(ebpf: &mut Ebpf, btf: &Btf) -> Result<(), CaptureError> {
     let name = "sched_process_fork";
     let target = "tp_btf sched_process_fork";
@@ -233,19 +292,37 @@ fn attach_fork(ebpf: &mut Ebpf, btf: &Btf) -> Result<(), CaptureError> {
     Ok(())
 }
 
-fn attach_fentry(ebpf: &mut Ebpf, btf: &Btf, kbtf: &KernelBtf) -> Result<(), CaptureError> {
-    // fexit reads the return value right after the arguments: make sure
-    // the argument count the programs assume still holds.
-    for func in ["unix_stream_connect", "unix_dgram_connect"] {
+/// Attaches the fentry strategy; returns how the syscall functions are
+/// hooked when it is not by fentry.
+fn attach_fentry(
+    ebpf: &mut Ebpf,
+    btf: &Btf,
+    kbtf: &KernelBtf,
+    tracefs_root: &Path,
+) -> Result<Option<&'static str>, CaptureError> {
+    for &(func, want) in FENTRY_ARGS {
         let n = kbtf.param_count(func)?;
-        if n != 4 {
+        if n != want {
             return Err(CaptureError::BackendUnavailable {
                 backend: Strategy::Fentry,
-                why: format!("{func} takes {n} arguments on this kernel, unixtrace expects 4"),
+                why: format!("{func} takes {n} arguments on this kernel, unixtrace expects {want}"),
             });
         }
     }
-    for (name, func, hook) in FENTRY {
+    attach_trampolines(ebpf, btf, FENTRY)?;
+    if FENTRY_SYSFNS.iter().all(|(_, func, _)| kbtf.first_param_is_struct_pointer(func)) {
+        attach_trampolines(ebpf, btf, FENTRY_SYSFNS)?;
+        return Ok(None);
+    }
+    attach_kprobes(ebpf, tracefs_root, KPROBE_SYSFNS).map_err(|e| CaptureError::BackendUnavailable {
+        backend: Strategy::Fentry,
+        why: format!("this kernel's BTF leaves the syscall functions' registers incomplete, and kprobes fail: {e}"),
+    })?;
+    Ok(Some("the syscall functions through kprobes: this kernel's BTF leaves their registers incomplete"))
+}
+
+fn attach_trampolines(ebpf: &mut Ebpf, btf: &Btf, set: &[(&str, &str, Hook)]) -> Result<(), CaptureError> {
+    for (name, func, hook) in set {
         let target = format!("fentry {func}");
         match hook {
             Hook::Entry => {
@@ -264,13 +341,18 @@ fn attach_fentry(ebpf: &mut Ebpf, btf: &Btf, kbtf: &KernelBtf) -> Result<(), Cap
 }
 
 fn attach_kprobe(ebpf: &mut Ebpf, tracefs_root: &Path) -> Result<(), CaptureError> {
+    attach_kprobes(ebpf, tracefs_root, KPROBE)?;
+    attach_kprobes(ebpf, tracefs_root, KPROBE_SYSFNS)
+}
+
+fn attach_kprobes(ebpf: &mut Ebpf, tracefs_root: &Path, set: &[(&str, &str)]) -> Result<(), CaptureError> {
     if !Path::new(KPROBE_PMU).exists() && !tracefs_root.join("kprobe_events").exists() {
         return Err(CaptureError::BackendUnavailable {
             backend: Strategy::Kprobe,
             why: format!("{KPROBE_PMU} and kprobe_events are missing: the kernel has no CONFIG_KPROBES"),
         });
     }
-    for (name, func) in KPROBE {
+    for (name, func) in set {
         let target = format!("kprobe {func}");
         let p: &mut KProbe = program(ebpf, name)?;
         p.load().map_err(|e| program_error(name, &target, e))?;

@@ -15,7 +15,7 @@ use aya::{
     programs::ProgramError,
 };
 use tokio::io::unix::AsyncFd;
-use unixpeer_common::{KernelFilter, SyscallNumbers, TASK_COMM_LEN, counter};
+use unixpeer_common::{KernelFilter, SyscallRecords, TASK_COMM_LEN, counter};
 
 pub use self::backend::{BackendChoice, Chosen, Strategy};
 use crate::{
@@ -130,6 +130,8 @@ struct Setup {
     offsets: unixpeer_common::KernelOffsets,
     tracefs_root: std::path::PathBuf,
     aya_btf: aya::Btf,
+    /// For the tracepoint strategy alone: another one runs without them.
+    syscall_records: Result<SyscallRecords, String>,
 }
 
 impl Setup {
@@ -140,7 +142,8 @@ impl Setup {
         offsets.tp_task_rename_pid = tracefs::field_offset(&tracefs_root, "task", "task_rename", "pid")?;
         offsets.tp_task_rename_newcomm = tracefs::field_offset(&tracefs_root, "task", "task_rename", "newcomm")?;
         let aya_btf = attach_btf::stand_in(&kbtf, &backend::attach_targets())?;
-        Ok(Self { kbtf, offsets, tracefs_root, aya_btf })
+        let syscall_records = tracefs::syscall_records(&tracefs_root).map_err(|e| e.to_string());
+        Ok(Self { kbtf, offsets, tracefs_root, aya_btf, syscall_records })
     }
 
     /// Loads the object with `offsets` and attaches a strategy.
@@ -156,12 +159,18 @@ impl Setup {
             .map_max_entries("EVENTS", ring_bytes)
             .override_global("OFFSETS", offsets, true)
             .override_global("FILTER", &kernel_filter(opts), true)
-            .override_global("SYSCALLS", &syscall_numbers(), true)
+            .override_global("SYSCALL_RECORDS", &self.syscall_records.clone().unwrap_or_default(), true)
             .override_global(aya_log::LEVEL, &log_level, false)
             .load(object.bytes())
             .map_err(|e| CaptureError::Load(Box::new(e)))?;
         drop(object);
-        let chosen = backend::attach(&mut ebpf, &self.aya_btf, &self.kbtf, opts.backend, &self.tracefs_root)?;
+        let chosen = backend::attach(
+            &mut ebpf,
+            &self.aya_btf,
+            &self.kbtf,
+            opts.backend,
+            (&self.tracefs_root, self.syscall_records.as_ref().map(|_| ())),
+        )?;
         Ok((ebpf, chosen))
     }
 
@@ -328,21 +337,6 @@ fn register<T: AsRawFd>(inner: T) -> std::io::Result<AsyncFd<T>> {
     // SAFETY: both the ring buffer and the logger own their fd and keep it
     // open, unchanged, for as long as they live inside the AsyncFd.
     unsafe { AsyncFd::register_with_interest(inner, tokio::io::Interest::READABLE) }.map_err(|e| e.into_parts().1)
-}
-
-/// The syscalls the raw syscall programs act on, in this build's ABI.
-fn syscall_numbers() -> SyscallNumbers {
-    SyscallNumbers {
-        connect: libc::SYS_connect as u64,
-        accept: libc::SYS_accept as u64,
-        accept4: libc::SYS_accept4 as u64,
-        socketpair: libc::SYS_socketpair as u64,
-        listen: libc::SYS_listen as u64,
-        close: libc::SYS_close as u64,
-        // arch/x86/include/asm/thread_info.h: TS_COMPAT, a kernel constant
-        // since 2.6.26 with no BTF presence (it is a #define).
-        ts_compat: 0x0002,
-    }
 }
 
 fn kernel_filter(opts: &CaptureOptions) -> KernelFilter {

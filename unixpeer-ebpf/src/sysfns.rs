@@ -1,0 +1,255 @@
+//! Under fentry and kprobe, what the syscall tracepoints see under the
+//! tracepoint strategy, from kernel functions instead: only the calls that
+//! concern us pay, and no syscall of the system takes the slow path.
+//!
+//! - accept, accept4, socketpair, listen: their syscall functions
+//!   (`__x64_sys_*`, whose one argument is the caller's saved registers),
+//!   at exit, because only the syscall knows the fds it returns.
+//! - close(2): its syscall function at entry, where the fd is still in the
+//!   table.
+//! - every other drop of an fd (close_range, dup2/dup3 over it,
+//!   close-on-exec, io_uring's close): `filp_close`. dup2/dup3 leave the fd
+//!   they replace for it first.
+//!
+//! A kretprobe holds one of a few instances for as long as its function
+//! runs, and an accept() can block for hours: under kprobe, accept is
+//! seen where its new file is installed (`fd_install`), joined to the
+//! listener its syscall noted at entry.
+//!
+//! Attaches to: `__x64_sys_{close,accept,accept4,socketpair,listen,dup2,dup3}`
+//! (arch/x86/include/asm/syscall_wrapper.h), `filp_close` (fs/open.c),
+//! `fd_install` (fs/file.c, kprobe only). Checked on: Debian 5.10.0, 6.1.0
+//! and 6.12 cloud kernels in QEMU.
+
+use aya_ebpf::{
+    helpers::bpf_get_current_pid_tgid,
+    macros::{fentry, fexit, kprobe, kretprobe, map},
+    maps::LruHashMap,
+    programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext},
+};
+use unixpeer_common::Backend;
+
+use crate::{
+    calls::{self, Regs},
+    emit::actor_wanted,
+    kernel::Current,
+};
+
+// --- fentry/fexit: the saved registers are a BTF pointer.
+
+/// fexit of a function of one argument: the return value follows it.
+const RET: usize = 1;
+
+#[inline(always)]
+fn wanted() -> Option<Current> {
+    let cur = Current::get();
+    actor_wanted(cur).then_some(cur)
+}
+
+#[fentry(function = "__x64_sys_close")]
+pub fn fentry_sys_close(ctx: FEntryContext) -> i32 {
+    if let Some(cur) = wanted() {
+        calls::closing(cur, Regs::Btf(ctx.arg(0)).arg(0) as u32, Backend::Fentry);
+    }
+    0
+}
+
+#[inline(always)]
+fn fexit_accept(ctx: &FExitContext) {
+    if let Some(cur) = wanted() {
+        let ret: i64 = ctx.arg(RET);
+        calls::accepted(cur, Regs::Btf(ctx.arg(0)).arg(0) as u32, ret, Backend::Fentry);
+    }
+}
+
+#[fexit(function = "__x64_sys_accept")]
+pub fn fexit_sys_accept(ctx: FExitContext) -> i32 {
+    fexit_accept(&ctx);
+    0
+}
+
+#[fexit(function = "__x64_sys_accept4")]
+pub fn fexit_sys_accept4(ctx: FExitContext) -> i32 {
+    fexit_accept(&ctx);
+    0
+}
+
+#[fexit(function = "__x64_sys_socketpair")]
+pub fn fexit_sys_socketpair(ctx: FExitContext) -> i32 {
+    if let Some(cur) = wanted() {
+        let regs = Regs::Btf(ctx.arg(0));
+        let ret: i64 = ctx.arg(RET);
+        calls::socketpair_made(&ctx, cur, regs.arg(0), regs.arg(3), ret, Backend::Fentry);
+    }
+    0
+}
+
+#[fexit(function = "__x64_sys_listen")]
+pub fn fexit_sys_listen(ctx: FExitContext) -> i32 {
+    if let Some(cur) = wanted() {
+        let ret: i64 = ctx.arg(RET);
+        calls::listened(&ctx, cur, Regs::Btf(ctx.arg(0)).arg(0) as u32, ret, Backend::Fentry);
+    }
+    0
+}
+
+#[inline(always)]
+fn dup_entry(regs: Regs) {
+    if let Some(cur) = wanted() {
+        calls::dup_over(cur, regs.arg(0) as u32, regs.arg(1) as u32);
+    }
+}
+
+#[fentry(function = "__x64_sys_dup2")]
+pub fn fentry_sys_dup2(ctx: FEntryContext) -> i32 {
+    dup_entry(Regs::Btf(ctx.arg(0)));
+    0
+}
+
+#[fentry(function = "__x64_sys_dup3")]
+pub fn fentry_sys_dup3(ctx: FEntryContext) -> i32 {
+    dup_entry(Regs::Btf(ctx.arg(0)));
+    0
+}
+
+#[fentry(function = "filp_close")]
+pub fn fentry_filp_close(ctx: FEntryContext) -> i32 {
+    if let Some(cur) = wanted() {
+        calls::file_closing(cur, ctx.arg(0), Backend::Fentry);
+    }
+    0
+}
+
+// --- kprobes: the saved registers are an untyped address, read with
+// probe reads.
+
+#[inline(always)]
+fn probe_regs(ctx: &ProbeContext) -> Regs {
+    Regs::Raw(ctx.arg::<u64>(0).unwrap_or(0))
+}
+
+#[kprobe(function = "__x64_sys_close")]
+pub fn kprobe_sys_close(ctx: ProbeContext) -> u32 {
+    if let Some(cur) = wanted() {
+        calls::closing(cur, probe_regs(&ctx).arg(0) as u32, Backend::Kprobe);
+    }
+    0
+}
+
+#[kprobe(function = "__x64_sys_dup2")]
+pub fn kprobe_sys_dup2(ctx: ProbeContext) -> u32 {
+    dup_entry(probe_regs(&ctx));
+    0
+}
+
+#[kprobe(function = "__x64_sys_dup3")]
+pub fn kprobe_sys_dup3(ctx: ProbeContext) -> u32 {
+    dup_entry(probe_regs(&ctx));
+    0
+}
+
+#[kprobe(function = "filp_close")]
+pub fn kprobe_filp_close(ctx: ProbeContext) -> u32 {
+    if let Some(cur) = wanted()
+        && let Some(file) = ctx.arg::<u64>(0)
+    {
+        calls::file_closing(cur, file, Backend::Kprobe);
+    }
+    0
+}
+
+/// The saved registers of a socketpair() or listen() in progress, for its
+/// return probe. Both return without blocking, so a kretprobe instance is
+/// held only briefly.
+#[map]
+static IN_SYSCALL: LruHashMap<u64, u64> = LruHashMap::with_max_entries(4096, 0);
+
+#[inline(always)]
+fn stash_regs(ctx: &ProbeContext) {
+    if wanted().is_some()
+        && let Some(regs) = ctx.arg::<u64>(0)
+    {
+        let _ = IN_SYSCALL.insert(&bpf_get_current_pid_tgid(), &regs, 0);
+    }
+}
+
+#[inline(always)]
+fn stashed_regs() -> Option<Regs> {
+    let key = bpf_get_current_pid_tgid();
+    // SAFETY: the value is copied out at once; only this thread's
+    // programs insert or remove its key.
+    let regs = unsafe { IN_SYSCALL.get(&key) }.copied()?;
+    let _ = IN_SYSCALL.remove(&key);
+    Some(Regs::Raw(regs))
+}
+
+#[kprobe(function = "__x64_sys_socketpair")]
+pub fn kprobe_sys_socketpair(ctx: ProbeContext) -> u32 {
+    stash_regs(&ctx);
+    0
+}
+
+#[kretprobe(function = "__x64_sys_socketpair")]
+pub fn kretprobe_sys_socketpair(ctx: RetProbeContext) -> u32 {
+    if let Some(regs) = stashed_regs() {
+        let ret: i64 = ctx.ret();
+        calls::socketpair_made(&ctx, Current::get(), regs.arg(0), regs.arg(3), ret, Backend::Kprobe);
+    }
+    0
+}
+
+#[kprobe(function = "__x64_sys_listen")]
+pub fn kprobe_sys_listen(ctx: ProbeContext) -> u32 {
+    stash_regs(&ctx);
+    0
+}
+
+#[kretprobe(function = "__x64_sys_listen")]
+pub fn kretprobe_sys_listen(ctx: RetProbeContext) -> u32 {
+    if let Some(regs) = stashed_regs() {
+        let ret: i64 = ctx.ret();
+        calls::listened(&ctx, Current::get(), regs.arg(0) as u32, ret, Backend::Kprobe);
+    }
+    0
+}
+
+/// The listening fd of each thread's accept() in progress. Nothing removes
+/// the note of an accept that failed (no return probe): the next one of the
+/// thread replaces it, and `installed_by_accept` checks the listener.
+#[map]
+static ACCEPTING: LruHashMap<u64, u32> = LruHashMap::with_max_entries(4096, 0);
+
+#[inline(always)]
+fn accept_entry(ctx: &ProbeContext) {
+    if wanted().is_some() {
+        let fd = probe_regs(ctx).arg(0) as u32;
+        let _ = ACCEPTING.insert(&bpf_get_current_pid_tgid(), &fd, 0);
+    }
+}
+
+#[kprobe(function = "__x64_sys_accept")]
+pub fn kprobe_sys_accept(ctx: ProbeContext) -> u32 {
+    accept_entry(&ctx);
+    0
+}
+
+#[kprobe(function = "__x64_sys_accept4")]
+pub fn kprobe_sys_accept4(ctx: ProbeContext) -> u32 {
+    accept_entry(&ctx);
+    0
+}
+
+/// `fd_install(unsigned int fd, struct file *file)`: in a thread that is
+/// in accept(), the accepted socket getting its fd.
+#[kprobe(function = "fd_install")]
+pub fn kprobe_fd_install(ctx: ProbeContext) -> u32 {
+    let key = bpf_get_current_pid_tgid();
+    // SAFETY: the value is copied out at once; only this thread's
+    // programs insert or remove its key.
+    let Some(listen_fd) = (unsafe { ACCEPTING.get(&key) }).copied() else { return 0 };
+    let (Some(fd), Some(file)) = (ctx.arg::<u32>(0), ctx.arg::<u64>(1)) else { return 0 };
+    if calls::installed_by_accept(Current::get(), listen_fd, fd, file, Backend::Kprobe) {
+        let _ = ACCEPTING.remove(&key);
+    }
+    0
+}
