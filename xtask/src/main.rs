@@ -80,6 +80,9 @@ enum BenchKind {
     /// The consumer alone: a recorded 1M-connection stream through decode,
     /// model and each output on one core.
     Consume,
+    /// What a running capture costs syscalls it does not trace, per
+    /// strategy, beside the empty-tracepoint floor; host and QEMU guests.
+    Tax,
 }
 
 fn main() -> Result<()> {
@@ -101,6 +104,9 @@ fn main() -> Result<()> {
         Command::Bench { what: BenchKind::Consume } => {
             let bin = run::build_release(&root, &["unixpeer-user", "unixpeer-tests"])?;
             bench::consume::run(&bin, &run::build_example(&root, "unixpeer-user", "consume")?)
+        }
+        Command::Bench { what: BenchKind::Tax } => {
+            bench::tax::run(&root, &run::build_release(&root, &["unixpeer-user", "unixpeer-tests"])?)
         }
         Command::VmTest { kernels, keep_going, filter } => vm::run(&root, &vm::VmOpts { kernels, keep_going, filter }),
     }

@@ -129,6 +129,49 @@ pub fn run(workspace_root: &Path, opts: &VmOpts) -> Result<()> {
     Ok(())
 }
 
+/// Boots each of `requests` in turn to run the helper binary `helper` of
+/// unixpeer-tests instead of the tests: its guest path goes on the command
+/// line as `{var}=PATH`, with `extra`, for the guest's init. Returns, per
+/// kernel, its release and the lines the guest marked `tag`.
+pub fn collect(
+    workspace_root: &Path,
+    requests: &[String],
+    (helper, var, extra): (&str, &str, &str),
+    tag: &str,
+) -> Result<Vec<(String, Vec<String>)>> {
+    let vm_dir = workspace_root.join("target").join("vm");
+    fs::create_dir_all(vm_dir.join("logs"))?;
+    host::ensure_packages()?;
+    let bins = initramfs::build_guest_binaries(workspace_root)?;
+    let path = bins
+        .helpers
+        .iter()
+        .find(|p| p.file_name().is_some_and(|n| n == helper))
+        .with_context(|| format!("cargo built no {helper} for the guests"))?;
+    let common = initramfs::common_archive(&vm_dir, &bins)?;
+    let marker = random_marker()?;
+    let cmdline = format!("UNIXPEER_MARKER={marker} {var}={} {extra}", path.display());
+    let timeout = boot_timeout()?;
+    let mut out = Vec::new();
+    for request in requests {
+        let guest = match prepare(&vm_dir, &common, request) {
+            Ok(g) => g,
+            Err(row) => bail!("kernel {request}: {}", row.problem.or(row.unavailable).unwrap_or_default()),
+        };
+        let log = vm_dir.join("logs").join(format!("{}-{tag}.log", guest.kernel.release));
+        let boot = qemu::boot(&guest.kernel, &guest.initrd, (&marker, &cmdline), &log, timeout)?;
+        if let Some(problem) = boot.problem {
+            print_tail(&log);
+            bail!("{}: {problem}", guest.kernel.release);
+        }
+        let prefix = format!("@@UNIXPEER {marker} {tag} ");
+        let text = fs::read_to_string(&log)?;
+        let lines = text.lines().filter_map(|l| l.split_once(&prefix).map(|(_, r)| r.to_string())).collect();
+        out.push((guest.kernel.release.clone(), lines));
+    }
+    Ok(out)
+}
+
 /// A kernel ready to boot.
 struct Guest {
     kernel: kernel::Kernel,

@@ -4,6 +4,7 @@
 pub mod consume;
 pub mod follow;
 pub mod snapshot;
+pub mod tax;
 
 use std::{
     io::{BufRead, BufReader},

@@ -52,6 +52,16 @@ say "BOOTED kernel=$(uname -r) modules=$(cut -d' ' -f1 /proc/modules | tr '\n' '
 # What the tests are told.
 export UNIXTRACE_BIN=/bin/unixtrace UNIXPEER_IN_VM=1 RUST_BACKTRACE=1
 
+# `cargo xtask bench tax`: the benchmark instead of the tests, its lines
+# marked TAX (it finds every strategy the kernel has by itself).
+if [ -n "$UNIXPEER_TAXBENCH" ]; then
+    "$UNIXPEER_TAXBENCH" "$(uname -r)" /bin/unixtrace "${UNIXPEER_PAIRS:-3}" 1 2>&1 | while read -r line; do
+        say "TAX $line"
+    done
+    say DONE
+    poweroff -f
+fi
+
 config() {
     grep -E "^(# )?CONFIG_$1[= ]" /boot/config || echo "CONFIG_$1 absent"
 }
