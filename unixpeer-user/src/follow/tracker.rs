@@ -363,7 +363,11 @@ impl Tracker {
 
     fn on_connect(&mut self, e: Event, out: &mut Vec<Resolved>) {
         self.upsert(e.inode, actor(&e, e.fd), e.peer_inode, &e);
-        if e.peer_inode.is_none()
+        // Kept even when the server's end already has an inode (the server
+        // accepted before the connect returned): by the time the accept is
+        // reported the client may have closed, and the kernel no longer
+        // names it.
+        if e.sock_type != crate::model::SockType::Dgram
             && e.peer_sk != 0
             && let Some(i) = e.inode
         {
@@ -427,6 +431,8 @@ impl Tracker {
     }
 
     fn accept(&mut self, e: &mut Event) -> Peer {
+        // An accept that waited for its connect: that connect left an embryo.
+        self.embryos.remove(&e.sk);
         self.upsert(e.inode, actor(e, e.fd), e.peer_inode, e);
         if let (Some(client), Some(me)) = (e.peer_inode, e.inode)
             && let Some(c) = self.socks.get_mut(&client)
@@ -760,6 +766,7 @@ mod tests {
             out[1].peer,
             Peer::Holders(smallvec::smallvec![Holder { pid: 20, comm: "client".into(), fd: Some(3) }])
         );
+        assert!(t.embryos.is_empty(), "the connection is accepted: the client is no longer shown as pending");
         // One that never gets its connect is shown once its wait is over.
         let mut a = ev(EventKind::Accept, 10, "server", 301, 201);
         a.ts_ns = 1;
@@ -769,6 +776,28 @@ mod tests {
         let out = t.applied(later);
         assert_eq!((out[0].event.kind, &out[0].peer), (EventKind::Accept, &Peer::Unknown));
         assert!(t.finished().is_empty());
+    }
+
+    #[test]
+    fn an_accept_reported_after_its_client_closed_still_names_the_client() {
+        let mut t = Tracker::new(true);
+        t.applied(ev(EventKind::Listen, 10, "server", 100, 0));
+        // The server accepted before the client's connect returned: the
+        // connect already sees the server's inode.
+        let mut c = ev(EventKind::Connect, 20, "client", 200, 300);
+        c.peer_sk = 0xabc;
+        t.applied(c);
+        t.applied(ev(EventKind::Close, 20, "client", 200, 0));
+        // ...and the accept, reported after that close, no longer reads the
+        // client's inode from the kernel.
+        let mut a = ev(EventKind::Accept, 10, "server", 300, 0);
+        a.sk = 0xabc;
+        let r = one(&mut t, a);
+        assert_eq!(r.event.peer_inode, Some(200));
+        assert_eq!(r.peer, Peer::Holders(smallvec::smallvec![Holder { pid: 20, comm: "client".into(), fd: Some(3) }]));
+        t.applied(ev(EventKind::Close, 10, "server", 300, 0));
+        t.applied(ev(EventKind::Close, 10, "server", 100, 0));
+        assert!(t.socks.is_empty() && t.embryos.is_empty(), "closed sockets must be evicted");
     }
 
     #[test]
