@@ -5,6 +5,7 @@
 //! idempotent, so they are not counted twice.
 
 mod consumer;
+mod graveyard;
 mod listeners;
 mod pending;
 pub mod render;

@@ -4,13 +4,11 @@
 //! a socket now. Bounded: a socket leaves the model once its close has been
 //! reported.
 
-use std::collections::VecDeque;
-
 use foldhash::{HashMap, HashSet};
 
 use unixpeer_common::EventKind;
 
-use super::{listeners::Listeners, pending::PendingAccepts};
+use super::{graveyard::Graveyard, listeners::Listeners, pending::PendingAccepts};
 #[cfg(test)]
 use crate::events::SockType;
 use crate::{
@@ -99,9 +97,8 @@ pub struct Tracker {
     /// accept returns that very sock.
     embryos: HashMap<u64, u64>,
     /// Who held recently closed sockets, so the close of the second end of
-    /// a connection can still name the first. Bounded to `GRAVEYARD`.
-    graveyard: HashMap<u64, Holders>,
-    graveyard_order: VecDeque<u64>,
+    /// a connection can still name the first. Bounded (`graveyard::GRAVEYARD`).
+    graveyard: Graveyard,
     /// Accepts that arrived before the connect naming their client.
     pending: PendingAccepts,
     /// Under the tracepoint strategy nothing reports a release at exit:
@@ -114,7 +111,6 @@ pub struct Tracker {
     orphans: HashMap<u64, Orphan>,
 }
 
-const GRAVEYARD: usize = 4096;
 /// Connections not accepted yet that the model follows at most.
 const EMBRYOS: usize = 16384;
 /// Orphans watched at most; past this, a further one is not reported.
@@ -221,7 +217,7 @@ impl Tracker {
     fn holders_of(&self, inode: Option<u64>) -> Option<Holders> {
         let inode = inode?;
         let live = self.socks.get(&inode).map(|s| &s.holders);
-        live.or_else(|| self.graveyard.get(&inode)).cloned().filter(|h| !h.is_empty())
+        live.or_else(|| self.graveyard.get(inode)).cloned().filter(|h| !h.is_empty())
     }
 
     /// A process's name changed: its holders say so from now on. Names
@@ -234,16 +230,6 @@ impl Tracker {
                 s.holders.iter_mut().filter(|h| h.pid == pid).for_each(|h| h.comm = comm);
             }
         }
-    }
-
-    fn bury(&mut self, inode: u64, holders: Holders) {
-        if self.graveyard_order.len() >= GRAVEYARD
-            && let Some(old) = self.graveyard_order.pop_front()
-        {
-            self.graveyard.remove(&old);
-        }
-        self.graveyard.insert(inode, holders);
-        self.graveyard_order.push_back(inode);
     }
 
     fn listener_for(&self, e: &Event) -> Option<Holder> {
@@ -582,7 +568,7 @@ impl Tracker {
             for h in &s.holders {
                 self.by_pid.get_mut(&h.pid).map(|set| set.remove(&inode));
             }
-            self.bury(inode, s.holders);
+            self.graveyard.bury(inode, s.holders);
         }
         if let Some(h) = self.holders_of(e.peer_inode) {
             return Peer::Holders(h);
@@ -803,12 +789,13 @@ mod tests {
     #[test]
     fn graveyard_is_bounded() {
         let mut t = Tracker::new(true);
-        for i in 1..=(GRAVEYARD as u64 + 100) {
+        for i in 1..=(crate::follow::graveyard::GRAVEYARD as u64 + 100) {
             t.applied(ev(EventKind::Socketpair, 1, "p", i * 2, i * 2 + 1));
             t.applied(ev(EventKind::Close, 1, "p", i * 2, 0));
             t.applied(ev(EventKind::Close, 1, "p", i * 2 + 1, 0));
         }
-        assert_eq!(t.len(), GRAVEYARD);
+        assert!(t.socks.is_empty());
+        assert!(t.len() <= crate::follow::graveyard::GRAVEYARD, "{} entries", t.len());
     }
 
     fn ev(kind: EventKind, pid: u32, comm: &str, inode: u64, peer_inode: u64) -> Event {
