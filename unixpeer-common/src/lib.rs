@@ -199,6 +199,10 @@ pub struct KernelOffsets {
     /// 1 when the kernel has `bpf_get_current_task_btf` (5.11+): the fd
     /// table walk is then plain loads instead of one helper call a step.
     pub has_current_task_btf: u64,
+    /// 1 when the kernel has `bpf_task_pt_regs` (5.15+) as well: the
+    /// tracepoint strategy's syscall exits then read the caller's arguments
+    /// from its saved registers, and no entry tracepoint carries them over.
+    pub has_task_pt_regs: u64,
     /// `task_struct.cred` and `cred.uid`: the uid of an event, read where
     /// the task is a BTF pointer (bpf_get_current_uid_gid maps it through
     /// the init user namespace, which leaves it as is).
@@ -354,7 +358,7 @@ mod tests {
 
     #[test]
     fn offsets_layout_has_no_hidden_padding() {
-        assert_eq!(size_of::<KernelOffsets>(), 45 * 8);
+        assert_eq!(size_of::<KernelOffsets>(), 46 * 8);
         assert_eq!(size_of::<SyscallRecords>(), 10 * 8);
         assert_eq!(size_of::<KernelFilter>(), 4 * 4 + 2 * TASK_COMM_LEN);
         assert_eq!(size_of::<TaskSocketFd>(), 8 + 4 + 4 + TASK_COMM_LEN);

@@ -138,6 +138,21 @@ impl Current {
         Some(self.0)
     }
 
+    /// The user registers the task entered the kernel with, as a BTF
+    /// pointer, where the kernel has `bpf_task_pt_regs` (5.15+): at a
+    /// syscall's exit they still hold its arguments.
+    #[inline(always)]
+    pub fn user_regs(self) -> Option<u64> {
+        if off!(has_task_pt_regs) == 0 {
+            return None;
+        }
+        let task = self.btf()?;
+        // SAFETY: the helper takes a task BTF pointer, which `task` is (from
+        // bpf_get_current_task_btf), and returns that task's saved
+        // registers, which live as long as the task's kernel stack.
+        Some(unsafe { generated::bpf_task_pt_regs(task as *mut _) } as u64)
+    }
+
     /// Thread group id and thread id.
     #[inline(always)]
     pub fn tgid_pid(self) -> (u32, u32) {

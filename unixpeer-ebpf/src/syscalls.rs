@@ -2,8 +2,10 @@
 //! `syscalls:sys_enter_*` and `sys_exit_*` of the calls it concerns:
 //! close (entry, where the fd is still in the table), and connect, accept,
 //! accept4, socketpair and listen (exit, since only the syscall knows the
-//! fds it returns; their entry leaves the arguments for it, which the exit
-//! record does not carry).
+//! fds it returns). The exit record does not carry the arguments: from
+//! 5.15 the exit reads them from the caller's saved registers
+//! (`bpf_task_pt_regs`); before, each entry leaves them in `IN_CALL`,
+//! which cost a second program and a map insert and delete per call.
 //!
 //! Why these and not the raw `sys_enter`/`sys_exit` tracepoints: enabling
 //! any syscall tracepoint sends every syscall of the system down the slow
@@ -21,8 +23,9 @@
 //! skip 32-bit (compat) syscalls themselves.
 //!
 //! Record layouts come from tracefs `format` files (`SYSCALL_RECORDS`).
-//! Attaches to: syscalls:sys_enter_{close,connect,accept,accept4,socketpair,listen}
-//! and the matching sys_exit_* (kernel/trace/trace_syscalls.c).
+//! Attaches to: syscalls:sys_enter_close and
+//! syscalls:sys_exit_{connect,accept,accept4,socketpair,listen}; before
+//! 5.15 also the matching sys_enter_* (kernel/trace/trace_syscalls.c).
 //! Checked on: 6.18.44 (host), Debian 5.10.0, 6.1.0 and 6.12 cloud kernels (QEMU).
 
 use aya_ebpf::{
@@ -70,13 +73,25 @@ fn enter(args: [u64; 3]) {
     }
 }
 
-/// The arguments its entry left, and the return value.
+/// Arguments `which` of the call returning, and its return value: from
+/// the caller's saved registers where the kernel can name them (5.15+),
+/// else as its entry left them.
 #[inline(always)]
-fn exit(ctx: &TracePointContext) -> Option<([u64; 3], i64)> {
-    let key = bpf_get_current_pid_tgid();
-    // SAFETY: copied out at once; only this thread's programs write its key.
-    let args = unsafe { IN_CALL.get(&key) }.copied()?;
-    let _ = IN_CALL.remove(&key);
+fn exit(ctx: &TracePointContext, cur: Current, which: [usize; 3]) -> Option<([u64; 3], i64)> {
+    let args = match cur.user_regs() {
+        Some(regs) if actor_wanted(cur) => {
+            let regs = calls::Regs::Btf(regs);
+            [regs.arg(which[0]), regs.arg(which[1]), regs.arg(which[2])]
+        }
+        Some(_) => return None,
+        None => {
+            let key = bpf_get_current_pid_tgid();
+            // SAFETY: copied out at once; only this thread's programs write its key.
+            let args = unsafe { IN_CALL.get(&key) }.copied()?;
+            let _ = IN_CALL.remove(&key);
+            args
+        }
+    };
     Some((args, field!(ctx, exit_ret) as i64))
 }
 
@@ -97,8 +112,9 @@ pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
 
 #[tracepoint(category = "syscalls", name = "sys_exit_connect")]
 pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
-    if let Some(([fd, uaddr, len], rc)) = exit(&ctx) {
-        calls::connected(Current::get(), fd as u32, uaddr, len as u32, rc, Backend::Tracepoint);
+    let cur = Current::get();
+    if let Some(([fd, uaddr, len], rc)) = exit(&ctx, cur, [0, 1, 2]) {
+        calls::connected(cur, fd as u32, uaddr, len as u32, rc, Backend::Tracepoint);
     }
     0
 }
@@ -117,8 +133,9 @@ pub fn sys_enter_accept4(ctx: TracePointContext) -> u32 {
 
 #[inline(always)]
 fn exit_accept(ctx: &TracePointContext) {
-    if let Some(([fd, _, _], newfd)) = exit(ctx) {
-        calls::accepted(Current::get(), fd as u32, newfd, Backend::Tracepoint);
+    let cur = Current::get();
+    if let Some(([fd, _, _], newfd)) = exit(ctx, cur, [0, 0, 0]) {
+        calls::accepted(cur, fd as u32, newfd, Backend::Tracepoint);
     }
 }
 
@@ -142,8 +159,10 @@ pub fn sys_enter_socketpair(ctx: TracePointContext) -> u32 {
 
 #[tracepoint(category = "syscalls", name = "sys_exit_socketpair")]
 pub fn sys_exit_socketpair(ctx: TracePointContext) -> u32 {
-    if let Some(([family, usockvec, _], rc)) = exit(&ctx) {
-        calls::socketpair_made(&ctx, Current::get(), family, usockvec, rc, Backend::Tracepoint);
+    let cur = Current::get();
+    // socketpair(family, type, protocol, usockvec)
+    if let Some(([family, usockvec, _], rc)) = exit(&ctx, cur, [0, 3, 3]) {
+        calls::socketpair_made(&ctx, cur, family, usockvec, rc, Backend::Tracepoint);
     }
     0
 }
@@ -156,8 +175,9 @@ pub fn sys_enter_listen(ctx: TracePointContext) -> u32 {
 
 #[tracepoint(category = "syscalls", name = "sys_exit_listen")]
 pub fn sys_exit_listen(ctx: TracePointContext) -> u32 {
-    if let Some(([fd, _, _], rc)) = exit(&ctx) {
-        calls::listened(&ctx, Current::get(), fd as u32, rc, Backend::Tracepoint);
+    let cur = Current::get();
+    if let Some(([fd, _, _], rc)) = exit(&ctx, cur, [0, 0, 0]) {
+        calls::listened(&ctx, cur, fd as u32, rc, Backend::Tracepoint);
     }
     0
 }

@@ -177,6 +177,17 @@ impl KernelBtf {
         })
     }
 
+    /// `bpf_get_current_task_btf` (5.11+): the task as a BTF pointer.
+    pub fn has_current_task_btf(&self) -> bool {
+        self.has_enum_value("bpf_func_id", "BPF_FUNC_get_current_task_btf")
+    }
+
+    /// `bpf_task_pt_regs` (5.15+, for tracepoint programs too), which takes
+    /// the task as a BTF pointer.
+    pub fn has_task_pt_regs(&self) -> bool {
+        self.has_current_task_btf() && self.has_enum_value("bpf_func_id", "BPF_FUNC_task_pt_regs")
+    }
+
     pub fn has_function(&self, func: &str) -> bool {
         self.param_count(func).is_ok()
     }
@@ -273,7 +284,8 @@ impl KernelBtf {
                 self.offset("pt_regs", SYSCALL_REGS[2])?,
                 self.offset("pt_regs", SYSCALL_REGS[3])?,
             ],
-            has_current_task_btf: u64::from(self.has_enum_value("bpf_func_id", "BPF_FUNC_get_current_task_btf")),
+            has_current_task_btf: u64::from(self.has_current_task_btf()),
+            has_task_pt_regs: u64::from(self.has_task_pt_regs()),
             task_struct_cred: self.offset("task_struct", "cred")?,
             cred_uid: self.offset("cred", "uid")?,
             cast_loads: u64::from(cast.is_some()),
@@ -365,6 +377,10 @@ pub(crate) mod tests {
         let has = k.has_enum_value("bpf_func_id", "BPF_FUNC_get_current_task_btf");
         assert_eq!(has, in_strings("BPF_FUNC_get_current_task_btf"));
         assert_eq!(k.kernel_offsets().expect("offsets").has_current_task_btf, u64::from(has));
+        // 5.15+ has bpf_task_pt_regs, which takes that BTF task pointer.
+        let regs = has && in_strings("BPF_FUNC_task_pt_regs");
+        assert_eq!(k.has_task_pt_regs(), regs);
+        assert_eq!(k.kernel_offsets().expect("offsets").has_task_pt_regs, u64::from(regs));
     }
 
     #[test]

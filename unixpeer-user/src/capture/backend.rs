@@ -68,18 +68,23 @@ const TRACEPOINTS: &[(&str, &str, &str)] =
 /// close(2). fentry and kprobe see these in kernel functions (`sysfns`),
 /// so that no syscall of the system takes the slow path on their account.
 /// (program, event of category `syscalls`)
-const SYSCALL_TRACEPOINTS: &[(&str, &str, &str)] = &[
+const SYSCALL_EXITS: &[(&str, &str, &str)] = &[
     ("sys_enter_close", "syscalls", "sys_enter_close"),
-    ("sys_enter_connect", "syscalls", "sys_enter_connect"),
     ("sys_exit_connect", "syscalls", "sys_exit_connect"),
-    ("sys_enter_accept", "syscalls", "sys_enter_accept"),
     ("sys_exit_accept", "syscalls", "sys_exit_accept"),
-    ("sys_enter_accept4", "syscalls", "sys_enter_accept4"),
     ("sys_exit_accept4", "syscalls", "sys_exit_accept4"),
-    ("sys_enter_socketpair", "syscalls", "sys_enter_socketpair"),
     ("sys_exit_socketpair", "syscalls", "sys_exit_socketpair"),
-    ("sys_enter_listen", "syscalls", "sys_enter_listen"),
     ("sys_exit_listen", "syscalls", "sys_exit_listen"),
+];
+
+/// Before 5.15 (no `bpf_task_pt_regs`) the exits cannot read the caller's
+/// arguments: these entries leave them in a map for the exits.
+const SYSCALL_ENTRIES: &[(&str, &str, &str)] = &[
+    ("sys_enter_connect", "syscalls", "sys_enter_connect"),
+    ("sys_enter_accept", "syscalls", "sys_enter_accept"),
+    ("sys_enter_accept4", "syscalls", "sys_enter_accept4"),
+    ("sys_enter_socketpair", "syscalls", "sys_enter_socketpair"),
+    ("sys_enter_listen", "syscalls", "sys_enter_listen"),
 ];
 
 /// The syscall functions on x86_64: `__x64_sys_<name>(const struct pt_regs *)`
@@ -174,7 +179,7 @@ pub fn attach(
     choice: BackendChoice,
     (tracefs_root, records): (&Path, Result<(), &String>),
 ) -> Result<Chosen, CaptureError> {
-    let chosen = match choice {
+    let mut chosen = match choice {
         BackendChoice::Fentry => {
             let how = attach_fentry(ebpf, btf, kbtf, tracefs_root).map_err(|e| unavailable(Strategy::Fentry, e))?;
             Chosen { backend: Strategy::Fentry, why: with_note("requested with --backend fentry", how) }
@@ -189,10 +194,20 @@ pub fn attach(
         BackendChoice::Auto => auto(ebpf, btf, kbtf, tracefs_root)?,
     };
     if chosen.backend == Strategy::Tracepoint {
+        let from_regs = kbtf.has_task_pt_regs();
         let attached = match records {
-            Ok(()) => attach_tracepoints(ebpf, SYSCALL_TRACEPOINTS),
+            Ok(()) if from_regs => attach_tracepoints(ebpf, SYSCALL_EXITS),
+            Ok(()) => attach_tracepoints(ebpf, SYSCALL_ENTRIES).and_then(|()| attach_tracepoints(ebpf, SYSCALL_EXITS)),
             Err(why) => Err(CaptureError::NoBackend(why.clone())),
         };
+        chosen.why = with_note(
+            &chosen.why,
+            Some(if from_regs {
+                "syscall arguments read at exit from the caller's registers (bpf_task_pt_regs)"
+            } else {
+                "syscall arguments carried from entry to exit in a map (no bpf_task_pt_regs before 5.15)"
+            }),
+        );
         attached.map_err(|e| match e {
             // A verifier rejection is a bug to report, not a missing feature.
             CaptureError::Verifier { .. } => e,
