@@ -175,9 +175,11 @@ impl Tracker {
                 self.by_pid.entry(h.pid).or_default().insert(*inode);
             }
         }
-        let socks = &self.socks;
+        let (socks, graveyard) = (&self.socks, &self.graveyard);
         self.comms.retain(|pid, _| self.by_pid.contains_key(pid));
-        self.embryos.retain(|_, client| socks.contains_key(client));
+        // A client that closed before its accept (its close seen, so it is
+        // in the graveyard) is what the embryo is kept for.
+        self.embryos.retain(|_, client| socks.contains_key(client) || graveyard.get(*client).is_some());
         self.orphans.retain(|inode, _| socks.contains_key(inode));
         (gone, found)
     }
@@ -784,6 +786,31 @@ mod tests {
         t.applied(ev(EventKind::Close, 10, "server", 300, 0));
         t.applied(ev(EventKind::Close, 10, "server", 100, 0));
         assert!(t.socks.is_empty() && t.embryos.is_empty(), "closed sockets must be evicted");
+    }
+
+    #[test]
+    fn a_resync_keeps_the_embryo_of_a_client_that_closed_before_the_accept() {
+        let mut t = Tracker::new(true);
+        t.applied(ev(EventKind::Listen, 10, "server", 100, 0));
+        let mut c = ev(EventKind::Connect, 20, "client", 200, 0);
+        c.peer_sk = 0xabc;
+        t.applied(c);
+        t.applied(ev(EventKind::Close, 20, "client", 200, 0));
+        // Lost events elsewhere; the kernel still has the listener only.
+        let listener = SeedSocket {
+            inode: 100,
+            peer_inode: None,
+            path: Some("/run/s.sock".into()),
+            listening: true,
+            netns: 1,
+            sock_type: SockType::Stream,
+            holders: vec![Holder { pid: 10, comm: "server".into(), fd: Some(3) }],
+        };
+        t.resync(vec![listener], 1);
+        let mut a = ev(EventKind::Accept, 10, "server", 300, 0);
+        a.sk = 0xabc;
+        let r = one(&mut t, a);
+        assert_eq!(r.peer, Peer::Holders(smallvec::smallvec![Holder { pid: 20, comm: "client".into(), fd: Some(3) }]));
     }
 
     #[test]
