@@ -448,20 +448,13 @@ fn events_carry_the_callers_uid() {
     assert_eq!(close["uid"].as_u64(), Some(u64::from(NOBODY)), "{close}");
 }
 
-/// A socket whose last fd is closed while the file is still in flight over
-/// SCM_RIGHTS is released later, when the message carrying it is dropped,
-/// outside any syscall of the process. Its close is still reported: under
-/// fentry/kprobe from unix_release_sock, under the tracepoint strategy by
-/// asking UNIX_DIAG whether the orphaned socket still exists. A recording
-/// replays that close as it was shown live.
-#[test]
-fn a_socket_released_in_flight_is_reported_closed() {
-    let recording = std::env::temp_dir().join(format!("unixtrace-inflight-{}.jsonl", std::process::id()));
-    let _ = std::fs::remove_file(&recording);
-    let file = recording.to_str().expect("utf-8 temp dir");
-    let mut f = Follower::start(&["--comm", "inflight-child", "-w", file]);
+/// A child that passes one end of a socketpair over a channel, closes it
+/// (the message still holds it), then closes the channel, which releases
+/// the passed socket outside any syscall on it. Returns the child and the
+/// passed socket's inode.
+fn release_in_flight(comm: &str) -> (i32, u64) {
     let p = pipe();
-    let child = fork_child("inflight-child", || {
+    let child = fork_child(comm, || {
         let passed = socketpair(libc::SOCK_STREAM);
         let chan = socketpair(libc::SOCK_STREAM);
         if unixpeer_tests::sys::send_fd(chan[0], passed[0]).is_err() {
@@ -479,7 +472,36 @@ fn a_socket_released_in_flight_is_reported_closed() {
         0
     });
     assert_eq!(wait_child(child), 0, "the child could not pass the fd");
-    let inode: u64 = read_reports(p)[0].parse().expect("inode");
+    (child, read_reports(p)[0].parse().expect("inode"))
+}
+
+/// Stopped right after such a release (before the tracepoint strategy's
+/// first look at the orphan, half a second on): the close is still shown.
+#[test]
+fn a_socket_released_in_flight_just_before_the_stop_is_reported_closed() {
+    let mut f = Follower::start(&["--comm", "inflight-stop"]);
+    let (child, inode) = release_in_flight("inflight-stop");
+    let (code, stderr) = f.stop();
+    assert_eq!(code, Some(0), "unixtrace failed: {stderr}");
+    let close = f.wait_for("the close, printed as the capture stopped", WAIT, |v| {
+        v["kind"] == "event" && v["event"] == "close" && v["inode"].as_u64() == Some(inode)
+    });
+    assert_eq!(close["pid"].as_i64(), Some(i64::from(child)), "{close}");
+}
+
+/// A socket whose last fd is closed while the file is still in flight over
+/// SCM_RIGHTS is released later, when the message carrying it is dropped,
+/// outside any syscall of the process. Its close is still reported: under
+/// fentry/kprobe from unix_release_sock, under the tracepoint strategy by
+/// asking UNIX_DIAG whether the orphaned socket still exists. A recording
+/// replays that close as it was shown live.
+#[test]
+fn a_socket_released_in_flight_is_reported_closed() {
+    let recording = std::env::temp_dir().join(format!("unixtrace-inflight-{}.jsonl", std::process::id()));
+    let _ = std::fs::remove_file(&recording);
+    let file = recording.to_str().expect("utf-8 temp dir");
+    let mut f = Follower::start(&["--comm", "inflight-child", "-w", file]);
+    let (child, inode) = release_in_flight("inflight-child");
     let close = f.wait_for("the close of the socket released in flight", WAIT, |v| {
         v["kind"] == "event" && v["event"] == "close" && v["inode"].as_u64() == Some(inode)
     });

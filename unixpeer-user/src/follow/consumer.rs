@@ -230,11 +230,13 @@ impl<'a, W: Write> Consumer<'a, W> {
 
     /// Reports the release of orphaned sockets (see `Tracker::orphans_due`)
     /// the kernel no longer has. Only our own network namespace can be
-    /// asked; the others' orphans stay unreported.
-    pub fn release_orphans(&mut self, own_netns: Option<u32>, now: u64) {
+    /// asked; the others' orphans stay unreported. `all`: every orphan,
+    /// due or not, as the capture stops.
+    pub fn release_orphans(&mut self, own_netns: Option<u32>, now: u64, all: bool) {
         let Some(own_netns) = own_netns else { return };
         let mut resolved = std::mem::take(&mut self.resolved);
-        for (inode, netns) in self.tracker.orphans_due(now) {
+        let due_by = if all { u64::MAX } else { now };
+        for (inode, netns) in self.tracker.orphans_due(due_by) {
             if netns != own_netns {
                 // Cannot be asked from here: back off like a live one
                 // rather than collect it again every tick.

@@ -192,7 +192,7 @@ pub async fn run<'a>(opts: &'a FollowOptions, hooks: Hooks<'a>) -> Result<Follow
         }
         sink.flush()?;
     }
-    finish(&mut sink, &mut capture)?;
+    finish(&mut sink, &mut capture, resync.own_netns)?;
     Ok(sink.summary)
 }
 
@@ -245,7 +245,7 @@ fn every_second<W: Write>(
 ) -> Result<(), FollowError> {
     let now = render::clock_ns(libc::CLOCK_MONOTONIC);
     sink.expire(now);
-    sink.release_orphans(resync.own_netns, now);
+    sink.release_orphans(resync.own_netns, now, false);
     let malformed = sink.take_malformed();
     if malformed > 0 {
         log::warn!("{malformed} malformed kernel records dropped");
@@ -290,11 +290,17 @@ fn report_lost<W: Write>(sink: &mut Consumer<'_, W>, capture: &mut Capture) -> R
     Ok(lost)
 }
 
-/// Stopping: what is left in the ring buffer, accepts still waiting, the
-/// last loss count, the recording's end.
-fn finish<W: Write>(sink: &mut Consumer<'_, W>, capture: &mut Capture) -> Result<(), FollowError> {
+/// Stopping: what is left in the ring buffer, accepts still waiting,
+/// orphans whose release is not seen yet (their first look may still be
+/// due), the last loss count, the recording's end.
+fn finish<W: Write>(
+    sink: &mut Consumer<'_, W>,
+    capture: &mut Capture,
+    own_netns: Option<u32>,
+) -> Result<(), FollowError> {
     capture.drain_now(&mut |rec| sink.record(rec));
     sink.finish();
+    sink.release_orphans(own_netns, render::clock_ns(libc::CLOCK_MONOTONIC), true);
     report_lost(sink, capture)?;
     sink.flush()?;
     let summary = std::mem::take(&mut sink.summary);
