@@ -766,23 +766,34 @@ mod tests {
         assert!(t.finished().is_empty());
     }
 
-    #[test]
-    fn an_accept_reported_after_its_client_closed_still_names_the_client() {
+    /// A server (pid 10) listening on inode 100; a client (pid 20, inode
+    /// 200) connects, its embryo at 0xabc, and closes before the accept.
+    fn client_connected_and_gone(peer_inode_at_connect: u64) -> Tracker {
         let mut t = Tracker::new(true);
         t.applied(ev(EventKind::Listen, 10, "server", 100, 0));
-        // The server accepted before the client's connect returned: the
-        // connect already sees the server's inode.
-        let mut c = ev(EventKind::Connect, 20, "client", 200, 300);
+        let mut c = ev(EventKind::Connect, 20, "client", 200, peer_inode_at_connect);
         c.peer_sk = 0xabc;
         t.applied(c);
         t.applied(ev(EventKind::Close, 20, "client", 200, 0));
-        // ...and the accept, reported after that close, no longer reads the
-        // client's inode from the kernel.
+        t
+    }
+
+    /// The server's accept of that embryo as inode 300, reported after the
+    /// client's close: the kernel no longer names the client.
+    fn late_accept(t: &mut Tracker) -> Resolved {
         let mut a = ev(EventKind::Accept, 10, "server", 300, 0);
         a.sk = 0xabc;
-        let r = one(&mut t, a);
-        assert_eq!(r.event.peer_inode, Some(200));
+        let r = one(t, a);
         assert_eq!(r.peer, Peer::Holders(smallvec::smallvec![Holder { pid: 20, comm: "client".into(), fd: Some(3) }]));
+        r
+    }
+
+    #[test]
+    fn an_accept_reported_after_its_client_closed_still_names_the_client() {
+        // The server accepted before the client's connect returned: the
+        // connect already sees the server's inode.
+        let mut t = client_connected_and_gone(300);
+        assert_eq!(late_accept(&mut t).event.peer_inode, Some(200));
         t.applied(ev(EventKind::Close, 10, "server", 300, 0));
         t.applied(ev(EventKind::Close, 10, "server", 100, 0));
         assert!(t.socks.is_empty() && t.embryos.is_empty(), "closed sockets must be evicted");
@@ -790,12 +801,7 @@ mod tests {
 
     #[test]
     fn a_resync_keeps_the_embryo_of_a_client_that_closed_before_the_accept() {
-        let mut t = Tracker::new(true);
-        t.applied(ev(EventKind::Listen, 10, "server", 100, 0));
-        let mut c = ev(EventKind::Connect, 20, "client", 200, 0);
-        c.peer_sk = 0xabc;
-        t.applied(c);
-        t.applied(ev(EventKind::Close, 20, "client", 200, 0));
+        let mut t = client_connected_and_gone(0);
         // Lost events elsewhere; the kernel still has the listener only.
         let listener = SeedSocket {
             inode: 100,
@@ -807,10 +813,7 @@ mod tests {
             holders: vec![Holder { pid: 10, comm: "server".into(), fd: Some(3) }],
         };
         t.resync(vec![listener], 1);
-        let mut a = ev(EventKind::Accept, 10, "server", 300, 0);
-        a.sk = 0xabc;
-        let r = one(&mut t, a);
-        assert_eq!(r.peer, Peer::Holders(smallvec::smallvec![Holder { pid: 20, comm: "client".into(), fd: Some(3) }]));
+        late_accept(&mut t);
     }
 
     #[test]
