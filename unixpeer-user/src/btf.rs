@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use btf_rs::{Btf, Type};
 use unixpeer_common::{CastTypes, KernelOffsets, iter_abi};
 
-pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+pub(crate) const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
 /// The `struct pt_regs` fields holding a syscall's first four arguments, in
 /// the x86_64 syscall ABI (the fourth travels in r10).
@@ -38,14 +38,14 @@ pub enum BtfError {
     Malformed(#[from] btf_rs::Error),
 }
 
-pub struct KernelBtf {
+pub(crate) struct KernelBtf {
     btf: Btf,
     /// A by-name lookup scans every type: look each struct up once.
     structs: std::cell::RefCell<std::collections::HashMap<String, btf_rs::Struct>>,
 }
 
 impl KernelBtf {
-    pub fn open(path: &Path) -> Result<Self, BtfError> {
+    pub(crate) fn open(path: &Path) -> Result<Self, BtfError> {
         // The mmap backend parses lazily (we need a dozen types out of
         // ~100k), but sysfs only supports mmap of BTF since 6.x: read the
         // file into memory where it refuses.
@@ -56,7 +56,7 @@ impl KernelBtf {
     }
 
     /// The parsed BTF, for lookups this module does not wrap.
-    pub fn btf(&self) -> &Btf {
+    pub(crate) fn btf(&self) -> &Btf {
         &self.btf
     }
 
@@ -111,7 +111,7 @@ impl KernelBtf {
     }
 
     /// Byte offset of a dotted field path such as `__sk_common.skc_family`.
-    pub fn offset(&self, strukt: &str, path: &str) -> Result<u64, BtfError> {
+    pub(crate) fn offset(&self, strukt: &str, path: &str) -> Result<u64, BtfError> {
         let mut s = self.strukt(strukt)?;
         let mut bits = 0u32;
         let no_field = || BtfError::NoField { strukt: strukt.to_owned(), field: path.to_owned() };
@@ -134,7 +134,7 @@ impl KernelBtf {
     }
 
     /// Number of parameters of a kernel function, from its prototype.
-    pub fn param_count(&self, func: &str) -> Result<usize, BtfError> {
+    pub(crate) fn param_count(&self, func: &str) -> Result<usize, BtfError> {
         for t in self.btf.resolve_types_by_name(func).unwrap_or_default() {
             if let Type::Func(f) = t
                 && let Ok(Type::FuncProto(p)) = self.btf.resolve_chained_type(&f)
@@ -150,7 +150,7 @@ impl KernelBtf {
     /// syscall functions' `struct pt_regs *` as a forward declaration, in
     /// some of the function's entries. Every entry must be complete, since
     /// the verifier checks the one the program attaches to.
-    pub fn first_param_is_struct_pointer(&self, func: &str) -> bool {
+    pub(crate) fn first_param_is_struct_pointer(&self, func: &str) -> bool {
         let entries = self.btf.resolve_types_by_name(func).unwrap_or_default();
         let funcs: Vec<&Type> = entries.iter().filter(|t| matches!(t, Type::Func(_))).collect();
         !funcs.is_empty()
@@ -170,7 +170,7 @@ impl KernelBtf {
 
     /// Whether `enum name` has the enumerator `value`: how the kernel's BTF
     /// tells which BPF helpers it has.
-    pub fn has_enum_value(&self, name: &str, value: &str) -> bool {
+    pub(crate) fn has_enum_value(&self, name: &str, value: &str) -> bool {
         self.btf.resolve_types_by_name(name).unwrap_or_default().iter().any(|t| match t {
             Type::Enum(e) => e.members.iter().any(|m| self.btf.resolve_name(m).is_ok_and(|n| n == value)),
             _ => false,
@@ -178,28 +178,24 @@ impl KernelBtf {
     }
 
     /// `bpf_get_current_task_btf` (5.11+): the task as a BTF pointer.
-    pub fn has_current_task_btf(&self) -> bool {
+    pub(crate) fn has_current_task_btf(&self) -> bool {
         self.has_enum_value("bpf_func_id", "BPF_FUNC_get_current_task_btf")
     }
 
     /// `bpf_task_pt_regs` (5.15+, for tracepoint programs too), which takes
     /// the task as a BTF pointer.
-    pub fn has_task_pt_regs(&self) -> bool {
+    pub(crate) fn has_task_pt_regs(&self) -> bool {
         self.has_current_task_btf() && self.has_enum_value("bpf_func_id", "BPF_FUNC_task_pt_regs")
     }
 
-    pub fn has_function(&self, func: &str) -> bool {
-        self.param_count(func).is_ok()
-    }
-
     /// The BTF id of a kernel function, as a kfunc call names it.
-    pub fn function_id(&self, func: &str) -> Option<u32> {
+    pub(crate) fn function_id(&self, func: &str) -> Option<u32> {
         let ids = self.btf.resolve_ids_by_name(func).ok()?;
         ids.into_iter().find(|id| matches!(self.btf.resolve_type_by_id(*id), Ok(Type::Func(_))))
     }
 
     /// `bpf_rdonly_cast`'s id, where the kernel has the kfunc (6.2+).
-    pub fn rdonly_cast_id(&self) -> Option<u32> {
+    pub(crate) fn rdonly_cast_id(&self) -> Option<u32> {
         self.function_id("bpf_rdonly_cast")
     }
 
@@ -239,7 +235,7 @@ impl KernelBtf {
         })
     }
 
-    pub fn kernel_offsets(&self) -> Result<KernelOffsets, BtfError> {
+    pub(crate) fn kernel_offsets(&self) -> Result<KernelOffsets, BtfError> {
         // 6.13 replaced `atomic_long_t f_count` with `file_ref_t f_ref`,
         // which stores the count minus one.
         let (file_refcount, file_one_ref) = if self.has_field("file", "f_ref") {
@@ -297,7 +293,7 @@ impl KernelBtf {
 
     /// The iterator's context layout is compiled into the program (the
     /// verifier insists); refuse to load it on a kernel where it differs.
-    pub fn check_iter_abi(&self) -> Result<(), BtfError> {
+    pub(crate) fn check_iter_abi(&self) -> Result<(), BtfError> {
         let want = [
             ("bpf_iter__task_file", "meta", iter_abi::TASK_FILE_META),
             ("bpf_iter__task_file", "task", iter_abi::TASK_FILE_TASK),

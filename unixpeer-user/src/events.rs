@@ -51,17 +51,17 @@ pub enum Inferred {
 }
 
 impl Inferred {
-    pub const ALL: [Self; 2] = [Self::Exit, Self::ReleasedLater];
+    pub(crate) const ALL: [Self; 2] = [Self::Exit, Self::ReleasedLater];
 
     /// As JSON output and recordings carry it.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Exit => "exit",
             Self::ReleasedLater => "the last fd close, released later",
         }
     }
 
-    pub fn parse(s: &str) -> Option<Self> {
+    pub(crate) fn parse(s: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|i| i.as_str() == s)
     }
 }
@@ -95,7 +95,7 @@ impl Event {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum DecodeError {
+pub(crate) enum DecodeError {
     #[error("ring buffer record is {got} bytes, expected {want}")]
     Size { got: usize, want: usize },
     #[error("unknown event kind {0}")]
@@ -106,7 +106,7 @@ pub enum DecodeError {
 /// same path in most of its events, and rendering and allocating it each
 /// time was a good part of the model's cost. Bounded: emptied when full.
 #[derive(Default)]
-pub struct PathCache {
+pub(crate) struct PathCache {
     names: foldhash::HashMap<Box<[u8]>, Arc<str>>,
 }
 
@@ -126,12 +126,13 @@ impl PathCache {
     }
 }
 
-pub fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
+#[cfg(test)]
+pub(crate) fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
     decode_cached(bytes, &mut PathCache::default())
 }
 
 /// `decode`, with names looked up in `cache` first.
-pub fn decode_cached(bytes: &[u8], cache: &mut PathCache) -> Result<Event, DecodeError> {
+pub(crate) fn decode_cached(bytes: &[u8], cache: &mut PathCache) -> Result<Event, DecodeError> {
     let want = size_of::<UnixEvent>();
     if bytes.len() < want {
         return Err(DecodeError::Size { got: bytes.len(), want });
@@ -222,7 +223,7 @@ fn c_str(b: &[u8]) -> String {
 
 /// Renders `sun_path` the way ss does: a path up to its NUL, or `@` and the
 /// abstract name with embedded NULs shown as `@`.
-pub fn sun_path(b: &[u8]) -> Option<String> {
+pub(crate) fn sun_path(b: &[u8]) -> Option<String> {
     match b.first() {
         None => None,
         Some(0) if b.len() == 1 => None,
@@ -234,7 +235,7 @@ pub fn sun_path(b: &[u8]) -> Option<String> {
     }
 }
 
-pub fn event_name(kind: EventKind) -> &'static str {
+pub(crate) fn event_name(kind: EventKind) -> &'static str {
     match kind {
         EventKind::Connect => "connect",
         EventKind::ConnectFailed => "connect_failed",

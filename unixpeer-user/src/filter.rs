@@ -7,7 +7,7 @@ use crate::{
 };
 
 #[derive(Debug, thiserror::Error)]
-pub enum FilterError {
+pub(crate) enum FilterError {
     #[error("bad glob {0:?}: {1}")]
     Glob(String, &'static str),
 }
@@ -23,11 +23,7 @@ pub struct Filter {
 }
 
 impl Filter {
-    pub fn is_empty(&self) -> bool {
-        self.pids.is_empty() && self.comms.is_empty() && self.path.is_none() && self.types.is_empty() && !self.listening
-    }
-
-    pub fn matches(&self, model: &Model, a: u64, b: Option<u64>) -> bool {
+    pub(crate) fn matches(&self, model: &Model, a: u64, b: Option<u64>) -> bool {
         let either = |test: &dyn Fn(u64) -> bool| test(a) || b.is_some_and(test);
         (self.pids.is_empty() || either(&|i| model.holders(i).iter().any(|h| self.pids.contains(&h.pid))))
             && (self.comms.is_empty()
@@ -88,7 +84,7 @@ enum Token {
 }
 
 impl Glob {
-    pub fn new(pattern: &str) -> Result<Self, FilterError> {
+    pub(crate) fn new(pattern: &str) -> Result<Self, FilterError> {
         let bad = |why| FilterError::Glob(pattern.to_owned(), why);
         let mut tokens = Vec::new();
         let mut chars = pattern.chars().peekable();
@@ -132,7 +128,7 @@ impl Glob {
         Ok(Self { tokens })
     }
 
-    pub fn matches(&self, text: &str) -> bool {
+    pub(crate) fn matches(&self, text: &str) -> bool {
         let text: Vec<char> = text.chars().collect();
         // Classic linear backtracking: remember the last star and retry it
         // one character further on mismatch.

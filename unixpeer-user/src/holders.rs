@@ -16,13 +16,13 @@ use unixpeer_common::{TASK_COMM_LEN, TaskSocketFd};
 
 /// One file descriptor of one process that refers to a socket.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
-pub struct Holder {
+pub(crate) struct Holder {
     /// Thread group id.
-    pub pid: u32,
+    pub(crate) pid: u32,
     /// None when it is not known: a holder the live model learnt of from a
     /// kernel function that has no fd (fentry/kprobe connect), replayed.
-    pub fd: Option<u32>,
-    pub comm: Comm,
+    pub(crate) fd: Option<u32>,
+    pub(crate) comm: Comm,
 }
 
 /// A task's comm, inline: tens of thousands of holders must not mean tens
@@ -32,20 +32,21 @@ pub struct Comm([u8; TASK_COMM_LEN]);
 
 impl Comm {
     /// Keeps the bytes before the first NUL, at most 15 like the kernel.
-    pub fn new(bytes: &[u8]) -> Self {
+    pub(crate) fn new(bytes: &[u8]) -> Self {
         let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len()).min(TASK_COMM_LEN - 1);
         let mut comm = [0u8; TASK_COMM_LEN];
         comm[..end].copy_from_slice(&bytes[..end]);
         Self(comm)
     }
 
-    pub fn as_bytes(&self) -> &[u8] {
+    pub(crate) fn as_bytes(&self) -> &[u8] {
         let end = self.0.iter().position(|&b| b == 0).unwrap_or(self.0.len());
         &self.0[..end]
     }
 
     /// The name as text; bytes that are not UTF-8 become U+FFFD.
-    pub fn to_str(&self) -> std::borrow::Cow<'_, str> {
+    #[expect(clippy::wrong_self_convention, reason = "the name borrows the command's bytes; by value it could not")]
+    pub(crate) fn to_str(&self) -> std::borrow::Cow<'_, str> {
         // Names are nearly always valid UTF-8: from_utf8 checks them a word
         // at a time, where the lossy decoder walks them in chunks (4% of
         // the JSON consumer's time).
@@ -96,21 +97,21 @@ impl<'de> serde::Deserialize<'de> for Comm {
 }
 
 /// Almost every socket has exactly one holder: keep that one inline.
-pub type HolderList = smallvec::SmallVec<[Holder; 1]>;
+pub(crate) type HolderList = smallvec::SmallVec<[Holder; 1]>;
 
 /// Socket inode -> every (process, fd) that holds it, sorted.
-pub type HolderMap = HashMap<u64, HolderList>;
+pub(crate) type HolderMap = HashMap<u64, HolderList>;
 
 /// The outcome of one attribution pass.
 #[derive(Debug, Default)]
 pub struct Holders {
-    pub by_inode: HolderMap,
+    pub(crate) by_inode: HolderMap,
     /// Short name of the source, for `-v`.
-    pub source: &'static str,
+    pub(crate) source: &'static str,
     /// Why this source was chosen, for `-v`.
-    pub why: String,
+    pub(crate) why: String,
     /// What the source could not see, said once to the user.
-    pub blind_spot: Option<String>,
+    pub(crate) blind_spot: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -127,7 +128,7 @@ pub trait HolderSource {
 }
 
 /// Builds the map from the records the `iter/task_file` program emits.
-pub fn holders_from_records(records: &[TaskSocketFd]) -> HolderMap {
+pub(crate) fn holders_from_records(records: &[TaskSocketFd]) -> HolderMap {
     let mut map = HolderMap::new();
     for r in records {
         map.entry(r.inode).or_default().push(Holder { pid: r.pid, fd: Some(r.fd), comm: Comm::new(&r.comm) });

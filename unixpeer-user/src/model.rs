@@ -8,7 +8,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 
-use crate::holders::{Holder, HolderList, HolderMap};
+use crate::holders::{Holder, HolderMap};
 
 /// `sk_type` of a UNIX socket.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -20,7 +20,7 @@ pub enum SockType {
 }
 
 impl SockType {
-    pub fn from_kernel(sk_type: u8) -> Self {
+    pub(crate) fn from_kernel(sk_type: u8) -> Self {
         match i32::from(sk_type) {
             libc::SOCK_STREAM => Self::Stream,
             libc::SOCK_DGRAM => Self::Dgram,
@@ -30,7 +30,7 @@ impl SockType {
     }
 
     /// The kernel's `sk_type` value: the inverse of `from_kernel`.
-    pub fn to_kernel(self) -> u8 {
+    pub(crate) fn to_kernel(self) -> u8 {
         match self {
             Self::Stream => libc::SOCK_STREAM as u8,
             Self::Dgram => libc::SOCK_DGRAM as u8,
@@ -39,7 +39,7 @@ impl SockType {
         }
     }
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Stream => "stream",
             Self::Dgram => "dgram",
@@ -49,7 +49,7 @@ impl SockType {
     }
 
     /// Only connection-oriented sockets have listeners and accepted ends.
-    pub fn is_connection_oriented(self) -> bool {
+    pub(crate) fn is_connection_oriented(self) -> bool {
         matches!(self, Self::Stream | Self::Seqpacket)
     }
 }
@@ -67,7 +67,7 @@ impl fmt::Display for SockType {
 
 /// `sk_state` as UNIX sockets use it (a subset of the TCP states).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum KernelState {
+pub(crate) enum KernelState {
     Established,
     Listen,
     /// TCP_CLOSE: never connected, or a datagram socket without a default peer.
@@ -76,7 +76,7 @@ pub enum KernelState {
 }
 
 impl KernelState {
-    pub fn from_kernel(state: u8) -> Self {
+    pub(crate) fn from_kernel(state: u8) -> Self {
         // Values from include/net/tcp_states.h.
         match state {
             1 => Self::Established,
@@ -89,7 +89,7 @@ impl KernelState {
 
 /// The address a socket is bound to (`unix_sock.addr`).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum SockName {
+pub(crate) enum SockName {
     /// A filesystem path, without the trailing NUL.
     Path(Box<[u8]>),
     /// An abstract name, without the leading NUL.
@@ -97,11 +97,11 @@ pub enum SockName {
 }
 
 impl SockName {
-    pub fn path(bytes: &[u8]) -> Self {
+    pub(crate) fn path(bytes: &[u8]) -> Self {
         Self::Path(bytes.into())
     }
 
-    pub fn abstract_name(bytes: &[u8]) -> Self {
+    pub(crate) fn abstract_name(bytes: &[u8]) -> Self {
         Self::Abstract(bytes.into())
     }
 }
@@ -133,38 +133,38 @@ impl fmt::Display for SockName {
 
 /// Device and inode of the filesystem entry a path socket is bound to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Vfs {
-    pub dev: u32,
-    pub ino: u32,
+pub(crate) struct Vfs {
+    pub(crate) dev: u32,
+    pub(crate) ino: u32,
 }
 
 /// One socket as UNIX_DIAG reported it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Socket {
-    pub inode: u64,
-    pub sock_type: SockType,
-    pub state: KernelState,
-    pub name: Option<SockName>,
+pub(crate) struct Socket {
+    pub(crate) inode: u64,
+    pub(crate) sock_type: SockType,
+    pub(crate) state: KernelState,
+    pub(crate) name: Option<SockName>,
     /// UNIX_DIAG_PEER: `Some(0)` means the kernel still has a peer pointer
     /// but the peer has no inode any more (it was closed, or it is the
     /// not-yet-accepted server end of a connection).
-    pub peer: Option<u64>,
+    pub(crate) peer: Option<u64>,
     /// UNIX_DIAG_ICONS: client inodes whose connections wait in accept().
-    pub icons: Box<[u64]>,
+    pub(crate) icons: Box<[u64]>,
     /// UNIX_DIAG_RQLEN: for listeners (pending count, backlog); otherwise
     /// (bytes queued to read, bytes written and not yet read by the peer).
-    pub rqlen: Option<(u32, u32)>,
+    pub(crate) rqlen: Option<(u32, u32)>,
     /// UNIX_DIAG_SHUTDOWN: RCV_SHUTDOWN=1 | SEND_SHUTDOWN=2.
-    pub shutdown: u8,
-    pub uid: Option<u32>,
-    pub vfs: Option<Vfs>,
+    pub(crate) shutdown: u8,
+    pub(crate) uid: Option<u32>,
+    pub(crate) vfs: Option<Vfs>,
     /// Inode of the network namespace whose dump reported the socket.
-    pub netns: u64,
+    pub(crate) netns: u64,
 }
 
 impl Socket {
     /// A live peer inode, if any.
-    pub fn peer_inode(&self) -> Option<u64> {
+    pub(crate) fn peer_inode(&self) -> Option<u64> {
         self.peer.filter(|&p| p != 0)
     }
 }
@@ -172,7 +172,7 @@ impl Socket {
 /// What a user wants to know about a socket's situation, derived from the
 /// kernel state plus the rest of the snapshot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Status {
+pub(crate) enum Status {
     Listening,
     Connected,
     /// Connected by connect() but still waiting in a listener's accept queue.
@@ -185,7 +185,7 @@ pub enum Status {
 }
 
 impl Status {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Listening => "listening",
             Self::Connected => "connected",
@@ -199,7 +199,7 @@ impl Status {
 
 /// How two ends relate on one output row.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Link {
+pub(crate) enum Link {
     /// Each end is the other's peer.
     Pair,
     /// Datagram connect(): `a` sends to `b` by default, `b` has another (or no) peer.
@@ -208,12 +208,12 @@ pub enum Link {
 
 /// A row of the connection view: one socket, or two joined through their peer inodes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Connection {
-    pub a: u64,
+pub(crate) struct Connection {
+    pub(crate) a: u64,
     /// The peer inode, even when the peer itself is not in the snapshot
     /// (another netns that was not dumped).
-    pub b: Option<u64>,
-    pub link: Option<Link>,
+    pub(crate) b: Option<u64>,
+    pub(crate) link: Option<Link>,
 }
 
 /// All sockets of a snapshot and their holders.
@@ -226,7 +226,7 @@ pub struct Model {
 }
 
 impl Model {
-    pub fn new(sockets: Vec<Socket>, holders: HolderMap) -> Self {
+    pub(crate) fn new(sockets: Vec<Socket>, holders: HolderMap) -> Self {
         let mut model = Self { sockets: HashMap::with_capacity(sockets.len()), holders, pending: HashMap::new() };
         for socket in sockets {
             model.insert_socket(socket);
@@ -235,7 +235,7 @@ impl Model {
     }
 
     /// Adds or replaces a socket, keeping the accept-queue index current.
-    pub fn insert_socket(&mut self, socket: Socket) {
+    pub(crate) fn insert_socket(&mut self, socket: Socket) {
         if let Some(old) = self.sockets.remove(&socket.inode) {
             self.forget_icons(&old);
         }
@@ -249,7 +249,8 @@ impl Model {
 
     /// Drops a socket and its holders; its peer keeps pointing at it, as in
     /// the kernel, and so becomes peer-closed.
-    pub fn remove(&mut self, inode: u64) -> Option<Socket> {
+    #[cfg(test)]
+    pub(crate) fn remove(&mut self, inode: u64) -> Option<Socket> {
         self.holders.remove(&inode);
         let socket = self.sockets.remove(&inode)?;
         self.forget_icons(&socket);
@@ -264,20 +265,16 @@ impl Model {
         }
     }
 
-    pub fn set_holders(&mut self, inode: u64, holders: HolderList) {
-        self.holders.insert(inode, holders);
-    }
-
     /// Replaces every holder at once, as after a fresh attribution pass.
-    pub fn set_all_holders(&mut self, holders: HolderMap) {
+    pub(crate) fn set_all_holders(&mut self, holders: HolderMap) {
         self.holders = holders;
     }
 
-    pub fn get(&self, inode: u64) -> Option<&Socket> {
+    pub(crate) fn get(&self, inode: u64) -> Option<&Socket> {
         self.sockets.get(&inode)
     }
 
-    pub fn holders(&self, inode: u64) -> &[Holder] {
+    pub(crate) fn holders(&self, inode: u64) -> &[Holder] {
         self.holders.get(&inode).map_or(&[], |h| h.as_slice())
     }
 
@@ -290,18 +287,18 @@ impl Model {
     }
 
     /// Sockets in inode order, so output is stable from run to run.
-    pub fn sockets(&self) -> impl Iterator<Item = &Socket> {
+    pub(crate) fn sockets(&self) -> impl Iterator<Item = &Socket> {
         let mut sorted: Vec<&Socket> = self.sockets.values().collect();
         sorted.sort_unstable_by_key(|s| s.inode);
         sorted.into_iter()
     }
 
     /// The listener whose accept queue holds this client, if any.
-    pub fn listener_of(&self, client: u64) -> Option<u64> {
+    pub(crate) fn listener_of(&self, client: u64) -> Option<u64> {
         self.pending.get(&client).copied()
     }
 
-    pub fn status(&self, socket: &Socket) -> Status {
+    pub(crate) fn status(&self, socket: &Socket) -> Status {
         match socket.state {
             KernelState::Listen => Status::Listening,
             KernelState::Close => Status::Unconnected,
@@ -321,7 +318,7 @@ impl Model {
     }
 
     /// The connection `inode` takes part in, as it would show on one row.
-    pub fn connection_of(&self, inode: u64) -> Option<Connection> {
+    pub(crate) fn connection_of(&self, inode: u64) -> Option<Connection> {
         let socket = self.sockets.get(&inode)?;
         let Some(peer) = socket.peer_inode() else {
             return Some(Connection { a: inode, b: None, link: None });
@@ -334,7 +331,7 @@ impl Model {
     /// One entry per row: mutual pairs once, everything else once per socket.
     /// A datagram server that several clients connect() to keeps its own
     /// row, and each client row points at it.
-    pub fn connections(&self) -> Vec<Connection> {
+    pub(crate) fn connections(&self) -> Vec<Connection> {
         let mut seen = HashSet::with_capacity(self.sockets.len());
         let mut rows = Vec::with_capacity(self.sockets.len());
         for socket in self.sockets() {
@@ -364,7 +361,7 @@ impl Model {
 
     /// The bound name shown for a connection: whichever end has one, or for
     /// a client still waiting in accept(), the listener's.
-    pub fn name_of(&self, conn: &Connection) -> Option<&SockName> {
+    pub(crate) fn name_of(&self, conn: &Connection) -> Option<&SockName> {
         let name = |i: u64| self.sockets.get(&i).and_then(|s| s.name.as_ref());
         name(conn.a).or_else(|| conn.b.and_then(name)).or_else(|| self.listener_of(conn.a).and_then(name))
     }

@@ -27,14 +27,14 @@ pub enum NetnsError {
 
 /// A network namespace and a file that opens it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Netns {
+pub(crate) struct Netns {
     /// nsfs inode number, what `readlink /proc/PID/ns/net` shows as `net:[N]`.
-    pub inode: u64,
-    pub handle: PathBuf,
+    pub(crate) inode: u64,
+    pub(crate) handle: PathBuf,
 }
 
 /// The netns this process runs in.
-pub fn own() -> Result<Netns, NetnsError> {
+pub(crate) fn own() -> Result<Netns, NetnsError> {
     let handle = PathBuf::from("/proc/self/ns/net");
     let inode = fs::metadata(&handle).map_err(NetnsError::Own)?.ino();
     Ok(Netns { inode, handle })
@@ -42,7 +42,7 @@ pub fn own() -> Result<Netns, NetnsError> {
 
 /// Every netns reachable through `/proc/*/ns/net` or `ip netns` bind mounts,
 /// once each, plus how many processes' namespaces we were not allowed to see.
-pub fn reachable() -> Result<(Vec<Netns>, usize), NetnsError> {
+pub(crate) fn reachable() -> Result<(Vec<Netns>, usize), NetnsError> {
     let mut found = BTreeMap::new();
     let mut denied = 0;
     for entry in fs::read_dir("/proc").map_err(NetnsError::ListProc)? {
@@ -74,14 +74,14 @@ pub fn reachable() -> Result<(Vec<Netns>, usize), NetnsError> {
 
 /// What a multi-netns dump produced.
 #[derive(Debug, Default)]
-pub struct MultiDump {
-    pub sockets: Vec<Socket>,
+pub(crate) struct MultiDump {
+    pub(crate) sockets: Vec<Socket>,
     /// Namespaces we could not enter or dump, with the reason.
-    pub failed: Vec<(Netns, String)>,
+    pub(crate) failed: Vec<(Netns, String)>,
 }
 
 /// Dumps each namespace from inside it, on a dedicated thread.
-pub fn dump_each(namespaces: Vec<Netns>) -> Result<MultiDump, NetnsError> {
+pub(crate) fn dump_each(namespaces: Vec<Netns>) -> Result<MultiDump, NetnsError> {
     std::thread::Builder::new()
         .name("unixtrace-netns".into())
         .spawn(move || {

@@ -30,7 +30,7 @@ fn has(caps: u64, cap: u32) -> bool {
     caps & (1u64 << cap) != 0
 }
 
-pub fn check_capture() -> Result<(), PrivilegeError> {
+pub(crate) fn check_capture() -> Result<(), PrivilegeError> {
     let caps = effective_caps();
     if has(caps, CAP_SYS_ADMIN) || (has(caps, CAP_BPF) && has(caps, CAP_PERFMON)) {
         return Ok(());
@@ -49,14 +49,14 @@ pub fn check_capture() -> Result<(), PrivilegeError> {
 /// Drops every capability of the calling thread for good. Called once the
 /// programs are attached and the snapshot is taken, from the only thread
 /// left: capabilities are per thread.
-pub fn drop_all() -> Result<(), PrivilegeError> {
+pub(crate) fn drop_all() -> Result<(), PrivilegeError> {
     drop_all_but(None)
 }
 
 /// Like `drop_all`, but keeps CAP_BPF: where unprivileged BPF is disabled
 /// (Debian's default) kernels before 6.x refuse every bpf() call without
 /// it, including the lost-event counter reads.
-pub fn drop_all_but_bpf() -> Result<(), PrivilegeError> {
+pub(crate) fn drop_all_but_bpf() -> Result<(), PrivilegeError> {
     drop_all_but(Some(CAP_BPF))
 }
 
@@ -89,10 +89,6 @@ fn drop_all_but(keep: Option<u32>) -> Result<(), PrivilegeError> {
     // SAFETY: plain prctl with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
     Ok(())
-}
-
-pub fn is_root_or_capable() -> bool {
-    check_capture().is_ok()
 }
 
 #[cfg(test)]

@@ -32,7 +32,7 @@ pub enum TracefsError {
 
 /// Returns the tracefs root, mounting it when nothing is (as on a machine
 /// that booted without it).
-pub fn ensure_mounted() -> Result<PathBuf, TracefsError> {
+pub(crate) fn ensure_mounted() -> Result<PathBuf, TracefsError> {
     if Path::new(TRACEFS).join("events").is_dir() {
         return Ok(PathBuf::from(TRACEFS));
     }
@@ -54,7 +54,7 @@ pub fn ensure_mounted() -> Result<PathBuf, TracefsError> {
 
 /// Offset of `field` in a tracepoint's record, from its `format` file
 /// (lines like `\tfield:int fd;\toffset:16;\tsize:8;\tsigned:0;`).
-pub fn field_offset(root: &Path, category: &str, name: &str, field: &str) -> Result<u64, TracefsError> {
+pub(crate) fn field_offset(root: &Path, category: &str, name: &str, field: &str) -> Result<u64, TracefsError> {
     let dir = root.join("events").join(category).join(name);
     let path = dir.join("format");
     if category == "syscalls" && !root.join("events/syscalls").is_dir() {
@@ -66,7 +66,7 @@ pub fn field_offset(root: &Path, category: &str, name: &str, field: &str) -> Res
 
 /// Where the tracepoint strategy's programs find the arguments and return
 /// values they read, by the kernel's field names.
-pub fn syscall_records(root: &Path) -> Result<unixpeer_common::SyscallRecords, TracefsError> {
+pub(crate) fn syscall_records(root: &Path) -> Result<unixpeer_common::SyscallRecords, TracefsError> {
     let at = |name: &str, field: &str| field_offset(root, "syscalls", name, field);
     Ok(unixpeer_common::SyscallRecords {
         close_fd: at("sys_enter_close", "fd")?,

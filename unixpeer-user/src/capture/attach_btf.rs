@@ -15,7 +15,7 @@ use crate::btf::{BtfError, KernelBtf};
 
 /// Something aya will look up by name.
 #[derive(Clone, Copy, Debug)]
-pub enum Target<'a> {
+pub(crate) enum Target<'a> {
     /// A kernel function: fentry, fexit, and `bpf_iter_<name>` for iterators.
     Func(&'a str),
     /// `btf_trace_<tracepoint>`: tp_btf programs.
@@ -52,7 +52,7 @@ const TYPE_LEN: usize = 12;
 
 /// Builds the stand-in. Targets the kernel lacks are left out, so aya's
 /// lookup fails for them with its usual "unknown BTF type" error.
-pub fn stand_in(kbtf: &KernelBtf, targets: &[Target<'_>]) -> Result<aya::Btf, BtfError> {
+pub(crate) fn stand_in(kbtf: &KernelBtf, targets: &[Target<'_>]) -> Result<aya::Btf, BtfError> {
     // aya returns the first id whose name and kind match; so do we.
     let mut found: Vec<(u32, Target<'_>)> = Vec::new();
     for target in targets {

@@ -32,7 +32,7 @@ pub enum Strategy {
 }
 
 impl Strategy {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Fentry => "fentry",
             Self::Kprobe => "kprobe",
@@ -42,7 +42,7 @@ impl Strategy {
 
     /// Only the syscall tracepoints miss releases done by exit() and
     /// anything else outside close(): the model infers those.
-    pub fn infers_releases(self) -> bool {
+    pub(crate) fn infers_releases(self) -> bool {
         self == Self::Tracepoint
     }
 }
@@ -55,8 +55,8 @@ impl std::fmt::Display for Strategy {
 
 #[derive(Clone, Debug)]
 pub struct Chosen {
-    pub backend: Strategy,
-    pub why: String,
+    pub(crate) backend: Strategy,
+    pub(crate) why: String,
 }
 
 /// Regular tracepoints attached under every strategy.
@@ -133,7 +133,7 @@ const FENTRY_ARGS: &[(&str, usize)] = &[
 
 /// Every kernel name a BTF-attached program of ours looks up, for the
 /// stand-in BTF handed to aya.
-pub fn attach_targets() -> Vec<Target<'static>> {
+pub(crate) fn attach_targets() -> Vec<Target<'static>> {
     let mut targets: Vec<Target<'static>> =
         FENTRY.iter().chain(FENTRY_SYSFNS).map(|(_, func, _)| Target::Func(func)).collect();
     targets.push(Target::Typedef(FORK_TRACEPOINT_TYPEDEF));
@@ -172,7 +172,7 @@ const KPROBE_SYSFNS: &[(&str, &str)] = &[
 
 const KPROBE_PMU: &str = "/sys/bus/event_source/devices/kprobe";
 
-pub fn attach(
+pub(crate) fn attach(
     ebpf: &mut Ebpf,
     btf: &Btf,
     kbtf: &KernelBtf,

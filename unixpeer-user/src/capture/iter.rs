@@ -15,7 +15,11 @@ use crate::{
 
 /// Loads and runs the iterator in `ebpf` (already loaded with this kernel's
 /// offsets), returning one record per socket fd.
-pub fn task_socket_fds(ebpf: &mut Ebpf, btf: &aya::Btf, kbtf: &KernelBtf) -> Result<Vec<TaskSocketFd>, CaptureError> {
+pub(crate) fn task_socket_fds(
+    ebpf: &mut Ebpf,
+    btf: &aya::Btf,
+    kbtf: &KernelBtf,
+) -> Result<Vec<TaskSocketFd>, CaptureError> {
     kbtf.check_iter_abi()?;
     let name = "task_file";
     let target = "iter/task_file";
@@ -41,11 +45,11 @@ pub fn task_socket_fds(ebpf: &mut Ebpf, btf: &aya::Btf, kbtf: &KernelBtf) -> Res
 }
 
 /// The kernel function aya looks up to attach `iter/task_file`.
-pub const ITER_TARGET_FUNC: &str = "bpf_iter_task_file";
+pub(crate) const ITER_TARGET_FUNC: &str = "bpf_iter_task_file";
 
 /// Loads only what the iterator needs: the same object, with the event ring
 /// buffer shrunk since nothing will read it.
-pub fn load_for_iter(kbtf: &KernelBtf) -> Result<Ebpf, CaptureError> {
+pub(crate) fn load_for_iter(kbtf: &KernelBtf) -> Result<Ebpf, CaptureError> {
     let offsets = kbtf.kernel_offsets()?;
     EbpfLoader::new()
         .override_global("OFFSETS", &offsets, true)

@@ -14,15 +14,15 @@ use unixpeer_common::KFUNC_CALL_PLACEHOLDER;
 const MOV_R0_R1: u64 = 0x10bf;
 
 /// An object file, 8-byte aligned as aya's ELF parser needs.
-pub struct Object {
+pub(crate) struct Object {
     words: Vec<u64>,
     len: usize,
     /// How many placeholders were resolved.
-    pub resolved: usize,
+    pub(crate) resolved: usize,
 }
 
 impl Object {
-    pub fn bytes(&self) -> &[u8] {
+    pub(crate) fn bytes(&self) -> &[u8] {
         // SAFETY: `words` holds at least `len` initialised bytes.
         unsafe { std::slice::from_raw_parts(self.words.as_ptr().cast(), self.len) }
     }
@@ -34,7 +34,7 @@ impl Object {
 /// Code sections start 8-aligned in the file, so instructions sit at file
 /// offsets that are multiples of 8; the placeholder is a random 64-bit
 /// value that nothing else in the object holds at such an offset.
-pub fn resolve(object: &[u8], rdonly_cast: Option<u32>) -> Object {
+pub(crate) fn resolve(object: &[u8], rdonly_cast: Option<u32>) -> Object {
     let mut words = vec![0u64; object.len().div_ceil(8)];
     for (w, chunk) in words.iter_mut().zip(object.chunks(8)) {
         let mut b = [0u8; 8];

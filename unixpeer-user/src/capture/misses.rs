@@ -12,7 +12,7 @@ use aya_obj::generated::{bpf_attr, bpf_cmd, bpf_prog_info};
 
 /// The programs' recursion misses, summed, since they were loaded; None
 /// where the kernel does not say (before 5.12, or bpf() refused).
-pub fn total(ebpf: &Ebpf) -> Option<u64> {
+pub(crate) fn total(ebpf: &Ebpf) -> Option<u64> {
     let mut sum = 0;
     for (_, prog) in ebpf.programs() {
         let Ok(fd) = prog.fd() else { continue };

@@ -1,7 +1,7 @@
 //! Live capture: loads the kernel programs for one attach strategy, hands
 //! them this kernel's offsets and the filters, and reads their events.
 
-pub mod attach_btf;
+pub(crate) mod attach_btf;
 mod backend;
 pub mod iter;
 mod kfunc;
@@ -17,7 +17,7 @@ use aya::{
 use tokio::io::unix::AsyncFd;
 use unixpeer_common::{KernelFilter, SyscallRecords, TASK_COMM_LEN, counter};
 
-pub use self::backend::{BackendChoice, Chosen, Strategy};
+pub(crate) use self::backend::{BackendChoice, Chosen, Strategy};
 use crate::{
     btf::{BtfError, KernelBtf, VMLINUX_BTF},
     privileges::{self, PrivilegeError},
@@ -90,7 +90,7 @@ const BUFFER_MAX: u64 = 256 << 20;
 
 /// The ring buffer size: a power of two of at least a page, as the kernel
 /// requires; the user's size is rounded up to one.
-pub fn buffer_size(requested: Option<u64>) -> u64 {
+pub(crate) fn buffer_size(requested: Option<u64>) -> u64 {
     let page = page_size();
     match requested {
         Some(b) => b.max(page).checked_next_power_of_two().unwrap_or(1 << 31).min(1 << 31),
@@ -107,7 +107,7 @@ fn page_size() -> u64 {
     u64::try_from(p).ok().filter(|p| p.is_power_of_two()).unwrap_or(4096)
 }
 
-pub struct Capture {
+pub(crate) struct Capture {
     // Keeps the programs loaded and attached.
     ebpf: Ebpf,
     btf: aya::Btf,
@@ -115,9 +115,9 @@ pub struct Capture {
     ring: AsyncFd<RingBuf<MapData>>,
     counters: PerCpuArray<MapData, u64>,
     logger: Option<AsyncFd<aya_log::EbpfLogger<&'static dyn log::Log>>>,
-    pub chosen: Chosen,
+    pub(crate) chosen: Chosen,
     /// Bytes of the event ring buffer.
-    pub buffer_size: u64,
+    pub(crate) buffer_size: u64,
     /// Whether the size was the user's (`--buffer-size`) or by CPU count.
     buffer_requested: bool,
     lost_seen: u64,
@@ -201,7 +201,7 @@ impl Setup {
 /// How the programs read kernel memory past the task (see the eBPF
 /// crate's `kernel` module).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Walks {
+pub(crate) enum Walks {
     /// `bpf_rdonly_cast` and plain loads (6.2+).
     Casts,
     /// One `bpf_probe_read_kernel` per field.
@@ -209,7 +209,7 @@ pub enum Walks {
 }
 
 impl Capture {
-    pub fn start(opts: &CaptureOptions) -> Result<Self, CaptureError> {
+    pub(crate) fn start(opts: &CaptureOptions) -> Result<Self, CaptureError> {
         privileges::check_capture()?;
         let setup = Setup::new()?;
         let (mut ebpf, chosen, walks) = setup.load_with_fallback(opts)?;
@@ -250,7 +250,7 @@ impl Capture {
     }
 
     /// The ring buffer's size and where it came from, for `-v`.
-    pub fn buffer_size_text(&self) -> String {
+    pub(crate) fn buffer_size_text(&self) -> String {
         let why = if self.buffer_requested {
             "--buffer-size, rounded up to a power of two".to_owned()
         } else {
@@ -266,7 +266,7 @@ impl Capture {
     ///
     /// The programs never wake us (see `submit` in the eBPF crate's emit.rs):
     /// the timer drains the ring buffer.
-    pub async fn next_batch(&mut self, f: &mut dyn FnMut(&[u8])) -> Result<(), CaptureError> {
+    pub(crate) async fn next_batch(&mut self, f: &mut dyn FnMut(&[u8])) -> Result<(), CaptureError> {
         let tick = tokio::time::sleep(DRAIN_INTERVAL);
         tokio::select! {
             g = self.ring.readable_mut() => g?.clear_ready(),
@@ -286,7 +286,7 @@ impl Capture {
     }
 
     /// Drains whatever is already in the ring buffer, without waiting.
-    pub fn drain_now(&mut self, f: &mut dyn FnMut(&[u8])) {
+    pub(crate) fn drain_now(&mut self, f: &mut dyn FnMut(&[u8])) {
         if let Some(l) = self.logger.as_mut() {
             l.get_mut().flush();
         }
@@ -297,17 +297,17 @@ impl Capture {
     }
 
     /// Every socket fd of every process, from the iterator in this object.
-    pub fn task_socket_fds(&mut self) -> Result<Vec<unixpeer_common::TaskSocketFd>, CaptureError> {
+    pub(crate) fn task_socket_fds(&mut self) -> Result<Vec<unixpeer_common::TaskSocketFd>, CaptureError> {
         iter::task_socket_fds(&mut self.ebpf, &self.btf, &self.kbtf)
     }
 
     /// The lost-event counters alone, shareable with another thread.
-    pub fn lost_counters(&self) -> LostCounters<'_> {
+    pub(crate) fn lost_counters(&self) -> LostCounters<'_> {
         LostCounters(&self.counters)
     }
 
     /// Events the kernel could not queue since the last call.
-    pub fn take_lost(&mut self) -> Result<u64, CaptureError> {
+    pub(crate) fn take_lost(&mut self) -> Result<u64, CaptureError> {
         let total: u64 = self.counters.get(&counter::LOST, 0)?.iter().sum();
         let new = total.saturating_sub(self.lost_seen);
         self.lost_seen = total;
@@ -316,7 +316,7 @@ impl Capture {
 
     /// Hook runs the kernel skipped since the last call (see `misses`): each
     /// may have been an event. 0 where the kernel does not count them.
-    pub fn take_missed(&mut self) -> u64 {
+    pub(crate) fn take_missed(&mut self) -> u64 {
         let Some(total) = misses::total(&self.ebpf) else { return 0 };
         let new = total.saturating_sub(self.missed_seen);
         self.missed_seen = total;
@@ -324,11 +324,11 @@ impl Capture {
     }
 }
 
-pub struct LostCounters<'a>(&'a PerCpuArray<MapData, u64>);
+pub(crate) struct LostCounters<'a>(&'a PerCpuArray<MapData, u64>);
 
 impl LostCounters<'_> {
     /// Whether the calling thread can read them.
-    pub fn readable(&self) -> bool {
+    pub(crate) fn readable(&self) -> bool {
         self.0.get(&counter::LOST, 0).is_ok()
     }
 }

@@ -13,21 +13,21 @@ use super::DiagError;
 use crate::model::{KernelState, SockName, SockType, Socket, Vfs};
 
 /// `UNIX_DIAG_UID` (Linux 5.3+), which netlink-packet-sock-diag 0.5 does not name.
-pub const UNIX_DIAG_UID: u16 = 7;
+pub(crate) const UNIX_DIAG_UID: u16 = 7;
 /// `sizeof(struct unix_diag_msg)`.
 const UNIX_DIAG_MSG_LEN: usize = 16;
 const NLMSG_HDRLEN: usize = 16;
 
 /// Whether the kernel has more to send after a received chunk.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Progress {
+pub(crate) enum Progress {
     More,
     Done,
 }
 
 /// Decodes every netlink message of one received datagram, handing each
 /// socket to `out` (straight into the model: no intermediate list).
-pub fn decode_chunk(chunk: &[u8], netns: u64, out: &mut dyn FnMut(Socket)) -> Result<Progress, DiagError> {
+pub(crate) fn decode_chunk(chunk: &[u8], netns: u64, out: &mut dyn FnMut(Socket)) -> Result<Progress, DiagError> {
     let mut rest = chunk;
     while rest.len() >= NLMSG_HDRLEN {
         let msg = NetlinkBuffer::new_checked(rest).map_err(DiagError::Decode)?;
@@ -66,7 +66,7 @@ fn done_status(payload: &[u8]) -> Result<Progress, DiagError> {
 }
 
 /// Decodes one `struct unix_diag_msg` and its attributes.
-pub fn decode_socket(payload: &[u8], netns: u64) -> Result<Socket, DiagError> {
+pub(crate) fn decode_socket(payload: &[u8], netns: u64) -> Result<Socket, DiagError> {
     let header_bytes = payload
         .get(..UNIX_DIAG_MSG_LEN)
         .ok_or_else(|| DiagError::Decode(DecodeError::buffer_too_small(payload.len(), UNIX_DIAG_MSG_LEN)))?;

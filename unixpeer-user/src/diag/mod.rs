@@ -8,8 +8,7 @@ mod decode;
 mod fixtures;
 mod request;
 
-pub use decode::{Progress, UNIX_DIAG_UID, decode_chunk, decode_socket};
-pub use request::{dump, exists};
+pub(crate) use request::{dump, exists};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DiagError {

@@ -21,7 +21,7 @@ const CHUNK: usize = 64 * 1024;
 
 /// Dumps every UNIX socket of the calling thread's network namespace into
 /// `out`. `netns` only labels the sockets.
-pub fn dump(netns: u64, out: &mut dyn FnMut(Socket)) -> Result<(), DiagError> {
+pub(crate) fn dump(netns: u64, out: &mut dyn FnMut(Socket)) -> Result<(), DiagError> {
     let mut socket = open()?;
     // Best effort: a smaller buffer only means more round trips.
     let _ = socket.set_rx_buf_sz(RCVBUF);
@@ -44,7 +44,7 @@ pub fn dump(netns: u64, out: &mut dyn FnMut(Socket)) -> Result<(), DiagError> {
 
 /// Whether the kernel still has a UNIX socket with this inode in the
 /// calling thread's network namespace: one exact lookup, not a dump.
-pub fn exists(inode: u64) -> Result<bool, DiagError> {
+pub(crate) fn exists(inode: u64) -> Result<bool, DiagError> {
     // Socket inode numbers are 32-bit (get_next_ino); a larger one names nothing.
     let Ok(ino) = u32::try_from(inode) else { return Ok(false) };
     let mut socket = open()?;

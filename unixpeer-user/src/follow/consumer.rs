@@ -68,7 +68,7 @@ impl<'a, W: Write> Consumer<'a, W> {
     }
 
     /// Stop once `--count` lines were printed.
-    pub fn done(&self) -> bool {
+    pub(crate) fn done(&self) -> bool {
         self.opts.count.is_some_and(|c| self.summary.printed >= c)
     }
 
@@ -87,7 +87,7 @@ impl<'a, W: Write> Consumer<'a, W> {
 
     /// One decoded kernel event: recorded first, so that a replay rebuilds
     /// the same model, then applied and shown.
-    pub fn event(&mut self, e: Event) {
+    pub(crate) fn event(&mut self, e: Event) {
         self.summary.received += 1;
         if let Some(rec) = self.recorder.as_mut() {
             rec.event(&e);
@@ -99,7 +99,7 @@ impl<'a, W: Write> Consumer<'a, W> {
     }
 
     /// Accepts whose wait for their connect is over at `now_ns`.
-    pub fn expire(&mut self, now_ns: u64) {
+    pub(crate) fn expire(&mut self, now_ns: u64) {
         let mut resolved = std::mem::take(&mut self.resolved);
         self.tracker.expire(now_ns, &mut resolved);
         self.emit_all(&mut resolved);
@@ -167,7 +167,7 @@ impl<'a, W: Write> Consumer<'a, W> {
     }
 
     /// Everything gathered reaches the writer's target.
-    pub fn flush(&mut self) -> io::Result<()> {
+    pub(crate) fn flush(&mut self) -> io::Result<()> {
         self.spill();
         self.out.flush()
     }
@@ -183,12 +183,12 @@ impl<'a, W: Write> Consumer<'a, W> {
     }
 
     /// The first write error since the last call.
-    pub fn take_write_error(&mut self) -> Option<io::Error> {
+    pub(crate) fn take_write_error(&mut self) -> Option<io::Error> {
         self.write_error.take()
     }
 
     /// Appends a line of the caller's (a lost-events record) in order.
-    pub fn line(&mut self, args: std::fmt::Arguments<'_>) {
+    pub(crate) fn line(&mut self, args: std::fmt::Arguments<'_>) {
         let _ = self.lines.write_fmt(args);
         self.lines.push(b'\n');
     }
@@ -198,11 +198,11 @@ impl<'a, W: Write> Consumer<'a, W> {
     }
 
     /// Whether lines go out as JSON (and so do lost and resync records).
-    pub fn json_out(&self) -> bool {
+    pub(crate) fn json_out(&self) -> bool {
         self.opts.json && !self.opts.quiet
     }
 
-    pub fn verbose(&self) -> u8 {
+    pub(crate) fn verbose(&self) -> u8 {
         self.opts.verbose
     }
 
@@ -210,13 +210,13 @@ impl<'a, W: Write> Consumer<'a, W> {
     /// Accepts still waiting for a connect stop waiting first, so that a
     /// replay of the recording, which does the same at the resync record,
     /// ends up with the same model.
-    pub fn resync(&mut self, seeds: Vec<crate::follow::SeedSocket>, netns: u32) -> (u64, u64) {
+    pub(crate) fn resync(&mut self, seeds: Vec<crate::follow::SeedSocket>, netns: u32) -> (u64, u64) {
         self.finish();
         self.tracker.resync(seeds, netns)
     }
 
     /// Says that the model was checked against the kernel, and what changed.
-    pub fn resynced(&mut self, r: &ResyncRecord) -> io::Result<()> {
+    pub(crate) fn resynced(&mut self, r: &ResyncRecord) -> io::Result<()> {
         self.summary.resyncs += 1;
         eprintln!(
             "unixtrace: resynchronized with the kernel after {} lost events: {} sockets gone, {} missed, {} tracked",
@@ -232,7 +232,7 @@ impl<'a, W: Write> Consumer<'a, W> {
     /// the kernel no longer has. Only our own network namespace can be
     /// asked; the others' orphans stay unreported. `all`: every orphan,
     /// due or not, as the capture stops.
-    pub fn release_orphans(&mut self, own_netns: Option<u32>, now: u64, all: bool) {
+    pub(crate) fn release_orphans(&mut self, own_netns: Option<u32>, now: u64, all: bool) {
         let Some(own_netns) = own_netns else { return };
         let mut resolved = std::mem::take(&mut self.resolved);
         let due_by = if all { u64::MAX } else { now };
@@ -259,7 +259,7 @@ impl<'a, W: Write> Consumer<'a, W> {
     }
 
     /// Records that did not decode since the last call.
-    pub fn take_malformed(&mut self) -> u64 {
+    pub(crate) fn take_malformed(&mut self) -> u64 {
         std::mem::take(&mut self.malformed)
     }
 }

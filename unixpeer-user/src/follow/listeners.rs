@@ -6,14 +6,14 @@ use foldhash::HashMap;
 use smallvec::SmallVec;
 
 #[derive(Default)]
-pub struct Listeners {
+pub(crate) struct Listeners {
     /// Name -> (netns, inode) for each namespace with a listener of that
     /// name; almost always one.
     by_name: HashMap<Box<str>, SmallVec<[(u32, u64); 1]>>,
 }
 
 impl Listeners {
-    pub fn insert(&mut self, netns: u32, name: &str, inode: u64) {
+    pub(crate) fn insert(&mut self, netns: u32, name: &str, inode: u64) {
         let list = self.by_name.entry(name.into()).or_default();
         match list.iter_mut().find(|(n, _)| *n == netns) {
             Some(entry) => entry.1 = inode,
@@ -21,11 +21,11 @@ impl Listeners {
         }
     }
 
-    pub fn get(&self, netns: u32, name: &str) -> Option<u64> {
+    pub(crate) fn get(&self, netns: u32, name: &str) -> Option<u64> {
         self.by_name.get(name)?.iter().find(|(n, _)| *n == netns).map(|(_, i)| *i)
     }
 
-    pub fn remove(&mut self, netns: u32, name: &str) {
+    pub(crate) fn remove(&mut self, netns: u32, name: &str) {
         if let Some(list) = self.by_name.get_mut(name) {
             list.retain(|(n, _)| *n != netns);
             if list.is_empty() {
@@ -35,7 +35,7 @@ impl Listeners {
     }
 
     /// Keeps the listeners for which `keep(netns, inode)` holds.
-    pub fn retain(&mut self, mut keep: impl FnMut(u32, u64) -> bool) {
+    pub(crate) fn retain(&mut self, mut keep: impl FnMut(u32, u64) -> bool) {
         self.by_name.retain(|_, list| {
             list.retain(|(n, i)| keep(*n, *i));
             !list.is_empty()

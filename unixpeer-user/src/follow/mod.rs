@@ -22,9 +22,10 @@ use unixpeer_common::TaskSocketFd;
 
 use self::render::Clock;
 use self::resync::Resync;
+pub(crate) use self::tracker::{Holder, Peer};
 pub use self::{
     consumer::Consumer,
-    tracker::{Holder, Holders, Peer, Resolved, SeedSocket, SockView, Tracker},
+    tracker::{Resolved, SeedSocket, Tracker},
 };
 use crate::{
     capture::{Capture, CaptureError, CaptureOptions, Chosen},
@@ -62,11 +63,11 @@ pub enum FollowError {
     Recorder(RecorderError),
 }
 
-pub type RecorderError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type RecorderError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Takes a snapshot from the iterator's records (or why they could not be
 /// had) and returns it as seeds for the model.
-pub type SnapshotHook<'a> =
+pub(crate) type SnapshotHook<'a> =
     dyn FnMut(SnapshotPurpose, Result<Vec<TaskSocketFd>, String>) -> Result<Vec<SeedSocket>, String> + 'a;
 
 /// Gets every raw event before the model does (`-w`), so that a replay
@@ -86,27 +87,27 @@ pub trait Recorder {
 
 #[derive(Debug, Default)]
 pub struct FollowSummary {
-    pub printed: u64,
+    pub(crate) printed: u64,
     pub received: u64,
-    pub lost: u64,
+    pub(crate) lost: u64,
     /// Times the model was checked against the kernel after loss.
-    pub resyncs: u64,
+    pub(crate) resyncs: u64,
 }
 
 /// One check of the model against the kernel, after lost events.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ResyncRecord {
-    pub ts_ns: u64,
+pub(crate) struct ResyncRecord {
+    pub(crate) ts_ns: u64,
     /// Events lost since the previous check.
-    pub lost: u64,
+    pub(crate) lost: u64,
     /// The network namespace whose sockets the check covered.
-    pub netns: u32,
+    pub(crate) netns: u32,
     /// Sockets the model had that the kernel no longer has.
-    pub gone: u64,
+    pub(crate) gone: u64,
     /// Sockets the kernel has that the model had missed.
-    pub found: u64,
+    pub(crate) found: u64,
     /// Sockets in the model after the check.
-    pub sockets: u64,
+    pub(crate) sockets: u64,
 }
 
 /// Why the caller is asked for a snapshot.

@@ -13,10 +13,10 @@ use crate::events::Event;
 /// How many accepts may wait at once. Only a lost connect (or a connect
 /// reported after its accept on another CPU) makes an accept wait, so a
 /// healthy capture holds a handful; under loss this caps the model.
-pub const CAPACITY: usize = 4096;
+pub(crate) const CAPACITY: usize = 4096;
 
 #[derive(Default)]
-pub struct PendingAccepts {
+pub(crate) struct PendingAccepts {
     /// Arrival order; a slot is emptied when its accept leaves early.
     queue: VecDeque<Option<Event>>,
     /// Sequence number of `queue[0]`.
@@ -27,13 +27,13 @@ pub struct PendingAccepts {
 }
 
 impl PendingAccepts {
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.len
     }
 
     /// Queues `e` (whose `peer_inode` is the client it waits for); returns
     /// the oldest accept when the queue was full.
-    pub fn push(&mut self, e: Event) -> Option<Event> {
+    pub(crate) fn push(&mut self, e: Event) -> Option<Event> {
         let evicted = if self.len >= CAPACITY { self.pop_front() } else { None };
         let seq = self.base + self.queue.len() as u64;
         if let Some(c) = e.peer_inode {
@@ -48,19 +48,19 @@ impl PendingAccepts {
     }
 
     /// The accept waiting for client `inode`, if any.
-    pub fn take_client(&mut self, inode: u64) -> Option<Event> {
+    pub(crate) fn take_client(&mut self, inode: u64) -> Option<Event> {
         let seq = *self.by_client.get(&inode)?;
         self.take(seq)
     }
 
     /// The accept that returned socket `inode`, if it waits.
-    pub fn take_accepted(&mut self, inode: u64) -> Option<Event> {
+    pub(crate) fn take_accepted(&mut self, inode: u64) -> Option<Event> {
         let seq = *self.by_inode.get(&inode)?;
         self.take(seq)
     }
 
     /// The oldest accept if it arrived before `deadline` (event time).
-    pub fn pop_older_than(&mut self, deadline: u64) -> Option<Event> {
+    pub(crate) fn pop_older_than(&mut self, deadline: u64) -> Option<Event> {
         self.skip_empty();
         match self.queue.front() {
             Some(Some(e)) if e.ts_ns < deadline => self.pop_front(),
@@ -68,7 +68,7 @@ impl PendingAccepts {
         }
     }
 
-    pub fn pop_front(&mut self) -> Option<Event> {
+    pub(crate) fn pop_front(&mut self) -> Option<Event> {
         self.skip_empty();
         let e = self.queue.pop_front()??;
         self.unindex(self.base, &e);

@@ -28,12 +28,13 @@ impl Clock {
         Self { start_mono_ns: mono, wall_offset_ns: i128::from(wall) - i128::from(mono) }
     }
 
-    pub fn wall_ns(&self, mono_ns: u64) -> i128 {
+    pub(crate) fn wall_ns(&self, mono_ns: u64) -> i128 {
         i128::from(mono_ns) + self.wall_offset_ns
     }
 
     /// `HH:MM:SS.uuuuuu` in UTC.
-    pub fn wall_hms(&self, mono_ns: u64) -> String {
+    #[cfg(test)]
+    pub(crate) fn wall_hms(&self, mono_ns: u64) -> String {
         let mut s = Vec::with_capacity(15);
         self.push_wall_hms(&mut s, mono_ns);
         String::from_utf8(s).unwrap_or_default()
@@ -53,13 +54,13 @@ impl Clock {
     }
 
     /// `2026-11-27T11:40:00.123456Z`.
-    pub fn rfc3339(&self, mono_ns: u64) -> String {
+    pub(crate) fn rfc3339(&self, mono_ns: u64) -> String {
         let mut s = Vec::with_capacity(27);
         self.push_rfc3339(&mut s, mono_ns);
         String::from_utf8(s).unwrap_or_default()
     }
 
-    pub fn push_rfc3339(&self, out: &mut Vec<u8>, mono_ns: u64) {
+    pub(crate) fn push_rfc3339(&self, out: &mut Vec<u8>, mono_ns: u64) {
         thread_local! {
             /// The last second formatted, `YYYY-MM-DDTHH:MM:SS`: events come
             /// thousands to the second, and the date is most of the work.
@@ -103,10 +104,6 @@ impl Clock {
         out.push(b'.');
         push_padded(out, us, 6);
         out.push(b'Z');
-    }
-
-    pub fn relative_s(&self, mono_ns: u64) -> f64 {
-        (mono_ns as f64 - self.start_mono_ns as f64) / 1e9
     }
 
     /// Seconds since the start as `{:.6}` prints them, without a float.
@@ -160,7 +157,7 @@ pub fn clock_ns(clock: libc::clockid_t) -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-pub fn errno_name(errno: i32) -> std::borrow::Cow<'static, str> {
+pub(crate) fn errno_name(errno: i32) -> std::borrow::Cow<'static, str> {
     let name = match errno {
         libc::EPERM => "EPERM",
         libc::ENOENT => "ENOENT",
@@ -219,12 +216,12 @@ fn push_peer(out: &mut Vec<u8>, peer: &Peer) {
     }
 }
 
-pub const TEXT_HEADER: &str =
+pub(crate) const TEXT_HEADER: &str =
     "TIME             EVENT          PROCESS                      PEER                              TYPE       PATH";
 
 /// One line for people, appended to `out`. Every string another process
 /// chose (command, path) is escaped.
-pub fn write_text(out: &mut Vec<u8>, r: &Resolved, clock: &Clock, wall: bool) {
+pub(crate) fn write_text(out: &mut Vec<u8>, r: &Resolved, clock: &Clock, wall: bool) {
     let e = &r.event;
     out.reserve(512);
     let mut col = out.len();
@@ -282,7 +279,7 @@ pub fn write_text(out: &mut Vec<u8>, r: &Resolved, clock: &Clock, wall: bool) {
 /// One event as a JSON line, appended to `out`. Keys in alphabetical order
 /// and always present (null when unknown), as docs/json-schema.md lists
 /// them: tools may diff outputs.
-pub fn write_json(out: &mut Vec<u8>, r: &Resolved, clock: &Clock) {
+pub(crate) fn write_json(out: &mut Vec<u8>, r: &Resolved, clock: &Clock) {
     let e = &r.event;
     let (peer_pid, peer_comm, peer_fd, peer_holders) = match &r.peer {
         Peer::Holders(hs) => {
@@ -338,12 +335,12 @@ pub fn write_json(out: &mut Vec<u8>, r: &Resolved, clock: &Clock) {
     out.push(b'\n');
 }
 
-pub fn lost_json(count: u64, total: u64, ts_ns: u64) -> Value {
+pub(crate) fn lost_json(count: u64, total: u64, ts_ns: u64) -> Value {
     json!({ "kind": "lost", "count": count, "total": total, "ts": ts_ns })
 }
 
 /// The model was checked against the kernel after lost events.
-pub fn resync_json(r: &crate::follow::ResyncRecord) -> Value {
+pub(crate) fn resync_json(r: &crate::follow::ResyncRecord) -> Value {
     json!({
         "kind": "resync",
         "ts": r.ts_ns,

@@ -14,23 +14,23 @@ use crate::capture::Capture;
 /// second would cost more than the loss it repairs.
 const MIN_INTERVAL_NS: u64 = 2_000_000_000;
 
-pub struct Resync<'h> {
+pub(crate) struct Resync<'h> {
     snapshot: &'h mut SnapshotHook<'h>,
     /// Network namespace inode numbers fit the events' 32-bit field.
-    pub own_netns: Option<u32>,
+    pub(crate) own_netns: Option<u32>,
     /// Events lost since the last check.
     lost: u64,
     last_ns: Option<u64>,
 }
 
 impl<'h> Resync<'h> {
-    pub fn new(snapshot: &'h mut SnapshotHook<'h>) -> Self {
+    pub(crate) fn new(snapshot: &'h mut SnapshotHook<'h>) -> Self {
         let own_netns = crate::netns::own().ok().and_then(|n| u32::try_from(n.inode).ok());
         Self { snapshot, own_netns, lost: 0, last_ns: None }
     }
 
     /// Called once a second with the events lost since the last call.
-    pub fn after_loss<W: Write>(
+    pub(crate) fn after_loss<W: Write>(
         &mut self,
         lost: u64,
         now_ns: u64,

@@ -18,14 +18,14 @@ use crate::{
 
 /// One process holding a socket through one fd.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Holder {
-    pub pid: u32,
-    pub comm: Comm,
-    pub fd: Option<i32>,
+pub(crate) struct Holder {
+    pub(crate) pid: u32,
+    pub(crate) comm: Comm,
+    pub(crate) fd: Option<i32>,
 }
 
 /// Almost every socket has one holder: kept inline, no allocation.
-pub type Holders = smallvec::SmallVec<[Holder; 1]>;
+pub(crate) type Holders = smallvec::SmallVec<[Holder; 1]>;
 
 #[derive(Clone, Debug, Default)]
 struct Sock {
@@ -40,33 +40,33 @@ struct Sock {
 /// What a socket looked like in the snapshot, to seed the model.
 #[derive(Clone, Debug)]
 pub struct SeedSocket {
-    pub inode: u64,
-    pub peer_inode: Option<u64>,
-    pub path: Option<String>,
-    pub listening: bool,
-    pub netns: u32,
-    pub sock_type: crate::model::SockType,
-    pub holders: Vec<Holder>,
+    pub(crate) inode: u64,
+    pub(crate) peer_inode: Option<u64>,
+    pub(crate) path: Option<String>,
+    pub(crate) listening: bool,
+    pub(crate) netns: u32,
+    pub(crate) sock_type: crate::model::SockType,
+    pub(crate) holders: Vec<Holder>,
 }
 
 /// One socket as the model knows it at some instant.
 #[derive(Clone, Debug)]
-pub struct SockView {
-    pub inode: u64,
-    pub peer_inode: Option<u64>,
-    pub path: Option<String>,
-    pub listening: bool,
+pub(crate) struct SockView {
+    pub(crate) inode: u64,
+    pub(crate) peer_inode: Option<u64>,
+    pub(crate) path: Option<String>,
+    pub(crate) listening: bool,
     /// Connected, but not accepted yet.
-    pub pending: bool,
-    pub netns: u32,
+    pub(crate) pending: bool,
+    pub(crate) netns: u32,
     /// Unknown for sockets only seen in the snapshot.
-    pub sock_type: Option<crate::model::SockType>,
-    pub holders: Vec<Holder>,
+    pub(crate) sock_type: Option<crate::model::SockType>,
+    pub(crate) holders: Vec<Holder>,
 }
 
 /// The other end of an event's socket, as far as the model knows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Peer {
+pub(crate) enum Peer {
     /// The process(es) holding the peer socket.
     Holders(Holders),
     /// The connection is not accepted yet: the process listening on the name.
@@ -77,8 +77,8 @@ pub enum Peer {
 /// An event with its other end resolved: what output renders.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Resolved {
-    pub event: Event,
-    pub peer: Peer,
+    pub(crate) event: Event,
+    pub(crate) peer: Peer,
 }
 
 #[derive(Default)]
@@ -158,7 +158,7 @@ impl Tracker {
     /// longer has leave without a line (their close was lost), the others
     /// take the kernel's holders and peers. Returns how many left and how
     /// many the model had missed.
-    pub fn resync(&mut self, seeds: Vec<SeedSocket>, netns: u32) -> (u64, u64) {
+    pub(crate) fn resync(&mut self, seeds: Vec<SeedSocket>, netns: u32) -> (u64, u64) {
         let kernel: HashSet<u64> = seeds.iter().map(|s| s.inode).collect();
         let before = self.socks.len();
         self.socks.retain(|inode, s| s.netns != netns || kernel.contains(inode));
@@ -185,7 +185,7 @@ impl Tracker {
     }
 
     /// Sockets the model knows now.
-    pub fn sockets_len(&self) -> usize {
+    pub(crate) fn sockets_len(&self) -> usize {
         self.socks.len()
     }
 
@@ -199,7 +199,7 @@ impl Tracker {
     }
 
     /// Every socket the model knows now, for a replay's `--at` table.
-    pub fn sockets(&self) -> Vec<SockView> {
+    pub(crate) fn sockets(&self) -> Vec<SockView> {
         let pending: HashSet<u64> = self.embryos.values().copied().collect();
         self.socks
             .iter()
@@ -284,7 +284,7 @@ impl Tracker {
     /// at the other end. Most events give one line; an exit may give one
     /// inferred close per socket released, and an event may first release
     /// accepts whose wait is over.
-    pub fn apply(&mut self, mut e: Event, out: &mut Vec<Resolved>) {
+    pub(crate) fn apply(&mut self, mut e: Event, out: &mut Vec<Resolved>) {
         self.expire(e.ts_ns, out);
         if e.kind != EventKind::TaskExit && self.comms.get(&e.pid) != Some(&e.comm) {
             // (A rename of an untracked thread is undone below.)
@@ -438,7 +438,7 @@ impl Tracker {
 
     /// Accepts whose wait is over at `now_ns` (CLOCK_MONOTONIC): called
     /// with every event, and on a timer for a stream that has gone quiet.
-    pub fn expire(&mut self, now_ns: u64, out: &mut Vec<Resolved>) {
+    pub(crate) fn expire(&mut self, now_ns: u64, out: &mut Vec<Resolved>) {
         while let Some(a) = self.pending.pop_older_than(now_ns.saturating_sub(ACCEPT_WAIT_NS)) {
             self.resolve_accept(a, out);
         }
@@ -447,7 +447,7 @@ impl Tracker {
     /// Orphaned sockets (see `orphans`) due for a look at `now_ns`, with
     /// their network namespace: the caller asks the kernel whether each
     /// still exists, then calls `release_orphan` or `orphan_lives`.
-    pub fn orphans_due(&self, now_ns: u64) -> Vec<(u64, u32)> {
+    pub(crate) fn orphans_due(&self, now_ns: u64) -> Vec<(u64, u32)> {
         let mut v: Vec<(u64, u32)> = self
             .orphans
             .iter()
@@ -459,7 +459,7 @@ impl Tracker {
     }
 
     /// The orphaned socket `inode` still exists at `now_ns`: look again later.
-    pub fn orphan_lives(&mut self, inode: u64, now_ns: u64) {
+    pub(crate) fn orphan_lives(&mut self, inode: u64, now_ns: u64) {
         if let Some(o) = self.orphans.get_mut(&inode) {
             o.wait_ns = (o.wait_ns * 2).min(ORPHAN_MAX_WAIT_NS);
             o.next_look_ns = now_ns.saturating_add(o.wait_ns);
@@ -468,7 +468,7 @@ impl Tracker {
 
     /// The kernel no longer has the orphaned socket `inode`: reports its
     /// release at `now_ns`, naming the process whose fd close left it.
-    pub fn release_orphan(&mut self, inode: u64, now_ns: u64, out: &mut Vec<Resolved>) {
+    pub(crate) fn release_orphan(&mut self, inode: u64, now_ns: u64, out: &mut Vec<Resolved>) {
         let Some(orphan) = self.orphans.remove(&inode) else { return };
         let mut close = orphan.fd_close;
         close.kind = EventKind::Close;
@@ -481,7 +481,7 @@ impl Tracker {
     }
 
     /// At the end of a capture or a replay: what is still waiting.
-    pub fn finish(&mut self, out: &mut Vec<Resolved>) {
+    pub(crate) fn finish(&mut self, out: &mut Vec<Resolved>) {
         while let Some(a) = self.pending.pop_front() {
             self.resolve_accept(a, out);
         }

@@ -12,13 +12,13 @@ use std::path::Path;
 /// Whether `c` must be shown as `\xNN` rather than sent to a terminal: C0,
 /// DEL, C1, and the Unicode bidi controls (embeddings, overrides, isolates,
 /// marks), which reorder what follows them.
-pub fn must_escape(c: char) -> bool {
+pub(crate) fn must_escape(c: char) -> bool {
     c.is_control()
         || matches!(c, '\u{61c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
 /// Appends `s` with every character `must_escape` names as `\xNN`.
-pub fn push(out: &mut Vec<u8>, s: &str) {
+pub(crate) fn push(out: &mut Vec<u8>, s: &str) {
     if !needs_escape(s) {
         out.extend_from_slice(s.as_bytes());
         return;
@@ -35,7 +35,7 @@ pub fn push(out: &mut Vec<u8>, s: &str) {
 
 /// Appends bytes that should be UTF-8 (a command name is whatever the
 /// process wrote): control characters and invalid bytes as `\xNN`.
-pub fn push_bytes(out: &mut Vec<u8>, b: &[u8]) {
+pub(crate) fn push_bytes(out: &mut Vec<u8>, b: &[u8]) {
     for chunk in b.utf8_chunks() {
         push(out, chunk.valid());
         for &x in chunk.invalid() {
@@ -45,7 +45,7 @@ pub fn push_bytes(out: &mut Vec<u8>, b: &[u8]) {
 }
 
 /// `s` as `push` would write it.
-pub fn escaped(s: &str) -> Cow<'_, str> {
+pub(crate) fn escaped(s: &str) -> Cow<'_, str> {
     if !needs_escape(s) {
         return Cow::Borrowed(s);
     }
@@ -55,7 +55,7 @@ pub fn escaped(s: &str) -> Cow<'_, str> {
 }
 
 /// `b` as `push_bytes` would write it.
-pub fn escaped_bytes(b: &[u8]) -> Cow<'_, str> {
+pub(crate) fn escaped_bytes(b: &[u8]) -> Cow<'_, str> {
     match std::str::from_utf8(b) {
         Ok(s) => escaped(s),
         Err(_) => {

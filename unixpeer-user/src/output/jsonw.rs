@@ -9,13 +9,13 @@ const PAIRS: &[u8; 200] =
 
 /// `key` (already quoted, with its separator) and an integer.
 #[inline(always)]
-pub fn int<I: Int>(out: &mut Vec<u8>, key: &str, v: I) {
+pub(crate) fn int<I: Int>(out: &mut Vec<u8>, key: &str, v: I) {
     out.extend_from_slice(key.as_bytes());
     push_int(out, v);
 }
 
 /// The integers lines carry.
-pub trait Int: Copy {
+pub(crate) trait Int: Copy {
     /// Whether it is negative, and its magnitude.
     fn split(self) -> (bool, u64);
 }
@@ -40,7 +40,7 @@ signed!(i32, i64);
 /// store forwarding, and a copy of the digits' own length was a call to
 /// memmove for every number of every line.
 #[inline(always)]
-pub fn push_int(out: &mut Vec<u8>, v: impl Int) {
+pub(crate) fn push_int(out: &mut Vec<u8>, v: impl Int) {
     let (negative, mut n) = v.split();
     if negative {
         out.push(b'-');
@@ -86,7 +86,7 @@ const ESCAPED: [bool; 256] = {
 /// A JSON string literal. Command names and paths come from other
 /// processes: quotes, backslashes and control bytes must be escaped, and
 /// nothing else is changed, so JSON carries the exact value.
-pub fn json_str(out: &mut Vec<u8>, s: &str) {
+pub(crate) fn json_str(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
     let bytes = s.as_bytes();
     // A table load per byte rather than four comparisons: json_str's share
@@ -127,7 +127,7 @@ pub fn json_str(out: &mut Vec<u8>, s: &str) {
 // stores instead of a call to memmove.
 
 #[inline(always)]
-pub fn opt_int<I: Int>(out: &mut Vec<u8>, key: &str, v: Option<I>) {
+pub(crate) fn opt_int<I: Int>(out: &mut Vec<u8>, key: &str, v: Option<I>) {
     match v {
         Some(v) => int(out, key, v),
         None => null(out, key),
@@ -135,19 +135,19 @@ pub fn opt_int<I: Int>(out: &mut Vec<u8>, key: &str, v: Option<I>) {
 }
 
 #[inline(always)]
-pub fn null(out: &mut Vec<u8>, key: &str) {
+pub(crate) fn null(out: &mut Vec<u8>, key: &str) {
     out.extend_from_slice(key.as_bytes());
     out.extend_from_slice(b"null");
 }
 
 #[inline(always)]
-pub fn str(out: &mut Vec<u8>, key: &str, v: &str) {
+pub(crate) fn str(out: &mut Vec<u8>, key: &str, v: &str) {
     out.extend_from_slice(key.as_bytes());
     json_str(out, v);
 }
 
 #[inline(always)]
-pub fn opt_str(out: &mut Vec<u8>, key: &str, v: Option<&str>) {
+pub(crate) fn opt_str(out: &mut Vec<u8>, key: &str, v: Option<&str>) {
     match v {
         Some(v) => str(out, key, v),
         None => null(out, key),
@@ -155,14 +155,14 @@ pub fn opt_str(out: &mut Vec<u8>, key: &str, v: Option<&str>) {
 }
 
 #[inline(always)]
-pub fn bool(out: &mut Vec<u8>, key: &str, v: bool) {
+pub(crate) fn bool(out: &mut Vec<u8>, key: &str, v: bool) {
     out.extend_from_slice(key.as_bytes());
     out.extend_from_slice(if v { b"true" } else { b"false" });
 }
 
 /// A kernel address as `"0x…"`, as `{:#x}` prints it.
 #[inline(always)]
-pub fn hex(out: &mut Vec<u8>, key: &str, v: u64) {
+pub(crate) fn hex(out: &mut Vec<u8>, key: &str, v: u64) {
     out.extend_from_slice(key.as_bytes());
     let mut b = *b"\"0x0000000000000000\"";
     for (i, byte) in v.to_be_bytes().iter().enumerate() {

@@ -2,7 +2,7 @@
 
 pub mod escape;
 pub mod json;
-pub mod jsonw;
+pub(crate) mod jsonw;
 pub mod table;
 pub mod term;
 

@@ -18,10 +18,10 @@ use crate::model::SockType;
 use crate::output::escape;
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Proc {
-    pub pid: u32,
+pub(crate) struct Proc {
+    pub(crate) pid: u32,
     /// Exact, for JSON; `Display` shows it escaped.
-    pub comm: String,
+    pub(crate) comm: String,
 }
 
 impl std::fmt::Display for Proc {
@@ -31,7 +31,7 @@ impl std::fmt::Display for Proc {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum ConnKind {
+pub(crate) enum ConnKind {
     /// connect() then accept().
     Connected,
     Socketpair,
@@ -42,7 +42,7 @@ pub enum ConnKind {
 }
 
 impl ConnKind {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Connected => "connect",
             Self::Socketpair => "socketpair",
@@ -53,35 +53,35 @@ impl ConnKind {
 }
 
 #[derive(Clone, Debug)]
-pub struct Conn {
-    pub kind: ConnKind,
-    pub sock_type: SockType,
-    pub client: Proc,
-    pub client_fd: Option<i32>,
+pub(crate) struct Conn {
+    pub(crate) kind: ConnKind,
+    pub(crate) sock_type: SockType,
+    pub(crate) client: Proc,
+    pub(crate) client_fd: Option<i32>,
     /// Who accepted (or, until then, listened); None when nobody is known.
-    pub server: Option<Proc>,
-    pub server_fd: Option<i32>,
-    pub path: Option<String>,
-    pub start_ns: u64,
+    pub(crate) server: Option<Proc>,
+    pub(crate) server_fd: Option<i32>,
+    pub(crate) path: Option<String>,
+    pub(crate) start_ns: u64,
     /// The first close of either end; None if still open at the end.
-    pub end_ns: Option<u64>,
-    pub errno: i32,
+    pub(crate) end_ns: Option<u64>,
+    pub(crate) errno: i32,
     /// Whether the accept() was seen.
-    pub accepted: bool,
+    pub(crate) accepted: bool,
 }
 
 impl Conn {
-    pub fn lifetime_ns(&self) -> Option<u64> {
+    pub(crate) fn lifetime_ns(&self) -> Option<u64> {
         self.end_ns.map(|e| e.saturating_sub(self.start_ns))
     }
 }
 
-pub struct Conns {
-    pub list: Vec<Conn>,
-    pub start_ns: u64,
+pub(crate) struct Conns {
+    pub(crate) list: Vec<Conn>,
+    pub(crate) start_ns: u64,
     /// The last instant the recording covers.
-    pub end_ns: u64,
-    pub lost: u64,
+    pub(crate) end_ns: u64,
+    pub(crate) lost: u64,
 }
 
 /// One connection between processes named `client` and `server` (pids 20
@@ -107,7 +107,7 @@ pub(crate) fn hostile_conns(client: &str, server: &str) -> Conns {
 }
 
 /// Replays the whole file and gathers its connections.
-pub fn collect(replay: &mut Replay) -> Result<Conns, TimelineError> {
+pub(crate) fn collect(replay: &mut Replay) -> Result<Conns, TimelineError> {
     let mut b = Builder::default();
     let mut lost = 0;
     replay.run::<TimelineError>(None, &mut |step| {

@@ -11,7 +11,7 @@ use super::{FORMAT_NAME, FORMAT_VERSION};
 use crate::events::Inferred;
 use crate::events::{Event, SockType, event_name};
 use crate::follow::{Holder, SeedSocket};
-use crate::holders::{Holder as SnapHolder, HolderList};
+use crate::holders::Holder as SnapHolder;
 use crate::model::{KernelState, Model, SockName, Socket, Vfs};
 use crate::output::jsonw::{int, json_str};
 
@@ -19,27 +19,27 @@ use crate::output::jsonw::{int, json_str};
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Header {
     /// Always [`FORMAT_NAME`].
-    pub format: String,
-    pub version: u32,
+    pub(crate) format: String,
+    pub(crate) version: u32,
     /// unixtrace's version, for bug reports.
-    pub writer: String,
-    pub hostname: String,
-    pub kernel: String,
-    pub backend: String,
-    pub backend_why: String,
+    pub(crate) writer: String,
+    pub(crate) hostname: String,
+    pub(crate) kernel: String,
+    pub(crate) backend: String,
+    pub(crate) backend_why: String,
     /// Whether the live model deduced releases at exit (the tracepoint
     /// strategy): replay must do the same to rebuild the same model.
     pub infer_release_on_exit: bool,
     /// CLOCK_MONOTONIC at the start; every event time is on this clock.
-    pub start_mono_ns: u64,
+    pub(crate) start_mono_ns: u64,
     /// CLOCK_REALTIME at the same instant, ns since the epoch.
-    pub start_wall_ns: i128,
-    pub start_time: String,
-    pub command_line: Vec<String>,
+    pub(crate) start_wall_ns: i128,
+    pub(crate) start_time: String,
+    pub(crate) command_line: Vec<String>,
 }
 
 impl Header {
-    pub fn clock(&self) -> crate::follow::render::Clock {
+    pub(crate) fn clock(&self) -> crate::follow::render::Clock {
         crate::follow::render::Clock {
             start_mono_ns: self.start_mono_ns,
             wall_offset_ns: self.start_wall_ns - i128::from(self.start_mono_ns),
@@ -72,25 +72,26 @@ fn read_trimmed(path: &str) -> String {
 /// of its UNIX_DIAG row, so `--at` before the first event shows a full table.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SeedRecord {
-    pub inode: u64,
+    pub(crate) inode: u64,
     /// UNIX_DIAG's peer as reported: 0 for a peer that has no inode any more.
-    pub peer: Option<u64>,
-    #[serde(rename = "type")]
-    pub sock_type: String,
-    pub state: String,
-    pub path: Option<String>,
-    pub netns: u64,
+    pub(crate) peer: Option<u64>,
+    #[serde(rename = "type", with = "sock_type_text")]
+    pub(crate) sock_type: SockType,
+    #[serde(with = "state_text")]
+    pub(crate) state: KernelState,
+    pub(crate) path: Option<String>,
+    pub(crate) netns: u64,
     #[serde(default)]
-    pub uid: Option<u32>,
+    pub(crate) uid: Option<u32>,
     #[serde(default)]
-    pub rq: Option<(u32, u32)>,
+    pub(crate) rq: Option<(u32, u32)>,
     #[serde(default)]
-    pub icons: Vec<u64>,
+    pub(crate) icons: Vec<u64>,
     #[serde(default)]
-    pub shutdown: u8,
+    pub(crate) shutdown: u8,
     #[serde(default)]
-    pub vfs: Option<(u32, u32)>,
-    pub holders: Vec<Holder>,
+    pub(crate) vfs: Option<(u32, u32)>,
+    pub(crate) holders: Vec<Holder>,
 }
 
 impl SeedRecord {
@@ -101,8 +102,8 @@ impl SeedRecord {
             .map(|s| Self {
                 inode: s.inode,
                 peer: s.peer,
-                sock_type: s.sock_type.to_string(),
-                state: state_name(s.state),
+                sock_type: s.sock_type,
+                state: s.state,
                 path: s.name.as_ref().map(ToString::to_string),
                 netns: s.netns,
                 uid: s.uid,
@@ -122,14 +123,14 @@ impl SeedRecord {
     /// The live model's starting point, exactly as `--follow` seeds it.
     /// The connection's name is this end's, else its peer's: a client is
     /// usually unbound and its peer carries the server's name.
-    pub fn seed(&self, peer_path: Option<&str>) -> SeedSocket {
+    pub(crate) fn seed(&self, peer_path: Option<&str>) -> SeedSocket {
         SeedSocket {
             inode: self.inode,
             peer_inode: self.peer.filter(|&p| p != 0),
             path: self.path.clone().or_else(|| peer_path.map(str::to_owned)),
-            listening: self.state == "listen",
+            listening: self.state == KernelState::Listen,
             netns: self.netns as u32,
-            sock_type: parse_sock_type(&self.sock_type).unwrap_or(SockType::Other(0)),
+            sock_type: self.sock_type,
             holders: self.holders.clone(),
         }
     }
@@ -140,11 +141,11 @@ impl SeedRecord {
         records.iter().map(|r| r.seed(r.peer.and_then(|p| paths.get(&p).copied()))).collect()
     }
 
-    pub fn socket(&self) -> Socket {
+    pub(crate) fn socket(&self) -> Socket {
         Socket {
             inode: self.inode,
-            sock_type: parse_sock_type(&self.sock_type).unwrap_or(SockType::Other(0)),
-            state: parse_state(&self.state),
+            sock_type: self.sock_type,
+            state: self.state,
             name: self.path.as_deref().map(parse_name),
             peer: self.peer,
             icons: self.icons.clone().into_boxed_slice(),
@@ -155,46 +156,71 @@ impl SeedRecord {
             netns: self.netns,
         }
     }
-
-    pub fn holder_list(&self) -> HolderList {
-        self.holders.iter().map(snap_holder).collect()
-    }
 }
 
 /// A live holder in the snapshot's shape; an fd the model does not know
 /// stays unknown.
-pub fn snap_holder(h: &Holder) -> SnapHolder {
+pub(crate) fn snap_holder(h: &Holder) -> SnapHolder {
     SnapHolder { pid: h.pid, fd: h.fd.and_then(|fd| u32::try_from(fd).ok()), comm: h.comm }
 }
 
-pub fn parse_name(s: &str) -> SockName {
+pub(crate) fn parse_name(s: &str) -> SockName {
     match s.strip_prefix('@') {
         Some(rest) => SockName::abstract_name(rest.as_bytes()),
         None => SockName::path(s.as_bytes()),
     }
 }
 
-fn state_name(s: KernelState) -> String {
-    match s {
-        KernelState::Established => "established".into(),
-        KernelState::Listen => "listen".into(),
-        KernelState::Close => "close".into(),
-        KernelState::Other(n) => n.to_string(),
+/// A seed's socket type as the text the format has always carried.
+mod sock_type_text {
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    use super::{Cow, SockType, parse_sock_type};
+
+    pub(super) fn serialize<S: Serializer>(t: &SockType, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(t)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SockType, D::Error> {
+        let text = Cow::<str>::deserialize(d)?;
+        parse_sock_type(&text).ok_or_else(|| {
+            D::Error::custom(format!("unknown socket type {text:?} (stream, dgram, seqpacket or typeN)"))
+        })
     }
 }
 
-fn parse_state(s: &str) -> KernelState {
-    match s {
-        "established" => KernelState::Established,
-        "listen" => KernelState::Listen,
-        "close" => KernelState::Close,
-        n => KernelState::Other(n.parse().unwrap_or(0)),
+/// A seed's `sk_state` as text: `established`, `listen`, `close`, or the
+/// kernel's number for any other state.
+mod state_text {
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    use super::{Cow, KernelState};
+
+    pub(super) fn serialize<S: Serializer>(state: &KernelState, s: S) -> Result<S::Ok, S::Error> {
+        match state {
+            KernelState::Established => s.serialize_str("established"),
+            KernelState::Listen => s.serialize_str("listen"),
+            KernelState::Close => s.serialize_str("close"),
+            KernelState::Other(n) => s.collect_str(n),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<KernelState, D::Error> {
+        let text = Cow::<str>::deserialize(d)?;
+        match &*text {
+            "established" => Ok(KernelState::Established),
+            "listen" => Ok(KernelState::Listen),
+            "close" => Ok(KernelState::Close),
+            n => n.parse().map(KernelState::Other).map_err(|_| {
+                D::Error::custom(format!("unknown socket state {text:?} (established, listen, close or a number)"))
+            }),
+        }
     }
 }
 
 /// `stream`, `dgram`, `seqpacket`, or `typeN` for anything else (as
 /// [`SockType`]'s Display writes it).
-pub fn parse_sock_type(s: &str) -> Option<SockType> {
+pub(crate) fn parse_sock_type(s: &str) -> Option<SockType> {
     match s {
         "stream" => Some(SockType::Stream),
         "dgram" => Some(SockType::Dgram),
@@ -203,7 +229,7 @@ pub fn parse_sock_type(s: &str) -> Option<SockType> {
     }
 }
 
-pub fn parse_event_kind(s: &str) -> Option<EventKind> {
+pub(crate) fn parse_event_kind(s: &str) -> Option<EventKind> {
     Some(match s {
         "connect" => EventKind::Connect,
         "connect_failed" => EventKind::ConnectFailed,
@@ -222,7 +248,7 @@ pub fn parse_event_kind(s: &str) -> Option<EventKind> {
 
 /// Appends one event line (with its newline) to `out`. Absent optional
 /// fields are left out, which keeps the common line near 200 bytes.
-pub fn write_event(out: &mut Vec<u8>, e: &Event) {
+pub(crate) fn write_event(out: &mut Vec<u8>, e: &Event) {
     out.extend_from_slice(b"{\"k\":\"e\",\"ev\":\"");
     out.extend_from_slice(event_name(e.kind).as_bytes());
     out.push(b'"');
@@ -338,7 +364,7 @@ pub enum Record {
 
 /// Parses one line after the header; the error says what is wrong without
 /// the position, which the reader adds.
-pub fn parse_record(line: &[u8]) -> Result<Record, String> {
+pub(crate) fn parse_record(line: &[u8]) -> Result<Record, String> {
     let l: Line<'_> = serde_json::from_slice(line).map_err(|e| format!("bad record: {e}"))?;
     let need = |v: Option<u64>, what: &str| v.ok_or_else(|| format!("{} record lacks `{what}`", l.k));
     match l.k.as_ref() {
@@ -390,7 +416,7 @@ fn event(l: &Line<'_>) -> Result<Event, String> {
     })
 }
 
-pub fn write_seed(out: &mut Vec<u8>, s: &SeedRecord) -> serde_json::Result<()> {
+pub(crate) fn write_seed(out: &mut Vec<u8>, s: &SeedRecord) -> serde_json::Result<()> {
     #[derive(Serialize)]
     struct Wrap<'a> {
         k: &'static str,
@@ -401,23 +427,23 @@ pub fn write_seed(out: &mut Vec<u8>, s: &SeedRecord) -> serde_json::Result<()> {
     Ok(())
 }
 
-pub fn write_lost(out: &mut Vec<u8>, ts_ns: u64, count: u64) {
+pub(crate) fn write_lost(out: &mut Vec<u8>, ts_ns: u64, count: u64) {
     out.extend_from_slice(format!("{{\"k\":\"lost\",\"ts\":{ts_ns},\"count\":{count}}}\n").as_bytes());
 }
 
-pub fn write_resync(out: &mut Vec<u8>, ts_ns: u64, lost: u64, netns: u32) {
+pub(crate) fn write_resync(out: &mut Vec<u8>, ts_ns: u64, lost: u64, netns: u32) {
     out.extend_from_slice(
         format!("{{\"k\":\"resync\",\"ts\":{ts_ns},\"lost\":{lost},\"netns\":{netns}}}\n").as_bytes(),
     );
 }
 
-pub fn write_end(out: &mut Vec<u8>, ts_ns: u64, received: u64, lost: u64) {
+pub(crate) fn write_end(out: &mut Vec<u8>, ts_ns: u64, received: u64, lost: u64) {
     out.extend_from_slice(
         format!("{{\"k\":\"end\",\"ts\":{ts_ns},\"received\":{received},\"lost\":{lost}}}\n").as_bytes(),
     );
 }
 
-pub const SEEDS_DONE: &[u8] = b"{\"k\":\"seeds_done\"}\n";
+pub(crate) const SEEDS_DONE: &[u8] = b"{\"k\":\"seeds_done\"}\n";
 
 #[cfg(test)]
 pub(crate) mod tests {
@@ -485,8 +511,8 @@ pub(crate) mod tests {
         let seed = SeedRecord {
             inode: 9,
             peer: Some(0),
-            sock_type: "stream".into(),
-            state: "established".into(),
+            sock_type: SockType::Stream,
+            state: KernelState::Established,
             path: Some("@abs".into()),
             netns: 1,
             uid: Some(0),
@@ -508,6 +534,27 @@ pub(crate) mod tests {
                 Record::Seed(seed)
             ]
         );
+    }
+
+    #[test]
+    fn seed_types_and_states_keep_their_text_and_refuse_others() {
+        let seed = |ty: &str, state: &str| {
+            format!(
+                r#"{{"k":"seed","seed":{{"inode":1,"peer":null,"type":"{ty}","state":"{state}","path":null,"netns":1,"holders":[]}}}}"#
+            )
+        };
+        for (ty, state) in [("stream", "established"), ("dgram", "close"), ("seqpacket", "listen"), ("type9", "12")] {
+            let line = seed(ty, state);
+            let Ok(Record::Seed(s)) = parse_record(line.as_bytes()) else { panic!("{line}") };
+            let mut out = Vec::new();
+            write_seed(&mut out, &s).unwrap();
+            let back = String::from_utf8(out).unwrap();
+            assert!(back.contains(&format!(r#""type":"{ty}","state":"{state}""#)), "{back}");
+        }
+        let err = parse_record(seed("stream", "sleepy").as_bytes()).unwrap_err();
+        assert!(err.contains(r#"unknown socket state "sleepy""#), "{err}");
+        let err = parse_record(seed("carrier-pigeon", "listen").as_bytes()).unwrap_err();
+        assert!(err.contains(r#"unknown socket type "carrier-pigeon""#), "{err}");
     }
 
     #[test]

@@ -3,13 +3,13 @@
 //! them. The file format is in docs/timeline-format.md.
 
 pub mod cmd;
-pub mod conns;
-pub mod export;
+pub(crate) mod conns;
+pub(crate) mod export;
 pub mod format;
 pub mod reader;
-pub mod replay;
-pub mod summary;
-pub mod time;
+pub(crate) mod replay;
+pub(crate) mod summary;
+pub(crate) mod time;
 pub mod writer;
 
 use std::path::PathBuf;
@@ -17,9 +17,9 @@ use std::path::PathBuf;
 use crate::output::escape;
 
 /// The format version this build writes and the only one it reads.
-pub const FORMAT_VERSION: u32 = 1;
+pub(crate) const FORMAT_VERSION: u32 = 1;
 /// The value of the header's `format` key: tells a timeline from any other JSON.
-pub const FORMAT_NAME: &str = "unixtrace-timeline";
+pub(crate) const FORMAT_NAME: &str = "unixtrace-timeline";
 
 /// Where in a file something went wrong: a line of the (decompressed) JSON
 /// Lines text, or a byte offset in the compressed file.

@@ -30,7 +30,7 @@ pub struct Reader {
     cut_frame: Rc<Cell<Option<(u64, usize)>>>,
     warnings: Vec<String>,
     finished: bool,
-    pub saw_end: bool,
+    pub(crate) saw_end: bool,
 }
 
 impl Reader {
@@ -44,7 +44,7 @@ impl Reader {
     }
 
     /// Reads from any source; `path` only names it in messages.
-    pub fn from_reader(path: &Path, mut input: impl Read + 'static) -> Result<Self, TimelineError> {
+    pub(crate) fn from_reader(path: &Path, mut input: impl Read + 'static) -> Result<Self, TimelineError> {
         let cut_frame = Rc::new(Cell::new(None));
         let mut head = [0u8; 4];
         let got = read_up_to(&mut input, &mut head).map_err(|source| TimelineError::Read {
@@ -189,22 +189,17 @@ impl Reader {
     }
 
     /// What the user should hear about but that did not stop the reading.
-    pub fn take_warnings(&mut self) -> Vec<String> {
+    pub(crate) fn take_warnings(&mut self) -> Vec<String> {
         std::mem::take(&mut self.warnings)
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
     /// Whether the end of what the file holds was reached.
-    pub fn at_end(&self) -> bool {
+    pub(crate) fn at_end(&self) -> bool {
         self.finished
-    }
-
-    /// The line of the record last returned.
-    pub fn line(&self) -> u64 {
-        self.line
     }
 }
 

@@ -20,7 +20,7 @@ use crate::{
 };
 
 /// One thing a replay produces, in recorded order.
-pub enum Step<'a> {
+pub(crate) enum Step<'a> {
     Event(&'a Resolved),
     Lost {
         ts_ns: u64,
@@ -30,29 +30,29 @@ pub enum Step<'a> {
     Resync(&'a ResyncRecord),
 }
 
-pub struct Replay {
-    pub reader: Reader,
-    pub tracker: Tracker,
+pub(crate) struct Replay {
+    pub(crate) reader: Reader,
+    pub(crate) tracker: Tracker,
     /// Snapshot rows by inode: what the live model does not keep.
     rows: HashMap<u64, SeedRecord>,
     /// A record read ahead while looking for the end of the seeds or of `--at`.
     ahead: Option<Record>,
     /// Sockets seen closing: a peer pointing at one of them is gone.
     closed: HashSet<u64>,
-    pub events: u64,
+    pub(crate) events: u64,
     /// Time of the last record read: where the recording ends so far.
-    pub last_ts: u64,
+    pub(crate) last_ts: u64,
     /// What the model resolved from one record, reused.
     resolved: Vec<Resolved>,
 }
 
 impl Replay {
     /// Opens the file and loads its seeds into a fresh model.
-    pub fn open(path: &Path) -> Result<Self, TimelineError> {
+    pub(crate) fn open(path: &Path) -> Result<Self, TimelineError> {
         Self::from_reader(Reader::open(path)?)
     }
 
-    pub fn from_reader(reader: Reader) -> Result<Self, TimelineError> {
+    pub(crate) fn from_reader(reader: Reader) -> Result<Self, TimelineError> {
         let tracker = Tracker::new(reader.header.infer_release_on_exit);
         let last_ts = reader.header.start_mono_ns;
         let mut r = Self {
@@ -87,7 +87,7 @@ impl Replay {
 
     /// Applies records in order, handing each resolved event to `f`, and
     /// stops before the first event later than `until`.
-    pub fn run<E: From<TimelineError>>(
+    pub(crate) fn run<E: From<TimelineError>>(
         &mut self,
         until: Option<u64>,
         f: &mut dyn FnMut(Step<'_>) -> Result<(), E>,
@@ -183,13 +183,13 @@ impl Replay {
     }
 
     /// Whether every record was applied.
-    pub fn exhausted(&self) -> bool {
+    pub(crate) fn exhausted(&self) -> bool {
         self.ahead.is_none() && self.reader.at_end()
     }
 
     /// The connection table as the model knows it now, in the snapshot's
     /// shape so it prints like a snapshot.
-    pub fn model(&self) -> Model {
+    pub(crate) fn model(&self) -> Model {
         let views = self.tracker.sockets();
         let live: HashSet<u64> = views.iter().map(|v| v.inode).collect();
         let listeners: HashMap<(u32, &str), u64> = views
@@ -202,10 +202,7 @@ impl Replay {
         let mut sockets = Vec::with_capacity(views.len());
         for v in &views {
             let row = self.rows.get(&v.inode);
-            let sock_type = v
-                .sock_type
-                .or_else(|| row.and_then(|r| super::format::parse_sock_type(&r.sock_type)))
-                .unwrap_or(SockType::Other(0));
+            let sock_type = v.sock_type.or_else(|| row.map(|r| r.sock_type)).unwrap_or(SockType::Other(0));
             let (state, peer) = if v.listening {
                 (KernelState::Listen, None)
             } else if v.pending {
@@ -269,8 +266,8 @@ pub(crate) mod tests {
         let seed = SeedRecord {
             inode: 100,
             peer: None,
-            sock_type: "stream".into(),
-            state: "listen".into(),
+            sock_type: SockType::Stream,
+            state: crate::model::KernelState::Listen,
             path: Some("/run/app.sock".into()),
             netns: 1,
             uid: Some(0),

@@ -29,7 +29,7 @@ type Busy<'a> = (&'a Proc, u64, Vec<(&'a Proc, u64)>);
 /// How many busiest processes to list.
 const BUSIEST: usize = 10;
 
-pub fn write(out: &mut impl Write, conns: &Conns, json_out: bool) -> io::Result<()> {
+pub(crate) fn write(out: &mut impl Write, conns: &Conns, json_out: bool) -> io::Result<()> {
     let mut groups: BTreeMap<Key, Group> = BTreeMap::new();
     let mut per_proc: HashMap<&Proc, HashMap<&Proc, u64>> = HashMap::new();
     for c in &conns.list {
@@ -135,7 +135,7 @@ fn stats(v: &mut [u64]) -> (Option<u64>, Option<u64>, Option<u64>) {
 }
 
 /// A duration people can read at a glance: `850ns`, `12.3us`, `4.56ms`, `1.20s`.
-pub fn span(ns: Option<u64>) -> String {
+pub(crate) fn span(ns: Option<u64>) -> String {
     let Some(ns) = ns else { return "-".into() };
     match ns {
         0..1_000 => format!("{ns}ns"),

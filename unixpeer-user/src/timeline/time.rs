@@ -42,7 +42,7 @@ impl FromStr for TimeSpec {
 
 impl TimeSpec {
     /// The instant on the recording's monotonic clock (what event times use).
-    pub fn resolve(&self, h: &Header) -> u64 {
+    pub(crate) fn resolve(&self, h: &Header) -> u64 {
         let wall = match *self {
             Self::Relative(ns) => h.start_wall_ns + ns,
             Self::Absolute(ns) => ns,

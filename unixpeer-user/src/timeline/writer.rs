@@ -93,13 +93,13 @@ impl TimelineWriter {
         }
     }
 
-    pub fn lost(&mut self, ts_ns: u64, count: u64) {
+    pub(crate) fn lost(&mut self, ts_ns: u64, count: u64) {
         self.lost += count;
         format::write_lost(&mut self.buf, ts_ns, count);
     }
 
     /// The seeds of the check (`seeds`) follow.
-    pub fn resync(&mut self, ts_ns: u64, lost: u64, netns: u32) {
+    pub(crate) fn resync(&mut self, ts_ns: u64, lost: u64, netns: u32) {
         format::write_resync(&mut self.buf, ts_ns, lost, netns);
     }
 
@@ -155,7 +155,7 @@ impl Drop for TimelineWriter {
 
 /// Creates `path` with mode 0600: recordings and their pictures name
 /// processes and paths. An existing file is only replaced with `force`.
-pub fn create_private(path: &Path, force: bool) -> Result<File, TimelineError> {
+pub(crate) fn create_private(path: &Path, force: bool) -> Result<File, TimelineError> {
     let mut opts = OpenOptions::new();
     opts.write(true).mode(0o600);
     if force {

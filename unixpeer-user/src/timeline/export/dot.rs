@@ -8,7 +8,7 @@ use std::io::{self, Write};
 use super::super::conns::{ConnKind, Conns};
 use crate::output::escape;
 
-pub fn write(out: &mut impl Write, conns: &Conns) -> io::Result<()> {
+pub(crate) fn write(out: &mut impl Write, conns: &Conns) -> io::Result<()> {
     // (client, server, label) -> (connections, failed)
     let mut edges: BTreeMap<(String, String, String), (u64, u64)> = BTreeMap::new();
     let mut pids: BTreeMap<String, Vec<u32>> = BTreeMap::new();

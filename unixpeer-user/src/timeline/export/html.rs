@@ -49,7 +49,7 @@ struct Mark {
     errno: i32,
 }
 
-pub fn write(out: &mut impl Write, conns: &Conns, title: &str) -> io::Result<()> {
+pub(crate) fn write(out: &mut impl Write, conns: &Conns, title: &str) -> io::Result<()> {
     // The title names the recording and its host, both read from outside.
     let title = escape::escaped(title);
     let us = |ns: u64| ns.saturating_sub(conns.start_ns) as f64 / 1e3;

@@ -5,9 +5,9 @@
 //! the terminal (`\xNN`), then quoted as each format needs; only `--json`
 //! carries exact values.
 
-pub mod dot;
-pub mod html;
-pub mod perfetto;
+pub(crate) mod dot;
+pub(crate) mod html;
+pub(crate) mod perfetto;
 
 use std::io::{self, Write};
 
@@ -24,7 +24,7 @@ pub enum Format {
     Html,
 }
 
-pub fn write(out: &mut impl Write, conns: &Conns, format: Format, title: &str) -> io::Result<()> {
+pub(crate) fn write(out: &mut impl Write, conns: &Conns, format: Format, title: &str) -> io::Result<()> {
     match format {
         Format::Dot => dot::write(out, conns),
         Format::Perfetto => perfetto::write(out, conns),
@@ -34,7 +34,7 @@ pub fn write(out: &mut impl Write, conns: &Conns, format: Format, title: &str) -
 
 /// What a connection is called where it is drawn: its name (escaped like
 /// any name in a picture for people), or how it was made.
-pub fn label(c: &Conn) -> String {
+pub(crate) fn label(c: &Conn) -> String {
     match (&c.path, c.kind) {
         (Some(p), _) => escape::escaped(p).into_owned(),
         (None, ConnKind::Socketpair) => "(socketpair)".into(),
@@ -43,7 +43,7 @@ pub fn label(c: &Conn) -> String {
 }
 
 /// A stable colour per name, so one path keeps its colour across exports.
-pub fn colour(name: &str) -> String {
+pub(crate) fn colour(name: &str) -> String {
     // FNV-1a: stable across runs and Rust versions, unlike the std hasher.
     let mut h: u32 = 0x811c_9dc5;
     for b in name.bytes() {

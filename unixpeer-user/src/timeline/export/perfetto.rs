@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use super::super::conns::{ConnKind, Conns};
 use crate::output::escape;
 
-pub fn write(out: &mut impl Write, conns: &Conns) -> io::Result<()> {
+pub(crate) fn write(out: &mut impl Write, conns: &Conns) -> io::Result<()> {
     let us = |ns: u64| ns.saturating_sub(conns.start_ns) as f64 / 1e3;
     let mut events: Vec<Value> = Vec::new();
     let mut named = std::collections::BTreeMap::new();
