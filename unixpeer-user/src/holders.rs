@@ -14,15 +14,29 @@ use std::os::unix::io::{AsRawFd, FromRawFd, OwnedFd};
 
 use unixpeer_common::{TASK_COMM_LEN, TaskSocketFd};
 
-/// One file descriptor of one process that refers to a socket.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+/// One file descriptor of one process that refers to a socket: in the
+/// snapshot, in the live model and in recordings alike.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Holder {
     /// Thread group id.
     pub(crate) pid: u32,
     /// None when it is not known: a holder the live model learnt of from a
-    /// kernel function that has no fd (fentry/kprobe connect), replayed.
+    /// kernel function that has no fd (fentry/kprobe connect).
     pub(crate) fd: Option<u32>,
     pub(crate) comm: Comm,
+}
+
+impl Holder {
+    /// A holder as an event names it: the kernel's `int` fd, where a
+    /// negative one means none.
+    pub(crate) fn of(pid: u32, comm: Comm, fd: Option<i32>) -> Self {
+        Holder { pid, comm, fd: fd.and_then(|f| u32::try_from(f).ok()) }
+    }
+
+    /// The fd as events carry it.
+    pub(crate) fn event_fd(&self) -> Option<i32> {
+        self.fd.and_then(|f| i32::try_from(f).ok())
+    }
 }
 
 /// A task's comm, inline: tens of thousands of holders must not mean tens

@@ -237,7 +237,7 @@ pub(crate) fn write_text(out: &mut Vec<u8>, r: &Resolved, clock: &Clock, wall: b
     pad_to(out, col, 14);
     out.push(b' ');
     col = out.len();
-    push_holder(out, &Holder { pid: e.pid, comm: e.comm, fd: e.fd });
+    push_holder(out, &Holder::of(e.pid, e.comm, e.fd));
     if e.kind == EventKind::Socketpair
         && let Some(fd) = e.peer_fd
     {
@@ -304,7 +304,8 @@ pub(crate) fn write_json(out: &mut Vec<u8>, r: &Resolved, clock: &Clock) {
     int(out, ",\"netns\":", e.netns);
     opt_str(out, ",\"path\":", e.path.as_deref());
     opt_str(out, ",\"peer_comm\":", peer_comm.as_deref());
-    opt_int(out, ",\"peer_fd\":", if e.kind == EventKind::Socketpair { e.peer_fd } else { peer_fd });
+    let peer_fd = if e.kind == EventKind::Socketpair { e.peer_fd.map(i64::from) } else { peer_fd.map(i64::from) };
+    opt_int(out, ",\"peer_fd\":", peer_fd);
     match peer_holders {
         Some(hs) => {
             out.extend_from_slice(b",\"peer_holders\":[");

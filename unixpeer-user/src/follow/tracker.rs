@@ -16,13 +16,7 @@ use crate::{
     holders::Comm,
 };
 
-/// One process holding a socket through one fd.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub(crate) struct Holder {
-    pub(crate) pid: u32,
-    pub(crate) comm: Comm,
-    pub(crate) fd: Option<i32>,
-}
+pub(crate) use crate::holders::Holder;
 
 /// Almost every socket has one holder: kept inline, no allocation.
 pub(crate) type Holders = smallvec::SmallVec<[Holder; 1]>;
@@ -259,6 +253,7 @@ impl Tracker {
     }
 
     fn drop_holder(&mut self, inode: u64, pid: u32, fd: Option<i32>) {
+        let fd = fd.and_then(|f| u32::try_from(f).ok());
         if let Some(s) = self.socks.get_mut(&inode) {
             // An fd the kernel could not name (close_range, close-on-exec,
             // io_uring) is one of the process's fds: drop one, the unnamed
@@ -475,7 +470,7 @@ impl Tracker {
         close.ts_ns = now_ns.max(close.ts_ns);
         close.inferred = Some(Inferred::ReleasedLater);
         if let Some(s) = self.socks.get_mut(&inode) {
-            s.holders.push(Holder { pid: close.pid, comm: close.comm, fd: close.fd });
+            s.holders.push(Holder::of(close.pid, close.comm, close.fd));
         }
         self.apply(close, out);
     }
@@ -513,7 +508,7 @@ impl Tracker {
                 let mut close = e.clone();
                 close.kind = EventKind::Close;
                 close.inode = Some(inode);
-                close.fd = fd;
+                close.fd = fd.and_then(|f| i32::try_from(f).ok());
                 close.netns = s.netns;
                 close.sock_type = s.sock_type.unwrap_or(close.sock_type);
                 close.inferred = Some(Inferred::Exit);
@@ -559,7 +554,7 @@ impl Tracker {
         }
         // unix_release_sock does not know the fd; the model does.
         if e.fd.is_none() {
-            e.fd = sock.as_ref().and_then(|s| s.holders.iter().find(|h| h.pid == e.pid)).and_then(|h| h.fd);
+            e.fd = sock.as_ref().and_then(|s| s.holders.iter().find(|h| h.pid == e.pid)).and_then(Holder::event_fd);
         }
         if let Some(s) = sock {
             if s.listener
@@ -585,7 +580,7 @@ impl Tracker {
 
 /// The process an event is about, holding `fd`.
 fn actor(e: &Event, fd: Option<i32>) -> Holder {
-    Holder { pid: e.pid, comm: e.comm, fd }
+    Holder::of(e.pid, e.comm, fd)
 }
 
 #[cfg(test)]

@@ -150,7 +150,7 @@ impl Builder {
             client: Proc { pid: e.pid, comm: e.comm.to_str().into_owned() },
             client_fd: e.fd,
             server: peer.map(proc_of),
-            server_fd: peer.and_then(|h| h.fd),
+            server_fd: peer.and_then(Holder::event_fd),
             path: e.path.as_deref().map(str::to_owned),
             start_ns: e.ts_ns,
             end_ns: (kind == ConnKind::Failed).then_some(e.ts_ns),

@@ -11,7 +11,6 @@ use super::{FORMAT_NAME, FORMAT_VERSION};
 use crate::events::Inferred;
 use crate::events::{Event, SockType, event_name};
 use crate::follow::{Holder, SeedSocket};
-use crate::holders::Holder as SnapHolder;
 use crate::model::{KernelState, Model, SockName, Socket, Vfs};
 use crate::output::jsonw::{int, json_str};
 
@@ -111,11 +110,7 @@ impl SeedRecord {
                 icons: s.icons.to_vec(),
                 shutdown: s.shutdown,
                 vfs: s.vfs.map(|v| (v.dev, v.ino)),
-                holders: model
-                    .holders(s.inode)
-                    .iter()
-                    .map(|h| Holder { pid: h.pid, comm: h.comm, fd: h.fd.and_then(|fd| i32::try_from(fd).ok()) })
-                    .collect(),
+                holders: model.holders(s.inode).to_vec(),
             })
             .collect()
     }
@@ -156,12 +151,6 @@ impl SeedRecord {
             netns: self.netns,
         }
     }
-}
-
-/// A live holder in the snapshot's shape; an fd the model does not know
-/// stays unknown.
-pub(crate) fn snap_holder(h: &Holder) -> SnapHolder {
-    SnapHolder { pid: h.pid, fd: h.fd.and_then(|fd| u32::try_from(fd).ok()), comm: h.comm }
 }
 
 pub(crate) fn parse_name(s: &str) -> SockName {

@@ -9,7 +9,7 @@ use unixpeer_common::EventKind;
 
 use super::{
     TimelineError,
-    format::{Record, SeedRecord, parse_name, snap_holder},
+    format::{Record, SeedRecord, parse_name},
     reader::Reader,
 };
 use crate::{
@@ -234,7 +234,7 @@ impl Replay {
                 vfs: row.and_then(|r| r.socket().vfs),
                 netns: u64::from(v.netns),
             });
-            holders.insert(v.inode, v.holders.iter().map(snap_holder).collect());
+            holders.insert(v.inode, v.holders.iter().copied().collect());
         }
         for s in &mut sockets {
             if let Some(list) = icons.remove(&s.inode) {
