@@ -72,9 +72,7 @@ fn run(stream: &Path, outputs: &[String], scratch: &Path) -> Result<()> {
         let writer = writer.map(std::cell::RefCell::new);
         let mut recorder = writer.as_ref();
         let mut tracker = Tracker::new(infer);
-        for s in SeedRecord::seeds(&seeds) {
-            tracker.seed(s);
-        }
+        tracker.seed(&SeedRecord::model(&seeds));
         let devnull = BufWriter::with_capacity(1 << 16, File::create("/dev/null")?);
         let clock = unixpeer_user::follow::render::Clock::now();
         let filter = |_: &unixpeer_user::follow::Resolved| true;

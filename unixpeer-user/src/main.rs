@@ -13,13 +13,12 @@ use unixpeer_user::capture::{
 };
 use unixpeer_user::cli::{Args, Command, HolderChoice};
 use unixpeer_user::filter::Filter;
-use unixpeer_user::follow::SeedSocket;
 use unixpeer_user::follow::{self, FollowOptions, Hooks, Recorder, SnapshotPurpose};
 use unixpeer_user::holders::{HolderSource, ProcScan};
 use unixpeer_user::model::Model;
 use unixpeer_user::output::{self, OutputError, escape};
 use unixpeer_user::snapshot::{self, Snapshot};
-use unixpeer_user::timeline::{self, format::SeedRecord, writer::TimelineWriter};
+use unixpeer_user::timeline::{self, writer::TimelineWriter};
 
 fn main() -> ExitCode {
     // One malloc arena: the snapshot attributes holders on one thread while
@@ -118,7 +117,7 @@ fn follow_main(args: &Args) -> anyhow::Result<()> {
     let writer = args.write.as_deref().map(|p| TimelineWriter::create(p, args.force)).transpose()?.map(RefCell::new);
     let filter = filter_from(args);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the runtime")?;
-    let mut take_snapshot = |purpose, records: Result<Vec<_>, String>| -> Result<Vec<SeedSocket>, String> {
+    let mut take_snapshot = |purpose, records: Result<Vec<_>, String>| -> Result<Model, String> {
         let mut source: Box<dyn HolderSource + Send> = match records {
             Ok(records) => Box::new(Precomputed { records, why: "BPF iter/task_file of the running capture".into() }),
             Err(why) => Box::new(ProcScan { why: format!("BPF task_file iterator failed ({why})") }),
@@ -131,7 +130,7 @@ fn follow_main(args: &Args) -> anyhow::Result<()> {
         if initial && !args.quiet {
             print_snapshot(args, &snap).map_err(|e| format!("{e:#}"))?;
         }
-        Ok(seeds(&snap.model))
+        Ok(snap.model)
     };
     let mut recorder = writer.as_ref();
     let hooks = Hooks {
@@ -172,12 +171,6 @@ fn replay_main(args: &Args, path: &Path) -> anyhow::Result<()> {
 
 fn single<T: Clone>(v: &[T]) -> Option<T> {
     if v.len() == 1 { v.first().cloned() } else { None }
-}
-
-/// The snapshot as the live model's starting point: the same conversion a
-/// replay makes from the recorded seeds, so both build the same model.
-fn seeds(model: &Model) -> Vec<SeedSocket> {
-    SeedRecord::seeds(&SeedRecord::from_model(model))
 }
 
 fn filter_from(args: &Args) -> Filter {

@@ -210,9 +210,9 @@ impl<'a, W: Write> Consumer<'a, W> {
     /// Accepts still waiting for a connect stop waiting first, so that a
     /// replay of the recording, which does the same at the resync record,
     /// ends up with the same model.
-    pub(crate) fn resync(&mut self, seeds: Vec<crate::follow::SeedSocket>, netns: u32) -> (u64, u64) {
+    pub(crate) fn resync(&mut self, kernel: &crate::model::Model, netns: u32) -> (u64, u64) {
         self.finish();
-        self.tracker.resync(seeds, netns)
+        self.tracker.resync(kernel, netns)
     }
 
     /// Says that the model was checked against the kernel, and what changed.

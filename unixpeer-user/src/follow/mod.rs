@@ -25,8 +25,9 @@ use self::resync::Resync;
 pub(crate) use self::tracker::{Holder, Peer};
 pub use self::{
     consumer::Consumer,
-    tracker::{Resolved, SeedSocket, Tracker},
+    tracker::{Resolved, Tracker},
 };
+use crate::model::Model;
 use crate::{
     capture::{Capture, CaptureError, CaptureOptions, Chosen},
     events::Event,
@@ -66,9 +67,9 @@ pub enum FollowError {
 pub(crate) type RecorderError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Takes a snapshot from the iterator's records (or why they could not be
-/// had) and returns it as seeds for the model.
+/// had): the model's starting point, or what it is checked against.
 pub(crate) type SnapshotHook<'a> =
-    dyn FnMut(SnapshotPurpose, Result<Vec<TaskSocketFd>, String>) -> Result<Vec<SeedSocket>, String> + 'a;
+    dyn FnMut(SnapshotPurpose, Result<Vec<TaskSocketFd>, String>) -> Result<Model, String> + 'a;
 
 /// Gets every raw event before the model does (`-w`), so that a replay
 /// rebuilds the same model.
@@ -145,9 +146,7 @@ pub async fn run<'a>(opts: &'a FollowOptions, hooks: Hooks<'a>) -> Result<Follow
     }
     let mut tracker = Tracker::new(infer);
     let records = capture.task_socket_fds().map_err(|e| e.to_string());
-    for s in snapshot(SnapshotPurpose::Initial, records).map_err(FollowError::Snapshot)? {
-        tracker.seed(s);
-    }
+    tracker.seed(&snapshot(SnapshotPurpose::Initial, records).map_err(FollowError::Snapshot)?);
     if opts.verbose > 0 {
         eprintln!("unixtrace: backend {} ({})", capture.chosen.backend, capture.chosen.why);
         eprintln!("unixtrace: ring buffer {}", capture.buffer_size_text());

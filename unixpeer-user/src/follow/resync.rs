@@ -51,8 +51,8 @@ impl<'h> Resync<'h> {
             r.resync(ts_ns, lost, netns);
         }
         let records = capture.task_socket_fds().map_err(|e| e.to_string());
-        let seeds = match (self.snapshot)(SnapshotPurpose::Resync, records) {
-            Ok(seeds) => seeds,
+        let kernel = match (self.snapshot)(SnapshotPurpose::Resync, records) {
+            Ok(kernel) => kernel,
             Err(e) => {
                 // The recording's resync record has no seeds after it: a
                 // replay leaves its model as it was, as this one stays.
@@ -60,7 +60,7 @@ impl<'h> Resync<'h> {
                 return Ok(());
             }
         };
-        let (gone, found) = sink.resync(seeds, netns);
+        let (gone, found) = sink.resync(&kernel, netns);
         let record = ResyncRecord { ts_ns, lost, netns, gone, found, sockets: sink.tracker.sockets_len() as u64 };
         sink.resynced(&record)?;
         Ok(())

@@ -14,6 +14,7 @@ use crate::events::SockType;
 use crate::{
     events::{Event, Inferred},
     holders::Comm,
+    model::{KernelState, Model, Socket},
 };
 
 pub(crate) use crate::holders::Holder;
@@ -29,18 +30,6 @@ struct Sock {
     listener: bool,
     netns: u32,
     sock_type: Option<crate::model::SockType>,
-}
-
-/// What a socket looked like in the snapshot, to seed the model.
-#[derive(Clone, Debug)]
-pub struct SeedSocket {
-    pub(crate) inode: u64,
-    pub(crate) peer_inode: Option<u64>,
-    pub(crate) path: Option<String>,
-    pub(crate) listening: bool,
-    pub(crate) netns: u32,
-    pub(crate) sock_type: crate::model::SockType,
-    pub(crate) holders: Vec<Holder>,
 }
 
 /// One socket as the model knows it at some instant.
@@ -127,21 +116,35 @@ impl Tracker {
         Self { infer_release_on_exit, ..Self::default() }
     }
 
-    pub fn seed(&mut self, s: SeedSocket) {
-        if s.listening
-            && let Some(path) = &s.path
-        {
-            self.listeners.insert(s.netns, path, s.inode);
+    /// The snapshot (taken live, or read back from a recording) as the
+    /// model's starting point.
+    pub fn seed(&mut self, snapshot: &Model) {
+        for s in snapshot.sockets() {
+            self.seed_socket(snapshot, s);
         }
-        for h in &s.holders {
+    }
+
+    /// A connection's name is this end's, else its peer's: a client is
+    /// usually unbound and its peer carries the server's name.
+    fn seed_socket(&mut self, snapshot: &Model, s: &Socket) {
+        let name = s.name.as_ref().or_else(|| snapshot.get(s.peer_inode()?)?.name.as_ref());
+        let path: Option<std::sync::Arc<str>> = name.map(|n| n.to_string().into());
+        let listener = s.state == KernelState::Listen;
+        // Network namespaces are inode numbers, which the kernel keeps in 32 bits.
+        let netns = s.netns as u32;
+        if listener && let Some(path) = &path {
+            self.listeners.insert(netns, path, s.inode);
+        }
+        let holders = snapshot.holders(s.inode);
+        for h in holders {
             self.by_pid.entry(h.pid).or_default().insert(s.inode);
         }
         let sock = Sock {
-            holders: s.holders.into(),
-            peer_inode: s.peer_inode,
-            path: s.path.map(Into::into),
-            listener: s.listening,
-            netns: s.netns,
+            holders: holders.iter().copied().collect(),
+            peer_inode: s.peer_inode(),
+            path,
+            listener,
+            netns,
             sock_type: Some(s.sock_type),
         };
         self.socks.insert(s.inode, sock);
@@ -152,16 +155,13 @@ impl Tracker {
     /// longer has leave without a line (their close was lost), the others
     /// take the kernel's holders and peers. Returns how many left and how
     /// many the model had missed.
-    pub(crate) fn resync(&mut self, seeds: Vec<SeedSocket>, netns: u32) -> (u64, u64) {
-        let kernel: HashSet<u64> = seeds.iter().map(|s| s.inode).collect();
+    pub(crate) fn resync(&mut self, kernel: &Model, netns: u32) -> (u64, u64) {
         let before = self.socks.len();
-        self.socks.retain(|inode, s| s.netns != netns || kernel.contains(inode));
+        self.socks.retain(|inode, s| s.netns != netns || kernel.get(*inode).is_some());
         let gone = (before - self.socks.len()) as u64;
-        let found = seeds.iter().filter(|s| !self.socks.contains_key(&s.inode)).count() as u64;
-        self.listeners.retain(|n, inode| n != netns || kernel.contains(&inode));
-        for s in seeds {
-            self.seed(s);
-        }
+        let found = kernel.sockets().filter(|s| !self.socks.contains_key(&s.inode)).count() as u64;
+        self.listeners.retain(|n, inode| n != netns || kernel.get(inode).is_some());
+        self.seed(kernel);
         // Holders come from the kernel now: rebuild who holds what.
         self.by_pid.clear();
         for (inode, s) in &self.socks {
@@ -798,16 +798,8 @@ mod tests {
     fn a_resync_keeps_the_embryo_of_a_client_that_closed_before_the_accept() {
         let mut t = client_connected_and_gone(0);
         // Lost events elsewhere; the kernel still has the listener only.
-        let listener = SeedSocket {
-            inode: 100,
-            peer_inode: None,
-            path: Some("/run/s.sock".into()),
-            listening: true,
-            netns: 1,
-            sock_type: SockType::Stream,
-            holders: vec![Holder { pid: 10, comm: "server".into(), fd: Some(3) }],
-        };
-        t.resync(vec![listener], 1);
+        let server = Holder { pid: 10, comm: "server".into(), fd: Some(3) };
+        t.resync(&snapshot(vec![(100, KernelState::Listen, None, Some("/run/s.sock"), server)]), 1);
         late_accept(&mut t);
     }
 
@@ -851,28 +843,42 @@ mod tests {
         assert_eq!(t.graveyard.len(), 3);
     }
 
+    /// (inode, state, peer, name, holder)
+    type Row<'a> = (u64, KernelState, Option<u64>, Option<&'a str>, Holder);
+
+    /// A snapshot of stream sockets in netns 1, one holder each.
+    fn snapshot(sockets: Vec<Row<'_>>) -> Model {
+        let mut holders = crate::holders::HolderMap::new();
+        let sockets = sockets
+            .into_iter()
+            .map(|(inode, state, peer, name, holder)| {
+                holders.insert(inode, smallvec::smallvec![holder]);
+                Socket {
+                    inode,
+                    sock_type: SockType::Stream,
+                    state,
+                    name: name.map(|n| crate::model::SockName::path(n.as_bytes())),
+                    peer,
+                    icons: Box::default(),
+                    rqlen: None,
+                    shutdown: 0,
+                    uid: None,
+                    vfs: None,
+                    netns: 1,
+                }
+            })
+            .collect();
+        Model::new(sockets, holders)
+    }
+
     #[test]
     fn seeded_sockets_resolve_close_of_a_connection_from_before_start() {
         let mut t = Tracker::new(true);
         let h = |pid, comm: &str| Holder { pid, comm: comm.into(), fd: Some(4) };
-        t.seed(SeedSocket {
-            inode: 1,
-            peer_inode: Some(2),
-            path: None,
-            listening: false,
-            netns: 1,
-            sock_type: SockType::Stream,
-            holders: vec![h(5, "a")],
-        });
-        t.seed(SeedSocket {
-            inode: 2,
-            peer_inode: Some(1),
-            path: None,
-            listening: false,
-            netns: 1,
-            sock_type: SockType::Stream,
-            holders: vec![h(6, "b")],
-        });
+        t.seed(&snapshot(vec![
+            (1, KernelState::Established, Some(2), None, h(5, "a")),
+            (2, KernelState::Established, Some(1), None, h(6, "b")),
+        ]));
         let r = one(&mut t, ev(EventKind::Close, 5, "a", 1, 0));
         assert_eq!(r.peer, Peer::Holders(smallvec::smallvec![h(6, "b")]));
     }

@@ -10,7 +10,7 @@ use unixpeer_common::EventKind;
 use super::{FORMAT_NAME, FORMAT_VERSION};
 use crate::events::Inferred;
 use crate::events::{Event, SockType, event_name};
-use crate::follow::{Holder, SeedSocket};
+use crate::follow::Holder;
 use crate::model::{KernelState, Model, SockName, Socket, Vfs};
 use crate::output::jsonw::{int, json_str};
 
@@ -115,25 +115,11 @@ impl SeedRecord {
             .collect()
     }
 
-    /// The live model's starting point, exactly as `--follow` seeds it.
-    /// The connection's name is this end's, else its peer's: a client is
-    /// usually unbound and its peer carries the server's name.
-    pub(crate) fn seed(&self, peer_path: Option<&str>) -> SeedSocket {
-        SeedSocket {
-            inode: self.inode,
-            peer_inode: self.peer.filter(|&p| p != 0),
-            path: self.path.clone().or_else(|| peer_path.map(str::to_owned)),
-            listening: self.state == KernelState::Listen,
-            netns: self.netns as u32,
-            sock_type: self.sock_type,
-            holders: self.holders.clone(),
-        }
-    }
-
-    pub fn seeds(records: &[SeedRecord]) -> Vec<SeedSocket> {
-        let paths: std::collections::HashMap<u64, &str> =
-            records.iter().filter_map(|r| Some((r.inode, r.path.as_deref()?))).collect();
-        records.iter().map(|r| r.seed(r.peer.and_then(|p| paths.get(&p).copied()))).collect()
+    /// The snapshot a recording starts with (or checked the model against
+    /// after lost events), as it was taken.
+    pub fn model(records: &[SeedRecord]) -> Model {
+        let holders = records.iter().map(|r| (r.inode, r.holders.iter().copied().collect())).collect();
+        Model::new(records.iter().map(SeedRecord::socket).collect(), holders)
     }
 
     pub(crate) fn socket(&self) -> Socket {

@@ -76,9 +76,7 @@ impl Replay {
                 }
             }
         }
-        for s in SeedRecord::seeds(&seeds) {
-            r.tracker.seed(s);
-        }
+        r.tracker.seed(&SeedRecord::model(&seeds));
         for s in seeds {
             r.rows.insert(s.inode, s);
         }
@@ -174,7 +172,7 @@ impl Replay {
         }
         let mut released = Vec::new();
         self.tracker.finish(&mut released);
-        let (gone, found) = self.tracker.resync(SeedRecord::seeds(&seeds), netns);
+        let (gone, found) = self.tracker.resync(&SeedRecord::model(&seeds), netns);
         for s in seeds {
             self.rows.insert(s.inode, s);
         }
