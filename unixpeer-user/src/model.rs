@@ -163,6 +163,24 @@ pub(crate) struct Socket {
 }
 
 impl Socket {
+    /// A stream socket in netns 1 with nothing but what a test sets.
+    #[cfg(test)]
+    pub(crate) fn sample(inode: u64, state: KernelState, peer: Option<u64>) -> Self {
+        Socket {
+            inode,
+            sock_type: SockType::Stream,
+            state,
+            name: None,
+            peer,
+            icons: Box::default(),
+            rqlen: None,
+            shutdown: 0,
+            uid: None,
+            vfs: None,
+            netns: 1,
+        }
+    }
+
     /// A live peer inode, if any.
     pub(crate) fn peer_inode(&self) -> Option<u64> {
         self.peer.filter(|&p| p != 0)
@@ -372,19 +390,7 @@ mod tests {
     use super::*;
 
     pub(crate) fn sock(inode: u64, state: KernelState, peer: Option<u64>) -> Socket {
-        Socket {
-            inode,
-            sock_type: SockType::Stream,
-            state,
-            name: None,
-            peer,
-            icons: Box::default(),
-            rqlen: None,
-            shutdown: 0,
-            uid: None,
-            vfs: None,
-            netns: 1,
-        }
+        Socket::sample(inode, state, peer)
     }
 
     #[test]

@@ -9,8 +9,6 @@ use foldhash::{HashMap, HashSet};
 use unixpeer_common::EventKind;
 
 use super::{graveyard::Graveyard, listeners::Listeners, pending::PendingAccepts};
-#[cfg(test)]
-use crate::events::SockType;
 use crate::{
     events::{Event, Inferred},
     holders::Comm,
@@ -854,17 +852,8 @@ mod tests {
             .map(|(inode, state, peer, name, holder)| {
                 holders.insert(inode, smallvec::smallvec![holder]);
                 Socket {
-                    inode,
-                    sock_type: SockType::Stream,
-                    state,
                     name: name.map(|n| crate::model::SockName::path(n.as_bytes())),
-                    peer,
-                    icons: Box::default(),
-                    rqlen: None,
-                    shutdown: 0,
-                    uid: None,
-                    vfs: None,
-                    netns: 1,
+                    ..Socket::sample(inode, state, peer)
                 }
             })
             .collect();

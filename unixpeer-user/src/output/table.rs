@@ -276,19 +276,10 @@ mod tests {
     #[test]
     fn names_other_processes_chose_are_shown_escaped_and_aligned() {
         use crate::holders::{Comm, HolderMap};
-        use crate::model::{KernelState, SockName, SockType, Socket};
+        use crate::model::{KernelState, SockName, Socket};
         let sock = |inode, peer, name: Option<SockName>| Socket {
-            inode,
-            sock_type: SockType::Stream,
-            state: KernelState::Established,
             name,
-            peer: Some(peer),
-            icons: Box::default(),
-            rqlen: None,
-            shutdown: 0,
-            uid: None,
-            vfs: None,
-            netns: 1,
+            ..Socket::sample(inode, KernelState::Established, Some(peer))
         };
         let hostile = Comm::new(b"ev\x1b[31mil\x07");
         let mut holders = HolderMap::new();
