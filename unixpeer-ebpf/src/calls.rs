@@ -58,8 +58,11 @@ fn unix_fd(cur: Current, fd: u32) -> Option<(u64, kernel::UnixSocket)> {
 #[inline(always)]
 pub fn connected(cur: Current, fd: u32, uaddr: u64, len: u32, rc: i64, backend: Backend) {
     // Only AF_UNIX addresses: everything else costs one user read.
-    // SAFETY: bpf_probe_read_user tolerates any address: where `uaddr` is
-    // not readable it returns an error instead of faulting.
+    // SAFETY: `uaddr` is whatever the caller passed to connect(). The
+    // helper returns an error for an unreadable address (NULL, unmapped,
+    // a kernel address) instead of faulting, and aya's wrapper reads the
+    // local it copies into only after a success; any two bytes are a
+    // valid u16.
     if unsafe { bpf_probe_read_user(uaddr as *const u16) } != Ok(AF_UNIX) {
         return;
     }
@@ -132,8 +135,10 @@ pub fn socketpair_made<C: EbpfContext>(ctx: &C, cur: Current, family: u64, usock
     if rc != 0 || family as u16 != AF_UNIX {
         return;
     }
-    // SAFETY: bpf_probe_read_user tolerates any address: where `usockvec`
-    // is not readable it returns an error instead of faulting.
+    // SAFETY: `usockvec` is whatever the caller passed to socketpair().
+    // The helper returns an error where it is not readable instead of
+    // faulting, aya's wrapper takes the copy only after a success, and any
+    // eight bytes are a valid [i32; 2].
     let Ok(fds) = (unsafe { bpf_probe_read_user(usockvec as *const [i32; 2]) }) else {
         emit::count(unixpeer_common::counter::READ_ERRORS);
         warn!(ctx, "socketpair: the fds at user address {:x} could not be read", usockvec);
@@ -239,8 +244,14 @@ pub fn file_closing(cur: Current, file: u64, backend: Backend) {
     }
     let inode = kernel::inode_of_socket(sock.socket);
     let key = bpf_get_current_pid_tgid();
-    // SAFETY: the value is copied out at once; only this thread's
-    // programs write its key.
+    // SAFETY: `get` is unsafe because the reference points into the map's
+    // element, which the map may recycle for another key (LRU eviction by
+    // another CPU's insert) while it is held. It is held only for the copy
+    // here. The element is preallocated (LRU maps always are), so its
+    // memory stays the map's while the program runs, and `Leaving` is
+    // integers only: even a copy torn by such a race is a valid value,
+    // which the file and inode check then rejects. Only this thread's
+    // programs (note, and the remove below) write this key.
     let noted = unsafe { LEAVING.get(&key) }.copied().filter(|n| n.file == file && n.inode == inode);
     let mut fd = -1;
     if let Some(n) = noted {

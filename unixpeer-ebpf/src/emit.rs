@@ -15,6 +15,8 @@ use unixpeer_common::{
 
 use crate::kernel::{self, Current, UnixSocket, off};
 
+// SAFETY: unmangled so that the loader can find it by name
+// (override_global); no other symbol in the object has this name.
 #[unsafe(no_mangle)]
 static FILTER: KernelFilter = KernelFilter::zeroed();
 
@@ -33,8 +35,11 @@ static SCRATCH: PerCpuArray<UnixEvent> = PerCpuArray::with_max_entries(1, 0);
 #[inline(always)]
 pub fn count(index: u32) {
     if let Some(c) = COUNTERS.get_ptr_mut(index) {
-        // SAFETY: a successful lookup returns this CPU's slot of the array,
-        // a valid, aligned u64 that lives as long as the map.
+        // SAFETY: a successful lookup returns this CPU's copy of the slot,
+        // a valid, aligned u64 that the kernel frees only with the map,
+        // which this program holds. A program that runs on this CPU in the
+        // middle of this one (where the kernel preempts BPF programs) can at
+        // worst make the two increments lose one count.
         unsafe { *c += 1 };
     }
 }
@@ -44,8 +49,11 @@ pub fn count(index: u32) {
 #[inline(always)]
 pub fn actor_wanted(cur: Current) -> bool {
     let (tgid, _) = cur.tgid_pid();
-    // SAFETY: FILTER is a valid, aligned static; the loader writes it
-    // before the program loads, and it is read-only from then on.
+    // SAFETY: a field of a static, so valid and aligned. FILTER sits in
+    // .rodata, which the loader writes before loading the programs and
+    // then freezes (BPF_F_RDONLY_PROG, bpf_map_freeze): nothing writes it
+    // while a program runs. Volatile, so the zero initialiser is not
+    // folded into the code.
     let self_pid = unsafe { core::ptr::read_volatile(&raw const FILTER.self_pid) };
     // SAFETY: as above.
     let pid = unsafe { core::ptr::read_volatile(&raw const FILTER.pid) };
@@ -54,18 +62,18 @@ pub fn actor_wanted(cur: Current) -> bool {
 
 #[inline(always)]
 fn comm_wanted(comm: &[u8; TASK_COMM_LEN]) -> bool {
-    // SAFETY: FILTER is a valid, aligned static, written by the loader
-    // before the program loads and read-only from then on.
+    // SAFETY: FILTER is a frozen .rodata static, as in `actor_wanted`.
     if unsafe { core::ptr::read_volatile(&raw const FILTER.comm_enabled) } == 0 {
         return true;
     }
-    // SAFETY: [u64; 2] has the size of [u8; TASK_COMM_LEN], and any bytes
-    // are a valid u64.
+    // SAFETY: transmute moves the 16 bytes by value (its sizes are checked
+    // at compile time, and no alignment is involved), and any bytes are a
+    // valid u64.
     let words = |b: [u8; TASK_COMM_LEN]| unsafe { core::mem::transmute::<[u8; TASK_COMM_LEN], [u64; 2]>(b) };
     let have = words(*comm);
-    // SAFETY: FILTER, as above.
+    // SAFETY: FILTER is a frozen .rodata static, as in `actor_wanted`.
     let want = words(unsafe { core::ptr::read_volatile(&raw const FILTER.comm) });
-    // SAFETY: as above.
+    // SAFETY: as for `want`.
     let mask = words(unsafe { core::ptr::read_volatile(&raw const FILTER.comm_mask) });
     have[0] & mask[0] == want[0] && have[1] & mask[1] == want[1]
 }
@@ -75,17 +83,21 @@ fn comm_wanted(comm: &[u8; TASK_COMM_LEN]) -> bool {
 pub fn begin(cur: Current, kind: EventKind, backend: Backend) -> Option<&'static mut UnixEvent> {
     let ptr = SCRATCH.get_ptr_mut(0)?;
     // SAFETY: a successful lookup returns this CPU's slot, a valid, aligned
-    // UnixEvent that lives as long as the map, and this program holds no
-    // other reference to it. A program that runs on this CPU before this
-    // one submits (where the kernel preempts BPF programs) reuses the slot:
-    // that can mix two events' fields, but not reach outside the slot.
+    // UnixEvent that the kernel frees only with the map (so `'static` is
+    // true of the memory), and this program holds no other reference to
+    // it; callers use it only until they submit. A program that runs on
+    // this CPU before this one submits (where the kernel preempts BPF
+    // programs) reuses the slot: that can mix two events' fields, all
+    // plain integers, but not reach outside the slot.
     let e = unsafe { &mut *ptr };
     let (tgid, tid) = cur.tgid_pid();
-    // SAFETY: a helper without arguments.
+    // SAFETY: the helper takes no arguments and returns a plain u64: there
+    // is no pointer for it to misuse. aya marks every helper unsafe.
     e.ts_ns = unsafe { bpf_ktime_get_ns() };
     // Volatile: LLVM merges four plain zero stores into a call to memset,
     // which for BPF is a byte-at-a-time loop of ~100 instructions.
-    // SAFETY: fields of `e`, a valid &mut UnixEvent, so valid and aligned.
+    // SAFETY: fields of `e`, an exclusive &mut UnixEvent, so valid and
+    // aligned for writes.
     unsafe {
         core::ptr::write_volatile(&raw mut e.sk, 0);
         core::ptr::write_volatile(&raw mut e.peer_sk, 0);
@@ -125,20 +137,23 @@ fn fill_uid_comm(cur: Current, e: &mut UnixEvent) {
         let leader: u64 = kernel::load(task + off!(task_struct_group_leader));
         let comm = if leader == 0 { task } else { leader } + off!(task_struct_comm);
         let halves: [u64; 2] = [kernel::load(comm), kernel::load(comm + 8)];
-        // SAFETY: two u64 are exactly TASK_COMM_LEN bytes.
+        // SAFETY: two u64 are the 16 bytes of [u8; TASK_COMM_LEN] (the sizes
+        // are checked at compile time), and any bytes are valid u8s.
         e.comm = unsafe { core::mem::transmute::<[u64; 2], [u8; TASK_COMM_LEN]>(halves) };
     } else {
         e.uid = bpf_get_current_uid_gid() as u32;
         // Before 5.11 the task is read with probe reads; should they fail,
         // the calling thread's own name is better than none.
-        // SAFETY: a helper without arguments; the task pointer it returns
-        // is only ever read through bpf_probe_read_kernel.
+        // SAFETY: the helper takes no arguments. The task address it returns
+        // is kept as an integer and read only through kernel::read, that is
+        // bpf_probe_read_kernel, never dereferenced as a Rust pointer.
         let task = unsafe { bpf_get_current_task() };
         let leader = kernel::read::<u64>(task + off!(task_struct_group_leader)).unwrap_or(0);
         match kernel::read::<[u8; TASK_COMM_LEN]>(leader + off!(task_struct_comm)) {
             Some(comm) if leader != 0 => e.comm = comm,
-            // SAFETY: the helper writes at most TASK_COMM_LEN bytes, the size
-            // of `e.comm`.
+            // SAFETY: the helper writes at most its size argument,
+            // TASK_COMM_LEN bytes, at `e.comm`, which is exactly that long
+            // and exclusively ours through `e`.
             _ => unsafe {
                 bpf_get_current_comm(e.comm.as_mut_ptr().cast(), TASK_COMM_LEN as u32);
             },
@@ -210,9 +225,11 @@ pub fn copy_sockaddr(e: &mut UnixEvent, sockaddr: u64, len: u32, user: bool) {
     }
     let src = (sockaddr + SUN_PATH_OFFSET) as *const core::ffi::c_void;
     let dst = e.path.as_mut_ptr().cast();
-    // SAFETY: `n` <= UNIX_PATH_MAX, the size of `e.path`, so the helper
-    // writes inside it; `src` may be any address, as the probe-read helpers
-    // return an error where it is not readable instead of faulting.
+    // SAFETY: `n` <= UNIX_PATH_MAX, the length of `e.path`, so the helper
+    // writes only inside it (the verifier checks that bound too). `src` is
+    // any address the caller or the kernel handed us: both probe-read
+    // helpers return an error where it is not readable instead of
+    // faulting, and zero the destination, so `e.path` holds bytes either way.
     let rc = unsafe { if user { bpf_probe_read_user(dst, n, src) } else { bpf_probe_read_kernel(dst, n, src) } };
     if rc == 0 {
         // A path name is NUL-terminated inside the buffer; an abstract one

@@ -10,6 +10,8 @@
 use aya_ebpf::helpers::{bpf_get_current_task, bpf_get_current_task_btf, bpf_probe_read_kernel, generated};
 use unixpeer_common::{AF_UNIX, KernelOffsets};
 
+// SAFETY: unmangled so that the loader can find it by name
+// (override_global); no other symbol in the object has this name.
 #[unsafe(no_mangle)]
 pub(crate) static OFFSETS: KernelOffsets = KernelOffsets::zeroed();
 
@@ -17,8 +19,10 @@ pub(crate) static OFFSETS: KernelOffsets = KernelOffsets::zeroed();
 /// all-zero initialiser into the code: the real value arrives at load time.
 macro_rules! off {
     ($($field:tt)+) => {{
-        // SAFETY: OFFSETS is a valid, aligned static; the loader writes it
-        // before the program loads, and it is read-only from then on.
+        // SAFETY: a field of a static, so valid and aligned. OFFSETS sits in
+        // .rodata, which the loader writes before loading the programs and
+        // then freezes (BPF_F_RDONLY_PROG, bpf_map_freeze): nothing writes
+        // it while a program runs.
         #[allow(unused_unsafe)]
         let v = unsafe { core::ptr::read_volatile(&raw const $crate::kernel::OFFSETS.$($field)+) };
         v
@@ -34,9 +38,12 @@ pub fn read<T>(addr: u64) -> Option<T> {
     if addr == 0 {
         return None;
     }
-    // SAFETY: bpf_probe_read_kernel tolerates any address: where `addr` is
-    // not readable it returns an error instead of faulting. Callers read
-    // integers and byte arrays, for which any bytes are a valid value.
+    // SAFETY: `addr` may be any address: bpf_probe_read_kernel returns an
+    // error where it is not readable instead of faulting, and aya's wrapper
+    // takes the copy only after a success. What is left is that any bytes
+    // be a valid T, which this generic fn cannot check: every caller reads
+    // an integer (u16, u32, i32, u64) or [u8; TASK_COMM_LEN], never a bool,
+    // an enum or a reference.
     unsafe { bpf_probe_read_kernel(addr as *const T).ok() }
 }
 
@@ -50,7 +57,14 @@ pub fn read<T>(addr: u64) -> Option<T> {
 #[inline(always)]
 pub fn cast(ptr: u64, btf_id: u64) -> u64 {
     let out: u64;
-    // SAFETY: a kfunc call, clobbering r1-r5 as any call does.
+    // SAFETY: the instruction is a placeholder that userspace rewrites
+    // before loading (capture/kfunc.rs): into a call of bpf_rdonly_cast,
+    // which returns r1 retyped and touches no memory, or, where the kernel
+    // lacks it, into `r0 = r1`. Either reads only r1 and r2 and writes
+    // only r0, and the operands below give up r1-r5 as any BPF call
+    // clobbers them, so `pure, nomem, nostack` hold for both. Left as is,
+    // it names no kfunc and the verifier refuses the program. The result
+    // is an integer here, dereferenced only by `load`.
     unsafe {
         core::arch::asm!(
             ".8byte {insn}",
@@ -103,10 +117,11 @@ fn read_ptr(addr: u64) -> Option<u64> {
 #[inline(always)]
 pub fn load<T: Copy>(addr: u64) -> T {
     // SAFETY: callers pass a BTF pointer (the current task, a field of it,
-    // a tracepoint's argument or a `cast` result) plus an offset from that
-    // type's BTF. The verifier rejects a load through anything else, the
-    // JIT turns a fault into 0, and callers load integers, for which any
-    // bytes are a valid value.
+    // an fentry/fexit argument or a `cast` result) plus an offset from that
+    // type's BTF. The verifier refuses a program with a load through
+    // anything else, so no such load runs; a BTF-pointer load is one the
+    // JIT guards, turning a fault into 0. T is generic: every caller loads
+    // a u16, u32 or u64, for which any bytes are a valid value.
     unsafe { core::ptr::read_volatile(addr as *const T) }
 }
 
@@ -125,7 +140,9 @@ impl Current {
         if off!(has_current_task_btf) == 0 {
             return Self(0);
         }
-        // SAFETY: a helper without arguments.
+        // SAFETY: the helper takes no arguments, and is reached only where
+        // the kernel has it. The trusted task pointer it returns is kept as
+        // an integer and dereferenced only through `load`.
         Self(unsafe { bpf_get_current_task_btf() } as u64)
     }
 
@@ -171,8 +188,8 @@ impl Current {
         const PF_EXITING: u32 = 0x4;
         let flags = match self.btf() {
             Some(task) => load::<u32>(task + off!(task_struct_flags)),
-            // SAFETY: a helper without arguments; the task it returns is
-            // read only through bpf_probe_read_kernel.
+            // SAFETY: the helper takes no arguments; the task address it
+            // returns is read only through `read` (bpf_probe_read_kernel).
             None => read::<u32>(unsafe { bpf_get_current_task() } + off!(task_struct_flags)).unwrap_or(0),
         };
         flags & PF_EXITING != 0
@@ -184,8 +201,9 @@ impl Current {
     #[inline(always)]
     pub fn file_of_fd(self, fd: u32) -> Option<u64> {
         let Some(task) = self.btf() else {
-            // SAFETY: a helper without arguments; `file_of_fd` reads the
-            // task it returns only through bpf_probe_read_kernel.
+            // SAFETY: the helper takes no arguments; `file_of_fd` reads the
+            // task address it returns only through `read`
+            // (bpf_probe_read_kernel).
             return file_of_fd(unsafe { bpf_get_current_task() }, fd);
         };
         let files: u64 = load(task + off!(task_struct_files));
@@ -263,11 +281,13 @@ fn read_words<const N: usize>(base: u64, offs: [u64; N]) -> Option<[u64; N]> {
     if hi - lo < (SPAN_WORDS as u64) * 8 {
         let mut buf = core::mem::MaybeUninit::<[u64; SPAN_WORDS]>::uninit();
         let len = (hi - lo + 8) as u32;
-        // SAFETY: the offsets are of 8-byte fields, so 8-aligned, and
-        // `hi - lo` < SPAN_WORDS * 8: `len` is at most the size of `buf`
-        // (the verifier, to which the offsets are constants, checks it too).
-        // The source may be any address: the helper returns an error where
-        // it is not readable instead of faulting.
+        // SAFETY: the offsets are of 8-byte fields (pointers, atomic_long_t),
+        // so multiples of 8, and `hi - lo` < SPAN_WORDS * 8: `len` is at most
+        // the size of `buf`. The offsets are frozen .rodata, constants to
+        // the verifier, which refuses the program should a kernel's layout
+        // break that and `len` exceed `buf`. The source may be any address: the
+        // helper returns an error where it is not readable instead of
+        // faulting, and `buf` is read below only after a success.
         let rc = unsafe { generated::bpf_probe_read_kernel(buf.as_mut_ptr().cast(), len, (base + lo) as *const _) };
         if rc != 0 {
             return None;
@@ -275,7 +295,11 @@ fn read_words<const N: usize>(base: u64, offs: [u64; N]) -> Option<[u64; N]> {
         let words = buf.as_ptr().cast::<u64>();
         for i in 0..N {
             let at = ((offs[i] - lo) / 8) as usize & (SPAN_WORDS - 1);
-            // SAFETY: `at` < len / 8, which the read above filled.
+            // SAFETY: offs[i] - lo <= hi - lo, so `at` <= (hi - lo) / 8 <
+            // len / 8 (the mask changes nothing but shows the verifier the
+            // bound): word `at` lies in the `len` bytes the read above
+            // filled. `buf` is a [u64; 8], so aligned, and any bytes are a
+            // valid u64.
             out[i] = unsafe { *words.add(at) };
         }
     } else {

@@ -45,9 +45,13 @@ fn stash(ctx: &ProbeContext) {
 #[inline(always)]
 fn returned(ctx: &RetProbeContext, dgram: bool) {
     let key = bpf_get_current_pid_tgid();
-    // SAFETY: the value is copied out before anything else runs here, and
-    // only this thread's programs insert or remove its pid_tgid key (the
-    // entry probe above, the remove below).
+    // SAFETY: the reference into the map's element is held only for the
+    // copy. The map is preallocated (no BPF_F_NO_PREALLOC), so the memory
+    // stays the map's while the program runs; only this thread's programs
+    // insert or remove its pid_tgid key (the entry probe above, the remove
+    // below), so no one frees and reuses the element in the meantime.
+    // `ConnectArgs` is integers only, and the socket address in it is
+    // read only through checked reads.
     let Some(args) = (unsafe { CONNECT_ARGS.get(&key) }).copied() else { return };
     let _ = CONNECT_ARGS.remove(&key);
     let rc: i32 = ctx.ret();

@@ -43,6 +43,8 @@ use crate::{
     kernel::Current,
 };
 
+// SAFETY: unmangled so that the loader can find it by name
+// (override_global); no other symbol in the object has this name.
 #[unsafe(no_mangle)]
 static SYSCALL_RECORDS: SyscallRecords = SyscallRecords::zeroed();
 
@@ -50,12 +52,16 @@ static SYSCALL_RECORDS: SyscallRecords = SyscallRecords::zeroed();
 /// ones if it cannot be read (no fd, an address no read succeeds at).
 macro_rules! field {
     ($ctx:expr, $name:ident) => {{
-        // SAFETY: SYSCALL_RECORDS is a valid, aligned static; the loader
-        // writes it before the program loads, and it is read-only from
-        // then on.
+        // SAFETY: a field of a static, so valid and aligned.
+        // SYSCALL_RECORDS sits in .rodata, which the loader writes before
+        // loading the programs and then freezes: nothing writes it while a
+        // program runs.
         let at = unsafe { core::ptr::read_volatile(&raw const SYSCALL_RECORDS.$name) } as usize;
-        // SAFETY: read_at goes through bpf_probe_read, which tolerates any
-        // offset: past the record it fails instead of faulting.
+        // SAFETY: read_at is bpf_probe_read_kernel at ctx + `at`: an offset
+        // past the record (a wrong or unset entry above) reads other kernel
+        // memory or fails, never faults, and the copy is taken only after a
+        // success. Any 8 bytes are a valid u64 (the record stores every
+        // syscall argument in 8).
         unsafe { $ctx.read_at::<u64>(at) }.unwrap_or(u64::MAX)
     }};
 }
@@ -86,7 +92,12 @@ fn exit(ctx: &TracePointContext, cur: Current, which: [usize; 3]) -> Option<([u6
         Some(_) => return None,
         None => {
             let key = bpf_get_current_pid_tgid();
-            // SAFETY: copied out at once; only this thread's programs write its key.
+            // SAFETY: the reference into the map's element is held only for
+            // the copy. LRU elements are preallocated, so the memory stays the
+            // map's while the program runs even if another CPU's insert evicts
+            // and reuses it meanwhile; then the copy may be another thread's
+            // arguments, still a valid [u64; 3], and every use of them is a
+            // checked read. Only this thread's programs write this key.
             let args = unsafe { IN_CALL.get(&key) }.copied()?;
             let _ = IN_CALL.remove(&key);
             args

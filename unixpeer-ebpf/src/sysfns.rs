@@ -176,8 +176,12 @@ fn stash_regs(ctx: &ProbeContext) {
 #[inline(always)]
 fn stashed_regs() -> Option<Regs> {
     let key = bpf_get_current_pid_tgid();
-    // SAFETY: the value is copied out at once; only this thread's
-    // programs insert or remove its key.
+    // SAFETY: the reference into the map's element is held only for the
+    // copy. LRU elements are preallocated, so the memory stays the map's
+    // while the program runs even if another CPU's insert evicts and
+    // reuses it meanwhile; then the copy may be another address, still a
+    // valid u64, which Regs::Raw reads only with probe reads. Only this
+    // thread's programs insert or remove this key.
     let regs = unsafe { IN_SYSCALL.get(&key) }.copied()?;
     let _ = IN_SYSCALL.remove(&key);
     Some(Regs::Raw(regs))
@@ -244,8 +248,12 @@ pub fn kprobe_sys_accept4(ctx: ProbeContext) -> u32 {
 #[kprobe(function = "fd_install")]
 pub fn kprobe_fd_install(ctx: ProbeContext) -> u32 {
     let key = bpf_get_current_pid_tgid();
-    // SAFETY: the value is copied out at once; only this thread's
-    // programs insert or remove its key.
+    // SAFETY: the reference into the map's element is held only for the
+    // copy. LRU elements are preallocated, so the memory stays the map's
+    // while the program runs even if another CPU's insert evicts and
+    // reuses it meanwhile; then the copy may be another fd, still a valid
+    // u32, which installed_by_accept checks against the new socket's
+    // address. Only this thread's programs insert or remove this key.
     let Some(listen_fd) = (unsafe { ACCEPTING.get(&key) }).copied() else { return 0 };
     let (Some(fd), Some(file)) = (ctx.arg::<u32>(0), ctx.arg::<u64>(1)) else { return 0 };
     if calls::installed_by_accept(Current::get(), listen_fd, fd, file, Backend::Kprobe) {

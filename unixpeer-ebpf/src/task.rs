@@ -19,12 +19,13 @@ pub fn task_rename(ctx: TracePointContext) -> u32 {
     if !actor_wanted(cur) {
         return 0;
     }
-    // SAFETY: read_at goes through bpf_probe_read_kernel, which tolerates
-    // any address, returning an error where it is not readable; the offsets
-    // are the record's fields, from its format in tracefs, and any bytes
-    // are a valid i32 or byte array.
+    // SAFETY: read_at is bpf_probe_read_kernel at ctx + offset: an offset
+    // that misses the record's fields (they come from its tracefs format
+    // at load time) reads other kernel memory or fails, never faults, and
+    // the copy is taken only after a success. Any bytes are a valid i32 or
+    // byte array.
     let pid = unsafe { ctx.read_at::<i32>(off!(tp_task_rename_pid) as usize) };
-    // SAFETY: as above.
+    // SAFETY: as for `pid`.
     let comm = unsafe { ctx.read_at::<[u8; TASK_COMM_LEN]>(off!(tp_task_rename_newcomm) as usize) };
     let (Ok(pid), Ok(comm)) = (pid, comm) else {
         return 0;
