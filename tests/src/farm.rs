@@ -4,7 +4,7 @@
 use std::io;
 use std::os::unix::io::RawFd;
 
-use crate::sys::{inode_of, write_fd};
+use crate::sys::{inode_of, write_all};
 
 /// Lines go out in whole writes of at most PIPE_BUF bytes, so the lines of
 /// several processes sharing one stdout pipe never interleave mid-line.
@@ -52,11 +52,7 @@ impl Manifest {
     }
 
     pub fn flush(&mut self) -> io::Result<()> {
-        let mut rest = &self.buf[..];
-        while !rest.is_empty() {
-            let n = write_fd(libc::STDOUT_FILENO, rest)?;
-            rest = &rest[n..];
-        }
+        write_all(libc::STDOUT_FILENO, &self.buf)?;
         self.buf.clear();
         Ok(())
     }

@@ -130,6 +130,15 @@ pub fn write_fd(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
     if n < 0 { Err(io::Error::last_os_error()) } else { Ok(n as usize) }
 }
 
+/// All of `buf`, in as many writes as it takes.
+pub fn write_all(fd: RawFd, mut buf: &[u8]) -> io::Result<()> {
+    while !buf.is_empty() {
+        let n = write_fd(fd, buf)?;
+        buf = &buf[n..];
+    }
+    Ok(())
+}
+
 /// Waits for our own child `pid`; returns its wait status.
 pub fn wait_pid(pid: libc::pid_t) -> io::Result<libc::c_int> {
     let mut status = 0;

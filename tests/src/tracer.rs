@@ -234,7 +234,7 @@ pub fn pipe() -> Pipe {
 
 /// Writes one line into a pipe from a child.
 pub fn report(fd: &OwnedFd, line: &str) {
-    let _ = sys::write_fd(fd.as_raw_fd(), format!("{line}\n").as_bytes());
+    let _ = sys::write_all(fd.as_raw_fd(), format!("{line}\n").as_bytes());
 }
 
 /// Holds a child until the test lets it go. If the test dies, the child
