@@ -57,16 +57,32 @@ pub fn bound(ty: libc::c_int, name: &str) -> io::Result<RawFd> {
     if !name.starts_with('@') {
         let _ = std::fs::remove_file(name);
     }
+    bound_as_is(ty, name)
+}
+
+/// A socket bound to `name` as it is: nothing removed first, so nothing
+/// allocated.
+fn bound_as_is(ty: libc::c_int, name: &str) -> io::Result<RawFd> {
     let fd = socket(ty)?;
     let (sun, len) = sockaddr(name);
     // SAFETY: `sun` is a valid sockaddr_un of `len` bytes.
     kept(fd, unsafe { libc::bind(fd, (&raw const sun).cast(), len) })
 }
 
-pub fn listener(ty: libc::c_int, name: &str, backlog: i32) -> io::Result<RawFd> {
-    let fd = bound(ty, name)?;
+fn listening(fd: RawFd, backlog: i32) -> io::Result<RawFd> {
     // SAFETY: plain listen(2).
     kept(fd, unsafe { libc::listen(fd, backlog) })
+}
+
+pub fn listener(ty: libc::c_int, name: &str, backlog: i32) -> io::Result<RawFd> {
+    listening(bound(ty, name)?, backlog)
+}
+
+/// [`listener`] on a `name` the caller has already cleared: nothing is
+/// removed first, so a child forked from the multithreaded test process
+/// may call it.
+pub fn fresh_listener(ty: libc::c_int, name: &str, backlog: i32) -> io::Result<RawFd> {
+    listening(bound_as_is(ty, name)?, backlog)
 }
 
 /// A new socket connected to `name`. A non-blocking one fails with EAGAIN

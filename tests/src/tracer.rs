@@ -362,3 +362,32 @@ pub fn serve(listener: i32, n: usize, reply: bool) -> i32 {
     }
     0
 }
+
+/// Forks a server named `comm` that listens on `path` itself (so that a
+/// capture sees its listen and can name it at connect time) with
+/// `backlog`, then [`serve`]s `n` connections with a reply. Returns its
+/// pid once it listens; the server exits with 4 if it could not.
+pub fn spawn_server(comm: &str, path: &str, backlog: i32, n: usize) -> i32 {
+    let _ = std::fs::remove_file(path);
+    let ready = pipe();
+    let server = fork_child(comm, || {
+        let Ok(listener) = sys::fresh_listener(libc::SOCK_STREAM, path, backlog) else { return 4 };
+        report(&ready.write, "ready");
+        serve(listener, n, true)
+    });
+    assert_eq!(read_lines(&ready, 1), ["ready"], "server did not start");
+    server
+}
+
+/// The client side of [`serve`], in a forked child: connects to `name`,
+/// writes one byte and, with `reply`, reads the server's answer before
+/// closing. A failed connect gives its errno.
+pub fn talk(name: &str, reply: bool) -> Result<(), i32> {
+    let fd = connect_to(name, libc::SOCK_STREAM, false)?;
+    let _ = sys::write_fd(fd, b"x");
+    if reply {
+        let _ = sys::read_fd(fd, &mut [0u8; 1]);
+    }
+    sys::close(fd);
+    Ok(())
+}

@@ -51,11 +51,8 @@ fn short_lived_connections_are_all_reported_with_both_ends() {
     read_lines(&ready, 1);
     let client = fork_child("lp-client", || {
         for _ in 0..N {
-            let Ok(fd) = connect_to(&path, libc::SOCK_STREAM, false) else { return 2 };
-            // SAFETY: raw syscalls in the child.
-            unsafe {
-                libc::write(fd, b"x".as_ptr().cast(), 1);
-                libc::close(fd);
+            if talk(&path, false).is_err() {
+                return 2;
             }
         }
         0
@@ -678,33 +675,8 @@ fn a_burst_beyond_the_ring_buffer_is_counted_resynced_and_the_next_connection_na
     // After the burst, a connection is named with both ends. The server
     // listens itself: the test process's own calls are not captured.
     let after = tmp_path("after");
-    let _ = std::fs::remove_file(&after);
-    let (addr, len) = sockaddr(&after);
-    let ready = pipe();
-    let server = fork_child(comm, || {
-        // SAFETY: raw socket syscalls in the child.
-        let listener = unsafe {
-            let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
-            if fd < 0 || libc::bind(fd, (&raw const addr).cast(), len) != 0 || libc::listen(fd, 16) != 0 {
-                return 4;
-            }
-            fd
-        };
-        report(&ready.write, "ready");
-        serve(listener, 1, true)
-    });
-    read_lines(&ready, 1);
-    let client = fork_child(comm, || {
-        let Ok(fd) = connect_to(&after, libc::SOCK_STREAM, false) else { return 2 };
-        let mut b = [0u8; 1];
-        // SAFETY: raw syscalls in the child.
-        unsafe {
-            libc::write(fd, b"x".as_ptr().cast(), 1);
-            libc::read(fd, b.as_mut_ptr().cast(), 1);
-            libc::close(fd);
-        }
-        0
-    });
+    let server = spawn_server(comm, &after, 16, 1);
+    let client = fork_child(comm, || if talk(&after, true).is_ok() { 0 } else { 2 });
     assert_eq!(wait_child(client), 0, "client failed");
     assert_eq!(wait_child(server), 0, "server failed");
     let connect = f.wait_for("the connect after the burst", WAIT, |v| is_event(v, "connect", client));

@@ -106,38 +106,18 @@ impl Drop for Recorder {
 /// so one in-kernel --comm filter keeps both) making them, plus one
 /// failed connect. Returns (server pid, client pid).
 fn traffic(comm: &str, sock: &str, n: usize) -> (i32, i32) {
-    let _ = fs::remove_file(sock);
-    let ready = pipe();
     // The server listens itself, under its name, so the recording sees the
-    // listen and can name the server at connect time.
-    let server = fork_child(comm, || {
-        // SAFETY: raw syscalls in the child.
-        let listener = unsafe {
-            let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
-            let (addr, len) = sockaddr(sock);
-            if libc::bind(fd, (&raw const addr).cast(), len) != 0 || libc::listen(fd, 128) != 0 {
-                return 4;
-            }
-            fd
-        };
-        report(&ready.write, "ready");
-        // Every connection is open at its accept.
-        serve(listener, n, true)
-    });
-    assert_eq!(read_lines(&ready, 1), ["ready"], "server did not start");
+    // listen and can name the server at connect time. Every connection is
+    // open at its accept: the server answers before it closes.
+    let server = spawn_server(comm, sock, 128, n);
     let missing = format!("{sock}.missing");
     let client = fork_child(comm, || {
         if connect_to(&missing, libc::SOCK_STREAM, false).is_ok() {
             return 3;
         }
         for _ in 0..n {
-            let Ok(fd) = connect_to(sock, libc::SOCK_STREAM, false) else { return 2 };
-            // SAFETY: raw syscalls in the child.
-            unsafe {
-                libc::write(fd, b"x".as_ptr().cast(), 1);
-                let mut b = [0u8; 1];
-                libc::read(fd, b.as_mut_ptr().cast(), 1);
-                libc::close(fd);
+            if talk(sock, true).is_err() {
+                return 2;
             }
         }
         0
