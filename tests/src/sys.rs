@@ -170,6 +170,12 @@ pub fn inode_of(fd: RawFd) -> io::Result<u64> {
     Ok(st.st_ino)
 }
 
+/// Sends `sig` to process `pid`.
+pub fn kill(pid: libc::pid_t, sig: libc::c_int) {
+    // SAFETY: kill(2) with integer arguments.
+    unsafe { libc::kill(pid, sig) };
+}
+
 /// The soft limit may be raised up to the hard one without privilege.
 pub fn raise_nofile() -> io::Result<()> {
     // SAFETY: getrlimit/setrlimit on a local struct.

@@ -61,8 +61,7 @@ pub fn spawn_unixtrace(args: &[&str], stdout: Stdio) -> Plain {
         all
     });
     if rx.recv_timeout(Duration::from_secs(120)).is_err() {
-        let _ = child.kill();
-        let _ = child.wait();
+        kill_and_reap(&mut child);
         panic!("unixtrace never attached:\n{}", stderr.join().unwrap_or_default());
     }
     Plain { child, stderr }
@@ -190,8 +189,7 @@ impl Follower {
     }
 
     pub fn fail(&mut self, why: &str) -> ! {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        kill_and_reap(&mut self.child);
         let tail: Vec<String> = self.seen.iter().rev().take(40).map(|v| v.to_string()).collect();
         let stderr = std::mem::replace(&mut self.stderr, thread::spawn(String::new));
         let stderr = stderr.join().unwrap_or_default();
@@ -200,8 +198,7 @@ impl Follower {
 
     /// Stops the tracer with SIGINT, as Ctrl-C would, and returns its stderr.
     pub fn stop(&mut self) -> (Option<i32>, String) {
-        // SAFETY: plain kill on our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        interrupt(&self.child);
         let status = self.child.wait().expect("wait for unixtrace");
         while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
             if let Ok(v) = serde_json::from_str(&line) {
@@ -215,9 +212,19 @@ impl Follower {
 
 impl Drop for Follower {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        kill_and_reap(&mut self.child);
     }
+}
+
+/// SIGINT to a child, as Ctrl-C would send it.
+pub fn interrupt(child: &Child) {
+    sys::kill(child.id() as i32, libc::SIGINT);
+}
+
+/// SIGKILL to a child, and waits for it: nothing of it outlives the test.
+pub fn kill_and_reap(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 /// A pipe a child reports facts through (fds and inodes it created).

@@ -77,8 +77,7 @@ impl Recorder {
     }
 
     fn stop(mut self) -> (Option<i32>, String, String) {
-        // SAFETY: plain kill on our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        interrupt(&self.child);
         let out = std::mem::replace(&mut self.child, Command::new("true").spawn().expect("true"));
         let o = out.wait_with_output().expect("wait for unixtrace");
         (
@@ -89,16 +88,13 @@ impl Recorder {
     }
 
     fn kill9(mut self) {
-        // SAFETY: plain kill on our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGKILL) };
-        let _ = self.child.wait();
+        kill_and_reap(&mut self.child);
     }
 }
 
 impl Drop for Recorder {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        kill_and_reap(&mut self.child);
     }
 }
 
