@@ -53,6 +53,11 @@ pub fn unixtrace_bin() -> PathBuf {
     bin
 }
 
+/// Whether this runs inside a guest of the VM matrix (`cargo xtask vm-test`).
+pub fn in_vm() -> bool {
+    std::env::var_os("UNIXPEER_IN_VM").is_some_and(|v| v == "1")
+}
+
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ sits in the workspace").to_path_buf()
 }

@@ -6,7 +6,7 @@
 use std::{
     io::{BufRead, BufReader, Read},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
-    process::{Child, Command, Stdio},
+    process::{Child, Command, Output, Stdio},
     sync::mpsc::{Receiver, RecvTimeoutError, channel},
     thread,
     time::{Duration, Instant},
@@ -16,7 +16,15 @@ use serde_json::Value;
 
 use crate::sys;
 pub use crate::sys::sockaddr;
-pub use crate::tools::{require_root, unixtrace_bin};
+pub use crate::tools::{in_vm, require_root, unixtrace_bin};
+
+/// How long a test waits for what it caused to show.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// `unixtrace ARGS`, run to the end.
+pub fn unixtrace(args: &[&str]) -> Output {
+    Command::new(unixtrace_bin()).args(args).output().expect("run unixtrace")
+}
 
 /// `--backend` for this run: the VM matrix sets UNIXTRACE_BACKEND per strategy.
 pub fn backend_args() -> Vec<String> {
@@ -242,6 +250,17 @@ pub fn pipe() -> Pipe {
 /// Writes one line into a pipe from a child.
 pub fn report(fd: &OwnedFd, line: &str) {
     let _ = sys::write_all(fd.as_raw_fd(), format!("{line}\n").as_bytes());
+}
+
+/// The space-separated numbers of a report line.
+pub fn numbers<T: std::str::FromStr>(line: &str) -> Vec<T> {
+    line.split(' ').map(|x| x.parse().unwrap_or_else(|_| panic!("not a number: {x:?} in {line:?}"))).collect()
+}
+
+/// Word `i` (0 is the tag) of the report line that starts with `tag`, a number.
+pub fn tagged(lines: &[String], tag: &str, i: usize) -> i64 {
+    let line = lines.iter().find(|l| l.starts_with(tag)).unwrap_or_else(|| panic!("no {tag} report in {lines:?}"));
+    line.split_whitespace().nth(i).and_then(|x| x.parse().ok()).unwrap_or_else(|| panic!("no number {i} in {line:?}"))
 }
 
 /// Holds a child until the test lets it go. If the test dies, the child

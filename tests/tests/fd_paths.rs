@@ -7,12 +7,8 @@
 //! What users see: the close of a socket names the processes holding its
 //! peer. A process that dropped the peer without close(2) must not be named.
 
-use std::time::Duration;
-
 use serde_json::Value;
 use unixpeer_tests::tracer::*;
-
-const WAIT: Duration = Duration::from_secs(30);
 
 #[derive(Clone, Copy, Debug)]
 enum Drop {
@@ -56,7 +52,7 @@ fn a_holder_dropped_by(how: Drop, tag: &str) {
         // `a` stays open here until the kid is gone.
         wait_child(kid)
     });
-    let facts: Vec<i64> = read_lines(&p, 1)[0].split(' ').map(|x| x.parse().expect("number")).collect();
+    let facts: Vec<i64> = numbers(&read_lines(&p, 1)[0]);
     let &[kid, a, _b, ia, ib] = &facts[..] else { panic!("report: {facts:?}") };
     go.open();
     assert_eq!(wait_child(parent), 0, "the kid failed to drop its fd by {how:?}");

@@ -2,12 +2,8 @@
 //! real processes, one scenario each. Run as root (`cargo xtask test`), on
 //! the host (tracepoint strategy) and in the VM matrix under every strategy.
 
-use std::time::Duration;
-
 use serde_json::Value;
 use unixpeer_tests::tracer::*;
-
-const WAIT: Duration = Duration::from_secs(30);
 
 fn tmp_path(name: &str) -> String {
     format!("/tmp/unixpeer-live-{}-{name}.sock", std::process::id())
@@ -23,7 +19,7 @@ fn socketpair_in_a_child_names_its_pid_and_command() {
         0
     });
     assert_eq!(wait_child(child), 0);
-    let facts: Vec<u64> = read_reports(p)[0].split(' ').map(|x| x.parse().expect("number")).collect();
+    let facts: Vec<u64> = numbers(&read_reports(p)[0]);
     let ev = f.wait_for("the child's socketpair", WAIT, |v| is_event(v, "socketpair", child));
     assert_eq!(ev["comm"], "sp-child", "{ev}");
     assert_eq!((ev["fd"].as_u64(), ev["peer_fd"].as_u64()), (Some(facts[0]), Some(facts[1])), "{ev}");
@@ -130,11 +126,7 @@ fn socketpair_across_fork_names_the_other_process_at_close() {
         wait_child(kid)
     });
     let lines = read_lines(&p, 2);
-    let field = |tag: &str, i: usize| -> i64 {
-        let line = lines.iter().find(|l| l.starts_with(tag)).expect("report");
-        line.split_whitespace().nth(i).and_then(|x| x.parse().ok()).expect("number")
-    };
-    let (kid, parent_inode) = (field("kid", 1), field("parent", 1));
+    let (kid, parent_inode) = (tagged(&lines, "kid", 1), tagged(&lines, "parent", 1));
     let pair = f.wait_for("the socketpair", WAIT, |v| is_event(v, "socketpair", parent));
     let kid_inode = pair["peer_inode"].as_i64().expect("peer inode");
     assert_eq!(pair["inode"].as_i64(), Some(parent_inode), "{pair}");
@@ -271,10 +263,7 @@ fn connection_opened_before_start_is_named_at_close() {
     // SAFETY: the server child has its own copy.
     unsafe { libc::close(listener) };
     let lines = read_lines(&p, 2);
-    let inode = |tag: &str| -> i64 {
-        let l = lines.iter().find(|l| l.starts_with(tag)).expect("report");
-        l.split_whitespace().nth(1).and_then(|x| x.parse().ok()).expect("inode")
-    };
+    let inode = |tag: &str| tagged(&lines, tag, 1);
     // Only now does the tracer start: the connection is in its snapshot.
     let mut f = Follower::start(&[]);
     client_go.open();
@@ -409,7 +398,7 @@ fn a_32_bit_read_is_not_taken_for_a_close() {
         0
     });
     assert_eq!(wait_child(child), 0);
-    let facts: Vec<i64> = read_reports(p)[0].split(' ').map(|x| x.parse().expect("number")).collect();
+    let facts: Vec<i64> = numbers(&read_reports(p)[0]);
     assert_eq!(facts[0], 0, "the ia32 read of 0 bytes returns 0 (needs CONFIG_IA32_EMULATION, as Debian has)");
     let inode = facts[1] as u64;
     f.wait_for_n("closes of both ends", 2, WAIT, |v| is_event(v, "close", child));
@@ -508,10 +497,7 @@ fn a_socket_released_in_flight_is_reported_closed() {
     }
     let (code, stderr) = f.stop();
     assert_eq!(code, Some(0), "unixtrace failed: {stderr}");
-    let replay = std::process::Command::new(unixtrace_bin())
-        .args(["-r", file, "--json", "--comm", "inflight-child"])
-        .output()
-        .expect("run unixtrace -r");
+    let replay = unixtrace(&["-r", file, "--json", "--comm", "inflight-child"]);
     let _ = std::fs::remove_file(&recording);
     assert!(replay.status.success(), "replay failed: {}", String::from_utf8_lossy(&replay.stderr));
     let replayed: Vec<Value> = String::from_utf8_lossy(&replay.stdout)
@@ -693,10 +679,7 @@ fn a_burst_beyond_the_ring_buffer_is_counted_resynced_and_the_next_connection_na
     );
     assert!(stderr.contains("resynchronized with the kernel after"), "the resync is said on stderr:\n{stderr}");
     // The recording says it too, and a replay rebuilds the same check.
-    let replay = std::process::Command::new(unixtrace_bin())
-        .args(["-r", &recording, "--json"])
-        .output()
-        .expect("replay the recording");
+    let replay = unixtrace(&["-r", &recording, "--json"]);
     let _ = std::fs::remove_file(&recording);
     let text = String::from_utf8_lossy(&replay.stdout);
     let replayed: Vec<Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();

@@ -17,18 +17,17 @@ use std::{
 use serde_json::Value;
 use unixpeer_tests::tracer::*;
 
-const WAIT: Duration = Duration::from_secs(30);
+fn scratch_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("unixpeer-timeline-{}", std::process::id()))
+}
 
+/// A path in the scratch directory, with nothing there yet.
 fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("unixpeer-timeline-{}", std::process::id()));
+    let dir = scratch_dir();
     fs::create_dir_all(&dir).expect("scratch dir");
     let p = dir.join(name);
     let _ = fs::remove_file(&p);
     p
-}
-
-fn unixtrace(args: &[&str]) -> Output {
-    Command::new(unixtrace_bin()).args(args).output().expect("run unixtrace")
 }
 
 fn stdout_json(o: &Output) -> Vec<Value> {
@@ -372,7 +371,7 @@ fn html_export_draws_every_connection_in_headless_chromium() {
     // The guests of the VM matrix are a busybox initramfs: no browser can
     // run there. The recording and the exports above ran under that
     // kernel's strategy; the page itself is rendered on the host run.
-    if std::env::var_os("UNIXPEER_IN_VM").is_some_and(|v| v == "1") {
+    if in_vm() {
         let page = fs::read_to_string(&html).expect("html");
         assert!(page.contains("<svg") || page.contains("<script"), "a self-contained page");
         eprintln!("the HTML page is rendered in Chromium by the host run, not in the VM guest");
@@ -425,8 +424,9 @@ fn page_status(dom: &str) -> Status {
     Status(status.to_owned())
 }
 
+/// A path in the scratch directory, as it is.
 fn scratch_existing(name: &str) -> PathBuf {
-    std::env::temp_dir().join(format!("unixpeer-timeline-{}", std::process::id())).join(name)
+    scratch_dir().join(name)
 }
 
 /// What a hostile process may call itself (comm is at most 15 bytes) and
@@ -554,7 +554,7 @@ fn names_other_processes_chose_are_shown_escaped_and_exact_only_in_json() {
     let html = scratch("hostile.html");
     let o = unixtrace(&["export", "-r", forged_s, "--format", "html", "-o", html.to_str().expect("utf-8")]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o).escape_debug());
-    if std::env::var_os("UNIXPEER_IN_VM").is_some_and(|v| v == "1") {
+    if in_vm() {
         eprintln!("the HTML page is rendered in Chromium by the host run, not in the VM guest");
         return;
     }

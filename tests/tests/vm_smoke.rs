@@ -4,9 +4,7 @@
 
 use std::path::Path;
 
-fn in_vm() -> bool {
-    std::env::var_os("UNIXPEER_IN_VM").is_some_and(|v| v == "1")
-}
+use unixpeer_tests::tools::in_vm;
 
 #[test]
 fn socketpair_works() {
