@@ -52,8 +52,13 @@ fn farm_with_scenarios(dir: &Scratch, procs: &str, per_proc: &str) -> Farm {
     Farm::start(sockfarm(SOCKFARM, &args), "READY")
 }
 
-fn scenario_farm(dir: &Scratch) -> Farm {
-    farm_with_scenarios(dir, "1", "20")
+/// As root, a scratch directory `name` and the scenario workload in it
+/// (bound in that order, so the farm is dropped first).
+fn scenarios(name: &str) -> (Scratch, Farm) {
+    require_root();
+    let dir = Scratch::new(name);
+    let farm = farm_with_scenarios(&dir, "1", "20");
+    (dir, farm)
 }
 
 fn unixtrace_json(args: &[&str]) -> HashMap<u64, Value> {
@@ -65,13 +70,18 @@ fn unixtrace_table(args: &[&str]) -> String {
 }
 
 fn one(farm: &Farm, label: &str) -> u64 {
-    let found: BTreeSet<u64> = farm.labelled(label).iter().map(|s| s.inode).collect();
+    let found = inodes(farm, label);
     assert_eq!(found.len(), 1, "expected one {label} socket, got {found:?}");
     *found.first().unwrap()
 }
 
 fn inodes(farm: &Farm, label: &str) -> BTreeSet<u64> {
     farm.labelled(label).iter().map(|s| s.inode).collect()
+}
+
+/// The line of `table` that shows socket `inode`.
+fn row(table: &str, inode: u64) -> &str {
+    table.lines().find(|l| l.contains(&inode.to_string())).unwrap_or_else(|| panic!("no row for {inode}:\n{table}"))
 }
 
 #[test]
@@ -150,16 +160,14 @@ fn one_of(farm: &Farm, label: &str) -> u64 {
 
 #[test]
 fn abstract_names_show_with_an_at_sign() {
-    require_root();
-    let dir = Scratch::new("abstract");
-    let farm = scenario_farm(&dir);
+    let (dir, farm) = scenarios("abstract");
     let listener = one(&farm, "abstract-listener");
     let name = format!("@{}-scenario", dir.tag());
     let ut = unixtrace_json(&[]);
     assert_eq!(ut[&listener]["path"], name.as_str());
     assert_eq!(ut[&listener]["type"], "stream");
     let table = unixtrace_table(&["--path", "@*"]);
-    let row = table.lines().find(|l| l.contains(&listener.to_string())).expect("listener row");
+    let row = row(&table, listener);
     assert!(row.contains(&name) && row.contains("listening"), "{row}");
     // The accepted connection is named after the listener on its one row.
     let conn = inodes(&farm, "abstract-conn");
@@ -169,9 +177,7 @@ fn abstract_names_show_with_an_at_sign() {
 
 #[test]
 fn listeners_show_their_accept_queue() {
-    require_root();
-    let dir = Scratch::new("pending");
-    let farm = scenario_farm(&dir);
+    let (_dir, farm) = scenarios("pending");
     let listener = one(&farm, "pending-listener");
     let clients = inodes(&farm, "pending-client");
     let ut = unixtrace_json(&["--listening"]);
@@ -188,15 +194,13 @@ fn listeners_show_their_accept_queue() {
         assert_eq!(all[c]["listener"], listener);
     }
     let table = unixtrace_table(&[]);
-    let row = table.lines().find(|l| l.contains(&listener.to_string())).unwrap();
+    let row = row(&table, listener);
     assert!(row.contains("3/16 waiting"), "{row}");
 }
 
 #[test]
 fn half_closed_sockets_stand_out() {
-    require_root();
-    let dir = Scratch::new("half");
-    let farm = scenario_farm(&dir);
+    let (_dir, farm) = scenarios("half");
     let half = one(&farm, "half-closed");
     let ut = unixtrace_json(&[]);
     assert_eq!(ut[&half]["state"], "peer-closed");
@@ -204,15 +208,13 @@ fn half_closed_sockets_stand_out() {
     assert_eq!(ut[&half]["shutdown"], 3);
     assert_eq!(ut[&one(&farm, "unconnected")]["state"], "unconnected");
     let table = unixtrace_table(&[]);
-    let row = table.lines().find(|l| l.contains(&half.to_string())).unwrap();
+    let row = row(&table, half);
     assert!(row.contains("peer-closed") && row.contains("gone"), "{row}");
 }
 
 #[test]
 fn pid_filter_matches_either_end() {
-    require_root();
-    let dir = Scratch::new("pid");
-    let farm = scenario_farm(&dir);
+    let (_dir, farm) = scenarios("pid");
     // The passed socket lives in the child, its peer stays in the parent.
     let received = farm.labelled("scm-received")[0];
     let kept = farm.labelled("scm-kept")[0];
@@ -222,7 +224,7 @@ fn pid_filter_matches_either_end() {
     assert!(ut.contains_key(&kept.inode), "the peer held only by the other process matches too");
     assert!(!ut.contains_key(&one(&farm, "half-closed")), "unrelated sockets are filtered out");
     let table = unixtrace_table(&["--pid", &kept.pid.to_string()]);
-    let row = table.lines().find(|l| l.contains(&received.inode.to_string())).expect("row for the passed socket");
+    let row = row(&table, received.inode);
     assert!(row.contains(&format!("[{}]:{}", received.pid, received.fd)), "{row}");
     assert!(row.contains(&format!("[{}]:{}", kept.pid, kept.fd)), "{row}");
 }
@@ -258,7 +260,7 @@ fn all_netns_joins_a_container_client_to_a_host_server() {
     assert_eq!(all[&accepted.inode]["netns"], client_ns);
 
     let table = unixtrace_table(&["--all-netns"]);
-    let row = table.lines().find(|l| l.contains(&c.inode.to_string())).unwrap();
+    let row = row(&table, c.inode);
     for needle in [accepted.inode.to_string(), path.clone(), client_ns.to_string(), format!("[{}]", accepted.pid)] {
         assert!(row.contains(&needle), "{needle} missing from {row}");
     }
@@ -271,9 +273,7 @@ fn netns_of(pid: &str) -> u64 {
 
 #[test]
 fn unprivileged_run_lists_everything_and_warns_once() {
-    require_root();
-    let dir = Scratch::new("nobody");
-    let root_farm = scenario_farm(&dir);
+    let (dir, root_farm) = scenarios("nobody");
     let bin_dir = dir.0.join("bin");
     let farm_bin = copy_for_everyone(std::path::Path::new(SOCKFARM), &bin_dir);
     let ut_bin = copy_for_everyone(&unixtrace_bin(), &bin_dir);
