@@ -43,7 +43,12 @@ fn main() -> anyhow::Result<()> {
         let clock = unixpeer_user::follow::render::Clock { start_mono_ns: 0, wall_offset_ns: 0 };
         let start = Instant::now();
         let mut w = TimelineWriter::create(&path, true)?;
-        w.header(&unixpeer_user::timeline::format::Header::new("tracepoint", "bench", true, &clock))?;
+        w.header(&unixpeer_user::timeline::format::Header::new(
+            unixpeer_user::capture::Strategy::Tracepoint,
+            "bench",
+            true,
+            &clock,
+        ))?;
         w.seeds(&unixpeer_user::model::Model::default())?;
         // Flush as the follow loop does, once per 300k events (a second at full rate).
         for (i, e) in events.iter().enumerate() {

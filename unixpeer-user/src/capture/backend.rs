@@ -32,12 +32,19 @@ pub enum Strategy {
 }
 
 impl Strategy {
+    pub(crate) const ALL: [Self; 3] = [Self::Fentry, Self::Kprobe, Self::Tracepoint];
+
+    /// As `-v`, JSON output and recordings name it.
     pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Fentry => "fentry",
             Self::Kprobe => "kprobe",
             Self::Tracepoint => "tracepoint",
         }
+    }
+
+    pub(crate) fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|b| b.as_str() == s)
     }
 
     /// Only the syscall tracepoints miss releases done by exit() and

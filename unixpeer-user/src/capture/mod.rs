@@ -17,7 +17,8 @@ use aya::{
 use tokio::io::unix::AsyncFd;
 use unixpeer_common::{KernelFilter, SyscallRecords, TASK_COMM_LEN, counter};
 
-pub(crate) use self::backend::{BackendChoice, Chosen, Strategy};
+pub use self::backend::Strategy;
+pub(crate) use self::backend::{BackendChoice, Chosen};
 use crate::{
     btf::{BtfError, KernelBtf, VMLINUX_BTF},
     privileges::{self, PrivilegeError},

@@ -104,7 +104,7 @@ fn events(
     if opts.json {
         let status = serde_json::json!({
             "kind": "capture",
-            "backend": h.backend,
+            "backend": h.backend.as_str(),
             "why": h.backend_why,
             "start_ts": h.start_mono_ns,
             "start_time": h.start_time,

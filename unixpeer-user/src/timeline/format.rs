@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use unixpeer_common::EventKind;
 
 use super::{FORMAT_NAME, FORMAT_VERSION};
+use crate::capture::Strategy;
 use crate::events::Inferred;
 use crate::events::{Event, SockType, event_name};
 use crate::follow::Holder;
@@ -24,7 +25,9 @@ pub struct Header {
     pub(crate) writer: String,
     pub(crate) hostname: String,
     pub(crate) kernel: String,
-    pub(crate) backend: String,
+    /// By name (`as_str`); a name this build does not know is refused.
+    #[serde(with = "backend_name")]
+    pub(crate) backend: Strategy,
     pub(crate) backend_why: String,
     /// Whether the live model deduced releases at exit (the tracepoint
     /// strategy): replay must do the same to rebuild the same model.
@@ -45,14 +48,19 @@ impl Header {
         }
     }
 
-    pub fn new(backend: &str, why: &str, infer_release_on_exit: bool, clock: &crate::follow::render::Clock) -> Self {
+    pub fn new(
+        backend: Strategy,
+        why: &str,
+        infer_release_on_exit: bool,
+        clock: &crate::follow::render::Clock,
+    ) -> Self {
         Self {
             format: FORMAT_NAME.into(),
             version: FORMAT_VERSION,
             writer: format!("unixtrace {}", env!("CARGO_PKG_VERSION")),
             hostname: read_trimmed("/proc/sys/kernel/hostname"),
             kernel: read_trimmed("/proc/sys/kernel/osrelease"),
-            backend: backend.into(),
+            backend,
             backend_why: why.into(),
             infer_release_on_exit,
             start_mono_ns: clock.start_mono_ns,
@@ -65,6 +73,29 @@ impl Header {
 
 fn read_trimmed(path: &str) -> String {
     std::fs::read_to_string(path).map(|s| s.trim().to_owned()).unwrap_or_default()
+}
+
+/// The header's `backend`: the strategy's name, as `-v` prints it.
+mod backend_name {
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    use crate::capture::Strategy;
+
+    pub(super) fn serialize<S: Serializer>(b: &Strategy, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(b.as_str())
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Strategy, D::Error> {
+        let name = String::deserialize(d)?;
+        Strategy::parse(&name).ok_or_else(|| {
+            let known: Vec<&str> = Strategy::ALL.iter().map(|b| b.as_str()).collect();
+            D::Error::custom(format!(
+                "unknown backend {name:?} (this unixtrace knows {}): replay the file with the unixtrace \
+                 named in its \"writer\"",
+                known.join(", ")
+            ))
+        })
+    }
 }
 
 /// One socket of the initial snapshot: the live model's seed plus the rest

@@ -21,16 +21,22 @@ const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 const MAX_LINE: u64 = 16 << 20;
 
 pub struct Reader {
-    path: PathBuf,
+    lines: Lines,
     pub header: Header,
+    warnings: Vec<String>,
+    finished: bool,
+    pub(crate) saw_end: bool,
+}
+
+/// The file's lines, one at a time, each counted: what the header is read
+/// from before there is a `Reader`.
+struct Lines {
+    path: PathBuf,
     src: Box<dyn BufRead>,
     line: u64,
     buf: Vec<u8>,
     /// Set by the zstd layer when the file ends inside a frame.
     cut_frame: Rc<Cell<Option<(u64, usize)>>>,
-    warnings: Vec<String>,
-    finished: bool,
-    pub(crate) saw_end: bool,
 }
 
 impl Reader {
@@ -73,21 +79,59 @@ impl Reader {
                 "not a unixtrace timeline (neither JSON Lines nor zstd)",
             ));
         };
-        let mut r = Self {
-            path: path.to_owned(),
-            header: placeholder_header(),
-            src,
-            line: 0,
-            buf: Vec::new(),
-            cut_frame,
-            warnings: Vec::new(),
-            finished: false,
-            saw_end: false,
-        };
-        r.header = r.read_header()?;
-        Ok(r)
+        let mut lines = Lines { path: path.to_owned(), src, line: 0, buf: Vec::new(), cut_frame };
+        let header = lines.read_header()?;
+        Ok(Self { lines, header, warnings: Vec::new(), finished: false, saw_end: false })
     }
 
+    /// The next record, `None` at the end.
+    pub fn next_record(&mut self) -> Result<Option<Record>, TimelineError> {
+        if self.finished {
+            return Ok(None);
+        }
+        let complete = self.lines.read_line()?;
+        if !complete {
+            self.finished = true;
+            if !self.lines.buf.is_empty() {
+                self.warnings.push(format!(
+                    "{}: line {}: ignored a partial last record ({} bytes): the recording was cut off",
+                    self.lines.path.display(),
+                    self.lines.line,
+                    self.lines.buf.len()
+                ));
+            }
+            if let Some((offset, len)) = self.lines.cut_frame.get() {
+                self.warnings.push(format!(
+                    "{}: byte offset {offset}: ignored an unfinished last zstd frame ({len} bytes): the recording was cut off",
+                    self.lines.path.display()
+                ));
+            }
+            return Ok(None);
+        }
+        let rec = format::parse_record(&self.lines.buf)
+            .map_err(|why| TimelineError::bad(&self.lines.path, Position::Line(self.lines.line), why))?;
+        if matches!(rec, Record::End { .. }) {
+            self.saw_end = true;
+        }
+        Ok(Some(rec))
+    }
+
+    /// What the user should hear about but that did not stop the reading.
+    pub(crate) fn take_warnings(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.warnings)
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.lines.path
+    }
+
+    /// Whether the end of what the file holds was reached.
+    pub(crate) fn at_end(&self) -> bool {
+        self.finished
+    }
+}
+
+impl Lines {
     fn read_header(&mut self) -> Result<Header, TimelineError> {
         let bad = |path: &Path, why: String| TimelineError::bad(path, Position::Line(1), why);
         let complete = self.read_line()?;
@@ -155,52 +199,6 @@ impl Reader {
         }
         Ok(false)
     }
-
-    /// The next record, `None` at the end.
-    pub fn next_record(&mut self) -> Result<Option<Record>, TimelineError> {
-        if self.finished {
-            return Ok(None);
-        }
-        let complete = self.read_line()?;
-        if !complete {
-            self.finished = true;
-            if !self.buf.is_empty() {
-                self.warnings.push(format!(
-                    "{}: line {}: ignored a partial last record ({} bytes): the recording was cut off",
-                    self.path.display(),
-                    self.line,
-                    self.buf.len()
-                ));
-            }
-            if let Some((offset, len)) = self.cut_frame.get() {
-                self.warnings.push(format!(
-                    "{}: byte offset {offset}: ignored an unfinished last zstd frame ({len} bytes): the recording was cut off",
-                    self.path.display()
-                ));
-            }
-            return Ok(None);
-        }
-        let rec = format::parse_record(&self.buf)
-            .map_err(|why| TimelineError::bad(&self.path, Position::Line(self.line), why))?;
-        if matches!(rec, Record::End { .. }) {
-            self.saw_end = true;
-        }
-        Ok(Some(rec))
-    }
-
-    /// What the user should hear about but that did not stop the reading.
-    pub(crate) fn take_warnings(&mut self) -> Vec<String> {
-        std::mem::take(&mut self.warnings)
-    }
-
-    pub(crate) fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// Whether the end of what the file holds was reached.
-    pub(crate) fn at_end(&self) -> bool {
-        self.finished
-    }
 }
 
 fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
@@ -214,23 +212,6 @@ fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
         }
     }
     Ok(got)
-}
-
-fn placeholder_header() -> Header {
-    Header {
-        format: String::new(),
-        version: 0,
-        writer: String::new(),
-        hostname: String::new(),
-        kernel: String::new(),
-        backend: String::new(),
-        backend_why: String::new(),
-        infer_release_on_exit: false,
-        start_mono_ns: 0,
-        start_wall_ns: 0,
-        start_time: String::new(),
-        command_line: Vec::new(),
-    }
 }
 
 /// A damaged zstd frame, at its byte offset in the file.
@@ -356,6 +337,17 @@ mod tests {
     }
 
     #[test]
+    fn every_backend_reads_back_by_the_name_it_is_written_with() {
+        let tracepoint = String::from_utf8(recording()).unwrap();
+        assert!(tracepoint.contains("\"backend\":\"tracepoint\""));
+        for b in crate::capture::Strategy::ALL {
+            let text = tracepoint.replacen("\"tracepoint\"", &format!("\"{b}\""), 1);
+            let r = Reader::from_reader(Path::new("rec.jsonl"), io::Cursor::new(text.into_bytes())).unwrap();
+            assert_eq!(r.header.backend, b);
+        }
+    }
+
+    #[test]
     fn a_partial_last_record_is_a_warning() {
         let mut bytes = recording();
         bytes.truncate(bytes.len() - 10);
@@ -376,6 +368,15 @@ mod tests {
         assert_eq!(
             err(v2.into_bytes()),
             "rec.jsonl: line 1: timeline format version 2; this unixtrace reads version 1 only"
+        );
+        let magic = String::from_utf8(whole.clone()).unwrap().replacen("\"tracepoint\"", "\"magic\"", 1);
+        let e = err(magic.into_bytes());
+        assert!(
+            e.starts_with(
+                "rec.jsonl: line 1: bad header: unknown backend \"magic\" (this unixtrace knows fentry, kprobe, \
+                 tracepoint): replay the file with the unixtrace named in its \"writer\""
+            ),
+            "{e}"
         );
         // A byte flipped in the middle of line 4 (an event).
         let mut bad = whole.clone();

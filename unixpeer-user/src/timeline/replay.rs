@@ -259,7 +259,8 @@ pub(crate) mod tests {
     /// connects at 1 s and closes at 3 s, the server closing at 4 s.
     pub(crate) fn recording() -> Vec<u8> {
         let clock = crate::follow::render::Clock { start_mono_ns: 0, wall_offset_ns: 1_795_780_800_000_000_000 };
-        let mut out = serde_json::to_vec(&Header::new("tracepoint", "test", true, &clock)).unwrap();
+        let mut out =
+            serde_json::to_vec(&Header::new(crate::capture::Strategy::Tracepoint, "test", true, &clock)).unwrap();
         out.push(b'\n');
         let seed = SeedRecord {
             inode: 100,

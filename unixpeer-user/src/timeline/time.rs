@@ -135,7 +135,7 @@ mod tests {
     fn header() -> Header {
         let clock = crate::follow::render::Clock { start_mono_ns: 5 * NS as u64, wall_offset_ns: 1_795_780_800 * NS };
         // Starts 2026-11-27T12:00:05Z, monotonic 5 s.
-        Header::new("tracepoint", "test", true, &clock)
+        Header::new(crate::capture::Strategy::Tracepoint, "test", true, &clock)
     }
 
     #[test]

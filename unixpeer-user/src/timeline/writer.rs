@@ -192,7 +192,7 @@ fn write_error(path: &Path, source: io::Error) -> TimelineError {
 /// the seeds) shares with it.
 impl Recorder for &RefCell<TimelineWriter> {
     fn start(&mut self, chosen: &Chosen, clock: &Clock, infer_release_on_exit: bool) -> Result<(), RecorderError> {
-        let header = Header::new(chosen.backend.as_str(), &chosen.why, infer_release_on_exit, clock);
+        let header = Header::new(chosen.backend, &chosen.why, infer_release_on_exit, clock);
         Ok(self.borrow_mut().header(&header)?)
     }
 
