@@ -76,7 +76,7 @@ impl Conn {
     }
 }
 
-pub(crate) struct Conns {
+pub struct Conns {
     pub(crate) list: Vec<Conn>,
     pub(crate) start_ns: u64,
     /// The last instant the recording covers.
@@ -107,7 +107,7 @@ pub(crate) fn hostile_conns(client: &str, server: &str) -> Conns {
 }
 
 /// Replays the whole file and gathers its connections.
-pub(crate) fn collect(replay: &mut Replay) -> Result<Conns, TimelineError> {
+pub fn collect(replay: &mut Replay) -> Result<Conns, TimelineError> {
     let mut b = Builder::default();
     let mut lost = 0;
     replay.run::<TimelineError>(None, &mut |step| {

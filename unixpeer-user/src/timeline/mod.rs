@@ -3,12 +3,12 @@
 //! them. The file format is in docs/timeline-format.md.
 
 pub mod cmd;
-pub(crate) mod conns;
+pub mod conns;
 pub(crate) mod export;
 pub mod format;
 pub mod reader;
-pub(crate) mod replay;
-pub(crate) mod summary;
+pub mod replay;
+pub mod summary;
 pub(crate) mod time;
 pub mod writer;
 

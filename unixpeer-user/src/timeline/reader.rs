@@ -50,7 +50,7 @@ impl Reader {
     }
 
     /// Reads from any source; `path` only names it in messages.
-    pub(crate) fn from_reader(path: &Path, mut input: impl Read + 'static) -> Result<Self, TimelineError> {
+    pub fn from_reader(path: &Path, mut input: impl Read + 'static) -> Result<Self, TimelineError> {
         let cut_frame = Rc::new(Cell::new(None));
         let mut head = [0u8; 4];
         let got = read_up_to(&mut input, &mut head).map_err(|source| TimelineError::Read {

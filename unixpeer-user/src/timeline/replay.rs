@@ -30,7 +30,7 @@ pub(crate) enum Step<'a> {
     Resync(&'a ResyncRecord),
 }
 
-pub(crate) struct Replay {
+pub struct Replay {
     pub(crate) reader: Reader,
     pub(crate) tracker: Tracker,
     /// Snapshot rows by inode: what the live model does not keep.
@@ -52,7 +52,7 @@ impl Replay {
         Self::from_reader(Reader::open(path)?)
     }
 
-    pub(crate) fn from_reader(reader: Reader) -> Result<Self, TimelineError> {
+    pub fn from_reader(reader: Reader) -> Result<Self, TimelineError> {
         let tracker = Tracker::new(reader.header.infer_release_on_exit);
         let last_ts = reader.header.start_mono_ns;
         let mut r = Self {
@@ -187,7 +187,7 @@ impl Replay {
 
     /// The connection table as the model knows it now, in the snapshot's
     /// shape so it prints like a snapshot.
-    pub(crate) fn model(&self) -> Model {
+    pub fn model(&self) -> Model {
         let views = self.tracker.sockets();
         let live: HashSet<u64> = views.iter().map(|v| v.inode).collect();
         let listeners: HashMap<(u32, &str), u64> = views

@@ -29,7 +29,7 @@ type Busy<'a> = (&'a Proc, u64, Vec<(&'a Proc, u64)>);
 /// How many busiest processes to list.
 const BUSIEST: usize = 10;
 
-pub(crate) fn write(out: &mut impl Write, conns: &Conns, json_out: bool) -> io::Result<()> {
+pub fn write(out: &mut impl Write, conns: &Conns, json_out: bool) -> io::Result<()> {
     let mut groups: BTreeMap<Key, Group> = BTreeMap::new();
     let mut per_proc: HashMap<&Proc, HashMap<&Proc, u64>> = HashMap::new();
     for c in &conns.list {
