@@ -323,11 +323,8 @@ fn verbose_shows_the_kernel_programs_log() {
     if stderr.contains("backend tracepoint") {
         // 5.15 added bpf_task_pt_regs: from there the syscall exits read
         // their arguments from the caller's registers.
-        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("osrelease");
-        let mut v = release.trim().split(['.', '-']).map(|n| n.parse::<u32>().unwrap_or(0));
-        let from_regs = (v.next().unwrap_or(0), v.next().unwrap_or(0)) >= (5, 15);
-        let note = if from_regs { "from the caller's registers" } else { "carried from entry to exit" };
-        assert!(stderr.contains(note), "{release}: -v says how syscall arguments are read ({note}): {stderr}");
+        let note = if kernel_at_least(5, 15) { "from the caller's registers" } else { "carried from entry to exit" };
+        assert!(stderr.contains(note), "-v says how syscall arguments are read ({note}): {stderr}");
     }
 }
 
