@@ -5,7 +5,6 @@
 //! needs privileges) and a scan of `/proc/*/fd` (works anywhere, slower,
 //! and blind to other users' processes without root).
 
-use std::collections::HashMap;
 use std::ffi::{CStr, OsStr};
 use std::fs;
 use std::io;
@@ -114,7 +113,7 @@ impl<'de> serde::Deserialize<'de> for Comm {
 pub(crate) type HolderList = smallvec::SmallVec<[Holder; 1]>;
 
 /// Socket inode -> every (process, fd) that holds it, sorted.
-pub(crate) type HolderMap = HashMap<u64, HolderList>;
+pub(crate) type HolderMap = foldhash::HashMap<u64, HolderList>;
 
 /// The outcome of one attribution pass.
 #[derive(Debug, Default)]
@@ -143,7 +142,7 @@ pub trait HolderSource {
 
 /// Builds the map from the records the `iter/task_file` program emits.
 pub(crate) fn holders_from_records(records: &[TaskSocketFd]) -> HolderMap {
-    let mut map = HolderMap::new();
+    let mut map = HolderMap::default();
     for r in records {
         map.entry(r.inode).or_default().push(Holder { pid: r.pid, fd: Some(r.fd), comm: Comm::new(&r.comm) });
     }
@@ -172,7 +171,7 @@ impl HolderSource for ProcScan {
     }
 
     fn collect(&mut self) -> Result<Holders, HoldersError> {
-        let mut by_inode = HolderMap::new();
+        let mut by_inode = HolderMap::default();
         let mut denied = 0usize;
         for entry in fs::read_dir("/proc").map_err(HoldersError::ListProc)? {
             let Ok(entry) = entry else { continue };
@@ -340,7 +339,7 @@ mod tests {
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
         // SAFETY: fstat on an fd we own, into a zeroed stat.
         assert_eq!(unsafe { libc::fstat(a.as_raw_fd(), &mut st) }, 0);
-        let mut map = HolderMap::new();
+        let mut map = HolderMap::default();
         scan_pid(std::process::id(), &mut map).unwrap();
         let holders = &map[&st.st_ino];
         assert!(holders.iter().any(|h| h.fd == Some(a.as_raw_fd() as u32)));

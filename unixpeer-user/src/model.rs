@@ -5,10 +5,12 @@
 //! network namespaces: the accepted end of a cross-netns connection lives in
 //! the client's netns, and joining on the UNIX_DIAG peer inode still finds it.
 
-use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::sync::Arc;
 
-use crate::holders::{Holder, HolderMap};
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
+
+use crate::holders::{Holder, HolderList, HolderMap};
 
 /// `sk_type` of a UNIX socket.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -138,7 +140,7 @@ pub(crate) struct Vfs {
     pub(crate) ino: u32,
 }
 
-/// One socket as UNIX_DIAG reported it.
+/// One socket: as UNIX_DIAG reported it, and then as live events changed it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Socket {
     pub(crate) inode: u64,
@@ -160,6 +162,11 @@ pub(crate) struct Socket {
     pub(crate) vfs: Option<Vfs>,
     /// Inode of the network namespace whose dump reported the socket.
     pub(crate) netns: u64,
+    /// The connection's name as events carry it (`@` for an abstract name):
+    /// the socket's own, or for a client the name it connected to, which
+    /// UNIX_DIAG does not give. Shared with the events; kept so that a
+    /// close line still names a connection whose other end is gone.
+    pub(crate) path: Option<Arc<str>>,
 }
 
 impl Socket {
@@ -178,6 +185,25 @@ impl Socket {
             uid: None,
             vfs: None,
             netns: 1,
+            path: None,
+        }
+    }
+
+    /// A socket first heard of from an event: only what events say is known.
+    pub(crate) fn live(inode: u64, netns: u32, sock_type: SockType) -> Self {
+        Socket {
+            inode,
+            sock_type,
+            state: KernelState::Close,
+            name: None,
+            peer: None,
+            icons: Box::default(),
+            rqlen: None,
+            shutdown: 0,
+            uid: None,
+            vfs: None,
+            netns: u64::from(netns),
+            path: None,
         }
     }
 
@@ -234,8 +260,9 @@ pub(crate) struct Connection {
     pub(crate) link: Option<Link>,
 }
 
-/// All sockets of a snapshot and their holders.
-#[derive(Debug, Default)]
+/// All sockets and their holders: what a snapshot found, and what the live
+/// tracker (`follow::tracker`) keeps up to date from events.
+#[derive(Clone, Debug, Default)]
 pub struct Model {
     sockets: HashMap<u64, Socket>,
     holders: HolderMap,
@@ -265,14 +292,47 @@ impl Model {
         self.sockets.insert(socket.inode, socket);
     }
 
-    /// Drops a socket and its holders; its peer keeps pointing at it, as in
-    /// the kernel, and so becomes peer-closed.
-    #[cfg(test)]
-    pub(crate) fn remove(&mut self, inode: u64) -> Option<Socket> {
-        self.holders.remove(&inode);
+    /// Drops a socket and returns it with its holders; its peer keeps
+    /// pointing at it, as in the kernel, and so becomes peer-closed.
+    pub(crate) fn remove(&mut self, inode: u64) -> Option<(Socket, HolderList)> {
+        let holders = self.holders.remove(&inode).unwrap_or_default();
         let socket = self.sockets.remove(&inode)?;
         self.forget_icons(&socket);
-        Some(socket)
+        Some((socket, holders))
+    }
+
+    /// Keeps the sockets `keep` accepts, dropping the others and their holders.
+    pub(crate) fn retain(&mut self, mut keep: impl FnMut(&Socket) -> bool) {
+        let gone: Vec<u64> = self.sockets.values().filter(|s| !keep(s)).map(|s| s.inode).collect();
+        for inode in gone {
+            self.remove(inode);
+        }
+    }
+
+    /// The socket `inode`, made by `make` if the model does not have it.
+    /// Live updates go through here: they never change `icons`, which only
+    /// `insert_socket` indexes.
+    pub(crate) fn socket_mut(&mut self, inode: u64, make: impl FnOnce() -> Socket) -> &mut Socket {
+        self.sockets.entry(inode).or_insert_with(make)
+    }
+
+    /// An existing socket, to change (not its `icons`, see `socket_mut`).
+    pub(crate) fn get_mut(&mut self, inode: u64) -> Option<&mut Socket> {
+        self.sockets.get_mut(&inode)
+    }
+
+    pub(crate) fn contains(&self, inode: u64) -> bool {
+        self.sockets.contains_key(&inode)
+    }
+
+    /// The holders of `inode`, an empty list if it has none yet.
+    pub(crate) fn holders_mut(&mut self, inode: u64) -> &mut HolderList {
+        self.holders.entry(inode).or_default()
+    }
+
+    /// Every socket with its holders, in no particular order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&Socket, &[Holder])> {
+        self.sockets.values().map(|s| (s, self.holders(s.inode)))
     }
 
     fn forget_icons(&mut self, listener: &Socket) {
@@ -398,7 +458,7 @@ mod tests {
         let mut server = sock(11, KernelState::Established, Some(10));
         server.name = Some(SockName::path(b"/tmp/x"));
         let client = sock(10, KernelState::Established, Some(11));
-        let m = Model::new(vec![server, client], HolderMap::new());
+        let m = Model::new(vec![server, client], HolderMap::default());
         let rows = m.connections();
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].a, 10);
@@ -413,7 +473,7 @@ mod tests {
         let waiting = sock(2, KernelState::Established, Some(0));
         let orphan = sock(3, KernelState::Established, Some(0));
         let idle = sock(4, KernelState::Close, None);
-        let m = Model::new(vec![listener, waiting, orphan, idle], HolderMap::new());
+        let m = Model::new(vec![listener, waiting, orphan, idle], HolderMap::default());
         let st = |i| m.status(m.get(i).unwrap());
         assert_eq!(st(1), Status::Listening);
         assert_eq!(st(2), Status::Pending);
@@ -430,7 +490,7 @@ mod tests {
         c1.sock_type = SockType::Dgram;
         let mut c2 = sock(7, KernelState::Established, Some(5));
         c2.sock_type = SockType::Dgram;
-        let m = Model::new(vec![server, c1, c2], HolderMap::new());
+        let m = Model::new(vec![server, c1, c2], HolderMap::default());
         let rows = m.connections();
         assert_eq!(rows.len(), 3);
         assert!(rows.iter().filter(|r| r.link == Some(Link::OneWay)).count() == 2);
@@ -441,7 +501,7 @@ mod tests {
         let mut listener = sock(1, KernelState::Listen, None);
         listener.icons = Box::new([2]);
         let waiting = sock(2, KernelState::Established, Some(0));
-        let mut m = Model::new(vec![listener, waiting], HolderMap::new());
+        let mut m = Model::new(vec![listener, waiting], HolderMap::default());
         m.remove(1);
         assert_eq!(m.status(m.get(2).unwrap()), Status::PeerClosed);
         assert_eq!(m.len(), 1);

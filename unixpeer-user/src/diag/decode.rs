@@ -83,6 +83,7 @@ pub(crate) fn decode_socket(payload: &[u8], netns: u64) -> Result<Socket, DiagEr
         uid: None,
         vfs: None,
         netns,
+        path: None,
     };
     for nla in NlasIterator::new(&payload[UNIX_DIAG_MSG_LEN..]) {
         let nla = nla.map_err(DiagError::Decode)?;

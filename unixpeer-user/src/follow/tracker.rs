@@ -12,38 +12,14 @@ use super::{graveyard::Graveyard, listeners::Listeners, pending::PendingAccepts}
 use crate::{
     events::{Event, Inferred},
     holders::Comm,
-    model::{KernelState, Model, Socket},
+    model::{KernelState, Model, SockType, Socket},
 };
 
 pub(crate) use crate::holders::Holder;
 
-/// Almost every socket has one holder: kept inline, no allocation.
-pub(crate) type Holders = smallvec::SmallVec<[Holder; 1]>;
+mod at;
 
-#[derive(Clone, Debug, Default)]
-struct Sock {
-    holders: Holders,
-    peer_inode: Option<u64>,
-    path: Option<std::sync::Arc<str>>,
-    listener: bool,
-    netns: u32,
-    sock_type: Option<crate::model::SockType>,
-}
-
-/// One socket as the model knows it at some instant.
-#[derive(Clone, Debug)]
-pub(crate) struct SockView {
-    pub(crate) inode: u64,
-    pub(crate) peer_inode: Option<u64>,
-    pub(crate) path: Option<String>,
-    pub(crate) listening: bool,
-    /// Connected, but not accepted yet.
-    pub(crate) pending: bool,
-    pub(crate) netns: u32,
-    /// Unknown for sockets only seen in the snapshot.
-    pub(crate) sock_type: Option<crate::model::SockType>,
-    pub(crate) holders: Vec<Holder>,
-}
+pub(crate) use crate::holders::HolderList as Holders;
 
 /// The other end of an event's socket, as far as the model knows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -64,7 +40,8 @@ pub struct Resolved {
 
 #[derive(Default)]
 pub struct Tracker {
-    socks: HashMap<u64, Sock>,
+    /// The sockets and their holders: the snapshot's model, kept current.
+    model: Model,
     /// Inodes each process holds: fork copies them, exit drops them.
     by_pid: HashMap<u32, HashSet<u64>>,
     /// The latest command name of each process seen in an event: a child
@@ -117,35 +94,26 @@ impl Tracker {
     /// The snapshot (taken live, or read back from a recording) as the
     /// model's starting point.
     pub fn seed(&mut self, snapshot: &Model) {
-        for s in snapshot.sockets() {
-            self.seed_socket(snapshot, s);
+        for (s, holders) in snapshot.iter() {
+            self.seed_socket(snapshot, s, holders);
         }
     }
 
     /// A connection's name is this end's, else its peer's: a client is
     /// usually unbound and its peer carries the server's name.
-    fn seed_socket(&mut self, snapshot: &Model, s: &Socket) {
+    fn seed_socket(&mut self, snapshot: &Model, s: &Socket, holders: &[Holder]) {
         let name = s.name.as_ref().or_else(|| snapshot.get(s.peer_inode()?)?.name.as_ref());
         let path: Option<std::sync::Arc<str>> = name.map(|n| n.to_string().into());
-        let listener = s.state == KernelState::Listen;
-        // Network namespaces are inode numbers, which the kernel keeps in 32 bits.
-        let netns = s.netns as u32;
-        if listener && let Some(path) = &path {
-            self.listeners.insert(netns, path, s.inode);
+        if s.state == KernelState::Listen
+            && let Some(path) = &path
+        {
+            self.listeners.insert(netns_of(s), path, s.inode);
         }
-        let holders = snapshot.holders(s.inode);
         for h in holders {
             self.by_pid.entry(h.pid).or_default().insert(s.inode);
         }
-        let sock = Sock {
-            holders: holders.iter().copied().collect(),
-            peer_inode: s.peer_inode(),
-            path,
-            listener,
-            netns,
-            sock_type: Some(s.sock_type),
-        };
-        self.socks.insert(s.inode, sock);
+        self.model.insert_socket(Socket { path, ..s.clone() });
+        *self.model.holders_mut(s.inode) = holders.iter().copied().collect();
     }
 
     /// Makes the model agree with the kernel's sockets of network namespace
@@ -154,64 +122,48 @@ impl Tracker {
     /// take the kernel's holders and peers. Returns how many left and how
     /// many the model had missed.
     pub(crate) fn resync(&mut self, kernel: &Model, netns: u32) -> (u64, u64) {
-        let before = self.socks.len();
-        self.socks.retain(|inode, s| s.netns != netns || kernel.get(*inode).is_some());
-        let gone = (before - self.socks.len()) as u64;
-        let found = kernel.sockets().filter(|s| !self.socks.contains_key(&s.inode)).count() as u64;
+        let before = self.model.len();
+        self.model.retain(|s| netns_of(s) != netns || kernel.get(s.inode).is_some());
+        let gone = (before - self.model.len()) as u64;
+        let found = kernel.iter().filter(|(s, _)| !self.model.contains(s.inode)).count() as u64;
         self.listeners.retain(|n, inode| n != netns || kernel.get(inode).is_some());
         self.seed(kernel);
         // Holders come from the kernel now: rebuild who holds what.
         self.by_pid.clear();
-        for (inode, s) in &self.socks {
-            for h in &s.holders {
-                self.by_pid.entry(h.pid).or_default().insert(*inode);
+        for (s, holders) in self.model.iter() {
+            for h in holders {
+                self.by_pid.entry(h.pid).or_default().insert(s.inode);
             }
         }
-        let (socks, graveyard) = (&self.socks, &self.graveyard);
+        let (model, graveyard) = (&self.model, &self.graveyard);
         self.comms.retain(|pid, _| self.by_pid.contains_key(pid));
         // A client that closed before its accept (its close seen, so it is
         // in the graveyard) is what the embryo is kept for.
-        self.embryos.retain(|_, client| socks.contains_key(client) || graveyard.get(*client).is_some());
-        self.orphans.retain(|inode, _| socks.contains_key(inode));
+        self.embryos.retain(|_, client| model.contains(*client) || graveyard.get(*client).is_some());
+        self.orphans.retain(|inode, _| model.contains(*inode));
         (gone, found)
     }
 
     /// Sockets the model knows now.
     pub(crate) fn sockets_len(&self) -> usize {
-        self.socks.len()
+        self.model.len()
     }
 
     /// Entries the model holds: its memory footprint.
     pub fn len(&self) -> usize {
-        self.socks.len() + self.embryos.len() + self.graveyard.len() + self.pending.len()
+        self.model.len() + self.embryos.len() + self.graveyard.len() + self.pending.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// Every socket the model knows now, for a replay's `--at` table.
-    pub(crate) fn sockets(&self) -> Vec<SockView> {
-        let pending: HashSet<u64> = self.embryos.values().copied().collect();
-        self.socks
-            .iter()
-            .map(|(&inode, s)| SockView {
-                inode,
-                peer_inode: s.peer_inode,
-                path: s.path.as_deref().map(str::to_owned),
-                listening: s.listener,
-                pending: pending.contains(&inode),
-                netns: s.netns,
-                sock_type: s.sock_type,
-                holders: self.holders_of(Some(inode)).unwrap_or_default().to_vec(),
-            })
-            .collect()
-    }
-
     fn holders_of(&self, inode: Option<u64>) -> Option<Holders> {
         let inode = inode?;
-        let live = self.socks.get(&inode).map(|s| &s.holders);
-        live.or_else(|| self.graveyard.get(inode)).cloned().filter(|h| !h.is_empty())
+        let live = self.model.contains(inode).then(|| self.model.holders(inode));
+        live.or_else(|| self.graveyard.get(inode).map(|h| h.as_slice()))
+            .filter(|h| !h.is_empty())
+            .map(Holders::from_slice)
     }
 
     /// A process's name changed: its holders say so from now on. Names
@@ -219,9 +171,9 @@ impl Tracker {
     /// time holders are shown.
     fn rename_holders(&mut self, pid: u32, comm: Comm) {
         let Some(inodes) = self.by_pid.get(&pid) else { return };
-        for inode in inodes {
-            if let Some(s) = self.socks.get_mut(inode) {
-                s.holders.iter_mut().filter(|h| h.pid == pid).for_each(|h| h.comm = comm);
+        for &inode in inodes {
+            if self.model.contains(inode) {
+                self.model.holders_mut(inode).iter_mut().filter(|h| h.pid == pid).for_each(|h| h.comm = comm);
             }
         }
     }
@@ -236,38 +188,42 @@ impl Tracker {
         let Some(inode) = inode else { return };
         self.orphans.remove(&inode);
         self.by_pid.entry(holder.pid).or_default().insert(inode);
-        let s = self.socks.entry(inode).or_default();
-        if !s.holders.iter().any(|h| h.pid == holder.pid && h.fd == holder.fd) {
-            s.holders.push(holder);
+        let holders = self.model.holders_mut(inode);
+        if !holders.iter().any(|h| h.pid == holder.pid && h.fd == holder.fd) {
+            holders.push(holder);
         }
+        let s = self.model.socket_mut(inode, || Socket::live(inode, e.netns, e.sock_type));
+        // Every event that names a socket's holder connects it, except
+        // listen, which says so itself.
+        s.state = KernelState::Established;
         if peer_inode.is_some() {
-            s.peer_inode = peer_inode;
+            s.peer = peer_inode;
         }
         if s.path.is_none() && e.kind != EventKind::Socketpair {
             s.path.clone_from(&e.path);
         }
-        s.netns = e.netns;
-        s.sock_type = Some(e.sock_type);
+        s.netns = u64::from(e.netns);
+        s.sock_type = e.sock_type;
     }
 
     fn drop_holder(&mut self, inode: u64, pid: u32, fd: Option<i32>) {
         let fd = fd.and_then(|f| u32::try_from(f).ok());
-        if let Some(s) = self.socks.get_mut(&inode) {
+        if self.model.contains(inode) {
+            let holders = self.model.holders_mut(inode);
             // An fd the kernel could not name (close_range, close-on-exec,
             // io_uring) is one of the process's fds: drop one, the unnamed
             // first, and keep the others it may still hold.
             let at = match fd {
-                Some(_) => s.holders.iter().position(|h| h.pid == pid && h.fd == fd),
-                None => s
-                    .holders
+                Some(_) => holders.iter().position(|h| h.pid == pid && h.fd == fd),
+                None => holders
                     .iter()
                     .position(|h| h.pid == pid && h.fd.is_none())
-                    .or_else(|| s.holders.iter().position(|h| h.pid == pid)),
+                    .or_else(|| holders.iter().position(|h| h.pid == pid)),
             };
             if let Some(at) = at {
-                s.holders.remove(at);
+                holders.remove(at);
             }
-            if !s.holders.iter().any(|h| h.pid == pid) {
+            if !holders.iter().any(|h| h.pid == pid) {
                 self.by_pid.get_mut(&pid).map(|set| set.remove(&inode));
             }
         }
@@ -332,9 +288,9 @@ impl Tracker {
     fn on_listen(&mut self, e: &Event) -> Peer {
         self.upsert(e.inode, actor(e, e.fd), None, e);
         if let Some(i) = e.inode
-            && let Some(s) = self.socks.get_mut(&i)
+            && let Some(s) = self.model.get_mut(i)
         {
-            s.listener = true;
+            s.state = KernelState::Listen;
         }
         if let (Some(p), Some(i)) = (&e.path, e.inode) {
             self.listeners.insert(e.netns, p, i);
@@ -348,7 +304,7 @@ impl Tracker {
         // accepted before the connect returned): by the time the accept is
         // reported the client may have closed, and the kernel no longer
         // names it.
-        if e.sock_type != crate::model::SockType::Dgram
+        if e.sock_type != SockType::Dgram
             && e.peer_sk != 0
             && let Some(i) = e.inode
         {
@@ -384,7 +340,7 @@ impl Tracker {
     fn on_fd_close(&mut self, e: &Event) -> Peer {
         if let Some(i) = e.inode {
             self.drop_holder(i, e.pid, e.fd);
-            let orphaned = self.socks.get(&i).is_some_and(|s| s.holders.is_empty());
+            let orphaned = self.model.contains(i) && self.model.holders(i).is_empty();
             if orphaned && self.infer_release_on_exit && self.orphans.len() < ORPHANS {
                 let next_look_ns = e.ts_ns.saturating_add(ORPHAN_FIRST_LOOK_NS);
                 let orphan = Orphan { fd_close: e.clone(), next_look_ns, wait_ns: ORPHAN_FIRST_LOOK_NS };
@@ -402,8 +358,8 @@ impl Tracker {
     /// names its client from the kernel's peer, if the client lives).
     fn add_embryo(&mut self, sk: u64, client: u64) {
         if self.embryos.len() >= EMBRYOS {
-            let socks = &self.socks;
-            self.embryos.retain(|_, c| socks.contains_key(c));
+            let model = &self.model;
+            self.embryos.retain(|_, c| model.contains(*c));
             if self.embryos.len() >= EMBRYOS / 2 {
                 return;
             }
@@ -416,9 +372,9 @@ impl Tracker {
         self.embryos.remove(&e.sk);
         self.upsert(e.inode, actor(e, e.fd), e.peer_inode, e);
         if let (Some(client), Some(me)) = (e.peer_inode, e.inode)
-            && let Some(c) = self.socks.get_mut(&client)
+            && let Some(c) = self.model.get_mut(client)
         {
-            c.peer_inode = Some(me);
+            c.peer = Some(me);
         }
         self.holders_of(e.peer_inode).map_or(Peer::Unknown, Peer::Holders)
     }
@@ -445,7 +401,7 @@ impl Tracker {
             .orphans
             .iter()
             .filter(|(_, o)| o.next_look_ns <= now_ns)
-            .filter_map(|(i, _)| Some((*i, self.socks.get(i)?.netns)))
+            .filter_map(|(i, _)| Some((*i, netns_of(self.model.get(*i)?))))
             .collect();
         v.sort_unstable();
         v
@@ -467,8 +423,8 @@ impl Tracker {
         close.kind = EventKind::Close;
         close.ts_ns = now_ns.max(close.ts_ns);
         close.inferred = Some(Inferred::ReleasedLater);
-        if let Some(s) = self.socks.get_mut(&inode) {
-            s.holders.push(Holder::of(close.pid, close.comm, close.fd));
+        if self.model.contains(inode) {
+            self.model.holders_mut(inode).push(Holder::of(close.pid, close.comm, close.fd));
         }
         self.apply(close, out);
     }
@@ -482,11 +438,12 @@ impl Tracker {
 
     fn fork(&mut self, parent: u32, child: u32) {
         let Some(inodes) = self.by_pid.get(&parent).cloned() else { return };
-        for inode in &inodes {
-            if let Some(s) = self.socks.get_mut(inode) {
+        for &inode in &inodes {
+            if self.model.contains(inode) {
+                let holders = self.model.holders_mut(inode);
                 let inherited: Holders =
-                    s.holders.iter().filter(|h| h.pid == parent).map(|h| Holder { pid: child, ..*h }).collect();
-                s.holders.extend(inherited);
+                    holders.iter().filter(|h| h.pid == parent).map(|h| Holder { pid: child, ..*h }).collect();
+                holders.extend(inherited);
             }
         }
         self.by_pid.insert(child, inodes);
@@ -499,19 +456,21 @@ impl Tracker {
         let Some(inodes) = self.by_pid.remove(&e.pid) else { return };
         let mut released = Vec::new();
         for inode in inodes {
-            let Some(s) = self.socks.get_mut(&inode) else { continue };
-            let fd = s.holders.iter().find(|h| h.pid == e.pid).and_then(|h| h.fd);
-            s.holders.retain(|h| h.pid != e.pid);
-            if s.holders.is_empty() && self.infer_release_on_exit {
+            let Some(s) = self.model.get(inode) else { continue };
+            let (netns, sock_type) = (netns_of(s), s.sock_type);
+            let holders = self.model.holders_mut(inode);
+            let fd = holders.iter().find(|h| h.pid == e.pid).and_then(|h| h.fd);
+            holders.retain(|h| h.pid != e.pid);
+            if holders.is_empty() && self.infer_release_on_exit {
                 let mut close = e.clone();
                 close.kind = EventKind::Close;
                 close.inode = Some(inode);
                 close.fd = fd.and_then(|f| i32::try_from(f).ok());
-                close.netns = s.netns;
-                close.sock_type = s.sock_type.unwrap_or(close.sock_type);
+                close.netns = netns;
+                close.sock_type = sock_type;
                 close.inferred = Some(Inferred::Exit);
                 // Keep the exiting process as the last holder for the line.
-                s.holders.push(Holder { pid: e.pid, comm: e.comm, fd });
+                holders.push(Holder { pid: e.pid, comm: e.comm, fd });
                 released.push(close);
             }
         }
@@ -532,38 +491,35 @@ impl Tracker {
         self.embryos.remove(&e.sk);
         let Some(inode) = e.inode else { return Peer::Unknown };
         self.orphans.remove(&inode);
-        let sock = self.socks.remove(&inode);
-        // The kernel may already have cut the peer link (the peer closed
-        // first); the model remembers it.
-        if e.peer_inode.is_none() {
-            e.peer_inode = sock.as_ref().and_then(|s| s.peer_inode);
-        }
-        if e.path.is_none() {
-            e.path = sock.as_ref().and_then(|s| s.path.clone());
-        }
-        // The syscall strategy reports a close with its identity only.
-        if let Some(s) = &sock {
+        if let Some((s, holders)) = self.model.remove(inode) {
+            // The kernel may already have cut the peer link (the peer
+            // closed first); the model remembers it.
+            if e.peer_inode.is_none() {
+                e.peer_inode = s.peer_inode();
+            }
+            if e.path.is_none() {
+                e.path.clone_from(&s.path);
+            }
+            // The syscall strategy reports a close with its identity only.
             if e.netns == 0 {
-                e.netns = s.netns;
+                e.netns = netns_of(&s);
             }
-            if let (crate::model::SockType::Other(0), Some(t)) = (e.sock_type, s.sock_type) {
-                e.sock_type = t;
+            if e.sock_type == SockType::Other(0) {
+                e.sock_type = s.sock_type;
             }
-        }
-        // unix_release_sock does not know the fd; the model does.
-        if e.fd.is_none() {
-            e.fd = sock.as_ref().and_then(|s| s.holders.iter().find(|h| h.pid == e.pid)).and_then(Holder::event_fd);
-        }
-        if let Some(s) = sock {
-            if s.listener
+            // unix_release_sock does not know the fd; the model does.
+            if e.fd.is_none() {
+                e.fd = holders.iter().find(|h| h.pid == e.pid).and_then(Holder::event_fd);
+            }
+            if s.state == KernelState::Listen
                 && let Some(p) = &s.path
             {
-                self.listeners.remove(s.netns, p);
+                self.listeners.remove(netns_of(&s), p);
             }
-            for h in &s.holders {
+            for h in &holders {
                 self.by_pid.get_mut(&h.pid).map(|set| set.remove(&inode));
             }
-            self.graveyard.bury(inode, s.holders);
+            self.graveyard.bury(inode, holders);
         }
         if let Some(h) = self.holders_of(e.peer_inode) {
             return Peer::Holders(h);
@@ -576,6 +532,12 @@ impl Tracker {
     }
 }
 
+/// Network namespaces are inode numbers, which the kernel keeps in 32 bits
+/// (`ns_common.inum`); events carry them so.
+fn netns_of(s: &Socket) -> u32 {
+    s.netns as u32
+}
+
 /// The process an event is about, holding `fd`.
 fn actor(e: &Event, fd: Option<i32>) -> Holder {
     Holder::of(e.pid, e.comm, fd)
@@ -586,7 +548,7 @@ mod tests {
     use super::*;
 
     impl Tracker {
-        fn applied(&mut self, e: Event) -> Vec<Resolved> {
+        pub(super) fn applied(&mut self, e: Event) -> Vec<Resolved> {
             let mut out = Vec::new();
             self.apply(e, &mut out);
             out
@@ -639,7 +601,7 @@ mod tests {
             (EventKind::Close, Some(11), Some(Inferred::Exit))
         );
         assert_eq!(out[0].event.fd, Some(4));
-        assert!(t.socks.is_empty() && t.by_pid.values().all(|s| s.is_empty()));
+        assert!(t.model.is_empty() && t.by_pid.values().all(|s| s.is_empty()));
     }
 
     #[test]
@@ -684,7 +646,7 @@ mod tests {
             (EventKind::Close, Some(10), Some(Inferred::ReleasedLater))
         );
         assert_eq!((r.event.pid, r.event.ts_ns), (1, 5_000_000_000));
-        assert!(t.orphans_due(u64::MAX).is_empty() && !t.socks.contains_key(&10));
+        assert!(t.orphans_due(u64::MAX).is_empty() && !t.model.contains(10));
     }
 
     #[test]
@@ -703,7 +665,7 @@ mod tests {
         let mut replayed = setup();
         let out = replayed.applied(live[0].event.clone());
         assert_eq!(out, live);
-        assert!(replayed.orphans_due(u64::MAX).is_empty() && !replayed.socks.contains_key(&10));
+        assert!(replayed.orphans_due(u64::MAX).is_empty() && !replayed.model.contains(10));
     }
 
     #[test]
@@ -789,7 +751,7 @@ mod tests {
         assert_eq!(late_accept(&mut t).event.peer_inode, Some(200));
         t.applied(ev(EventKind::Close, 10, "server", 300, 0));
         t.applied(ev(EventKind::Close, 10, "server", 100, 0));
-        assert!(t.socks.is_empty() && t.embryos.is_empty(), "closed sockets must be evicted");
+        assert!(t.model.is_empty() && t.embryos.is_empty(), "closed sockets must be evicted");
     }
 
     #[test]
@@ -809,11 +771,11 @@ mod tests {
             t.applied(ev(EventKind::Close, 1, "p", i * 2, 0));
             t.applied(ev(EventKind::Close, 1, "p", i * 2 + 1, 0));
         }
-        assert!(t.socks.is_empty());
+        assert!(t.model.is_empty());
         assert!(t.len() <= crate::follow::graveyard::GRAVEYARD, "{} entries", t.len());
     }
 
-    fn ev(kind: EventKind, pid: u32, comm: &str, inode: u64, peer_inode: u64) -> Event {
+    pub(super) fn ev(kind: EventKind, pid: u32, comm: &str, inode: u64, peer_inode: u64) -> Event {
         Event { path: Some("/run/s.sock".into()), ..Event::sample(kind, 1, pid, comm, inode, peer_inode) }
     }
 
@@ -837,16 +799,16 @@ mod tests {
         let r = one(&mut t, ev(EventKind::Close, 10, "server", 300, 0));
         assert!(matches!(r.peer, Peer::Holders(ref h) if h[0].pid == 20), "second close names the first");
         t.applied(ev(EventKind::Close, 10, "server", 100, 0));
-        assert!(t.socks.is_empty() && t.embryos.is_empty(), "closed sockets must be evicted");
+        assert!(t.model.is_empty() && t.embryos.is_empty(), "closed sockets must be evicted");
         assert_eq!(t.graveyard.len(), 3);
     }
 
     /// (inode, state, peer, name, holder)
-    type Row<'a> = (u64, KernelState, Option<u64>, Option<&'a str>, Holder);
+    pub(super) type Row<'a> = (u64, KernelState, Option<u64>, Option<&'a str>, Holder);
 
     /// A snapshot of stream sockets in netns 1, one holder each.
-    fn snapshot(sockets: Vec<Row<'_>>) -> Model {
-        let mut holders = crate::holders::HolderMap::new();
+    pub(super) fn snapshot(sockets: Vec<Row<'_>>) -> Model {
+        let mut holders = crate::holders::HolderMap::default();
         let sockets = sockets
             .into_iter()
             .map(|(inode, state, peer, name, holder)| {

@@ -282,7 +282,7 @@ mod tests {
             ..Socket::sample(inode, KernelState::Established, Some(peer))
         };
         let hostile = Comm::new(b"ev\x1b[31mil\x07");
-        let mut holders = HolderMap::new();
+        let mut holders = HolderMap::default();
         holders.insert(10, [Holder { pid: 7, fd: Some(3), comm: hostile }].into_iter().collect());
         holders.insert(11, [Holder { pid: 8, fd: Some(4), comm: "server".into() }].into_iter().collect());
         let name = SockName::abstract_name(b"</script><b>x\n\"");

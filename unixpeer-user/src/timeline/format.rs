@@ -166,6 +166,7 @@ impl SeedRecord {
             uid: self.uid,
             vfs: self.vfs.map(|(dev, ino)| Vfs { dev, ino }),
             netns: self.netns,
+            path: None,
         }
     }
 }

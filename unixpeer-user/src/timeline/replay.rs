@@ -2,21 +2,20 @@
 //! exactly as they did while recording, so every line comes out resolved
 //! the same way.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::Path;
 
 use unixpeer_common::EventKind;
 
 use super::{
     TimelineError,
-    format::{Record, SeedRecord, parse_name},
+    format::{Record, SeedRecord},
     reader::Reader,
 };
 use crate::{
     follow::ResyncRecord,
     follow::{Resolved, Tracker},
-    holders::HolderMap,
-    model::{KernelState, Model, SockType, Socket},
+    model::Model,
 };
 
 /// One thing a replay produces, in recorded order.
@@ -33,8 +32,6 @@ pub(crate) enum Step<'a> {
 pub struct Replay {
     pub(crate) reader: Reader,
     pub(crate) tracker: Tracker,
-    /// Snapshot rows by inode: what the live model does not keep.
-    rows: HashMap<u64, SeedRecord>,
     /// A record read ahead while looking for the end of the seeds or of `--at`.
     ahead: Option<Record>,
     /// Sockets seen closing: a peer pointing at one of them is gone.
@@ -55,16 +52,8 @@ impl Replay {
     pub fn from_reader(reader: Reader) -> Result<Self, TimelineError> {
         let tracker = Tracker::new(reader.header.infer_release_on_exit);
         let last_ts = reader.header.start_mono_ns;
-        let mut r = Self {
-            reader,
-            tracker,
-            rows: HashMap::new(),
-            ahead: None,
-            closed: HashSet::new(),
-            events: 0,
-            last_ts,
-            resolved: Vec::new(),
-        };
+        let mut r =
+            Self { reader, tracker, ahead: None, closed: HashSet::new(), events: 0, last_ts, resolved: Vec::new() };
         let mut seeds = Vec::new();
         while let Some(rec) = r.reader.next_record()? {
             match rec {
@@ -77,9 +66,6 @@ impl Replay {
             }
         }
         r.tracker.seed(&SeedRecord::model(&seeds));
-        for s in seeds {
-            r.rows.insert(s.inode, s);
-        }
         Ok(r)
     }
 
@@ -173,9 +159,6 @@ impl Replay {
         let mut released = Vec::new();
         self.tracker.finish(&mut released);
         let (gone, found) = self.tracker.resync(&SeedRecord::model(&seeds), netns);
-        for s in seeds {
-            self.rows.insert(s.inode, s);
-        }
         let sockets = self.tracker.sockets_len() as u64;
         Ok(Some((released, ResyncRecord { ts_ns, lost, netns, gone, found, sockets })))
     }
@@ -188,58 +171,7 @@ impl Replay {
     /// The connection table as the model knows it now, in the snapshot's
     /// shape so it prints like a snapshot.
     pub fn model(&self) -> Model {
-        let views = self.tracker.sockets();
-        let live: HashSet<u64> = views.iter().map(|v| v.inode).collect();
-        let listeners: HashMap<(u32, &str), u64> = views
-            .iter()
-            .filter(|v| v.listening)
-            .filter_map(|v| Some(((v.netns, v.path.as_deref()?), v.inode)))
-            .collect();
-        let mut icons: HashMap<u64, Vec<u64>> = HashMap::new();
-        let mut holders = HolderMap::new();
-        let mut sockets = Vec::with_capacity(views.len());
-        for v in &views {
-            let row = self.rows.get(&v.inode);
-            let sock_type = v.sock_type.or_else(|| row.map(|r| r.sock_type)).unwrap_or(SockType::Other(0));
-            let (state, peer) = if v.listening {
-                (KernelState::Listen, None)
-            } else if v.pending {
-                if let Some(l) = v.path.as_deref().and_then(|p| listeners.get(&(v.netns, p))) {
-                    icons.entry(*l).or_default().push(v.inode);
-                }
-                (KernelState::Established, Some(0))
-            } else if let Some(p) = v.peer_inode {
-                let gone = self.closed.contains(&p) && !live.contains(&p);
-                (KernelState::Established, Some(if gone { 0 } else { p }))
-            } else {
-                match row {
-                    Some(r) => (r.socket().state, r.peer),
-                    None => (KernelState::Close, None),
-                }
-            };
-            // Queue lengths are only true at the instant of the snapshot.
-            let fresh = self.events == 0;
-            sockets.push(Socket {
-                inode: v.inode,
-                sock_type,
-                state,
-                name: v.path.as_deref().map(parse_name),
-                peer,
-                icons: Box::default(),
-                rqlen: row.and_then(|r| r.rq).filter(|_| fresh),
-                shutdown: row.map_or(0, |r| r.shutdown),
-                uid: row.and_then(|r| r.uid),
-                vfs: row.and_then(|r| r.socket().vfs),
-                netns: u64::from(v.netns),
-            });
-            holders.insert(v.inode, v.holders.iter().copied().collect());
-        }
-        for s in &mut sockets {
-            if let Some(list) = icons.remove(&s.inode) {
-                s.icons = list.into_boxed_slice();
-            }
-        }
-        Model::new(sockets, holders)
+        self.tracker.table_model(self.events == 0, |inode| self.closed.contains(&inode))
     }
 }
 
@@ -248,7 +180,7 @@ pub(crate) mod tests {
     use super::*;
     use crate::events::Event;
     use crate::follow::Holder;
-    use crate::model::Status;
+    use crate::model::{SockType, Status};
     use crate::timeline::format::{self, Header};
 
     pub(crate) fn event(kind: EventKind, ts_s: u64, pid: u32, comm: &str, inode: u64) -> Event {
