@@ -170,31 +170,12 @@ pub(crate) struct Socket {
 }
 
 impl Socket {
-    /// A stream socket in netns 1 with nothing but what a test sets.
-    #[cfg(test)]
-    pub(crate) fn sample(inode: u64, state: KernelState, peer: Option<u64>) -> Self {
-        Socket {
-            inode,
-            sock_type: SockType::Stream,
-            state,
-            name: None,
-            peer,
-            icons: Box::default(),
-            rqlen: None,
-            shutdown: 0,
-            uid: None,
-            vfs: None,
-            netns: 1,
-            path: None,
-        }
-    }
-
-    /// A socket first heard of from an event: only what events say is known.
-    pub(crate) fn live(inode: u64, netns: u32, sock_type: SockType) -> Self {
+    /// A socket of which nothing but its identity is known yet.
+    pub(crate) fn new(inode: u64, sock_type: SockType, state: KernelState, netns: u64) -> Self {
         Socket {
             inode,
             sock_type,
-            state: KernelState::Close,
+            state,
             name: None,
             peer: None,
             icons: Box::default(),
@@ -202,9 +183,20 @@ impl Socket {
             shutdown: 0,
             uid: None,
             vfs: None,
-            netns: u64::from(netns),
+            netns,
             path: None,
         }
+    }
+
+    /// A stream socket in netns 1 with nothing but what a test sets.
+    #[cfg(test)]
+    pub(crate) fn sample(inode: u64, state: KernelState, peer: Option<u64>) -> Self {
+        Socket { peer, ..Self::new(inode, SockType::Stream, state, 1) }
+    }
+
+    /// A socket first heard of from an event: only what events say is known.
+    pub(crate) fn live(inode: u64, netns: u32, sock_type: SockType) -> Self {
+        Self::new(inode, sock_type, KernelState::Close, u64::from(netns))
     }
 
     /// A live peer inode, if any.

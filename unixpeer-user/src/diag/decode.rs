@@ -71,20 +71,12 @@ pub(crate) fn decode_socket(payload: &[u8], netns: u64) -> Result<Socket, DiagEr
         .get(..UNIX_DIAG_MSG_LEN)
         .ok_or_else(|| DiagError::Decode(DecodeError::buffer_too_small(payload.len(), UNIX_DIAG_MSG_LEN)))?;
     let header = UnixResponseHeader::parse(header_bytes).map_err(DiagError::Decode)?;
-    let mut socket = Socket {
-        inode: u64::from(header.inode),
-        sock_type: SockType::from_kernel(header.kind),
-        state: KernelState::from_kernel(header.state),
-        name: None,
-        peer: None,
-        icons: Box::default(),
-        rqlen: None,
-        shutdown: 0,
-        uid: None,
-        vfs: None,
+    let mut socket = Socket::new(
+        u64::from(header.inode),
+        SockType::from_kernel(header.kind),
+        KernelState::from_kernel(header.state),
         netns,
-        path: None,
-    };
+    );
     for nla in NlasIterator::new(&payload[UNIX_DIAG_MSG_LEN..]) {
         let nla = nla.map_err(DiagError::Decode)?;
         apply_attribute(&mut socket, &nla)?;
