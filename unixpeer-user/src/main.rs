@@ -7,14 +7,11 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use unixpeer_user::capture::{
-    CaptureOptions,
-    iter::{IterSource, Precomputed},
-};
+use unixpeer_user::capture::CaptureOptions;
 use unixpeer_user::cli::{Args, Command, HolderChoice};
 use unixpeer_user::filter::Filter;
 use unixpeer_user::follow::{self, FollowOptions, Hooks, Recorder, SnapshotPurpose};
-use unixpeer_user::holders::{HolderSource, ProcScan};
+use unixpeer_user::holders::{HolderSource, IterSource, Precomputed, ProcScan};
 use unixpeer_user::model::Model;
 use unixpeer_user::output::{self, OutputError, escape};
 use unixpeer_user::snapshot::{self, Snapshot};

@@ -1,17 +1,13 @@
-//! Socket attribution through the `iter/task_file` program: one read()
-//! walks every fd of every process in the kernel.
+//! The `iter/task_file` program: one read() walks every fd of every
+//! process in the kernel (the snapshot's holders, `holders/iter.rs`).
 
-use std::{io::Read, path::Path, time::Instant};
+use std::{io::Read, path::Path};
 
 use aya::{Ebpf, EbpfLoader, programs::Iter};
 use unixpeer_common::TaskSocketFd;
 
 use super::{CaptureError, attach_btf::Target, program_error};
-use crate::{
-    btf::{KernelBtf, VMLINUX_BTF},
-    holders::{HolderSource, Holders, HoldersError, holders_from_records},
-    privileges,
-};
+use crate::btf::{KernelBtf, VMLINUX_BTF};
 
 /// Loads and runs the iterator in `ebpf` (already loaded with this kernel's
 /// offsets), returning one record per socket fd.
@@ -59,72 +55,10 @@ pub(crate) fn load_for_iter(kbtf: &KernelBtf) -> Result<Ebpf, CaptureError> {
         .map_err(|e| CaptureError::Load(Box::new(e)))
 }
 
-/// The iterator as a holder source for the snapshot.
-pub struct IterSource {
-    why: String,
-}
-
-impl IterSource {
-    /// Checks that the iterator can run here, or says why not.
-    pub fn probe() -> Result<Self, String> {
-        if let Err(e) = privileges::check_capture() {
-            return Err(e.to_string().lines().next().unwrap_or_default().to_owned());
-        }
-        if !Path::new(VMLINUX_BTF).exists() {
-            return Err(format!("{VMLINUX_BTF} is missing"));
-        }
-        Ok(Self { why: "BPF iter/task_file loads on this kernel".into() })
-    }
-}
-
-impl HolderSource for IterSource {
-    fn name(&self) -> &'static str {
-        "bpf-iter"
-    }
-
-    fn collect(&mut self) -> Result<Holders, HoldersError> {
-        let start = Instant::now();
-        let run = || -> Result<Vec<TaskSocketFd>, CaptureError> {
-            let kbtf = KernelBtf::open(Path::new(VMLINUX_BTF))?;
-            let btf = super::attach_btf::stand_in(&kbtf, &[Target::Func(ITER_TARGET_FUNC)])?;
-            let mut ebpf = load_for_iter(&kbtf)?;
-            task_socket_fds(&mut ebpf, &btf, &kbtf)
-        };
-        let records = match run() {
-            Ok(r) => r,
-            Err(e) => {
-                let mut scan = crate::holders::ProcScan { why: format!("BPF task_file iterator failed ({e})") };
-                return scan.collect();
-            }
-        };
-        log::debug!("iter/task_file: {} socket fds in {:?}", records.len(), start.elapsed());
-        Ok(Holders {
-            by_inode: holders_from_records(&records),
-            source: "bpf-iter",
-            why: self.why.clone(),
-            blind_spot: None,
-        })
-    }
-}
-
-/// Records gathered earlier (by a running capture) handed to the snapshot.
-pub struct Precomputed {
-    pub records: Vec<TaskSocketFd>,
-    pub why: String,
-}
-
-impl HolderSource for Precomputed {
-    fn name(&self) -> &'static str {
-        "bpf-iter"
-    }
-
-    fn collect(&mut self) -> Result<Holders, HoldersError> {
-        let records = std::mem::take(&mut self.records);
-        Ok(Holders {
-            by_inode: holders_from_records(&records),
-            source: "bpf-iter",
-            why: self.why.clone(),
-            blind_spot: None,
-        })
-    }
+/// Loads the iterator on its own and runs it once.
+pub(crate) fn run_alone() -> Result<Vec<TaskSocketFd>, CaptureError> {
+    let kbtf = KernelBtf::open(Path::new(VMLINUX_BTF))?;
+    let btf = super::attach_btf::stand_in(&kbtf, &[Target::Func(ITER_TARGET_FUNC)])?;
+    let mut ebpf = load_for_iter(&kbtf)?;
+    task_socket_fds(&mut ebpf, &btf, &kbtf)
 }

@@ -3,7 +3,7 @@
 
 pub(crate) mod attach_btf;
 mod backend;
-pub mod iter;
+pub(crate) mod iter;
 mod kfunc;
 mod misses;
 

@@ -15,20 +15,6 @@ use super::{
 };
 use crate::follow::{Holder, Peer, Resolved};
 use crate::model::SockType;
-use crate::output::escape;
-
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub(crate) struct Proc {
-    pub(crate) pid: u32,
-    /// Exact, for JSON; `Display` shows it escaped.
-    pub(crate) comm: String,
-}
-
-impl std::fmt::Display for Proc {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}[{}]", escape::escaped(&self.comm), self.pid)
-    }
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(crate) enum ConnKind {
@@ -56,11 +42,11 @@ impl ConnKind {
 pub(crate) struct Conn {
     pub(crate) kind: ConnKind,
     pub(crate) sock_type: SockType,
-    pub(crate) client: Proc,
-    pub(crate) client_fd: Option<i32>,
-    /// Who accepted (or, until then, listened); None when nobody is known.
-    pub(crate) server: Option<Proc>,
-    pub(crate) server_fd: Option<i32>,
+    /// Who connected, with the fd it connected.
+    pub(crate) client: Holder,
+    /// Who accepted, with the accepted fd (or, until then, who listened);
+    /// None when nobody is known.
+    pub(crate) server: Option<Holder>,
     pub(crate) path: Option<String>,
     pub(crate) start_ns: u64,
     /// The first close of either end; None if still open at the end.
@@ -89,14 +75,12 @@ pub struct Conns {
 /// output does with names other processes chose.
 #[cfg(test)]
 pub(crate) fn hostile_conns(client: &str, server: &str) -> Conns {
-    let proc = |pid, comm: &str| Proc { pid, comm: comm.into() };
+    let proc = |pid, comm: &str, fd| Holder { pid, comm: comm.into(), fd: Some(fd) };
     let conn = Conn {
         kind: ConnKind::Connected,
         sock_type: SockType::Stream,
-        client: proc(20, client),
-        client_fd: Some(3),
-        server: Some(proc(10, server)),
-        server_fd: Some(4),
+        client: proc(20, client, 3),
+        server: Some(proc(10, server, 4)),
         path: Some("@</script><b>x\n\"".into()),
         start_ns: 1,
         end_ns: Some(2),
@@ -128,10 +112,6 @@ struct Builder {
     open: HashMap<u64, usize>,
 }
 
-fn proc_of(h: &Holder) -> Proc {
-    Proc { pid: h.pid, comm: h.comm.to_str().into_owned() }
-}
-
 fn first_peer(peer: &Peer) -> Option<&Holder> {
     match peer {
         Peer::Holders(h) => h.first(),
@@ -147,10 +127,8 @@ impl Builder {
         self.list.push(Conn {
             kind,
             sock_type: e.sock_type,
-            client: Proc { pid: e.pid, comm: e.comm.to_str().into_owned() },
-            client_fd: e.fd,
-            server: peer.map(proc_of),
-            server_fd: peer.and_then(Holder::event_fd),
+            client: Holder::of(e.pid, e.comm, e.fd),
+            server: peer.copied(),
             path: e.path.as_deref().map(str::to_owned),
             start_ns: e.ts_ns,
             end_ns: (kind == ConnKind::Failed).then_some(e.ts_ns),
@@ -172,7 +150,7 @@ impl Builder {
             }
             EventKind::Socketpair => {
                 let i = self.push(r, ConnKind::Socketpair);
-                self.list[i].server_fd = e.peer_fd;
+                self.list[i].server = Some(Holder::of(e.pid, e.comm, e.peer_fd));
                 for inode in [e.inode, e.peer_inode].into_iter().flatten() {
                     self.open.insert(inode, i);
                 }
@@ -185,8 +163,7 @@ impl Builder {
                     return;
                 };
                 let c = &mut self.list[i];
-                c.server = Some(Proc { pid: e.pid, comm: e.comm.to_str().into_owned() });
-                c.server_fd = e.fd;
+                c.server = Some(Holder::of(e.pid, e.comm, e.fd));
                 c.accepted = true;
                 let client_closed = c.end_ns.is_some();
                 if client_closed {
@@ -212,7 +189,7 @@ impl Builder {
                     && let Some(h) = first_peer(&r.peer)
                     && h.pid != c.client.pid
                 {
-                    c.server = Some(proc_of(h));
+                    c.server = Some(*h);
                 }
             }
             EventKind::Listen | EventKind::TaskExit | EventKind::FdClose | EventKind::Fork | EventKind::Rename => {}
@@ -231,11 +208,11 @@ mod tests {
         assert_eq!(conns.list.len(), 1);
         let c = &conns.list[0];
         assert_eq!(
-            (c.client.to_string(), c.server.as_ref().map(ToString::to_string)),
+            (c.client.process_name(), c.server.map(|s| s.process_name())),
             ("client[20]".into(), Some("server[10]".into()))
         );
         assert_eq!((c.start_ns, c.end_ns), (1_000_000_000, Some(3_000_000_000)));
-        assert_eq!(c.server_fd, Some(4), "the accepted fd, not the listener's");
+        assert_eq!(c.server.and_then(|s| s.fd), Some(4), "the accepted fd, not the listener's");
         assert_eq!(conns.end_ns, 5_000_000_000, "the end record closes the recording");
     }
 }

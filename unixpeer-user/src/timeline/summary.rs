@@ -9,7 +9,8 @@ use std::io::{self, Write};
 
 use serde_json::json;
 
-use super::conns::{ConnKind, Conns, Proc};
+use super::conns::{ConnKind, Conns};
+use crate::holders::Holder;
 use crate::output::escape::escaped;
 
 #[derive(Debug, Default)]
@@ -24,19 +25,20 @@ struct Group {
 type Key = (String, String, String, String);
 
 /// A process, its connection count, and its peers by count.
-type Busy<'a> = (&'a Proc, u64, Vec<(&'a Proc, u64)>);
+type Busy = (Holder, u64, Vec<(Holder, u64)>);
 
 /// How many busiest processes to list.
 const BUSIEST: usize = 10;
 
 pub fn write(out: &mut impl Write, conns: &Conns, json_out: bool) -> io::Result<()> {
     let mut groups: BTreeMap<Key, Group> = BTreeMap::new();
-    let mut per_proc: HashMap<&Proc, HashMap<&Proc, u64>> = HashMap::new();
+    let mut per_proc: HashMap<Holder, HashMap<Holder, u64>> = HashMap::new();
     for c in &conns.list {
-        let server = c.server.as_ref().map_or_else(|| "?".to_owned(), |s| s.comm.clone());
+        let server = c.server.map_or_else(|| "?".to_owned(), |s| s.comm.to_str().into_owned());
         let path =
             c.path.clone().unwrap_or_else(|| if c.kind == ConnKind::Socketpair { "(socketpair)" } else { "-" }.into());
-        let g = groups.entry((c.client.comm.clone(), server, path, c.sock_type.to_string())).or_default();
+        let client = c.client.comm.to_str().into_owned();
+        let g = groups.entry((client, server, path, c.sock_type.to_string())).or_default();
         if c.kind == ConnKind::Failed {
             g.failed += 1;
             continue;
@@ -46,23 +48,24 @@ pub fn write(out: &mut impl Write, conns: &Conns, json_out: bool) -> io::Result<
             Some(l) => g.lifetimes.push(l),
             None => g.open += 1,
         }
-        if let Some(s) = &c.server {
-            *per_proc.entry(&c.client).or_default().entry(s).or_default() += 1;
-            if s != &c.client {
-                *per_proc.entry(s).or_default().entry(&c.client).or_default() += 1;
+        if let Some(s) = c.server {
+            let (client, server) = (c.client.process(), s.process());
+            *per_proc.entry(client).or_default().entry(server).or_default() += 1;
+            if server != client {
+                *per_proc.entry(server).or_default().entry(client).or_default() += 1;
             }
         }
     }
-    let mut busiest: Vec<Busy<'_>> = per_proc
+    let mut busiest: Vec<Busy> = per_proc
         .into_iter()
         .map(|(p, peers)| {
             let total = peers.values().sum();
-            let mut peers: Vec<(&Proc, u64)> = peers.into_iter().collect();
-            peers.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+            let mut peers: Vec<(Holder, u64)> = peers.into_iter().collect();
+            peers.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
             (p, total, peers)
         })
         .collect();
-    busiest.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    busiest.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
     busiest.truncate(BUSIEST);
 
     if json_out {
@@ -114,8 +117,8 @@ pub fn write(out: &mut impl Write, conns: &Conns, json_out: bool) -> io::Result<
     writeln!(out)?;
     let mut rows = vec![["BUSIEST PROCESS", "CONNS", "TOP PEERS"].map(String::from)];
     for (p, total, peers) in &busiest {
-        let top: Vec<String> = peers.iter().take(3).map(|(q, n)| format!("{q} ({n})")).collect();
-        rows.push([p.to_string(), total.to_string(), top.join(", ")]);
+        let top: Vec<String> = peers.iter().take(3).map(|(q, n)| format!("{} ({n})", q.process_name())).collect();
+        rows.push([p.process_name(), total.to_string(), top.join(", ")]);
     }
     write_rows(out, &rows, &[1])?;
     let secs = conns.end_ns.saturating_sub(conns.start_ns) as f64 / 1e9;

@@ -14,9 +14,9 @@ pub(crate) fn write(out: &mut impl Write, conns: &Conns) -> io::Result<()> {
     let mut pids: BTreeMap<String, Vec<u32>> = BTreeMap::new();
     let shown = |comm: &str| escape::escaped(comm).into_owned();
     for c in &conns.list {
-        let server = c.server.as_ref().map_or_else(|| "?".to_owned(), |s| shown(&s.comm));
+        let server = c.server.map_or_else(|| "?".to_owned(), |s| shown(&s.comm.to_str()));
         for p in std::iter::once(&c.client).chain(c.server.as_ref()) {
-            let list = pids.entry(shown(&p.comm)).or_default();
+            let list = pids.entry(shown(&p.comm.to_str())).or_default();
             if !list.contains(&p.pid) {
                 list.push(p.pid);
             }
@@ -24,7 +24,7 @@ pub(crate) fn write(out: &mut impl Write, conns: &Conns) -> io::Result<()> {
         if c.server.is_none() {
             pids.entry(server.clone()).or_default();
         }
-        let e = edges.entry((shown(&c.client.comm), server, super::label(c))).or_default();
+        let e = edges.entry((shown(&c.client.comm.to_str()), server, super::label(c))).or_default();
         if c.kind == ConnKind::Failed {
             e.1 += 1;
         } else {

@@ -9,7 +9,8 @@ use std::io::{self, Write};
 
 use serde::Serialize;
 
-use super::super::conns::{ConnKind, Conns, Proc};
+use super::super::conns::{ConnKind, Conns};
+use crate::holders::Holder;
 use crate::output::escape;
 
 #[derive(Serialize)]
@@ -54,22 +55,25 @@ pub(crate) fn write(out: &mut impl Write, conns: &Conns, title: &str) -> io::Res
     let title = escape::escaped(title);
     let us = |ns: u64| ns.saturating_sub(conns.start_ns) as f64 / 1e3;
     let mut lanes: Vec<String> = Vec::new();
-    let mut lane_of: HashMap<&Proc, usize> = HashMap::new();
+    let mut lane_of: HashMap<Holder, usize> = HashMap::new();
     let mut paths: Vec<(String, String)> = Vec::new();
     let mut path_of: HashMap<String, usize> = HashMap::new();
     let mut bars = Vec::new();
     let mut marks = Vec::new();
     for c in &conns.list {
-        let client_lane = lane_for(&mut lanes, &mut lane_of, &c.client);
-        let server_lane = c.server.as_ref().map(|s| lane_for(&mut lanes, &mut lane_of, s));
+        let client_lane = lane_for(&mut lanes, &mut lane_of, c.client);
+        let server_lane = c.server.map(|s| lane_for(&mut lanes, &mut lane_of, s));
         let name = super::label(c);
         let path = *path_of.entry(name.clone()).or_insert_with(|| {
             paths.push((name.clone(), super::colour(&name)));
             paths.len() - 1
         });
-        let end_fd = |p: &Proc, fd: Option<i32>| fd.map_or_else(|| p.to_string(), |fd| format!("{p} fd {fd}"));
-        let client = end_fd(&c.client, c.client_fd);
-        let server = c.server.as_ref().map_or_else(|| "?".to_owned(), |s| end_fd(s, c.server_fd));
+        let end_fd = |h: Holder| match h.fd {
+            Some(fd) => format!("{} fd {fd}", h.process_name()),
+            None => h.process_name(),
+        };
+        let client = end_fd(c.client);
+        let server = c.server.map_or_else(|| "?".to_owned(), end_fd);
         if c.kind == ConnKind::Failed {
             marks.push(Mark { lane: client_lane, at_us: us(c.start_ns), path, client, server, errno: c.errno });
             continue;
@@ -107,9 +111,9 @@ pub(crate) fn write(out: &mut impl Write, conns: &Conns, title: &str) -> io::Res
 }
 
 /// Lanes in order of first appearance: the first clients come on top.
-fn lane_for<'c>(lanes: &mut Vec<String>, lane_of: &mut HashMap<&'c Proc, usize>, p: &'c Proc) -> usize {
-    *lane_of.entry(p).or_insert_with(|| {
-        lanes.push(p.to_string());
+fn lane_for(lanes: &mut Vec<String>, lane_of: &mut HashMap<Holder, usize>, h: Holder) -> usize {
+    *lane_of.entry(h.process()).or_insert_with(|| {
+        lanes.push(h.process_name());
         lanes.len() - 1
     })
 }

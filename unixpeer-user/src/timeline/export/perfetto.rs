@@ -7,7 +7,6 @@ use std::io::{self, Write};
 use serde_json::{Value, json};
 
 use super::super::conns::{ConnKind, Conns};
-use crate::output::escape;
 
 pub(crate) fn write(out: &mut impl Write, conns: &Conns) -> io::Result<()> {
     let us = |ns: u64| ns.saturating_sub(conns.start_ns) as f64 / 1e3;
@@ -17,18 +16,18 @@ pub(crate) fn write(out: &mut impl Write, conns: &Conns) -> io::Result<()> {
         let name = super::label(c);
         let end = c.end_ns.unwrap_or(conns.end_ns).max(c.start_ns);
         let args = json!({
-            "client": c.client.to_string(),
-            "client_fd": c.client_fd,
-            "server": c.server.as_ref().map(ToString::to_string),
-            "server_fd": c.server_fd,
+            "client": c.client.process_name(),
+            "client_fd": c.client.fd,
+            "server": c.server.map(|s| s.process_name()),
+            "server_fd": c.server.and_then(|s| s.fd),
             "type": c.sock_type.to_string(),
             "kind": c.kind.as_str(),
             "still_open": c.end_ns.is_none(),
             "errno": (c.errno != 0).then_some(c.errno),
         });
-        named.insert(c.client.pid, c.client.comm.clone());
+        named.insert(c.client.pid, c.client.comm);
         if let Some(s) = &c.server {
-            named.insert(s.pid, s.comm.clone());
+            named.insert(s.pid, s.comm);
         }
         if c.kind == ConnKind::Failed {
             events.push(json!({
@@ -47,7 +46,7 @@ pub(crate) fn write(out: &mut impl Write, conns: &Conns) -> io::Result<()> {
         }
     }
     for (pid, comm) in named {
-        let name = format!("{} [{pid}]", escape::escaped(&comm));
+        let name = format!("{comm} [{pid}]");
         events.push(json!({"name": "process_name", "ph": "M", "pid": pid, "tid": pid, "args": {"name": name}}));
     }
     let trace = json!({ "traceEvents": events, "displayTimeUnit": "ms" });
