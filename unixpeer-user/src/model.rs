@@ -293,6 +293,17 @@ impl Model {
         Some((socket, holders))
     }
 
+    /// `remove` for the live model's closes: only the holders come back,
+    /// so the socket itself is not moved out.
+    pub(crate) fn discard(&mut self, inode: u64) -> HolderList {
+        if let Some(s) = self.sockets.remove(&inode)
+            && !s.icons.is_empty()
+        {
+            self.forget_icons(&s);
+        }
+        self.holders.remove(&inode).unwrap_or_default()
+    }
+
     /// Keeps the sockets `keep` accepts, dropping the others and their holders.
     pub(crate) fn retain(&mut self, mut keep: impl FnMut(&Socket) -> bool) {
         let gone: Vec<u64> = self.sockets.values().filter(|s| !keep(s)).map(|s| s.inode).collect();

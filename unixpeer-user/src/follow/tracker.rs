@@ -491,7 +491,7 @@ impl Tracker {
         self.embryos.remove(&e.sk);
         let Some(inode) = e.inode else { return Peer::Unknown };
         self.orphans.remove(&inode);
-        if let Some((s, holders)) = self.model.remove(inode) {
+        if let Some(s) = self.model.get(inode) {
             // The kernel may already have cut the peer link (the peer
             // closed first); the model remembers it.
             if e.peer_inode.is_none() {
@@ -502,19 +502,20 @@ impl Tracker {
             }
             // The syscall strategy reports a close with its identity only.
             if e.netns == 0 {
-                e.netns = netns_of(&s);
+                e.netns = netns_of(s);
             }
             if e.sock_type == SockType::Other(0) {
                 e.sock_type = s.sock_type;
             }
-            // unix_release_sock does not know the fd; the model does.
-            if e.fd.is_none() {
-                e.fd = holders.iter().find(|h| h.pid == e.pid).and_then(Holder::event_fd);
-            }
             if s.state == KernelState::Listen
                 && let Some(p) = &s.path
             {
-                self.listeners.remove(netns_of(&s), p);
+                self.listeners.remove(netns_of(s), p);
+            }
+            let holders = self.model.discard(inode);
+            // unix_release_sock does not know the fd; the model does.
+            if e.fd.is_none() {
+                e.fd = holders.iter().find(|h| h.pid == e.pid).and_then(Holder::event_fd);
             }
             for h in &holders {
                 self.by_pid.get_mut(&h.pid).map(|set| set.remove(&inode));
