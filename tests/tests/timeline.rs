@@ -412,6 +412,13 @@ fn rotated_parts_keep_the_newest_and_replay_as_one_timeline() {
     assert_eq!(close.len(), 1, "{close:?}");
     assert_eq!((&close[0]["pid"], &close[0]["peer_pid"]), (&long_server.into(), &client.into()), "{}", close[0]);
     let at = format!("+{}ns", close[0]["ts"].as_u64().expect("ts") - start - 50_000_000);
+    // The last part alone names both ends too: its seeds are the live
+    // model at its rotation.
+    let alone = stdout_json(&unixtrace(&["-r", &paths[1], "--json"]));
+    let named: Vec<&Value> =
+        events_of(&alone).into_iter().filter(|v| v["event"] == "close" && v["inode"] == long).collect();
+    assert_eq!(named.len(), 1, "{named:?}");
+    assert_eq!(named[0]["peer_pid"], long_server, "{}", named[0]);
     let table = stdout_json(&unixtrace(&["-r", b, "--json", "--at", &at]));
     let row = table.iter().find(|s| s["inode"] == long).unwrap_or_else(|| panic!("no long row at {at}: {table:?}"));
     assert_eq!(row["state"], "connected", "{row}");

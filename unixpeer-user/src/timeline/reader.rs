@@ -30,6 +30,8 @@ pub struct Reader {
     /// The parts of a rotated recording still to read after this one, as
     /// one timeline (`open_set`).
     rest: VecDeque<PathBuf>,
+    /// The header of the part being read (`header` is the first part's).
+    current: Header,
 }
 
 /// The file's lines, one at a time, each counted: what the header is read
@@ -76,7 +78,16 @@ impl Reader {
     pub fn from_reader(path: &Path, input: impl Read + 'static) -> Result<Self, TimelineError> {
         let mut lines = Lines::new(path, input)?;
         let header = lines.read_header()?;
-        Ok(Self { lines, header, warnings: Vec::new(), finished: false, saw_end: false, rest: VecDeque::new() })
+        let current = header.clone();
+        Ok(Self {
+            lines,
+            header,
+            warnings: Vec::new(),
+            finished: false,
+            saw_end: false,
+            rest: VecDeque::new(),
+            current,
+        })
     }
 
     /// Goes on with the next part, past its header and seeds. Says whether
@@ -85,7 +96,8 @@ impl Reader {
         let Some(path) = self.rest.pop_front() else { return Ok(false) };
         let mut lines = Lines::new(&path, open_file(&path)?)?;
         let header = lines.read_header()?;
-        check_next(&self.lines.path, &self.header, &path, &header)?;
+        check_next(&self.lines.path, &self.current, &path, &header)?;
+        self.current = header;
         self.lines = lines;
         self.saw_end = false;
         loop {
@@ -120,7 +132,7 @@ impl Reader {
                 self.lines.buf.len()
             ));
         }
-        if let Some((offset, len)) = self.lines.cut_frame.get() {
+        if let Some((offset, len)) = self.lines.cut_frame.take() {
             self.warnings.push(format!(
                 "{}: byte offset {offset}: ignored an unfinished last zstd frame ({len} bytes): the recording was cut off",
                 self.lines.path.display()

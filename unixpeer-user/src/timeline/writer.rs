@@ -430,6 +430,16 @@ mod tests {
     /// closed in the second, as the live loop does: each event recorded,
     /// then applied; the rotation between them.
     fn record_in_two_parts(base: &Path, keep: Option<usize>) -> Vec<PathBuf> {
+        record_in_parts(base, keep, &[(2, 2 * S + S / 2)])
+    }
+
+    /// The same, rotating again before the last close.
+    fn record_in_three_parts(base: &Path) -> Vec<PathBuf> {
+        record_in_parts(base, None, &[(2, 2 * S + S / 2), (3, 4 * S + S / 2)])
+    }
+
+    /// Rotations due before event `i` at `now`.
+    fn record_in_parts(base: &Path, keep: Option<usize>, rotations: &[(usize, u64)]) -> Vec<PathBuf> {
         let rotation = Rotation { every: Some(std::time::Duration::from_secs(2)), size: None, keep };
         let mut w = TimelineWriter::create_rotating(base, false, rotation).unwrap();
         let clock = Clock { start_mono_ns: 0, wall_offset_ns: 1_796_362_492_000_000_000 };
@@ -460,17 +470,18 @@ mod tests {
         let closes = [event(EventKind::Close, 3, 20, "client", 200), event(EventKind::Close, 4, 10, "server", 300)];
         let mut out = Vec::new();
         for (i, e) in [connect, accept].into_iter().chain(closes).enumerate() {
-            if i == 2 {
-                assert!(!w.rotate(S, || SeedRecord::from_tracker(&tracker)).unwrap(), "not due yet");
-                assert!(w.rotate(2 * S + S / 2, || SeedRecord::from_tracker(&tracker)).unwrap());
+            for &(_, now) in rotations.iter().filter(|r| r.0 == i) {
+                assert!(!w.rotate(now - S, || SeedRecord::from_tracker(&tracker)).unwrap(), "not due yet");
+                assert!(w.rotate(now, || SeedRecord::from_tracker(&tracker)).unwrap());
             }
             w.event(&e);
             tracker.apply(e, &mut out);
         }
         w.finish(4).unwrap();
         assert_eq!(w.events, 4);
-        assert_eq!(w.parts(), Some(2));
+        assert_eq!(w.parts(), Some(rotations.len() as u64 + 1));
         drop(w);
+        // The parts there, this capture's last.
         rotate::parts(base).unwrap().into_iter().map(|(_, p)| p).collect()
     }
 
@@ -538,6 +549,11 @@ mod tests {
             assert!(!more.contains(&parts[0]) && more.contains(&parts[1]));
             let e = Replay::open(&more[..2]).err().unwrap().to_string();
             assert!(e.contains("not the same capture"), "{e}");
+            // Three parts of one capture read as one.
+            let three = record_in_three_parts(&dir.join(name));
+            let three = &three[three.len() - 3..];
+            let kinds: Vec<EventKind> = replayed(three).iter().map(|r| r.event.kind).collect();
+            assert_eq!(kinds, [EventKind::Connect, EventKind::Accept, EventKind::Close, EventKind::Close], "{name}");
             let e = Replay::open(&[parts[0].clone(), more[2].clone()]).err().unwrap().to_string();
             assert!(e.contains("not the same capture") || e.contains("No such file"), "{e}");
             std::fs::remove_dir_all(&dir).unwrap();
