@@ -39,7 +39,10 @@ pub fn holder_list(wide: bool) -> output::table::Holders {
 /// Opens what `-r` names: one timeline, or the parts of a rotated one
 /// (see `rotate::expand` and `Reader::open_set`). Returns the first file.
 fn open(paths: &[PathBuf]) -> Result<(Replay, PathBuf), TimelineError> {
-    let paths = rotate::expand(paths);
+    let (paths, notes) = rotate::expand(paths);
+    for n in notes {
+        eprintln!("unixtrace: note: {n}");
+    }
     let replay = Replay::open(&paths)?;
     Ok((replay, paths.first().cloned().unwrap_or_default()))
 }

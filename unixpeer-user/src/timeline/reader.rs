@@ -150,6 +150,11 @@ fn open_file(path: &Path) -> Result<io::Take<File>, TimelineError> {
     Ok(file.take(len))
 }
 
+/// The capture a file's header names, if it can be read and names one.
+pub(crate) fn capture_id_of(path: &Path) -> Option<String> {
+    peek_header(path).ok()?.capture_id
+}
+
 /// The header alone, without reading the rest of the file.
 fn peek_header(path: &Path) -> Result<Header, TimelineError> {
     let mut input = open_file(path)?;

@@ -176,20 +176,39 @@ pub(crate) fn prune(base: &Path, keep: usize) -> Vec<PathBuf> {
 
 /// What `-r` reads: each FILE as given, except a FILE that does not exist
 /// but names a rotating recording (the `-w` name), which stands for its
-/// parts, oldest first.
-pub fn expand(paths: &[PathBuf]) -> Vec<PathBuf> {
-    let mut out = Vec::new();
+/// parts, oldest first: those of its newest capture, when a restarted
+/// recorder left older captures' parts beside them (each left out is
+/// said in a note).
+pub fn expand(paths: &[PathBuf]) -> (Vec<PathBuf>, Vec<String>) {
+    let (mut out, mut notes) = (Vec::new(), Vec::new());
     for p in paths {
-        if std::fs::symlink_metadata(p).is_err()
-            && let Ok(found) = parts(p)
-            && !found.is_empty()
-        {
-            out.extend(found.into_iter().map(|(_, p)| p));
-        } else {
-            out.push(p.clone());
+        let found = match std::fs::symlink_metadata(p).is_err().then(|| parts(p)) {
+            Some(Ok(found)) if !found.is_empty() => found,
+            _ => {
+                out.push(p.clone());
+                continue;
+            }
+        };
+        let found: Vec<PathBuf> = found.into_iter().map(|(_, p)| p).collect();
+        let ids: Vec<Option<String>> = found.iter().map(|f| super::reader::capture_id_of(f)).collect();
+        let newest = ids.last().cloned().flatten();
+        // An unreadable newest part: all of them, for the reader to say why.
+        let from = match newest {
+            Some(_) => ids.iter().rposition(|id| *id != newest).map_or(0, |i| i + 1),
+            None => 0,
+        };
+        if from > 0 {
+            notes.push(format!(
+                "{}: reading its newest capture, {} parts from {}; the {from} parts before it are another \
+                 capture's (name them to read them)",
+                crate::output::escape::path(p),
+                found.len() - from,
+                crate::output::escape::path(&found[from]),
+            ));
         }
+        out.extend_from_slice(&found[from..]);
     }
-    out
+    (out, notes)
 }
 
 #[cfg(test)]
@@ -288,14 +307,14 @@ mod tests {
         assert_eq!(seqs(&base), vec![2, 10]);
         assert!(dir.join("c.jsonl").exists(), "FILE itself is not a part");
         // -r FILE stands for the parts only when FILE itself is not there.
-        assert_eq!(expand(std::slice::from_ref(&base)), vec![base.clone()]);
+        assert_eq!(expand(std::slice::from_ref(&base)).0, vec![base.clone()]);
         std::fs::remove_file(&base).unwrap();
         assert_eq!(
-            expand(std::slice::from_ref(&base)),
+            expand(std::slice::from_ref(&base)).0,
             parts(&base).unwrap().into_iter().map(|(_, p)| p).collect::<Vec<_>>()
         );
         let nothing = dir.join("nothing.jsonl");
-        assert_eq!(expand(std::slice::from_ref(&nothing)), vec![nothing]);
+        assert_eq!(expand(std::slice::from_ref(&nothing)), (vec![nothing], vec![]));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -549,6 +549,11 @@ mod tests {
             assert!(!more.contains(&parts[0]) && more.contains(&parts[1]));
             let e = Replay::open(&more[..2]).err().unwrap().to_string();
             assert!(e.contains("not the same capture"), "{e}");
+            // The -w name stands for its newest capture's parts.
+            let (set, notes) = rotate::expand(&[dir.join(name)]);
+            assert_eq!(set, more[1..], "{notes:?}");
+            assert_eq!(notes.len(), 1);
+            assert!(notes[0].contains("the 1 parts before it are another capture's"), "{notes:?}");
             // Three parts of one capture read as one.
             let three = record_in_three_parts(&dir.join(name));
             let three = &three[three.len() - 3..];
