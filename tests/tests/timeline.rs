@@ -278,6 +278,162 @@ fn kill_9_leaves_a_recording_that_replays_up_to_the_last_flush() {
     }
 }
 
+/// CLOCK_MONOTONIC in ns, as the recording's `ts`. Safe in a child.
+fn mono_ns() -> u64 {
+    let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: a valid timespec for the call.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut t) };
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}
+
+#[test]
+fn rotated_parts_keep_the_newest_and_replay_as_one_timeline() {
+    const N: usize = 120;
+    let dir = scratch_dir().join("rotate");
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).expect("rotate dir");
+    let base = dir.join("cap.jsonl.zst");
+    let b = base.to_str().expect("utf-8");
+    let sock = scratch("rot.sock");
+    let long_sock = scratch("rot-long.sock");
+    let (sock, long_sock) = (sock.to_str().expect("utf-8"), long_sock.to_str().expect("utf-8").to_owned());
+    let comm = "tl-rot";
+    let rec = Recorder::start(&base, &["-q", "--comm", comm, "--rotate", "1s", "--keep", "2"], Stdio::null());
+
+    // One connection open from the first part to the last (its server
+    // holds it until the client closes), and N short ones meanwhile, one
+    // every 40 ms: five seconds, so four rotations or more.
+    let server = spawn_server(comm, sock, 128, N);
+    let _ = fs::remove_file(&long_sock);
+    let ready = pipe();
+    let long_server = fork_child(comm, || {
+        let Ok(l) = unixpeer_tests::sys::fresh_listener(libc::SOCK_STREAM, &long_sock, 1) else { return 4 };
+        report(&ready.write, "ready");
+        let Ok(c) = unixpeer_tests::sys::accept(l) else { return 1 };
+        // Until the client closes.
+        let _ = unixpeer_tests::sys::read_fd(c, &mut [0u8; 1]);
+        unixpeer_tests::sys::close(c);
+        0
+    });
+    assert_eq!(read_lines(&ready, 1), ["ready"]);
+    let reports = pipe();
+    let client = fork_child(comm, || {
+        let Ok(long) = connect_to(&long_sock, libc::SOCK_STREAM, false) else { return 2 };
+        report(&reports.write, &format!("long {}", inode_of(long)));
+        for _ in 0..N {
+            let before = mono_ns();
+            let Ok(fd) = connect_to(sock, libc::SOCK_STREAM, false) else { return 3 };
+            report(&reports.write, &format!("short {before} {}", inode_of(fd)));
+            let _ = unixpeer_tests::sys::write_fd(fd, b"x");
+            let _ = unixpeer_tests::sys::read_fd(fd, &mut [0u8; 1]);
+            unixpeer_tests::sys::close(fd);
+            // SAFETY: a plain sleep.
+            unsafe { libc::usleep(40_000) };
+        }
+        unixpeer_tests::sys::close(long);
+        0
+    });
+    assert_eq!(wait_child(client), 0, "client failed");
+    assert_eq!(wait_child(server), 0, "server failed");
+    assert_eq!(wait_child(long_server), 0, "long server failed");
+    let lines = read_reports(reports);
+    let (code, _, err) = rec.stop();
+    assert_eq!(code, Some(0), "{err}");
+
+    // Exactly the two newest parts are left, the last one finished.
+    let parts: Vec<u64> =
+        err.lines().find_map(|l| l.split(" in ").nth(1)?.split(" parts").next()?.parse().ok()).into_iter().collect();
+    assert!(parts.first().is_some_and(|&n| n >= 4), "at least three rotations: {err}");
+    let mut files: Vec<String> = fs::read_dir(&dir)
+        .expect("list")
+        .map(|e| e.expect("entry").file_name().into_string().expect("utf-8"))
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 2, "--keep 2: {files:?}");
+    let n = parts[0];
+    for (f, want) in files.iter().zip([n - 2, n - 1]) {
+        assert!(f.starts_with(&format!("cap-{want:06}-")) && f.ends_with("Z.jsonl.zst"), "{f} is not part {want}");
+        let mode = fs::metadata(dir.join(f)).expect("part").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+
+    // Read as one: by the -w name, or by the files in order; out of order
+    // is refused.
+    let o = unixtrace(&["-r", b, "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stderr(&o).is_empty(), "{}", stderr(&o));
+    let replayed = stdout_json(&o);
+    let paths: Vec<String> = files.iter().map(|f| dir.join(f).to_str().expect("utf-8").to_owned()).collect();
+    let listed = unixtrace(&["-r", &paths[0], &paths[1], "--json"]);
+    assert_eq!(stdout_json(&listed), replayed, "-r FILE and -r PART PART read the same");
+    let back = unixtrace(&["-r", &paths[1], "-r", &paths[0]]);
+    assert_eq!(back.status.code(), Some(1));
+    assert!(stderr(&back).contains("give the parts in recording order"), "{}", stderr(&back));
+
+    // Every connection begun after the first kept part started is there
+    // once, both ends named at connect, accept and both closes.
+    let start = replayed[0]["start_ts"].as_u64().expect("start_ts");
+    let events = events_of(&replayed);
+    let of = |kind: &str, key: &str, inode: u64| -> Vec<&Value> {
+        events.iter().copied().filter(|v| v["event"] == kind && v[key] == inode).collect()
+    };
+    let mut checked = 0;
+    for l in lines.iter().filter(|l| l.starts_with("short ")) {
+        let [before, inode] = numbers::<u64>(&l["short ".len()..])[..] else { panic!("{l}") };
+        if before <= start {
+            continue;
+        }
+        checked += 1;
+        let connect = of("connect", "inode", inode);
+        assert_eq!(connect.len(), 1, "one connect for {inode}: {connect:?}");
+        assert_eq!((&connect[0]["pid"], &connect[0]["peer_pid"]), (&client.into(), &server.into()), "{}", connect[0]);
+        let accept = of("accept", "peer_inode", inode);
+        assert_eq!(accept.len(), 1, "one accept for {inode}: {accept:?}");
+        assert_eq!((&accept[0]["pid"], &accept[0]["peer_pid"]), (&server.into(), &client.into()), "{}", accept[0]);
+        let server_end = accept[0]["inode"].as_u64().expect("accepted inode");
+        for (end, pid, peer) in [(inode, client, server), (server_end, server, client)] {
+            let close = of("close", "inode", end);
+            assert_eq!(close.len(), 1, "one close of {end}: {close:?}");
+            assert_eq!((&close[0]["pid"], &close[0]["peer_pid"]), (&pid.into(), &peer.into()), "{}", close[0]);
+        }
+    }
+    assert!(checked >= 10, "only {checked} connections in the kept parts' time");
+
+    // The connection open across every rotation: its connect was in a
+    // deleted part; its closes name both ends from the seeds, and --at
+    // shows it connected.
+    let long = tagged(&lines, "long", 1) as u64;
+    assert!(of("connect", "inode", long).is_empty(), "its connect was in a deleted part");
+    let close = of("close", "inode", long);
+    assert_eq!(close.len(), 1, "{close:?}");
+    assert_eq!((&close[0]["pid"], &close[0]["peer_pid"]), (&client.into(), &long_server.into()), "{}", close[0]);
+    let peer = close[0]["peer_inode"].as_u64().expect("peer inode");
+    let close = of("close", "inode", peer);
+    assert_eq!(close.len(), 1, "{close:?}");
+    assert_eq!((&close[0]["pid"], &close[0]["peer_pid"]), (&long_server.into(), &client.into()), "{}", close[0]);
+    let at = format!("+{}ns", close[0]["ts"].as_u64().expect("ts") - start - 50_000_000);
+    // The last part alone names both ends too: its seeds are the live
+    // model at its rotation.
+    let alone = stdout_json(&unixtrace(&["-r", &paths[1], "--json"]));
+    let named: Vec<&Value> =
+        events_of(&alone).into_iter().filter(|v| v["event"] == "close" && v["inode"] == long).collect();
+    assert_eq!(named.len(), 1, "{named:?}");
+    assert_eq!(named[0]["peer_pid"], long_server, "{}", named[0]);
+    let table = stdout_json(&unixtrace(&["-r", b, "--json", "--at", &at]));
+    let row = table.iter().find(|s| s["inode"] == long).unwrap_or_else(|| panic!("no long row at {at}: {table:?}"));
+    assert_eq!(row["state"], "connected", "{row}");
+    assert_eq!((&row["holders"][0]["pid"], &row["peer_holders"][0]["pid"]), (&client.into(), &long_server.into()));
+
+    // --summary and the exports cover the whole set.
+    let summary = stdout_json(&unixtrace(&["-r", b, "--summary", "--json"]));
+    let pair = summary.iter().find(|v| v["kind"] == "pair" && v["path"] == sock).expect("a pair row");
+    assert!(pair["connections"].as_u64() >= Some(checked as u64), "{pair}");
+    let out = scratch("rot.dot");
+    let o = unixtrace(&["export", "-r", b, "--format", "dot", "-o", out.to_str().expect("utf-8")]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(fs::read_to_string(&out).expect("dot").contains(sock));
+}
+
 #[test]
 fn bad_files_give_one_clear_error() {
     let header = r#"{"format":"unixtrace-timeline","version":1,"writer":"t","hostname":"h","kernel":"k","backend":"tracepoint","backend_why":"w","infer_release_on_exit":true,"start_mono_ns":0,"start_wall_ns":0,"start_time":"1970-01-01T00:00:00Z","command_line":[]}"#;

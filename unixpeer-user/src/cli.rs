@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use crate::capture::BackendChoice;
 use crate::filter::Glob;
 use crate::model::SockType;
-use crate::timeline::{export::Format, time::TimeSpec};
+use crate::timeline::{export::Format, rotate::Limit, time::TimeSpec};
 
 /// Who talks to whom over UNIX-domain sockets.
 ///
@@ -89,9 +89,27 @@ pub struct Args {
     #[arg(short = 'w', long = "write", value_name = "FILE", requires = "follow")]
     pub write: Option<PathBuf>,
 
+    /// With -w: write the recording in parts, starting the next when the
+    /// current one is this old (30s, 15m, 1h, 1d) or this large on disk
+    /// (512K, 100M, 1G; base 1024). Give both to rotate at whichever comes
+    /// first. Parts are named FILE's stem, the part's number and its start
+    /// (UTC), then FILE's extensions: capture-000003-20261204T053452Z.jsonl.zst.
+    /// Each part is a complete timeline; `-r FILE` reads them all as one.
+    #[arg(long, value_name = "AGE|SIZE", value_parser = crate::timeline::rotate::parse_limit, requires = "write")]
+    pub rotate: Vec<Limit>,
+
+    /// With --rotate: keep the N newest parts of FILE (the one being
+    /// written included) and delete older ones.
+    #[arg(long, value_name = "N", value_parser = crate::timeline::rotate::parse_keep, requires = "rotate")]
+    pub keep: Option<usize>,
+
     /// Replay a timeline recorded with -w, with the same filters and output.
-    #[arg(short = 'r', long = "read", value_name = "FILE", conflicts_with_all = ["follow", "write"])]
-    pub read: Option<PathBuf>,
+    /// Several FILEs (repeat -r or list them after it, e.g. a shell glob)
+    /// are consecutive parts of one rotated recording, read as one timeline;
+    /// a FILE that does not exist but was the -w name of a --rotate
+    /// recording stands for all its parts.
+    #[arg(short = 'r', long = "read", value_name = "FILE", num_args = 1.., conflicts_with_all = ["follow", "write"])]
+    pub read: Vec<PathBuf>,
 
     /// While recording, print nothing on stdout.
     #[arg(short = 'q', long, requires = "write")]
@@ -127,9 +145,10 @@ pub struct Args {
 pub enum Command {
     /// Draw a recorded timeline: a graph, a Perfetto trace, or an HTML page.
     Export {
-        /// The timeline recorded with -w.
-        #[arg(short = 'r', long = "read", value_name = "FILE")]
-        read: PathBuf,
+        /// The timeline recorded with -w (several: the parts of a rotated
+        /// recording, as with `unixtrace -r`).
+        #[arg(short = 'r', long = "read", value_name = "FILE", num_args = 1.., required = true)]
+        read: Vec<PathBuf>,
         #[arg(long, value_enum)]
         format: Format,
         /// Where to write (refuses to overwrite without --force).
@@ -241,5 +260,35 @@ mod tests {
         assert!(matches!(a.command, Some(Command::Export { format: Format::Html, .. })));
         use clap::CommandFactory;
         Args::command().debug_assert();
+    }
+
+    #[test]
+    fn rotation_flags() {
+        let a = Args::try_parse_from([
+            "unixtrace",
+            "-f",
+            "-w",
+            "c.jsonl",
+            "--rotate",
+            "1h",
+            "--rotate",
+            "100M",
+            "--keep",
+            "24",
+        ])
+        .unwrap();
+        assert_eq!(a.rotate, vec![Limit::Every(Duration::from_secs(3600)), Limit::Size(100 << 20)]);
+        assert_eq!(a.keep, Some(24));
+        let err = |args: &[&str]| Args::try_parse_from(args).unwrap_err().to_string();
+        assert!(err(&["unixtrace", "-f", "-w", "c", "--rotate", "0"]).contains("no unit"));
+        assert!(err(&["unixtrace", "-f", "-w", "c", "--rotate", "0s"]).contains("zero"));
+        assert!(err(&["unixtrace", "-f", "-w", "c", "--rotate", "5x"]).contains("bad rotation unit"));
+        assert!(err(&["unixtrace", "-f", "-w", "c", "--rotate", "1h", "--keep", "0"]).contains("at least 1"));
+        assert!(err(&["unixtrace", "-f", "-w", "c", "--keep", "2"]).contains("--rotate"));
+        assert!(err(&["unixtrace", "-f", "--rotate", "1h"]).contains("--write"));
+        let a = Args::try_parse_from(["unixtrace", "-r", "a", "b", "-r", "c", "--summary"]).unwrap();
+        assert_eq!(a.read, ["a", "b", "c"].map(PathBuf::from));
+        let a = Args::try_parse_from(["unixtrace", "export", "-r", "a", "b", "--format", "dot", "-o", "x"]).unwrap();
+        assert!(matches!(a.command, Some(Command::Export { read, .. }) if read.len() == 2));
     }
 }

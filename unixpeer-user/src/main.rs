@@ -2,7 +2,7 @@
 
 use std::cell::RefCell;
 use std::io::{BufWriter, Write};
-use std::path::Path;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
@@ -15,7 +15,7 @@ use unixpeer_user::holders::{HolderSource, IterSource, Precomputed, ProcScan};
 use unixpeer_user::model::Model;
 use unixpeer_user::output::{self, OutputError, escape};
 use unixpeer_user::snapshot::{self, Snapshot};
-use unixpeer_user::timeline::{self, writer::TimelineWriter};
+use unixpeer_user::timeline::{self, rotate::Rotation, writer::TimelineWriter};
 
 fn main() -> ExitCode {
     // One malloc arena: the snapshot attributes holders on one thread while
@@ -33,9 +33,9 @@ fn main() -> ExitCode {
         (Some(Command::Export { read, format, output, force }), _) => {
             timeline::cmd::export(read, *format, output, *force).map_err(Into::into)
         }
-        (None, Some(path)) => replay_main(&args, path),
-        (None, None) if args.follow => follow_main(&args),
-        (None, None) => snapshot_main(&args),
+        (None, paths) if !paths.is_empty() => replay_main(&args, paths),
+        (None, _) if args.follow => follow_main(&args),
+        (None, _) => snapshot_main(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -111,7 +111,15 @@ fn follow_main(args: &Args) -> anyhow::Result<()> {
         quiet: args.quiet,
     };
     // Opened before the capture starts: a name already taken fails fast.
-    let writer = args.write.as_deref().map(|p| TimelineWriter::create(p, args.force)).transpose()?.map(RefCell::new);
+    let writer = args
+        .write
+        .as_deref()
+        .map(|p| match args.rotate.as_slice() {
+            [] => TimelineWriter::create(p, args.force),
+            limits => TimelineWriter::create_rotating(p, args.force, Rotation::new(limits, args.keep)),
+        })
+        .transpose()?
+        .map(RefCell::new);
     let filter = filter_from(args);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the runtime")?;
     let mut take_snapshot = |purpose, records: Result<Vec<_>, String>| -> Result<Model, String> {
@@ -141,6 +149,8 @@ fn follow_main(args: &Args) -> anyhow::Result<()> {
         if result.is_err() && w.events == 0 {
             // Nothing was recorded: leave no empty file behind.
             let _ = std::fs::remove_file(w.path());
+        } else if let Some(parts) = w.parts() {
+            eprintln!("unixtrace: recorded {} events in {parts} parts, the last {}", w.events, escape::path(w.path()));
         } else {
             eprintln!("unixtrace: recorded {} events to {}", w.events, escape::path(w.path()));
         }
@@ -149,7 +159,7 @@ fn follow_main(args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn replay_main(args: &Args, path: &Path) -> anyhow::Result<()> {
+fn replay_main(args: &Args, paths: &[PathBuf]) -> anyhow::Result<()> {
     let opts = timeline::cmd::ReplayOptions {
         json: args.json,
         wall_time: args.timestamp,
@@ -161,7 +171,7 @@ fn replay_main(args: &Args, path: &Path) -> anyhow::Result<()> {
         wide: args.wide,
     };
     let mut out = BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
-    timeline::cmd::replay(path, &opts, &filter_from(args), &mut out)?;
+    timeline::cmd::replay(paths, &opts, &filter_from(args), &mut out)?;
     out.flush().map_err(OutputError::from)?;
     Ok(())
 }

@@ -193,6 +193,15 @@ impl<'a, W: Write> Consumer<'a, W> {
         self.lines.push(b'\n');
     }
 
+    /// Between batches: the recorder may start its next part, seeded with
+    /// the model, which has applied every event recorded so far.
+    pub(crate) fn rotate(&mut self, now_ns: u64) -> Result<(), super::RecorderError> {
+        match self.recorder.as_mut() {
+            Some(r) => r.rotate(now_ns, &self.tracker),
+            None => Ok(()),
+        }
+    }
+
     pub fn recorder(&mut self) -> Option<&mut (dyn Recorder + 'a)> {
         self.recorder.as_deref_mut()
     }

@@ -83,6 +83,12 @@ pub trait Recorder {
     fn resync(&mut self, ts_ns: u64, lost: u64, netns: u32);
     /// Called at least once a second: what was recorded reaches the file.
     fn flush(&mut self) -> Result<(), RecorderError>;
+    /// Called between two batches of events, when the model (`tracker`)
+    /// has applied every event recorded so far: a recorder that writes in
+    /// parts (`--rotate`) may start the next one here, seeded with it.
+    fn rotate(&mut self, _now_ns: u64, _tracker: &Tracker) -> Result<(), RecorderError> {
+        Ok(())
+    }
     fn finish(&mut self, summary: &FollowSummary) -> Result<(), RecorderError>;
 }
 
@@ -190,6 +196,7 @@ pub async fn run<'a>(opts: &'a FollowOptions, hooks: Hooks<'a>) -> Result<Follow
         if stop || sink.done() {
             break;
         }
+        sink.rotate(render::clock_ns(libc::CLOCK_MONOTONIC)).map_err(FollowError::Recorder)?;
         sink.flush()?;
     }
     finish(&mut sink, &mut capture, resync.own_netns)?;

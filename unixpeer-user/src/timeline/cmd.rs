@@ -1,7 +1,7 @@
 //! The `-r FILE` and `export` commands: read, replay, print.
 
 use std::io::{BufWriter, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use unixpeer_common::EventKind;
 
@@ -9,7 +9,7 @@ use super::{
     TimelineError, conns,
     export::{self, Format},
     replay::{Replay, Step},
-    summary,
+    rotate, summary,
     time::TimeSpec,
 };
 use crate::{
@@ -36,8 +36,25 @@ pub fn holder_list(wide: bool) -> output::table::Holders {
     if wide { output::table::Holders::All } else { output::table::Holders::First }
 }
 
-pub fn replay(path: &Path, opts: &ReplayOptions, filter: &Filter, out: &mut impl Write) -> Result<(), TimelineError> {
-    let mut replay = Replay::open(path)?;
+/// Opens what `-r` names: one timeline, or the parts of a rotated one
+/// (see `rotate::expand` and `Reader::open_set`). Returns the first file.
+fn open(paths: &[PathBuf]) -> Result<(Replay, PathBuf), TimelineError> {
+    let (paths, notes) = rotate::expand(paths);
+    for n in notes {
+        eprintln!("unixtrace: note: {n}");
+    }
+    let replay = Replay::open(&paths)?;
+    Ok((replay, paths.first().cloned().unwrap_or_default()))
+}
+
+pub fn replay(
+    paths: &[PathBuf],
+    opts: &ReplayOptions,
+    filter: &Filter,
+    out: &mut impl Write,
+) -> Result<(), TimelineError> {
+    let (mut replay, first) = open(paths)?;
+    let path = first.as_path();
     let h = replay.reader.header.clone();
     if opts.verbose > 0 {
         // Every field but the path was read from the file, which anyone may have written.
@@ -166,8 +183,8 @@ fn report_warnings(replay: &mut Replay) {
 }
 
 /// `unixtrace export -r FILE --format F -o OUT`.
-pub fn export(path: &Path, format: Format, output: &Path, force: bool) -> Result<(), TimelineError> {
-    let mut replay = Replay::open(path)?;
+pub fn export(paths: &[PathBuf], format: Format, output: &Path, force: bool) -> Result<(), TimelineError> {
+    let (mut replay, path) = open(paths)?;
     let conns = conns::collect(&mut replay);
     report_warnings(&mut replay);
     let conns = conns?;

@@ -38,6 +38,16 @@ pub struct Header {
     pub(crate) start_wall_ns: i128,
     pub(crate) start_time: String,
     pub(crate) command_line: Vec<String>,
+    /// The same in every part of one capture, and in no other capture's:
+    /// what `-r` checks before joining files. Absent in files written
+    /// before rotation existed.
+    #[serde(default)]
+    pub(crate) capture_id: Option<String>,
+    /// The part's number within its capture, from 0 (`--rotate`). A part
+    /// after the first starts at the rotation: `start_*` is that instant
+    /// and its seeds are the live model as it stood then.
+    #[serde(default)]
+    pub(crate) part: u64,
 }
 
 impl Header {
@@ -67,6 +77,20 @@ impl Header {
             start_wall_ns: clock.wall_ns(clock.start_mono_ns),
             start_time: clock.rfc3339(clock.start_mono_ns),
             command_line: std::env::args().collect(),
+            capture_id: Some(read_trimmed("/proc/sys/kernel/random/uuid")).filter(|id| !id.is_empty()),
+            part: 0,
+        }
+    }
+
+    /// The header of the part after this one, starting at `mono_ns`.
+    pub(crate) fn next_part(&self, mono_ns: u64) -> Self {
+        let clock = crate::follow::render::Clock { start_mono_ns: mono_ns, ..self.clock() };
+        Self {
+            start_mono_ns: mono_ns,
+            start_wall_ns: clock.wall_ns(mono_ns),
+            start_time: clock.rfc3339(mono_ns),
+            part: self.part + 1,
+            ..self.clone()
         }
     }
 }
@@ -144,6 +168,14 @@ impl SeedRecord {
                 holders: model.holders(s.inode).to_vec(),
             })
             .collect()
+    }
+
+    /// The live model as it stands (at a rotation): what a part begins
+    /// with, so that it replays on its own. Queue lengths are left out (true
+    /// only at a snapshot's instant), sockets first seen in events have no
+    /// owner or VFS inode, and a client's `path` is the name it connected to.
+    pub(crate) fn from_tracker(tracker: &crate::follow::Tracker) -> Vec<Self> {
+        Self::from_model(&tracker.table_model(false, |_| false))
     }
 
     /// The snapshot a recording starts with (or checked the model against

@@ -8,6 +8,7 @@ pub(crate) mod export;
 pub mod format;
 pub mod reader;
 pub mod replay;
+pub mod rotate;
 pub mod summary;
 pub(crate) mod time;
 pub mod writer;

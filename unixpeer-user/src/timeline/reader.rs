@@ -5,6 +5,7 @@
 
 use std::{
     cell::Cell,
+    collections::VecDeque,
     fs::File,
     io::{self, BufRead, BufReader, Read},
     path::{Path, PathBuf},
@@ -26,6 +27,11 @@ pub struct Reader {
     warnings: Vec<String>,
     finished: bool,
     pub(crate) saw_end: bool,
+    /// The parts of a rotated recording still to read after this one, as
+    /// one timeline (`open_set`).
+    rest: VecDeque<PathBuf>,
+    /// The header of the part being read (`header` is the first part's).
+    current: Header,
 }
 
 /// The file's lines, one at a time, each counted: what the header is read
@@ -41,23 +47,166 @@ struct Lines {
 
 impl Reader {
     pub fn open(path: &Path) -> Result<Self, TimelineError> {
-        let file = File::open(path).map_err(|source| TimelineError::Open { path: path.to_owned(), source })?;
-        // A recording still being written is read as it stood when opened:
-        // a busy recorder can append faster than a replay reads, and the
-        // replay must end.
-        let len = file.metadata().map_err(|source| TimelineError::Open { path: path.to_owned(), source })?.len();
-        Self::from_reader(path, file.take(len))
+        Self::from_reader(path, open_file(path)?)
+    }
+
+    /// Reads the parts of a rotated recording (`--rotate`) as one
+    /// timeline: the first part's seeds start the model, which then goes
+    /// on through every part's events (later parts' seeds, the same model
+    /// written again, are skipped). The files must be consecutive parts of
+    /// one capture, in order; otherwise an error says which file is wrong,
+    /// before anything is read. One file is read as `open` reads it.
+    pub fn open_set(paths: &[PathBuf]) -> Result<Self, TimelineError> {
+        let Some((first, rest)) = paths.split_first() else {
+            return Err(TimelineError::Open {
+                path: PathBuf::new(),
+                source: io::Error::new(io::ErrorKind::NotFound, "no file to read"),
+            });
+        };
+        if !rest.is_empty() {
+            let headers = paths.iter().map(|p| peek_header(p)).collect::<Result<Vec<_>, _>>()?;
+            for (i, pair) in headers.windows(2).enumerate() {
+                check_next(&paths[i], &pair[0], &paths[i + 1], &pair[1])?;
+            }
+        }
+        let mut r = Self::open(first)?;
+        r.rest = rest.iter().cloned().collect();
+        Ok(r)
     }
 
     /// Reads from any source; `path` only names it in messages.
-    pub fn from_reader(path: &Path, mut input: impl Read + 'static) -> Result<Self, TimelineError> {
+    pub fn from_reader(path: &Path, input: impl Read + 'static) -> Result<Self, TimelineError> {
+        let mut lines = Lines::new(path, input)?;
+        let header = lines.read_header()?;
+        let current = header.clone();
+        Ok(Self {
+            lines,
+            header,
+            warnings: Vec::new(),
+            finished: false,
+            saw_end: false,
+            rest: VecDeque::new(),
+            current,
+        })
+    }
+
+    /// Goes on with the next part, past its header and seeds. Says whether
+    /// there was one.
+    fn next_part(&mut self) -> Result<bool, TimelineError> {
+        let Some(path) = self.rest.pop_front() else { return Ok(false) };
+        let mut lines = Lines::new(&path, open_file(&path)?)?;
+        let header = lines.read_header()?;
+        check_next(&self.lines.path, &self.current, &path, &header)?;
+        self.current = header;
+        self.lines = lines;
+        self.saw_end = false;
+        loop {
+            match self.lines.read_line()? {
+                true => match format::parse_record(&self.lines.buf)
+                    .map_err(|why| TimelineError::bad(&path, Position::Line(self.lines.line), why))?
+                {
+                    Record::Seed(_) => {}
+                    Record::SeedsDone => return Ok(true),
+                    _ => {
+                        return Err(TimelineError::bad(
+                            &path,
+                            Position::Line(self.lines.line),
+                            "a part's seeds lack their seeds_done record",
+                        ));
+                    }
+                },
+                false => {
+                    self.warn_cut();
+                    return Ok(true);
+                }
+            }
+        }
+    }
+
+    fn warn_cut(&mut self) {
+        if !self.lines.buf.is_empty() {
+            self.warnings.push(format!(
+                "{}: line {}: ignored a partial last record ({} bytes): the recording was cut off",
+                self.lines.path.display(),
+                self.lines.line,
+                self.lines.buf.len()
+            ));
+        }
+        if let Some((offset, len)) = self.lines.cut_frame.take() {
+            self.warnings.push(format!(
+                "{}: byte offset {offset}: ignored an unfinished last zstd frame ({len} bytes): the recording was cut off",
+                self.lines.path.display()
+            ));
+        }
+    }
+}
+
+/// A recording still being written is read as it stood when opened: a
+/// busy recorder can append faster than a replay reads, and the replay
+/// must end.
+fn open_file(path: &Path) -> Result<io::Take<File>, TimelineError> {
+    let file = File::open(path).map_err(|source| TimelineError::Open { path: path.to_owned(), source })?;
+    let len = file.metadata().map_err(|source| TimelineError::Open { path: path.to_owned(), source })?.len();
+    Ok(file.take(len))
+}
+
+/// The capture a file's header names, if it can be read and names one.
+pub(crate) fn capture_id_of(path: &Path) -> Option<String> {
+    peek_header(path).ok()?.capture_id
+}
+
+/// The header alone, without reading the rest of the file.
+fn peek_header(path: &Path) -> Result<Header, TimelineError> {
+    let mut input = open_file(path)?;
+    let (head, got) = read_head(path, &mut input)?;
+    if got == 4 && head == ZSTD_MAGIC {
+        let dec = zstd::stream::read::Decoder::new(io::Cursor::new(head).chain(input))
+            .map_err(|source| TimelineError::Read { path: path.to_owned(), at: Position::Offset(0), source })?;
+        let mut lines = Lines::from_source(path, Box::new(BufReader::new(dec)), Rc::default());
+        return lines.read_header();
+    }
+    Lines::new(path, io::Cursor::new(head[..got].to_vec()).chain(input))?.read_header()
+}
+
+/// Whether `next` (at `b`) is the part right after `prev` (at `a`) of the
+/// same capture.
+fn check_next(a: &Path, prev: &Header, b: &Path, next: &Header) -> Result<(), TimelineError> {
+    let (a, b) = (a.display(), b.display());
+    let bad = |why: String| TimelineError::bad(Path::new(&format!("{b}")), Position::Line(1), why);
+    let (Some(pid), Some(nid)) = (&prev.capture_id, &next.capture_id) else {
+        let old = if prev.capture_id.is_none() { &a } else { &b };
+        return Err(bad(format!(
+            "{old} has no capture id (written by an unixtrace without --rotate): it can only be read alone"
+        )));
+    };
+    if pid != nid {
+        return Err(bad(format!(
+            "not the same capture as {a} (capture {nid}, not {pid}; was unixtrace restarted?): read one capture's \
+             parts at a time"
+        )));
+    }
+    if next.part == prev.part + 1 && next.start_mono_ns >= prev.start_mono_ns {
+        return Ok(());
+    }
+    if next.part <= prev.part {
+        return Err(bad(format!(
+            "part {} of its capture, given after {a} (part {}): give the parts in recording order, as ls lists them",
+            next.part, prev.part
+        )));
+    }
+    if next.part > prev.part + 1 {
+        return Err(bad(format!(
+            "part {} of its capture, but {a} is part {}: the parts between are missing (deleted by --keep?)",
+            next.part, prev.part
+        )));
+    }
+    Err(bad(format!("starts before {a}, the part before it: the parts' headers disagree")))
+}
+
+impl Lines {
+    fn new(path: &Path, mut input: impl Read + 'static) -> Result<Self, TimelineError> {
         let cut_frame = Rc::new(Cell::new(None));
-        let mut head = [0u8; 4];
-        let got = read_up_to(&mut input, &mut head).map_err(|source| TimelineError::Read {
-            path: path.to_owned(),
-            at: Position::Offset(0),
-            source,
-        })?;
+        let (head, got) = read_head(path, &mut input)?;
         if got == 0 {
             return Err(TimelineError::Empty { path: path.to_owned() });
         }
@@ -79,34 +228,28 @@ impl Reader {
                 "not a unixtrace timeline (neither JSON Lines nor zstd)",
             ));
         };
-        let mut lines = Lines { path: path.to_owned(), src, line: 0, buf: Vec::new(), cut_frame };
-        let header = lines.read_header()?;
-        Ok(Self { lines, header, warnings: Vec::new(), finished: false, saw_end: false })
+        Ok(Self::from_source(path, src, cut_frame))
     }
 
+    fn from_source(path: &Path, src: Box<dyn BufRead>, cut_frame: Rc<Cell<Option<(u64, usize)>>>) -> Self {
+        Self { path: path.to_owned(), src, line: 0, buf: Vec::new(), cut_frame }
+    }
+}
+
+impl Reader {
     /// The next record, `None` at the end.
     pub fn next_record(&mut self) -> Result<Option<Record>, TimelineError> {
-        if self.finished {
-            return Ok(None);
-        }
-        let complete = self.lines.read_line()?;
-        if !complete {
-            self.finished = true;
-            if !self.lines.buf.is_empty() {
-                self.warnings.push(format!(
-                    "{}: line {}: ignored a partial last record ({} bytes): the recording was cut off",
-                    self.lines.path.display(),
-                    self.lines.line,
-                    self.lines.buf.len()
-                ));
+        loop {
+            if self.finished {
+                return Ok(None);
             }
-            if let Some((offset, len)) = self.lines.cut_frame.get() {
-                self.warnings.push(format!(
-                    "{}: byte offset {offset}: ignored an unfinished last zstd frame ({len} bytes): the recording was cut off",
-                    self.lines.path.display()
-                ));
+            if self.lines.read_line()? {
+                break;
             }
-            return Ok(None);
+            self.warn_cut();
+            if !self.next_part()? {
+                self.finished = true;
+            }
         }
         let rec = format::parse_record(&self.lines.buf)
             .map_err(|why| TimelineError::bad(&self.lines.path, Position::Line(self.lines.line), why))?;
@@ -125,7 +268,7 @@ impl Reader {
         &self.lines.path
     }
 
-    /// Whether the end of what the file holds was reached.
+    /// Whether the end of what the file (or the last part) holds was reached.
     pub(crate) fn at_end(&self) -> bool {
         self.finished
     }
@@ -199,6 +342,17 @@ impl Lines {
         }
         Ok(false)
     }
+}
+
+/// The first bytes, which tell zstd from JSON Lines, and how many there are.
+fn read_head(path: &Path, input: &mut impl Read) -> Result<([u8; 4], usize), TimelineError> {
+    let mut head = [0u8; 4];
+    let got = read_up_to(input, &mut head).map_err(|source| TimelineError::Read {
+        path: path.to_owned(),
+        at: Position::Offset(0),
+        source,
+    })?;
+    Ok((head, got))
 }
 
 fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {

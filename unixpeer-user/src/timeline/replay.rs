@@ -3,7 +3,7 @@
 //! the same way.
 
 use std::collections::HashSet;
-use std::path::Path;
+use std::path::PathBuf;
 
 use unixpeer_common::EventKind;
 
@@ -44,9 +44,10 @@ pub struct Replay {
 }
 
 impl Replay {
-    /// Opens the file and loads its seeds into a fresh model.
-    pub(crate) fn open(path: &Path) -> Result<Self, TimelineError> {
-        Self::from_reader(Reader::open(path)?)
+    /// Opens the file (or the parts of a rotated recording, as one
+    /// timeline) and loads its seeds into a fresh model.
+    pub(crate) fn open(paths: &[PathBuf]) -> Result<Self, TimelineError> {
+        Self::from_reader(Reader::open_set(paths)?)
     }
 
     pub fn from_reader(reader: Reader) -> Result<Self, TimelineError> {
@@ -224,7 +225,7 @@ pub(crate) mod tests {
     }
 
     pub(crate) fn open(bytes: Vec<u8>) -> Replay {
-        let reader = Reader::from_reader(Path::new("test.jsonl"), std::io::Cursor::new(bytes)).unwrap();
+        let reader = Reader::from_reader(std::path::Path::new("test.jsonl"), std::io::Cursor::new(bytes)).unwrap();
         Replay::from_reader(reader).unwrap()
     }
 
