@@ -52,7 +52,7 @@ pub fn package(root: &Path) -> Result<PathBuf> {
     let listed = output(Command::new(&assets_tool).arg(&assets))
         .with_context(|| format!("`{} {}` failed", assets_tool.display(), assets.display()))?;
 
-    let version = installed_version(&bin)?;
+    let version = binary_version(&bin)?;
     let arch = output(Command::new("dpkg").arg("--print-architecture"))
         .map(|s| s.trim().to_owned())
         .filter(|s| !s.is_empty())
@@ -116,7 +116,7 @@ pub fn package(root: &Path) -> Result<PathBuf> {
 }
 
 /// The version the binary says it is (`unixtrace 0.1.0`): the workspace's.
-fn installed_version(bin: &Path) -> Result<String> {
+fn binary_version(bin: &Path) -> Result<String> {
     let out =
         output(Command::new(bin).arg("--version")).with_context(|| format!("`{} --version` failed", bin.display()))?;
     out.trim()
@@ -231,7 +231,8 @@ pub fn check(root: &Path) -> Result<()> {
     sh(as_root("dpkg").arg("-i").arg(&deb))?;
     let checked = check_installed(&version);
     let removed = sh(as_root("dpkg").args(["-r", NAME])).and_then(|()| {
-        for (dest, _, _) in FILES.iter().filter(|(d, _, _)| !d.starts_with("etc/")) {
+        let man = format!("{MAN_DIR}/{NAME}.8.gz");
+        for dest in FILES.iter().map(|(d, _, _)| *d).filter(|d| !d.starts_with("etc/")).chain([man.as_str()]) {
             ensure!(!Path::new("/").join(dest).exists(), "/{dest} is still there after dpkg -r");
         }
         // The conffile stays until purge.
@@ -331,4 +332,26 @@ printf '%s\n' "${COMPREPLY[@]}"
 "#;
     let out = capture(Command::new("bash").args(["--norc", "--noprofile", "-c", SCRIPT, "bash", file, line]))?;
     Ok(out.lines().map(str::to_owned).filter(|w| !w.is_empty()).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every file the package takes from deploy/ is there, the scripts
+    /// executable, so a rename fails here rather than in CI's package stage.
+    #[test]
+    fn deploy_files_exist() {
+        let root = crate::workspace_root();
+        for (_, source, _) in FILES {
+            if let Source::Deploy(path) = source {
+                assert!(root.join("deploy").join(path).is_file(), "deploy/{path} is missing");
+            }
+        }
+        for script in SCRIPTS {
+            let path = root.join("deploy/debian").join(script);
+            let mode = fs::metadata(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).permissions().mode();
+            assert!(mode & 0o111 != 0, "{} is not executable", path.display());
+        }
+    }
 }
