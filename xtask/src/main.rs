@@ -5,6 +5,7 @@
 
 mod bench;
 mod ebpf;
+mod package;
 mod run;
 mod toolchain;
 mod util;
@@ -35,6 +36,16 @@ enum Command {
         /// Arguments for unixtrace, after `--`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+    /// Build the release binary and a Debian package of it (binary, man
+    /// pages, shell completions, systemd unit) with dpkg-deb; prints the
+    /// .deb's path last.
+    Package {
+        /// Then what `cargo xtask test` checks of it: install it with dpkg,
+        /// run the binary, render the man page, complete in bash, verify
+        /// the unit, remove it (root, or sudo).
+        #[arg(long)]
+        check: bool,
     },
     /// fmt, clippy, unit tests, root integration tests, the VM kernel
     /// matrix and check-ebpf: what CI runs.
@@ -92,6 +103,12 @@ fn main() -> Result<()> {
         Command::BuildEbpf => ebpf::build(&root),
         Command::CheckEbpf => ebpf::check(&root),
         Command::Run { args } => run::run(&root, &args),
+        Command::Package { check: true } => package::check(&root),
+        Command::Package { check: false } => {
+            let deb = package::package(&root)?;
+            println!("{}", deb.display());
+            Ok(())
+        }
         Command::Test { no_vm } => run::test(&root, !no_vm),
         Command::Fuzz { seconds } => run::fuzz(&root, seconds),
         Command::Bench { what: BenchKind::Snapshot } => {

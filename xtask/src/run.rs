@@ -121,6 +121,7 @@ pub fn test(root: &Path, with_vm: bool) -> Result<()> {
         }
         sh(&mut c)
     })?;
+    stage("package (build, install, use, remove the .deb)", &mut || crate::package::check(root))?;
     if with_vm {
         stage("VM kernel matrix", &mut || crate::vm::run(root, &crate::vm::VmOpts::default()))?;
     }
