@@ -257,3 +257,45 @@ pub fn recv_fd(chan: RawFd) -> io::Result<RawFd> {
         }
     })
 }
+
+/// Becomes `uid`/`gid` keeping only the capabilities `caps` (numbers from
+/// linux/capability.h), raised as ambient so that they survive the exec of
+/// an ordinary binary: a user granted exactly those, as `setcap` or a
+/// systemd unit would. For a child between fork and exec: it allocates nothing.
+pub fn become_user_with_caps(uid: u32, gid: u32, caps: &[u32]) -> io::Result<()> {
+    const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: libc::c_int,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    // SAFETY: plain prctl/set*id calls with valid arguments.
+    unsafe {
+        check(libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0))?;
+        check(libc::setgroups(0, std::ptr::null()))?;
+        check(libc::setgid(gid))?;
+        check(libc::setuid(uid))?;
+    }
+    let mut data = [Data::default(); 2];
+    for &cap in caps {
+        let (word, bit) = ((cap / 32) as usize, 1u32 << (cap % 32));
+        data[word].effective |= bit;
+        data[word].permitted |= bit;
+        data[word].inheritable |= bit;
+    }
+    let header = Header { version: LINUX_CAPABILITY_VERSION_3, pid: 0 };
+    // SAFETY: capset with a version-3 header and its two data words.
+    check(unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) } as libc::c_int)?;
+    for &cap in caps {
+        // SAFETY: raising an ambient capability that is permitted and inheritable.
+        check(unsafe { libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_RAISE, cap as libc::c_ulong, 0, 0) })?;
+    }
+    Ok(())
+}

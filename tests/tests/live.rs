@@ -239,6 +239,41 @@ fn without_privileges_the_error_names_the_capabilities() {
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
+/// `unixtrace --follow` as nobody holding only `caps`.
+fn follow_as_nobody_with(caps: &'static [u32]) -> std::process::Output {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = std::process::Command::new(unixtrace_bin());
+    cmd.args(["--follow", "--duration", "1"]);
+    // SAFETY: the closure only makes system calls (no allocation) between
+    // fork and exec.
+    unsafe { cmd.pre_exec(move || unixpeer_tests::sys::become_user_with_caps(65534, 65534, caps)) };
+    cmd.output().expect("run unixtrace as nobody with capabilities")
+}
+
+const CAP_DAC_READ_SEARCH: u32 = 2;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+#[test]
+fn a_user_with_the_capabilities_the_error_names_can_follow() {
+    // tracefs is usually mode 0700: CAP_BPF and CAP_PERFMON alone are then
+    // not enough, and the error must say what is.
+    let mode =
+        std::fs::metadata("/sys/kernel/tracing").map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()));
+    let out = follow_as_nobody_with(&[CAP_BPF, CAP_PERFMON]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if mode.is_ok_and(|m| m & 0o005 == 0o005) {
+        assert_eq!(out.status.code(), Some(0), "tracefs is world-readable here: stderr: {stderr}");
+    } else {
+        assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+        assert!(stderr.contains("CAP_DAC_READ_SEARCH") && stderr.contains("setcap"), "{stderr}");
+        assert!(!stderr.contains("not mounted") && !stderr.contains("panicked"), "{stderr}");
+    }
+    let out = follow_as_nobody_with(&[CAP_BPF, CAP_PERFMON, CAP_DAC_READ_SEARCH]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "with the capabilities the error names: stderr: {stderr}");
+}
+
 #[test]
 fn connection_opened_before_start_is_named_at_close() {
     let path = tmp_path("before");

@@ -9,8 +9,9 @@ const CAP_BPF: u32 = 39;
 pub enum PrivilegeError {
     #[error(
         "live capture needs root, or the capabilities CAP_BPF and CAP_PERFMON \
-         (this process has {have}).\n\
-         run it with sudo, or grant them: `sudo setcap cap_bpf,cap_perfmon+ep $(which unixtrace)`"
+         (this process has {have}), and CAP_DAC_READ_SEARCH to read tracefs as another user.\n\
+         run it with sudo, or grant them: \
+         `sudo setcap cap_bpf,cap_perfmon,cap_dac_read_search+ep $(which unixtrace)`"
     )]
     Missing { have: String },
     #[error("could not drop capabilities: {0}")]

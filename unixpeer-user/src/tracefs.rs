@@ -17,6 +17,12 @@ pub enum TracefsError {
          mount it yourself (`mount -t tracefs tracefs {TRACEFS}`) or run unixtrace as root"
     )]
     Mount(std::io::Error),
+    #[error(
+        "tracefs at {TRACEFS} is mounted but only root may read it (permission denied).\n\
+         run unixtrace as root, or grant CAP_DAC_READ_SEARCH beside CAP_BPF and CAP_PERFMON: \
+         `sudo setcap cap_bpf,cap_perfmon,cap_dac_read_search+ep $(which unixtrace)`"
+    )]
+    Unreadable,
     #[error("cannot read tracepoint format {path}: {source}")]
     Format { path: PathBuf, source: std::io::Error },
     #[error("tracepoint format {path} has no field `{field}`")]
@@ -35,6 +41,13 @@ pub enum TracefsError {
 pub(crate) fn ensure_mounted() -> Result<PathBuf, TracefsError> {
     if Path::new(TRACEFS).join("events").is_dir() {
         return Ok(PathBuf::from(TRACEFS));
+    }
+    // Mounted with its usual mode 0700: a user with CAP_BPF and CAP_PERFMON
+    // but not root cannot look inside, and could not mount it either.
+    if let Err(e) = fs::read_dir(TRACEFS)
+        && e.kind() == std::io::ErrorKind::PermissionDenied
+    {
+        return Err(TracefsError::Unreadable);
     }
     let src = CString::new("tracefs").unwrap_or_default();
     let target = CString::new(TRACEFS).unwrap_or_default();
