@@ -52,7 +52,7 @@ pub(crate) fn load_for_iter(kbtf: &KernelBtf) -> Result<Ebpf, CaptureError> {
         .map_max_entries("EVENTS", 4096)
         .map_max_entries("AYA_LOGS", 4096)
         .load(super::object_for(kbtf, &offsets).bytes())
-        .map_err(|e| CaptureError::Load(Box::new(e)))
+        .map_err(super::load_error)
 }
 
 /// Loads the iterator on its own and runs it once.

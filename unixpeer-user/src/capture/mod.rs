@@ -55,6 +55,20 @@ pub enum CaptureError {
     Tracefs(#[from] TracefsError),
     #[error("loading the eBPF object failed: {0}")]
     Load(Box<aya::EbpfError>),
+    #[error(
+        "creating the eBPF maps failed: this kernel charges them to the locked-memory limit (kernels \
+         before 5.11 do), which is {kib} KiB for this process, and raising it takes CAP_SYS_RESOURCE.\n\
+         run unixtrace as root, grant it CAP_SYS_RESOURCE as well, or raise the limit before starting it \
+         (`ulimit -l unlimited` as root, LimitMEMLOCK=infinity in a systemd unit)"
+    )]
+    Memlock { kib: u64 },
+    #[error(
+        "the kernel refused to open a perf event for {target} (program `{program}`): \
+         kernel.perf_event_paranoid is {level}, and above 2 (Debian's and Ubuntu's default is 3) \
+         their kernels let only CAP_SYS_ADMIN open one, whatever CAP_PERFMON says.\n\
+         run unixtrace as root, or let CAP_PERFMON suffice: `sudo sysctl kernel.perf_event_paranoid=2`"
+    )]
+    PerfParanoid { program: String, target: String, level: i32 },
     #[error("the kernel's verifier rejected program `{program}` ({io_error}). Last lines of its log:\n{log_tail}")]
     Verifier { program: String, io_error: std::io::Error, log_tail: String },
     #[error("program `{program}` could not be loaded or attached to {target}: {source}")]
@@ -163,7 +177,7 @@ impl Setup {
             .override_global("SYSCALL_RECORDS", &self.syscall_records.clone().unwrap_or_default(), true)
             .override_global(aya_log::LEVEL, &log_level, false)
             .load(object.bytes())
-            .map_err(|e| CaptureError::Load(Box::new(e)))?;
+            .map_err(load_error)?;
         drop(object);
         let chosen = backend::attach(
             &mut ebpf,
@@ -362,7 +376,52 @@ fn log_tail(log: &str) -> String {
     lines[lines.len().saturating_sub(20)..].join("\n")
 }
 
+/// A load failure, told apart when the cause is the machine's limit on
+/// locked memory rather than anything of ours.
+pub(crate) fn load_error(e: aya::EbpfError) -> CaptureError {
+    if let aya::EbpfError::MapError(aya::maps::MapError::CreateError { io_error, .. }) = &e
+        && io_error.raw_os_error() == Some(libc::EPERM)
+        && let Some(kib) = memlock_limit_kib()
+    {
+        return CaptureError::Memlock { kib };
+    }
+    CaptureError::Load(Box::new(e))
+}
+
+/// The locked-memory limit, unless it is unlimited.
+fn memlock_limit_kib() -> Option<u64> {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit fills the struct it is given.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) };
+    (rc == 0 && lim.rlim_cur != libc::RLIM_INFINITY).then_some(lim.rlim_cur / 1024)
+}
+
+/// `kernel.perf_event_paranoid`, when a refused perf_event_open in
+/// `source` is explained by it: Debian's and Ubuntu's kernels add a level
+/// 3 at which only CAP_SYS_ADMIN may open perf events.
+fn paranoid_refusal(source: &ProgramError) -> Option<i32> {
+    let refused = |s: &aya::sys::SyscallError| {
+        s.call.starts_with("perf_event_open")
+            && matches!(s.io_error.raw_os_error(), Some(libc::EACCES) | Some(libc::EPERM))
+    };
+    // `ProgramError::SyscallError` is transparent: its source skips it.
+    let direct = matches!(source, ProgramError::SyscallError(s) if refused(s));
+    let mut cur: Option<&dyn std::error::Error> = Some(source);
+    let nested = std::iter::from_fn(|| {
+        let e = cur?;
+        cur = e.source();
+        Some(e)
+    })
+    .filter_map(|e| e.downcast_ref::<aya::sys::SyscallError>())
+    .any(refused);
+    let level: i32 = std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid").ok()?.trim().parse().ok()?;
+    ((direct || nested) && level > 2).then_some(level)
+}
+
 pub(crate) fn program_error(program: &str, target: &str, source: ProgramError) -> CaptureError {
+    if let Some(level) = paranoid_refusal(&source) {
+        return CaptureError::PerfParanoid { program: program.to_owned(), target: target.to_owned(), level };
+    }
     match source {
         // A refusal before verification (EPERM for a program type the
         // kernel forbids) leaves the log empty: that is a missing feature.
