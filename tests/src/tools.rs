@@ -185,10 +185,7 @@ pub fn run_ok(cmd: &mut Command) -> String {
 
 /// `unixtrace --json` output, keyed by inode.
 pub fn parse_json(text: &str) -> HashMap<u64, serde_json::Value> {
-    text.lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
-        .map(|v| (v["inode"].as_u64().expect("inode is a number"), v))
-        .collect()
+    text.lines().map(crate::tracer::json_line).map(|v| (v["inode"].as_u64().expect("inode is a number"), v)).collect()
 }
 
 /// The (pid, fd) pairs of a `holders`/`peer_holders` array.

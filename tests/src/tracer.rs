@@ -136,8 +136,7 @@ impl Follower {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
                 Ok(line) => {
-                    let v: Value = serde_json::from_str(&line)
-                        .unwrap_or_else(|e| panic!("unixtrace printed a line that is not JSON ({e}): {line}"));
+                    let v = json_line(&line);
                     self.seen.push(v.clone());
                     if pred(&v) {
                         return v;
@@ -155,9 +154,7 @@ impl Follower {
         let mut n = 0;
         let mut wait = timeout;
         while let Ok(line) = self.lines.recv_timeout(wait) {
-            let v: Value = serde_json::from_str(&line)
-                .unwrap_or_else(|e| panic!("unixtrace printed a line that is not JSON ({e}): {line}"));
-            self.seen.push(v);
+            self.seen.push(json_line(&line));
             n += 1;
             wait = Duration::ZERO;
         }
@@ -416,4 +413,13 @@ pub fn talk(name: &str, reply: bool) -> Result<(), i32> {
     }
     sys::close(fd);
     Ok(())
+}
+
+/// One line of `--json` output: JSON, carrying the schema version that
+/// docs/json-schema.md describes (log pipelines select lines by it).
+pub fn json_line(line: &str) -> Value {
+    let v: Value = serde_json::from_str(line)
+        .unwrap_or_else(|e| panic!("unixtrace printed a line that is not JSON ({e}): {line}"));
+    assert_eq!(v["schema"], 1, "a JSON line without schema 1: {line}");
+    v
 }

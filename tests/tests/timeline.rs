@@ -31,10 +31,7 @@ fn scratch(name: &str) -> PathBuf {
 }
 
 fn stdout_json(o: &Output) -> Vec<Value> {
-    String::from_utf8_lossy(&o.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-        .collect()
+    String::from_utf8_lossy(&o.stdout).lines().map(json_line).collect()
 }
 
 fn stderr(o: &Output) -> String {

@@ -229,6 +229,7 @@ fn write_ready_line(out: &mut impl Write, opts: &FollowOptions, capture: &Captur
     } else if opts.json {
         let status = serde_json::json!({
             "kind": "capture",
+            "schema": crate::output::JSON_SCHEMA,
             "backend": capture.chosen.backend.as_str(),
             "why": capture.chosen.why,
             "start_ts": clock.start_mono_ns,

@@ -7,7 +7,7 @@ use super::{Holder, Peer, Resolved};
 use crate::{
     events::{Inferred, event_name},
     output::{
-        escape,
+        JSON_SCHEMA, escape,
         jsonw::{bool, hex, int, null, opt_int, opt_str, str},
     },
 };
@@ -324,6 +324,7 @@ pub(crate) fn write_json(out: &mut Vec<u8>, r: &Resolved, clock: &Clock) {
     opt_int(out, ",\"peer_pid\":", peer_pid);
     hex(out, ",\"peer_sk\":", e.peer_sk);
     int(out, ",\"pid\":", e.pid);
+    int(out, ",\"schema\":", JSON_SCHEMA);
     hex(out, ",\"sk\":", e.sk);
     int(out, ",\"tid\":", e.tid);
     out.extend_from_slice(b",\"time\":\"");
@@ -337,13 +338,14 @@ pub(crate) fn write_json(out: &mut Vec<u8>, r: &Resolved, clock: &Clock) {
 }
 
 pub(crate) fn lost_json(count: u64, total: u64, ts_ns: u64) -> Value {
-    json!({ "kind": "lost", "count": count, "total": total, "ts": ts_ns })
+    json!({ "kind": "lost", "schema": JSON_SCHEMA, "count": count, "total": total, "ts": ts_ns })
 }
 
 /// The model was checked against the kernel after lost events.
 pub(crate) fn resync_json(r: &crate::follow::ResyncRecord) -> Value {
     json!({
         "kind": "resync",
+        "schema": JSON_SCHEMA,
         "ts": r.ts_ns,
         "lost": r.lost,
         "netns": r.netns,
@@ -385,7 +387,7 @@ mod tests {
                 r#""inferred":null,"inode":1001,"kind":"event","listen_fd":null,"netns":1,"path":"/run/app.sock","#,
                 r#""peer_comm":"server","peer_fd":9,"peer_holders":[{"comm":"server","fd":9,"pid":7}],"#,
                 r#""peer_inode":1002,"peer_is_listener":false,"peer_pid":7,"peer_sk":"0xffff888100002000","#,
-                r#""pid":42,"sk":"0xffff888100001000","tid":42,"time":"2026-11-27T11:40:00.123461Z","#,
+                r#""pid":42,"schema":1,"sk":"0xffff888100001000","tid":42,"time":"2026-11-27T11:40:00.123461Z","#,
                 r#""ts":5000,"type":"stream","uid":0}"#,
                 "\n"
             )

@@ -12,6 +12,7 @@ use crate::model::{KernelState, Model, Socket, Status};
 #[derive(Serialize)]
 struct SocketRecord<'a> {
     kind: &'static str,
+    schema: u32,
     inode: u64,
     peer_inode: Option<u64>,
     #[serde(rename = "type")]
@@ -59,6 +60,7 @@ fn record<'a>(model: &'a Model, s: &'a Socket) -> SocketRecord<'a> {
     let peer_socket = peer.and_then(|p| model.get(p));
     SocketRecord {
         kind: "socket",
+        schema: super::JSON_SCHEMA,
         inode: s.inode,
         peer_inode: peer,
         sock_type: s.sock_type.to_string(),

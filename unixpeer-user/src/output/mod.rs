@@ -6,6 +6,11 @@ pub(crate) mod jsonw;
 pub mod table;
 pub mod term;
 
+/// The `schema` every JSON line carries (docs/json-schema.md): raised when
+/// a field changes meaning or goes away, not when one is added, so a log
+/// pipeline can route or refuse lines by it.
+pub const JSON_SCHEMA: u32 = 1;
+
 #[derive(Debug, thiserror::Error)]
 pub enum OutputError {
     #[error("cannot write output")]

@@ -121,6 +121,7 @@ fn events(
     if opts.json {
         let status = serde_json::json!({
             "kind": "capture",
+            "schema": crate::output::JSON_SCHEMA,
             "backend": h.backend.as_str(),
             "why": h.backend_why,
             "start_ts": h.start_mono_ns,

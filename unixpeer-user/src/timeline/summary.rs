@@ -11,6 +11,7 @@ use serde_json::json;
 
 use super::conns::{ConnKind, Conns};
 use crate::holders::Holder;
+use crate::output::JSON_SCHEMA;
 use crate::output::escape::escaped;
 
 #[derive(Debug, Default)]
@@ -72,7 +73,7 @@ pub fn write(out: &mut impl Write, conns: &Conns, json_out: bool) -> io::Result<
         for ((client, server, path, ty), g) in &mut groups {
             let (min, median, max) = stats(&mut g.lifetimes);
             let rec = json!({
-                "kind": "pair", "client": client, "server": server, "path": path, "type": ty,
+                "kind": "pair", "schema": JSON_SCHEMA, "client": client, "server": server, "path": path, "type": ty,
                 "connections": g.connections, "failed": g.failed, "open": g.open,
                 "lifetime_min_ns": min, "lifetime_median_ns": median, "lifetime_max_ns": max,
             });
@@ -84,13 +85,13 @@ pub fn write(out: &mut impl Write, conns: &Conns, json_out: bool) -> io::Result<
             writeln!(
                 out,
                 "{}",
-                json!({"kind": "busiest", "pid": p.pid, "comm": p.comm, "connections": total, "peers": peers})
+                json!({"kind": "busiest", "schema": JSON_SCHEMA, "pid": p.pid, "comm": p.comm, "connections": total, "peers": peers})
             )?;
         }
         writeln!(
             out,
             "{}",
-            json!({"kind": "totals", "connections": conns.list.len(), "lost": conns.lost, "duration_ns": conns.end_ns.saturating_sub(conns.start_ns)})
+            json!({"kind": "totals", "schema": JSON_SCHEMA, "connections": conns.list.len(), "lost": conns.lost, "duration_ns": conns.end_ns.saturating_sub(conns.start_ns)})
         )?;
         return Ok(());
     }
