@@ -38,6 +38,18 @@ pub struct Args {
     #[arg(long, value_name = "BYTES", value_parser = parse_size, requires = "follow")]
     pub buffer_size: Option<u64>,
 
+    /// While following, serve Prometheus metrics at http://ADDR:PORT/metrics
+    /// (e.g. 127.0.0.1:9632): connections by client, server and path,
+    /// failed connects by errno, active connections, lost events.
+    #[arg(long, value_name = "ADDR:PORT", requires = "follow")]
+    pub metrics: Option<std::net::SocketAddr>,
+
+    /// Label sets (client, server, path) given series of their own under
+    /// --metrics; later ones are counted as `other`, so that a burst of new
+    /// names cannot overwhelm the Prometheus server.
+    #[arg(long, value_name = "N", default_value_t = 500, requires = "metrics")]
+    pub metrics_series: usize,
+
     /// Say more on stderr (repeat for more): which sources were used and why.
     #[arg(short = 'v', long, action = clap::ArgAction::Count)]
     pub verbose: u8,

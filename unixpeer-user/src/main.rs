@@ -109,6 +109,8 @@ fn follow_main(args: &Args) -> anyhow::Result<()> {
         count: args.count,
         verbose: args.verbose,
         quiet: args.quiet,
+        metrics: args.metrics,
+        metrics_series: args.metrics_series,
     };
     // Opened before the capture starts: a name already taken fails fast.
     let writer = args

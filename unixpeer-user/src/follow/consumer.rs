@@ -40,6 +40,7 @@ pub struct Consumer<'a, W: Write> {
     /// Records that did not decode, reported once a second.
     malformed: u64,
     paths: events::PathCache,
+    metrics: Option<super::metrics::Metrics>,
 }
 
 impl<'a, W: Write> Consumer<'a, W> {
@@ -64,6 +65,19 @@ impl<'a, W: Write> Consumer<'a, W> {
             lines: Vec::with_capacity(LINES + 4096),
             malformed: 0,
             paths: events::PathCache::default(),
+            metrics: None,
+        }
+    }
+
+    /// Count what is shown in Prometheus metrics too (`--metrics`).
+    pub(crate) fn set_metrics(&mut self, metrics: super::metrics::Metrics) {
+        self.metrics = Some(metrics);
+    }
+
+    /// The counts so far, for the next scrapes.
+    pub(crate) fn publish_metrics(&mut self) {
+        if let Some(m) = self.metrics.as_mut() {
+            m.publish(&self.summary, &self.tracker);
         }
     }
 
@@ -143,6 +157,9 @@ impl<'a, W: Write> Consumer<'a, W> {
             return;
         }
         self.summary.printed += 1;
+        if let Some(m) = self.metrics.as_mut() {
+            m.observe(r);
+        }
         if self.opts.quiet {
             return;
         }

@@ -7,6 +7,7 @@
 mod consumer;
 mod graveyard;
 mod listeners;
+mod metrics;
 mod pending;
 pub mod render;
 mod resync;
@@ -46,6 +47,10 @@ pub struct FollowOptions {
     pub verbose: u8,
     /// Print nothing on stdout (`-q`, when recording with `-w`).
     pub quiet: bool,
+    /// Serve Prometheus metrics here (`--metrics`).
+    pub metrics: Option<std::net::SocketAddr>,
+    /// Label sets with series of their own (`--metrics-series`).
+    pub metrics_series: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +67,8 @@ pub enum FollowError {
     Signal(io::Error),
     #[error(transparent)]
     Recorder(RecorderError),
+    #[error("cannot serve metrics on {addr}: {error}\nchoose another address with --metrics ADDR:PORT")]
+    Metrics { addr: std::net::SocketAddr, error: io::Error },
 }
 
 pub(crate) type RecorderError = Box<dyn std::error::Error + Send + Sync>;
@@ -143,6 +150,12 @@ pub async fn run<'a>(opts: &'a FollowOptions, hooks: Hooks<'a>) -> Result<Follow
     // recording closed) rather than kill the process.
     let mut sigterm = signal(SignalKind::terminate()).map_err(FollowError::Signal)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(FollowError::Signal)?;
+    // Bound first: a port in use is said before any program loads, and a
+    // port below 1024 needs a capability that is dropped later.
+    let metrics_listener = opts
+        .metrics
+        .map(|addr| metrics::bind(addr).map_err(|error| FollowError::Metrics { addr, error }))
+        .transpose()?;
     let mut capture = Capture::start(&opts.capture)?;
     let clock = Clock::now();
     let infer = capture.chosen.backend.infers_releases();
@@ -163,6 +176,12 @@ pub async fn run<'a>(opts: &'a FollowOptions, hooks: Hooks<'a>) -> Result<Follow
     let mut out = BufWriter::with_capacity(1 << 16, stdout.lock());
     write_ready_line(&mut out, opts, &capture, &clock)?;
     let mut sink = Consumer::new(tracker, out, opts, clock, filter, recorder);
+    if let Some(listener) = metrics_listener {
+        let m = metrics::Metrics::new(opts.metrics_series);
+        tokio::spawn(metrics::serve(listener, m.shared_text()));
+        sink.set_metrics(m);
+        sink.publish_metrics();
+    }
     let mut resync = Resync::new(snapshot);
 
     let deadline = opts.duration.map(|d| tokio::time::Instant::now() + d);
@@ -263,6 +282,7 @@ fn every_second<W: Write>(
     if let Some(r) = sink.recorder() {
         r.flush().map_err(FollowError::Recorder)?;
     }
+    sink.publish_metrics();
     Ok(())
 }
 

@@ -144,6 +144,11 @@ impl Tracker {
         (gone, found)
     }
 
+    /// Whether the model has the socket `inode` (open, as far as it knows).
+    pub(crate) fn has_socket(&self, inode: u64) -> bool {
+        self.model.contains(inode)
+    }
+
     /// Sockets the model knows now.
     pub(crate) fn sockets_len(&self) -> usize {
         self.model.len()
