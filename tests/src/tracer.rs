@@ -76,6 +76,11 @@ pub fn spawn_unixtrace(args: &[&str], stdout: Stdio) -> Plain {
 }
 
 impl Plain {
+    /// Ctrl-C: a capture without `--duration` stops as it would for a person.
+    pub fn interrupt(&self) {
+        interrupt(&self.child);
+    }
+
     /// Waits for it to exit; returns its exit code, stdout and stderr.
     pub fn finish(mut self) -> (Option<i32>, String, String) {
         let mut out = String::new();
