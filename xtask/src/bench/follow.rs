@@ -189,10 +189,32 @@ fn sampled<T>(pid: i32, f: impl FnOnce() -> Result<T>) -> Result<(T, Vec<u64>)> 
 }
 
 fn soak(unixtrace: &Path, connloop: &Path) -> Result<Soak> {
-    println!("\nsoak: 1,000,000 connections, text output, pinned:");
-    let tracer = Tracer::start(unixtrace, &["--comm", "connloop"], Some(TRACER_CPU), None)?;
+    println!("\nsoak: 1,000,000 connections, text output and --metrics scraped 4 times a second, pinned:");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let addr = format!("127.0.0.1:{port}");
+    let tracer = Tracer::start(unixtrace, &["--comm", "connloop", "--metrics", &addr], Some(TRACER_CPU), None)?;
     let start = Instant::now();
+    let stop_scraping = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let scraper = {
+        let (stop, addr) = (stop_scraping.clone(), addr.clone());
+        std::thread::spawn(move || {
+            let mut scrapes = (0u64, 0usize);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Some(body) = scrape(&addr) {
+                    scrapes = (scrapes.0 + 1, body.len());
+                }
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            scrapes
+        })
+    };
     let (long, samples) = sampled(tracer.pid(), || generate(connloop, LONG_RUN, Some(GENERATOR_CPU)))?;
+    stop_scraping.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (scrapes, last_len) = scraper.join().map_err(|_| anyhow::anyhow!("scraper panicked"))?;
+    println!("  metrics scraped {scrapes} times, the last {last_len} bytes");
+    if scrapes == 0 {
+        anyhow::bail!("unixtrace --metrics {addr} never answered a scrape");
+    }
     std::thread::sleep(Duration::from_millis(300));
     let (summary, peak, _) = tracer.stop()?;
     let quarter = |q: usize| samples.get(samples.len() * q / 4).copied().unwrap_or(0);
@@ -208,7 +230,24 @@ fn soak(unixtrace: &Path, connloop: &Path) -> Result<Soak> {
         mib(peak)
     );
     println!("  events printed {} of {}, {} lost", summary.printed, long.events(), summary.lost);
+    let (settled, end) = (quarter(1), samples.last().copied().unwrap_or(0));
+    println!(
+        "  RSS from 25% of the run to its end: {:+.1}% (target: flat, within 10%)",
+        (end as f64 / settled.max(1) as f64 - 1.0) * 100.0
+    );
     Ok(Soak { lost: summary.lost, exact: summary.printed == long.events(), peak_kib: peak, resyncs: summary.resyncs })
+}
+
+/// One `GET /metrics` over plain TCP: the body, if it answered 200.
+fn scrape(addr: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: unixtrace\r\nConnection: close\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.1 200").then(|| body.to_owned())
 }
 
 /// More events than any consumer at nice 19 can take: a generator on
