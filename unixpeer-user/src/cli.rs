@@ -217,18 +217,29 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(secs).map_err(|e| e.to_string())
 }
 
-fn parse_size(s: &str) -> Result<u64, String> {
+/// A number and the unit after it (`64M` -> 64, "M").
+pub(crate) fn number_and_unit(s: &str) -> Option<(u64, &str)> {
     let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("bad size {s:?}: expected a number of bytes such as 64M or 512K"))?;
-    let shift = match unit.to_ascii_uppercase().trim_end_matches(['B', 'I']) {
-        "" => 0,
-        "K" => 10,
-        "M" => 20,
-        "G" => 30,
-        _ => return Err(format!("bad size unit {unit:?} in {s:?} (use K, M or G)")),
-    };
+    let (num, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
+    Some((num.parse().ok()?, unit))
+}
+
+/// The power of two a size unit stands for: K, M, G (base 1024), with or
+/// without B or iB; none or B alone is bytes.
+pub(crate) fn size_shift(unit: &str) -> Option<u32> {
+    match unit.to_ascii_uppercase().trim_end_matches(['B', 'I']) {
+        "" => Some(0),
+        "K" => Some(10),
+        "M" => Some(20),
+        "G" => Some(30),
+        _ => None,
+    }
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    let (n, unit) =
+        number_and_unit(s).ok_or_else(|| format!("bad size {s:?}: expected a number of bytes such as 64M or 512K"))?;
+    let shift = size_shift(unit).ok_or_else(|| format!("bad size unit {unit:?} in {s:?} (use K, M or G)"))?;
     match n.checked_mul(1 << shift) {
         Some(b) if (1..=1 << 31).contains(&b) => Ok(b),
         _ => Err(format!("size {s:?} is out of range: the ring buffer takes 4K to 2G")),

@@ -40,7 +40,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// (client, server, path) of a connection; `None` in the server for a
 /// connect nobody was known to listen for.
-type Key = (Comm, Option<Comm>, Option<std::sync::Arc<str>>);
+type Key = (Comm, Option<Comm>, Option<Arc<str>>);
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PairLabels {
@@ -62,7 +62,7 @@ struct Pair {
     active: i64,
 }
 
-type FailureKey = (Comm, Option<std::sync::Arc<str>>, i32);
+type FailureKey = (Comm, Option<Arc<str>>, i32);
 
 /// The consumer's side: counts by label set. Keys past the limit are not
 /// remembered: they go to `other` by one failed lookup each.
@@ -160,7 +160,7 @@ impl Metrics {
         self.pair_counts.len() - 1
     }
 
-    fn failure(&mut self, client: Comm, path: Option<std::sync::Arc<str>>, errno: i32) -> usize {
+    fn failure(&mut self, client: Comm, path: Option<Arc<str>>, errno: i32) -> usize {
         let key = (client, path, errno);
         if let Some(&at) = self.failures.get(&key) {
             return at;
@@ -276,7 +276,7 @@ fn resident_bytes() -> i64 {
         .unwrap_or(0);
     // SAFETY: sysconf has no preconditions.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    pages * i64::from(page.max(0) as i32)
+    pages * page.max(0)
 }
 
 /// The listening socket, bound before privileges are dropped (a port below

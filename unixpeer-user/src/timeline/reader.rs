@@ -170,9 +170,9 @@ fn peek_header(path: &Path) -> Result<Header, TimelineError> {
 
 /// Whether `next` (at `b`) is the part right after `prev` (at `a`) of the
 /// same capture.
-fn check_next(a: &Path, prev: &Header, b: &Path, next: &Header) -> Result<(), TimelineError> {
-    let (a, b) = (a.display(), b.display());
-    let bad = |why: String| TimelineError::bad(Path::new(&format!("{b}")), Position::Line(1), why);
+fn check_next(a_path: &Path, prev: &Header, b_path: &Path, next: &Header) -> Result<(), TimelineError> {
+    let bad = |why: String| TimelineError::bad(b_path, Position::Line(1), why);
+    let (a, b) = (a_path.display(), b_path.display());
     let (Some(pid), Some(nid)) = (&prev.capture_id, &next.capture_id) else {
         let old = if prev.capture_id.is_none() { &a } else { &b };
         return Err(bad(format!(

@@ -52,21 +52,18 @@ pub enum Limit {
 /// `--rotate`: a duration (`30s`, `15m`, `1h`, `1d`) or a size (`512K`,
 /// `100M`, `1G`; base 1024, an optional `B` or `iB` after the unit).
 pub fn parse_limit(s: &str) -> Result<Limit, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
     let usage = "use a duration (30s, 15m, 1h, 1d) or a size (512K, 100M, 1G)";
-    let n: u64 = num.parse().map_err(|_| format!("bad rotation {s:?}: {usage}"))?;
+    let (n, unit) = crate::cli::number_and_unit(s).ok_or_else(|| format!("bad rotation {s:?}: {usage}"))?;
     let (secs, shift) = match unit.to_ascii_uppercase().as_str() {
         "" => return Err(format!("rotation {s:?} has no unit: {usage}")),
         "S" => (Some(1), 0),
         "M" if unit == "m" => (Some(60), 0),
         "H" => (Some(3600), 0),
         "D" => (Some(86_400), 0),
-        "K" | "KB" | "KIB" => (None, 10),
-        "M" | "MB" | "MIB" => (None, 20),
-        "G" | "GB" | "GIB" => (None, 30),
-        _ => return Err(format!("bad rotation unit {unit:?} in {s:?}: {usage}")),
+        _ => match crate::cli::size_shift(unit) {
+            Some(shift) => (None, shift),
+            None => return Err(format!("bad rotation unit {unit:?} in {s:?}: {usage}")),
+        },
     };
     if n == 0 {
         return Err(format!("rotation {s:?} is zero: {usage}"));
@@ -160,7 +157,7 @@ pub(crate) fn prune(base: &Path, keep: usize) -> Vec<PathBuf> {
     let all = match parts(base) {
         Ok(p) => p,
         Err(e) => {
-            log::warn!("cannot list the parts of {} to apply --keep: {e}", base.display());
+            log::warn!("cannot list the parts of {} to apply --keep: {e}", crate::output::escape::path(base));
             return Vec::new();
         }
     };
@@ -168,7 +165,7 @@ pub(crate) fn prune(base: &Path, keep: usize) -> Vec<PathBuf> {
     for (_, p) in beyond(&all, keep) {
         match std::fs::remove_file(p) {
             Ok(()) => gone.push(p.clone()),
-            Err(e) => log::warn!("--keep: cannot delete {}: {e}", p.display()),
+            Err(e) => log::warn!("--keep: cannot delete {}: {e}", crate::output::escape::path(p)),
         }
     }
     gone
