@@ -264,17 +264,35 @@ fn boot_one(vm_dir: &Path, guest: &Guest, (marker, cmdline): (&str, &str), timeo
         }
         Err(e) => row.problem = Some(format!("{e:#}")),
     }
-    if row.failed() {
+    // A flaky test's first failure is printed too: it passed, but someone
+    // should look at why it failed.
+    if row.failed() || row.cells.iter().any(|c| c.reason.contains("flaky")) {
         print_tail(&log);
     }
     row
 }
 
+/// What a failed guest printed about its failures: every failed test
+/// binary's `failures:` section (see `run_suite` in `vm/init.sh`), which
+/// the tail alone cut off whenever a later column printed more; then the
+/// log's last lines, for a boot that went wrong before or after the tests.
 fn print_tail(log: &Path) {
     let Ok(text) = fs::read_to_string(log) else {
         return;
     };
     let lines: Vec<&str> = text.lines().collect();
+    let mut in_failure = false;
+    for line in &lines {
+        let line = line.trim_end();
+        if line.starts_with("---- ") && line.contains(" exited ") && line.ends_with("its failures:") {
+            in_failure = true;
+            eprintln!("---- from {}:", log.display());
+        }
+        if in_failure {
+            eprintln!("{line}");
+            in_failure = line != "----";
+        }
+    }
     let from = lines.len().saturating_sub(TAIL_LINES);
     eprintln!("---- last {} lines of {} ----", lines.len() - from, log.display());
     for line in &lines[from..] {
