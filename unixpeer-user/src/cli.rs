@@ -92,7 +92,8 @@ pub struct Args {
     pub listening: bool,
 
     /// List every process holding a socket in the table (default: the
-    /// first and +N; JSON always lists them all).
+    /// first and +N; JSON always lists them all), and bus clients' D-Bus
+    /// names as the bus daemon gives them (JSON has them too).
     #[arg(long)]
     pub wide: bool,
 

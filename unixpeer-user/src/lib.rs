@@ -5,6 +5,7 @@
 pub mod btf;
 pub mod capture;
 pub mod cli;
+pub mod dbus;
 pub mod diag;
 pub mod events;
 pub mod filter;

@@ -17,6 +17,10 @@ use unixpeer_user::output::{self, OutputError, escape};
 use unixpeer_user::snapshot::{self, Snapshot};
 use unixpeer_user::timeline::{self, rotate::Rotation, writer::TimelineWriter};
 
+/// How long a snapshot waits for bus daemons to name their clients: a slow
+/// or hung bus must not hold up the table.
+const DBUS_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
+
 fn main() -> ExitCode {
     // One malloc arena: the snapshot attributes holders on one thread while
     // it dumps sockets on another, and memory the first frees (the kernel's
@@ -55,7 +59,16 @@ fn main() -> ExitCode {
 
 fn snapshot_main(args: &Args) -> anyhow::Result<()> {
     let mut source = holder_source(args.holders)?;
-    let snap = snapshot::take(args.all_netns, source.as_mut()).context("cannot take the snapshot")?;
+    let mut snap = snapshot::take(args.all_netns, source.as_mut()).context("cannot take the snapshot")?;
+    // Only the views that show bus names ask the buses for them.
+    if args.json || args.wide {
+        let notes = unixpeer_user::dbus::label(&mut snap.model, DBUS_TIMEOUT);
+        if args.verbose > 0 {
+            for note in notes {
+                eprintln!("unixtrace: {note}");
+            }
+        }
+    }
     print_snapshot(args, &snap)
 }
 

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 
+use crate::dbus::BusLabel;
 use crate::holders::{Holder, HolderList, HolderMap};
 
 /// `sk_type` of a UNIX socket.
@@ -260,11 +261,18 @@ pub struct Model {
     holders: HolderMap,
     /// Client inode -> listener inode, from the listeners' ICONS.
     pending: HashMap<u64, u64>,
+    /// Bus client inode -> its names on the bus (`dbus.rs`).
+    bus_labels: HashMap<u64, Arc<BusLabel>>,
 }
 
 impl Model {
     pub(crate) fn new(sockets: Vec<Socket>, holders: HolderMap) -> Self {
-        let mut model = Self { sockets: HashMap::with_capacity(sockets.len()), holders, pending: HashMap::new() };
+        let mut model = Self {
+            sockets: HashMap::with_capacity(sockets.len()),
+            holders,
+            pending: HashMap::new(),
+            bus_labels: HashMap::new(),
+        };
         for socket in sockets {
             model.insert_socket(socket);
         }
@@ -288,6 +296,7 @@ impl Model {
     /// pointing at it, as in the kernel, and so becomes peer-closed.
     pub(crate) fn remove(&mut self, inode: u64) -> Option<(Socket, HolderList)> {
         let holders = self.holders.remove(&inode).unwrap_or_default();
+        self.bus_labels.remove(&inode);
         let socket = self.sockets.remove(&inode)?;
         self.forget_icons(&socket);
         Some((socket, holders))
@@ -301,6 +310,7 @@ impl Model {
         {
             self.forget_icons(&s);
         }
+        self.bus_labels.remove(&inode);
         self.holders.remove(&inode).unwrap_or_default()
     }
 
@@ -349,6 +359,15 @@ impl Model {
     /// Replaces every holder at once, as after a fresh attribution pass.
     pub(crate) fn set_all_holders(&mut self, holders: HolderMap) {
         self.holders = holders;
+    }
+
+    pub(crate) fn set_bus_label(&mut self, inode: u64, label: BusLabel) {
+        self.bus_labels.insert(inode, Arc::new(label));
+    }
+
+    /// The names a bus gave the connection whose client end is `inode`.
+    pub(crate) fn bus_label(&self, inode: u64) -> Option<&BusLabel> {
+        self.bus_labels.get(&inode).map(|l| &**l)
     }
 
     pub(crate) fn get(&self, inode: u64) -> Option<&Socket> {

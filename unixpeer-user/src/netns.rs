@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 use crate::diag::{self, DiagError};
 use crate::model::Socket;
+use crate::output::escape::error_chain;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetnsError {
@@ -109,15 +110,4 @@ fn enter(handle: &Path) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(inner) = cur {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        cur = inner.source();
-    }
-    s
 }

@@ -109,8 +109,9 @@ pub fn test(root: &Path, with_vm: bool) -> Result<()> {
     stage("root integration tests (host kernel)", &mut || {
         if is_root() {
             // The HTML export test renders the page in a real browser; the
-            // metrics test has a real Prometheus server scrape unixtrace.
-            apt_install(&["chromium", "prometheus", "curl"])?;
+            // metrics test has a real Prometheus server scrape unixtrace;
+            // the D-Bus test runs a real bus, service and client.
+            apt_install(&["chromium", "prometheus", "curl", "dbus-daemon", "dbus-bin", "python3-dbus"])?;
         }
         let bin = build_release(root, &["unixpeer-user", "unixpeer-tests"])?.join("unixtrace");
         let mut c = cargo(root, &tc);

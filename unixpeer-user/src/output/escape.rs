@@ -72,6 +72,19 @@ pub fn path(p: &Path) -> Cow<'_, str> {
     escaped_bytes(p.as_os_str().as_bytes())
 }
 
+/// An error and its causes on one line, `: ` between them, escaped like
+/// `message`: they may quote names other processes chose.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        cur = inner.source();
+    }
+    message(&s).into_owned()
+}
+
 /// One of our own messages, which may span lines on purpose (a verifier
 /// log) but quotes what the kernel, a file or another process said: every
 /// line escaped, the line breaks kept.

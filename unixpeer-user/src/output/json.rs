@@ -33,6 +33,25 @@ struct SocketRecord<'a> {
     listener: Option<u64>,
     uid: Option<u32>,
     vfs: Option<Vfs>,
+    /// Present only where a bus named the connection (`--json` asks it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dbus: Option<Dbus<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    peer_dbus: Option<Dbus<'a>>,
+}
+
+#[derive(Serialize)]
+struct Dbus<'a> {
+    bus: &'a str,
+    unique_name: &'a str,
+    names: &'a [String],
+}
+
+impl<'a> Dbus<'a> {
+    fn of(model: &'a Model, inode: Option<u64>) -> Option<Self> {
+        let l = model.bus_label(inode?)?;
+        Some(Dbus { bus: &l.bus, unique_name: &l.unique_name, names: &l.names })
+    }
 }
 
 #[derive(Serialize)]
@@ -85,5 +104,7 @@ fn record<'a>(model: &'a Model, s: &'a Socket) -> SocketRecord<'a> {
         listener: model.listener_of(s.inode),
         uid: s.uid,
         vfs: s.vfs.map(|v| Vfs { dev: v.dev, ino: v.ino }),
+        dbus: Dbus::of(model, Some(s.inode)),
+        peer_dbus: Dbus::of(model, peer),
     }
 }

@@ -90,7 +90,7 @@ fn row(model: &Model, c: &Connection, list: Holders) -> Row {
         (None, _, Status::PeerClosed) => "gone".to_owned(),
         (None, _, _) => "-".to_owned(),
     };
-    let peer_holders = c.b.map_or_else(String::new, |b| holders_cell(model.holders(b), list));
+    let peer_holders = c.b.map_or_else(String::new, |b| holders_cell(model, b, list));
     let b_socket = c.b.and_then(|b| model.get(b));
     let netns = match (a.map(|s| s.netns), b_socket.map(|s| s.netns)) {
         (Some(x), Some(y)) if x != y => format!("{x}/{y}"),
@@ -108,7 +108,7 @@ fn row(model: &Model, c: &Connection, list: Holders) -> Row {
     };
     let sock_type = a.map_or_else(String::new, |s| s.sock_type.to_string());
     let inode = c.a.to_string();
-    let holders = holders_cell(model.holders(c.a), list);
+    let holders = holders_cell(model, c.a, list);
     let peer_holders = if c.b.is_some() { peer_holders } else { String::new() };
     Row::new(
         [
@@ -129,7 +129,18 @@ fn row(model: &Model, c: &Connection, list: Holders) -> Row {
 /// `comm[pid]:fd` (`:?` when the fd is unknown), space separated: every
 /// holder, or the first and `+N`. A comm shows escaped (its Display):
 /// widths are then counted on what the terminal shows.
-fn holders_cell(holders: &[Holder], list: Holders) -> String {
+/// With `--wide`, a bus client's names follow its holders.
+fn holders_cell(model: &Model, inode: u64, list: Holders) -> String {
+    let mut s = holder_names(model.holders(inode), list);
+    if list == Holders::All
+        && let Some(label) = model.bus_label(inode)
+    {
+        s.push_str(&label.cell());
+    }
+    s
+}
+
+fn holder_names(holders: &[Holder], list: Holders) -> String {
     use std::fmt::Write as _;
     if holders.is_empty() {
         return "-".to_owned();
@@ -305,12 +316,12 @@ mod tests {
     fn many_holders_show_as_the_first_and_a_count_unless_wide() {
         let holder = |pid, fd| Holder { pid, fd, comm: "chromium".into() };
         let many: Vec<Holder> = (0..8).map(|i| holder(12152 + i, Some(6))).collect();
-        assert_eq!(holders_cell(&many, Holders::First), "chromium[12152]:6 +7");
-        let all = holders_cell(&many, Holders::All);
+        assert_eq!(holder_names(&many, Holders::First), "chromium[12152]:6 +7");
+        let all = holder_names(&many, Holders::All);
         assert_eq!((all.split(' ').count(), all.starts_with("chromium[12152]:6 chromium[12153]:6")), (8, true));
         // An fd nobody reported is unknown, not 4294967295.
-        assert_eq!(holders_cell(&[holder(9, None)], Holders::First), "chromium[9]:?");
-        assert_eq!(holders_cell(&[], Holders::All), "-");
+        assert_eq!(holder_names(&[holder(9, None)], Holders::First), "chromium[9]:?");
+        assert_eq!(holder_names(&[], Holders::All), "-");
     }
 
     #[test]
