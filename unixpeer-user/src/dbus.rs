@@ -267,3 +267,85 @@ pub fn label(model: &mut Model, timeout: Duration) -> Vec<String> {
     }
     notes
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::holders::{Comm, Holder, HolderMap};
+    use crate::model::{KernelState, Socket};
+
+    /// A bus at /run/bus with its listener (1) and three accepted
+    /// connections (11, 12, 13 on the daemon's side) to clients 21 (pid
+    /// 100) and 22, 23 (both pid 200).
+    fn model() -> Model {
+        let named = |inode, state, peer| {
+            let mut s = Socket::sample(inode, state, peer);
+            s.name = Some(SockName::path(b"/run/bus"));
+            s.uid = Some(1000);
+            s
+        };
+        let mut sockets = vec![named(1, KernelState::Listen, None)];
+        let mut holders = HolderMap::default();
+        let daemon = |fd| Holder::of(7, Comm::from("dbus-daemon"), Some(fd));
+        holders.insert(1, [daemon(3)].into_iter().collect());
+        for (server, client, pid) in [(11, 21, 100), (12, 22, 200), (13, 23, 200)] {
+            sockets.push(named(server, KernelState::Established, Some(client)));
+            sockets.push(Socket::sample(client, KernelState::Established, Some(server)));
+            holders.insert(server, [daemon(server as i32)].into_iter().collect());
+            holders.insert(client, [Holder::of(pid, Comm::from("client"), Some(3))].into_iter().collect());
+        }
+        Model::new(sockets, holders)
+    }
+
+    #[test]
+    fn finds_the_bus_through_the_daemons_root_with_its_clients() {
+        let buses = find_buses(&model());
+        assert_eq!(buses.len(), 1, "{buses:?}");
+        let bus = &buses[0];
+        assert_eq!(&*bus.shown, "/run/bus");
+        assert_eq!(bus.reach, PathBuf::from("/proc/7/root/run/bus"));
+        assert_eq!(bus.uid, Some(1000));
+        let mut clients = bus.clients.clone();
+        clients.sort();
+        assert_eq!(clients, vec![(21, vec![100]), (22, vec![200]), (23, vec![200])]);
+    }
+
+    #[test]
+    fn names_only_a_process_with_one_connection() {
+        let bus = &find_buses(&model())[0];
+        let answers = vec![
+            (100, ":1.4".to_owned(), vec!["org.example.A".to_owned()]),
+            (200, ":1.5".to_owned(), Vec::new()),
+            (200, ":1.6".to_owned(), Vec::new()),
+            // A client the snapshot does not have (connected since).
+            (300, ":1.7".to_owned(), Vec::new()),
+        ];
+        let (labels, unnamed) = join(bus, &answers);
+        assert_eq!(
+            labels,
+            vec![(
+                21,
+                BusLabel {
+                    bus: Arc::from("/run/bus"),
+                    unique_name: ":1.4".into(),
+                    names: vec!["org.example.A".into()]
+                }
+            )]
+        );
+        assert_eq!(unnamed, 2, "pid 200's two connections are not guessed at");
+    }
+
+    #[test]
+    fn a_socket_no_daemon_holds_is_no_bus() {
+        let mut m = model();
+        m.set_all_holders(HolderMap::default());
+        assert!(find_buses(&m).is_empty());
+    }
+
+    #[test]
+    fn the_cell_escapes_what_the_bus_said() {
+        let label =
+            BusLabel { bus: Arc::from("/run/bus"), unique_name: ":1.4".into(), names: vec!["a\u{1b}[2J".into()] };
+        assert_eq!(label.cell(), " (:1.4 a\\x1b[2J)");
+    }
+}
