@@ -166,8 +166,10 @@ fn connect_as(bus: &Bus) -> Result<(UnixStream, Option<u32>), DbusError> {
     connected.map(|s| (s, Some(uid))).map_err(err)
 }
 
-/// (pid, unique name, well-known names) of every connection on the bus.
-async fn ask(bus: &Bus) -> Result<Vec<(u32, String, Vec<String>)>, DbusError> {
+/// (pid, unique name, well-known names) of each connection on a bus.
+type BusAnswers = Vec<(u32, String, Vec<String>)>;
+
+async fn ask(bus: &Bus) -> Result<BusAnswers, DbusError> {
     let (stream, uid) = connect_as(bus)?;
     let refused = |source| DbusError::Refused { path: bus.shown.to_string(), source };
     let mut builder = zbus::connection::Builder::unix_stream(stream);
@@ -222,6 +224,23 @@ fn join(bus: &Bus, answers: &[(u32, String, Vec<String>)]) -> (Vec<(u64, BusLabe
     (labels, unnamed)
 }
 
+/// Every bus's answer, or why there are none; one deadline for all.
+fn ask_all(buses: &[Bus], timeout: Duration) -> Result<Vec<Result<BusAnswers, DbusError>>, String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start a runtime: {e}"))?;
+    let deadline = tokio::time::Instant::now() + timeout;
+    Ok(rt.block_on(async {
+        let mut answers = Vec::with_capacity(buses.len());
+        for bus in buses {
+            let answer = tokio::time::timeout_at(deadline, ask(bus)).await;
+            answers.push(answer.unwrap_or_else(|_| Err(DbusError::Timeout { path: bus.shown.to_string(), timeout })));
+        }
+        answers
+    }))
+}
+
 /// Names the model's bus clients, waiting at most `timeout` for all buses
 /// together. Returns what to tell the user with `-v`.
 pub fn label(model: &mut Model, timeout: Duration) -> Vec<String> {
@@ -229,20 +248,16 @@ pub fn label(model: &mut Model, timeout: Duration) -> Vec<String> {
     if buses.is_empty() {
         return Vec::new();
     }
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => return vec![format!("D-Bus names: cannot start a runtime: {e}")],
-    };
-    // One deadline for all buses together.
-    let deadline = tokio::time::Instant::now() + timeout;
-    let answers: Vec<Result<_, DbusError>> = rt.block_on(async {
-        let mut answers = Vec::with_capacity(buses.len());
-        for bus in &buses {
-            let answer = tokio::time::timeout_at(deadline, ask(bus)).await;
-            answers.push(answer.unwrap_or_else(|_| Err(DbusError::Timeout { path: bus.shown.to_string(), timeout })));
-        }
-        answers
+    // A runtime of its own on a thread of its own: the caller may be inside
+    // one (the live capture's initial snapshot), where blocking on another
+    // is refused.
+    let answers = std::thread::scope(|scope| {
+        scope.spawn(|| ask_all(&buses, timeout)).join().unwrap_or_else(|_| Err("the asking thread panicked".into()))
     });
+    let answers = match answers {
+        Ok(a) => a,
+        Err(why) => return vec![format!("D-Bus names: {why}")],
+    };
     let mut notes = Vec::new();
     for (bus, answer) in buses.iter().zip(answers) {
         match answer {

@@ -60,16 +60,20 @@ fn main() -> ExitCode {
 fn snapshot_main(args: &Args) -> anyhow::Result<()> {
     let mut source = holder_source(args.holders)?;
     let mut snap = snapshot::take(args.all_netns, source.as_mut()).context("cannot take the snapshot")?;
-    // Only the views that show bus names ask the buses for them.
+    name_bus_clients(args, &mut snap.model);
+    print_snapshot(args, &snap)
+}
+
+/// Only the views that show bus names ask the buses for them.
+fn name_bus_clients(args: &Args, model: &mut Model) {
     if args.json || args.wide {
-        let notes = unixpeer_user::dbus::label(&mut snap.model, DBUS_TIMEOUT);
+        let notes = unixpeer_user::dbus::label(model, DBUS_TIMEOUT);
         if args.verbose > 0 {
             for note in notes {
                 eprintln!("unixtrace: {note}");
             }
         }
     }
-    print_snapshot(args, &snap)
 }
 
 fn print_snapshot(args: &Args, snap: &Snapshot) -> anyhow::Result<()> {
@@ -147,6 +151,9 @@ fn follow_main(args: &Args) -> anyhow::Result<()> {
         if let Some(w) = &writer {
             w.borrow_mut().seeds(&snap.model).map_err(|e| e.to_string())?;
         }
+        // Bus names are not asked for here: the capture is running, and our
+        // own connection to each bus would show as the daemon's accept and
+        // close.
         if initial && !args.quiet {
             print_snapshot(args, &snap).map_err(|e| format!("{e:#}"))?;
         }
