@@ -11,6 +11,7 @@ use std::sync::Arc;
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 
 use crate::holders::{Holder, HolderList, HolderMap};
+use crate::identity::{Identity, Processes};
 
 /// `sk_type` of a UNIX socket.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -260,11 +261,18 @@ pub struct Model {
     holders: HolderMap,
     /// Client inode -> listener inode, from the listeners' ICONS.
     pending: HashMap<u64, u64>,
+    /// Who the holders' processes are, by pid.
+    processes: Processes,
 }
 
 impl Model {
     pub(crate) fn new(sockets: Vec<Socket>, holders: HolderMap) -> Self {
-        let mut model = Self { sockets: HashMap::with_capacity(sockets.len()), holders, pending: HashMap::new() };
+        let mut model = Self {
+            sockets: HashMap::with_capacity(sockets.len()),
+            holders,
+            pending: HashMap::new(),
+            processes: Processes::default(),
+        };
         for socket in sockets {
             model.insert_socket(socket);
         }
@@ -349,6 +357,25 @@ impl Model {
     /// Replaces every holder at once, as after a fresh attribution pass.
     pub(crate) fn set_all_holders(&mut self, holders: HolderMap) {
         self.holders = holders;
+    }
+
+    /// The identity of process `pid`, when it was resolved.
+    pub(crate) fn identity(&self, pid: u32) -> Option<&Identity> {
+        self.processes.get(pid)
+    }
+
+    pub(crate) fn processes(&self) -> &Processes {
+        &self.processes
+    }
+
+    pub(crate) fn processes_mut(&mut self) -> &mut Processes {
+        &mut self.processes
+    }
+
+    /// Resolves the process of every holder with `processes`.
+    pub(crate) fn resolve_processes(&mut self, mut processes: Processes) {
+        processes.resolve_all(self.holders.values().flatten().map(|h| h.pid));
+        self.processes = processes;
     }
 
     pub(crate) fn get(&self, inode: u64) -> Option<&Socket> {

@@ -103,6 +103,19 @@ impl<'a, W: Write> Consumer<'a, W> {
     /// the same model, then applied and shown.
     pub(crate) fn event(&mut self, e: Event) {
         self.summary.received += 1;
+        // Bookkeeping events name processes the model already met (or, for
+        // a rename, threads): only socket events bring new ones.
+        if !matches!(e.kind, EventKind::TaskExit | EventKind::Fork | EventKind::Rename) {
+            self.tracker.observe(e.pid);
+        }
+        if self.tracker.processes().has_learnt() {
+            let learnt = self.tracker.processes_mut().take_learnt();
+            if let Some(rec) = self.recorder.as_mut() {
+                for (pid, id) in learnt {
+                    rec.process(pid, id);
+                }
+            }
+        }
         if let Some(rec) = self.recorder.as_mut() {
             rec.event(&e);
         }
@@ -164,9 +177,9 @@ impl<'a, W: Write> Consumer<'a, W> {
             return;
         }
         if self.opts.json {
-            render::write_json(&mut self.lines, r, &self.clock);
+            render::write_json(&mut self.lines, r, &self.clock, self.tracker.processes());
         } else {
-            render::write_text(&mut self.lines, r, &self.clock, self.opts.wall_time);
+            render::write_text(&mut self.lines, r, &self.clock, self.opts.wall_time, self.tracker.processes());
         }
         if self.lines.len() >= LINES {
             self.spill();

@@ -6,7 +6,8 @@ use serde::Serialize;
 
 use super::OutputError;
 use crate::filter::Filter;
-use crate::holders::Holder;
+use crate::holders::{Comm, Holder};
+use crate::identity::Container;
 use crate::model::{KernelState, Model, Socket, Status};
 
 #[derive(Serialize)]
@@ -20,8 +21,8 @@ struct SocketRecord<'a> {
     state: &'static str,
     path: Option<String>,
     netns: u64,
-    holders: &'a [Holder],
-    peer_holders: &'a [Holder],
+    holders: Vec<HolderRecord<'a>>,
+    peer_holders: Vec<HolderRecord<'a>>,
     peer_path: Option<String>,
     peer_netns: Option<u64>,
     kernel_state: String,
@@ -33,6 +34,34 @@ struct SocketRecord<'a> {
     listener: Option<u64>,
     uid: Option<u32>,
     vfs: Option<Vfs>,
+}
+
+/// A holder with who its process is.
+#[derive(Serialize)]
+struct HolderRecord<'a> {
+    pid: u32,
+    fd: Option<u32>,
+    comm: Comm,
+    user: Option<&'a str>,
+    unit: Option<&'a str>,
+    container: Option<&'a Container>,
+}
+
+fn holders<'a>(model: &'a Model, holders: &[Holder]) -> Vec<HolderRecord<'a>> {
+    holders
+        .iter()
+        .map(|h| {
+            let id = model.identity(h.pid);
+            HolderRecord {
+                pid: h.pid,
+                fd: h.fd,
+                comm: h.comm,
+                user: id.and_then(|i| i.user.as_deref()),
+                unit: id.and_then(|i| i.unit.as_deref()),
+                container: id.and_then(|i| i.container.as_ref()),
+            }
+        })
+        .collect()
 }
 
 #[derive(Serialize)]
@@ -67,8 +96,8 @@ fn record<'a>(model: &'a Model, s: &'a Socket) -> SocketRecord<'a> {
         state: status.as_str(),
         path: s.name.as_ref().map(ToString::to_string),
         netns: s.netns,
-        holders: model.holders(s.inode),
-        peer_holders: peer.map_or(&[], |p| model.holders(p)),
+        holders: holders(model, model.holders(s.inode)),
+        peer_holders: holders(model, peer.map_or(&[], |p| model.holders(p))),
         peer_path: peer_socket.and_then(|p| p.name.as_ref()).map(ToString::to_string),
         peer_netns: peer_socket.map(|p| p.netns),
         kernel_state: match s.state {

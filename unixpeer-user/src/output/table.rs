@@ -90,7 +90,7 @@ fn row(model: &Model, c: &Connection, list: Holders) -> Row {
         (None, _, Status::PeerClosed) => "gone".to_owned(),
         (None, _, _) => "-".to_owned(),
     };
-    let peer_holders = c.b.map_or_else(String::new, |b| holders_cell(model.holders(b), list));
+    let peer_holders = c.b.map_or_else(String::new, |b| holders_cell(model, model.holders(b), list));
     let b_socket = c.b.and_then(|b| model.get(b));
     let netns = match (a.map(|s| s.netns), b_socket.map(|s| s.netns)) {
         (Some(x), Some(y)) if x != y => format!("{x}/{y}"),
@@ -108,7 +108,7 @@ fn row(model: &Model, c: &Connection, list: Holders) -> Row {
     };
     let sock_type = a.map_or_else(String::new, |s| s.sock_type.to_string());
     let inode = c.a.to_string();
-    let holders = holders_cell(model.holders(c.a), list);
+    let holders = holders_cell(model, model.holders(c.a), list);
     let peer_holders = if c.b.is_some() { peer_holders } else { String::new() };
     Row::new(
         [
@@ -126,10 +126,11 @@ fn row(model: &Model, c: &Connection, list: Holders) -> Row {
     )
 }
 
-/// `comm[pid]:fd` (`:?` when the fd is unknown), space separated: every
-/// holder, or the first and `+N`. A comm shows escaped (its Display):
-/// widths are then counted on what the terminal shows.
-fn holders_cell(holders: &[Holder], list: Holders) -> String {
+/// `comm[pid]:fd` (`:?` when the fd is unknown) and the process's unit or
+/// container in parentheses when it has one, space separated: every
+/// holder, or the first and `+N`. Names show escaped: widths are then
+/// counted on what the terminal shows.
+fn holders_cell(model: &Model, holders: &[Holder], list: Holders) -> String {
     use std::fmt::Write as _;
     if holders.is_empty() {
         return "-".to_owned();
@@ -149,6 +150,9 @@ fn holders_cell(holders: &[Holder], list: Holders) -> String {
                 let _ = write!(s, "{fd}");
             }
             None => s.push('?'),
+        }
+        if let Some(tag) = model.identity(h.pid).and_then(crate::identity::Identity::tag) {
+            let _ = write!(s, " ({tag})");
         }
     }
     if shown.len() < holders.len() {
@@ -305,12 +309,27 @@ mod tests {
     fn many_holders_show_as_the_first_and_a_count_unless_wide() {
         let holder = |pid, fd| Holder { pid, fd, comm: "chromium".into() };
         let many: Vec<Holder> = (0..8).map(|i| holder(12152 + i, Some(6))).collect();
-        assert_eq!(holders_cell(&many, Holders::First), "chromium[12152]:6 +7");
-        let all = holders_cell(&many, Holders::All);
+        let m = Model::default();
+        assert_eq!(holders_cell(&m, &many, Holders::First), "chromium[12152]:6 +7");
+        let all = holders_cell(&m, &many, Holders::All);
         assert_eq!((all.split(' ').count(), all.starts_with("chromium[12152]:6 chromium[12153]:6")), (8, true));
         // An fd nobody reported is unknown, not 4294967295.
-        assert_eq!(holders_cell(&[holder(9, None)], Holders::First), "chromium[9]:?");
-        assert_eq!(holders_cell(&[], Holders::All), "-");
+        assert_eq!(holders_cell(&m, &[holder(9, None)], Holders::First), "chromium[9]:?");
+        assert_eq!(holders_cell(&m, &[], Holders::All), "-");
+    }
+
+    #[test]
+    fn a_holder_shows_its_container_or_unit_escaped() {
+        use crate::identity::{Container, Identity, Runtime};
+        let mut m = Model::default();
+        let unit = Identity { unit: Some("evil\u{1b}[2J.service".into()), ..Identity::default() };
+        m.processes_mut().learn(1, unit);
+        let container = Container { runtime: Runtime::Docker, id: "0123456789abcdef".into(), pod_uid: None, qos: None };
+        m.processes_mut()
+            .learn(2, Identity { container: Some(container), unit: Some("x.scope".into()), ..Identity::default() });
+        let h = |pid| Holder { pid, fd: Some(3), comm: "app".into() };
+        assert_eq!(holders_cell(&m, &[h(1)], Holders::First), "app[1]:3 (evil\\x1b[2J.service)");
+        assert_eq!(holders_cell(&m, &[h(2), h(3)], Holders::All), "app[2]:3 (docker:0123456789ab) app[3]:3");
     }
 
     #[test]

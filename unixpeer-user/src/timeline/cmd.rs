@@ -137,7 +137,7 @@ fn events(
     let shown = |ts: u64| since.is_none_or(|s| ts >= s);
     replay.run::<TimelineError>(until, &mut |step| {
         match step {
-            Step::Event(r) => {
+            Step::Event(r, ids) => {
                 // As live: bookkeeping only when asked for detail.
                 let bookkeeping = matches!(
                     r.event.kind,
@@ -148,9 +148,9 @@ fn events(
                 }
                 line.clear();
                 if opts.json {
-                    render::write_json(&mut line, r, &clock);
+                    render::write_json(&mut line, r, &clock, ids);
                 } else {
-                    render::write_text(&mut line, r, &clock, opts.wall_time);
+                    render::write_text(&mut line, r, &clock, opts.wall_time, ids);
                 }
                 out.write_all(&line).map_err(OutputError::from)?;
             }

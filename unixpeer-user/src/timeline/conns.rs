@@ -96,7 +96,7 @@ pub fn collect(replay: &mut Replay) -> Result<Conns, TimelineError> {
     let mut lost = 0;
     replay.run::<TimelineError>(None, &mut |step| {
         match step {
-            Step::Event(r) => b.event(r),
+            Step::Event(r, _) => b.event(r),
             Step::Lost { count, .. } => lost += count,
             Step::Resync(_) => {}
         }
