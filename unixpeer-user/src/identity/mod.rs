@@ -182,18 +182,24 @@ impl Processes {
     }
 
     /// Resolves `pid` unless known and current. A process that cannot be
-    /// read is remembered as unknown, so it costs one attempt, not one per
-    /// event.
+    /// read (gone before its event was handled) keeps what it inherited,
+    /// or is remembered as unknown: one attempt, not one per event.
     pub(crate) fn observe(&mut self, pid: u32) {
         let Some(resolver) = &self.resolver else { return };
         if self.by_pid.contains_key(&pid) && !self.stale.remove(&pid) {
             return;
         }
-        let identity = resolver.resolve(pid).unwrap_or_default();
-        if identity != Identity::default() {
-            self.learnt.push(pid);
+        match resolver.resolve(pid) {
+            Some(identity) => {
+                if identity != Identity::default() {
+                    self.learnt.push(pid);
+                }
+                self.by_pid.insert(pid, Arc::new(identity));
+            }
+            None => {
+                self.by_pid.entry(pid).or_default();
+            }
         }
-        self.by_pid.insert(pid, Arc::new(identity));
     }
 
     /// The snapshot's processes, resolved now.
