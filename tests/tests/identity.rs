@@ -91,10 +91,11 @@ impl Drop for Cgroup {
     }
 }
 
-/// 64 hex digits no other run uses: a container id.
-fn unique_id(salt: u32) -> String {
+/// 64 hex digits no other run uses: a container id, whose first 12
+/// differ from every other id of the run.
+fn unique_id(salt: u16) -> String {
     let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).expect("clock").as_nanos();
-    format!("{:016x}{:08x}{:040x}", std::process::id(), salt, nanos)
+    format!("{salt:04x}{:08x}{nanos:052x}", std::process::id())
 }
 
 /// A pod UID as the kubelet writes it.
@@ -103,7 +104,7 @@ fn pod_uid(id: &str) -> String {
 }
 
 /// Forks `comm`, moves it into `cgroup` before it does anything else, then
-/// lets it run `f`. The child is killed by `stop`.
+/// lets it run `f`. The caller keeps it in a `Children`.
 fn spawn_in(cgroup: &Cgroup, comm: &str, f: impl FnOnce() -> i32) -> i32 {
     let gate = Gate::new();
     let pid = fork_child(comm, || {
@@ -115,10 +116,16 @@ fn spawn_in(cgroup: &Cgroup, comm: &str, f: impl FnOnce() -> i32) -> i32 {
     pid
 }
 
-fn stop(pids: &[i32]) {
-    for &pid in pids {
-        sys::kill(pid, libc::SIGKILL);
-        let _ = sys::wait_pid(pid);
+/// Children killed and reaped when dropped, so that a failed test leaves
+/// neither them nor (they would keep it busy) their cgroup behind.
+struct Children(Vec<i32>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for &pid in &self.0 {
+            sys::kill(pid, libc::SIGKILL);
+            let _ = sys::wait_pid(pid);
+        }
     }
 }
 
@@ -176,6 +183,8 @@ struct World {
     server: i32,
     service: String,
     clients: Vec<Client>,
+    // Dropped in this order: the processes, then their cgroups.
+    children: Children,
     _cgroups: Vec<Cgroup>,
 }
 
@@ -198,23 +207,25 @@ impl World {
             (kubepods("", &pod_g, &format!("crio-{crio}.scope")), "cri-o", crio.clone(), Some(pod_g.clone()), Some("Guaranteed"), Some(format!("crio-{crio}.scope"))),
             (format!("lxc.payload.{lxc}"), "lxc", lxc.clone(), None, None, None),
         ];
-        let server = server(&server_cg, "id-server", name, layouts.len());
         let mut cgroups = vec![server_cg];
+        let mut children = Children(Vec::new());
+        let server = server(&cgroups[0], "id-server", name, layouts.len());
+        children.0.push(server);
         let mut clients = Vec::new();
         for (path, runtime, id, pod, qos, unit) in layouts {
-            let cg = Cgroup::new(&path);
-            clients.push(Client { pid: client(&cg, "id-client", name), runtime, id, pod, qos, unit });
-            cgroups.push(cg);
+            cgroups.push(Cgroup::new(&path));
+            let pid = client(&cgroups[cgroups.len() - 1], "id-client", name);
+            children.0.push(pid);
+            clients.push(Client { pid, runtime, id, pod, qos, unit });
         }
         // Dropped children first: a parent is removed by whoever made it.
         cgroups.reverse();
-        Self { server, service, clients, _cgroups: cgroups }
+        Self { server, service, clients, children, _cgroups: cgroups }
     }
 
-    fn stop(&self) {
-        let mut pids: Vec<i32> = self.clients.iter().map(|c| c.pid).collect();
-        pids.push(self.server);
-        stop(&pids);
+    /// The processes exit; what they were stays for the checks.
+    fn end_processes(&mut self) {
+        drop(Children(std::mem::take(&mut self.children.0)));
     }
 
     /// The snapshot's (or `--at`'s) JSON names every end as it was placed.
@@ -264,7 +275,21 @@ fn the_snapshot_names_the_unit_and_container_of_each_end() {
         assert!(row.contains(&format!("({runtime}:{short})")), "{row}");
         assert!(row.contains(&format!("({})", world.service)), "{row}");
     }
-    world.stop();
+
+    // Filters: either end may match; a container by a 12-character prefix
+    // of its id, or by its LXC name.
+    let held_by = |sockets: &[Value], pid: i32| sockets.iter().any(|s| holder_of(&s["holders"], pid).is_some());
+    let all = snapshot_json(&["--path", &name, "--unit", "ut-snap-*"]);
+    assert!(world.clients.iter().all(|c| held_by(&all, c.pid)), "--unit by the server's unit: {all:#?}");
+    for c in &world.clients {
+        let prefix: String = c.id.chars().take(12).collect();
+        let one = snapshot_json(&["--path", &name, "--container", &prefix]);
+        let others = world.clients.iter().filter(|o| o.pid != c.pid && held_by(&one, o.pid)).count();
+        assert!(held_by(&one, c.pid) && others == 0, "--container {prefix}: {one:#?}");
+    }
+    let rooted = snapshot_json(&["--path", &name, "--user", "root"]);
+    assert!(world.clients.iter().all(|c| held_by(&rooted, c.pid)), "--user root: {rooted:#?}");
+    assert!(snapshot_json(&["--path", &name, "--user", "4242424"]).is_empty(), "nobody runs as 4242424");
 }
 
 #[test]
@@ -281,8 +306,11 @@ fn live_events_name_the_unit_and_container_of_both_ends() {
         "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice/cri-containerd-{id}.scope",
         pod.replace('-', "_")
     ));
+    let mut children = Children(Vec::new());
     let server = server(&server_cg, comm, &name, 1);
+    children.0.push(server);
     let client = client(&client_cg, comm, &name);
+    children.0.push(client);
     let container = serde_json::json!({"runtime": "containerd", "id": id, "pod_uid": pod, "qos": "BestEffort"});
     let connect = f.wait_for("the client's connect", WAIT, |v| is_event(v, "connect", client));
     assert_eq!(connect["container"], container, "{connect}");
@@ -294,7 +322,6 @@ fn live_events_name_the_unit_and_container_of_both_ends() {
     assert_eq!(accept["peer_container"], container, "{accept}");
     let holder = holder_of(&accept["peer_holders"], client).unwrap_or_else(|| panic!("{accept}"));
     assert_eq!(holder["container"], container, "{accept}");
-    stop(&[client, server]);
     f.stop();
 }
 
@@ -318,6 +345,7 @@ fn a_process_moved_then_execd_is_named_after_its_new_unit() {
     // sockfarm holds its socket until its stdin ends: until the test is done
     // looking, so that it is still there to be read.
     let hold = pipe();
+    let mut child = Children(Vec::new());
     let pid = spawn_in(&before, "id-exec", || {
         let Ok((a, _)) = sys::socketpair(libc::SOCK_STREAM) else { return 2 };
         report(&made.write, &inode_of(a).to_string());
@@ -331,6 +359,7 @@ fn a_process_moved_then_execd_is_named_after_its_new_unit() {
         }
         3
     });
+    child.0.push(pid);
     read_lines(&made, 1);
     let pair = f.wait_for("the socketpair before the move", WAIT, |v| is_event(v, "socketpair", pid));
     assert_eq!(pair["unit"], format!("ut-before-{}.service", std::process::id()), "{pair}");
@@ -340,6 +369,7 @@ fn a_process_moved_then_execd_is_named_after_its_new_unit() {
     assert_eq!(connect["comm"], "sockfarm", "{connect}");
     assert_eq!(connect["unit"], after_unit.as_str(), "{connect}");
     drop(hold);
+    child.0.clear();
     assert_eq!(wait_child(pid), 0, "sockfarm failed");
     sys::close(listener);
     f.stop();
@@ -353,7 +383,7 @@ fn a_recording_keeps_who_was_who_for_its_replay() {
     let _ = fs::remove_file(&file);
     let f = file.to_str().expect("utf-8");
     // Connected before the recording starts: known from its seeds.
-    let world = World::build("rec", &name);
+    let mut world = World::build("rec", &name);
     let recorder = follow_command()
         .args(["-w", f, "--comm", "id-late"])
         .stdout(Stdio::null())
@@ -370,8 +400,11 @@ fn a_recording_keeps_who_was_who_for_its_replay() {
     let late_cg = Cgroup::new(&format!("system.slice/{late_unit}"));
     let docker = unique_id(9);
     let late_client_cg = Cgroup::new(&format!("system.slice/docker-{docker}.scope"));
+    let mut late = Children(Vec::new());
     let late_server = server(&late_cg, "id-late", &late_name, 1);
+    late.0.push(late_server);
     let late_client = client(&late_client_cg, "id-late", &late_name);
+    late.0.push(late_client);
     let deadline = Instant::now() + WAIT;
     loop {
         let o = unixtrace(&["-r", f, "--json"]);
@@ -383,8 +416,9 @@ fn a_recording_keeps_who_was_who_for_its_replay() {
     }
     interrupt(&recorder);
     let _ = recorder.wait_with_output();
-    world.stop();
-    stop(&[late_client, late_server]);
+    world.end_processes();
+    drop(late);
+    drop((late_client_cg, late_cg));
     // The processes are gone; their pids may be anyone's by now.
     let text = fs::read_to_string(&file).expect("the recording");
     assert!(text.contains("\"k\":\"proc\""), "no proc record:\n{text}");
@@ -405,5 +439,13 @@ fn a_recording_keeps_who_was_who_for_its_replay() {
         .find(|l| l.contains("connect") && l.contains(&format!("{late_client}/")))
         .unwrap_or_else(|| panic!("{lines}"));
     assert!(line.ends_with(&format!("[docker:{} \u{2192} {late_unit}]", &docker[..12])), "{line}");
+    let only = snapshot_json(&["-r", f, "--container", &docker[..12]]);
+    assert!(only.iter().any(|v| is_event(v, "connect", late_client)), "{only:#?}");
+    assert!(
+        only.iter().filter(|v| v["kind"] == "event").all(|v| v["pid"] == late_client || v["peer_pid"] == late_client),
+        "{only:#?}"
+    );
+    let none = snapshot_json(&["-r", f, "--unit", "no-such.service"]);
+    assert!(none.iter().all(|v| v["kind"] != "event"), "{none:#?}");
     let _ = fs::remove_file(&file);
 }

@@ -5,7 +5,7 @@ use std::{path::PathBuf, time::Duration};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::capture::BackendChoice;
-use crate::filter::Glob;
+use crate::filter::{ContainerPattern, Glob};
 use crate::model::SockType;
 use crate::timeline::{export::Format, rotate::Limit, time::TimeSpec};
 
@@ -90,6 +90,22 @@ pub struct Args {
     /// Only listening sockets.
     #[arg(long)]
     pub listening: bool,
+
+    /// Only connections where either end's process is in a systemd unit
+    /// matching this glob (`nginx.service`, `session-*.scope`; repeatable).
+    #[arg(long, value_name = "GLOB", value_parser = parse_glob)]
+    pub unit: Vec<Glob>,
+
+    /// Only connections where either end's process is in this container:
+    /// its id, an id prefix of 12 or more characters, an LXC name, or a
+    /// glob on them (repeatable).
+    #[arg(long, value_name = "ID|NAME|GLOB", value_parser = parse_container)]
+    pub container: Vec<ContainerPattern>,
+
+    /// Only connections where either end's process runs as this user, by
+    /// name or uid (repeatable).
+    #[arg(long, value_name = "NAME")]
+    pub user: Vec<String>,
 
     /// List every process holding a socket in the table (default: the
     /// first and +N; JSON always lists them all).
@@ -200,6 +216,10 @@ impl From<TypeArg> for SockType {
 
 fn parse_glob(s: &str) -> Result<Glob, String> {
     Glob::new(s).map_err(|e| e.to_string())
+}
+
+fn parse_container(s: &str) -> Result<ContainerPattern, String> {
+    ContainerPattern::new(s).map_err(|e| e.to_string())
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {

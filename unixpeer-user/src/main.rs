@@ -142,7 +142,7 @@ fn follow_main(args: &Args) -> anyhow::Result<()> {
     let mut recorder = writer.as_ref();
     let hooks = Hooks {
         snapshot: &mut take_snapshot,
-        filter: &|r| filter.matches_event(r),
+        filter: &|r, ids| filter.matches_event(r, ids),
         recorder: recorder.as_mut().map(|r| r as &mut dyn Recorder),
     };
     let result = rt.block_on(follow::run(&opts, hooks));
@@ -189,6 +189,9 @@ fn filter_from(args: &Args) -> Filter {
         path: args.path.clone(),
         types: args.sock_type.iter().map(|&t| t.into()).collect(),
         listening: args.listening,
+        units: args.unit.clone(),
+        containers: args.container.clone(),
+        users: args.user.clone(),
     }
 }
 

@@ -18,6 +18,7 @@ use crate::{
         Resolved, Tracker,
         render::{self, Clock},
     },
+    identity::Processes,
 };
 
 /// Bytes of lines gathered before they go to the writer.
@@ -30,7 +31,7 @@ pub struct Consumer<'a, W: Write> {
     write_error: Option<io::Error>,
     opts: &'a FollowOptions,
     clock: Clock,
-    filter: &'a dyn Fn(&Resolved) -> bool,
+    filter: &'a dyn Fn(&Resolved, &Processes) -> bool,
     recorder: Option<&'a mut dyn Recorder>,
     /// What the model resolved from the event at hand.
     resolved: Vec<Resolved>,
@@ -49,7 +50,7 @@ impl<'a, W: Write> Consumer<'a, W> {
         out: W,
         opts: &'a FollowOptions,
         clock: Clock,
-        filter: &'a dyn Fn(&Resolved) -> bool,
+        filter: &'a dyn Fn(&Resolved, &Processes) -> bool,
         recorder: Option<&'a mut dyn Recorder>,
     ) -> Self {
         Self {
@@ -166,7 +167,7 @@ impl<'a, W: Write> Consumer<'a, W> {
         // them only when asking for detail.
         let bookkeeping =
             matches!(r.event.kind, EventKind::TaskExit | EventKind::Fork | EventKind::FdClose | EventKind::Rename);
-        if (bookkeeping && self.opts.verbose < 2) || !(self.filter)(r) || self.done() {
+        if (bookkeeping && self.opts.verbose < 2) || !(self.filter)(r, self.tracker.processes()) || self.done() {
             return;
         }
         self.summary.printed += 1;

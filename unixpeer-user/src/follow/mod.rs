@@ -142,7 +142,7 @@ pub enum SnapshotPurpose {
 pub struct Hooks<'a> {
     /// Gets the capture's iterator records (or why they could not be had).
     pub snapshot: &'a mut SnapshotHook<'a>,
-    pub filter: &'a dyn Fn(&Resolved) -> bool,
+    pub filter: &'a dyn Fn(&Resolved, &crate::identity::Processes) -> bool,
     pub recorder: Option<&'a mut dyn Recorder>,
 }
 

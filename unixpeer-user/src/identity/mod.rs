@@ -149,7 +149,7 @@ const EXITED: usize = 4096;
 
 /// pid -> identity, for every process the model has met.
 #[derive(Clone, Debug, Default)]
-pub(crate) struct Processes {
+pub struct Processes {
     by_pid: HashMap<u32, Arc<Identity>>,
     /// The previous generation of exited processes, dropped whole when
     /// full: no per-exit work to keep it bounded.

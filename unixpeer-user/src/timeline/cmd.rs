@@ -143,7 +143,7 @@ fn events(
                     r.event.kind,
                     EventKind::TaskExit | EventKind::Fork | EventKind::FdClose | EventKind::Rename
                 );
-                if (bookkeeping && opts.verbose < 2) || !shown(r.event.ts_ns) || !filter.matches_event(r) {
+                if (bookkeeping && opts.verbose < 2) || !shown(r.event.ts_ns) || !filter.matches_event(r, ids) {
                     return Ok(());
                 }
                 line.clear();
