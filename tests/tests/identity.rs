@@ -445,6 +445,27 @@ fn a_recording_keeps_who_was_who_for_its_replay() {
         only.iter().filter(|v| v["kind"] == "event").all(|v| v["pid"] == late_client || v["peer_pid"] == late_client),
         "{only:#?}"
     );
+    // The summary groups either end by unit or by container.
+    let pair = |by: &str| {
+        let records = snapshot_json(&["-r", f, "--summary", "--by", by]);
+        records
+            .into_iter()
+            .find(|v| v["kind"] == "pair" && v["path"] == late_name)
+            .unwrap_or_else(|| panic!("--by {by}"))
+    };
+    let by_unit = pair("unit");
+    assert_eq!(
+        (&by_unit["client"], &by_unit["server"]),
+        (&Value::from(format!("docker-{docker}.scope")), &Value::from(late_unit.as_str())),
+        "{by_unit}"
+    );
+    let by_container = pair("container");
+    assert_eq!(
+        (&by_container["client"], &by_container["server"]),
+        (&Value::from(format!("docker:{docker}")), &Value::from("-")),
+        "{by_container}"
+    );
+    assert_eq!(by_container["connections"], 1, "{by_container}");
     let none = snapshot_json(&["-r", f, "--unit", "no-such.service"]);
     assert!(none.iter().all(|v| v["kind"] != "event"), "{none:#?}");
     let _ = fs::remove_file(&file);

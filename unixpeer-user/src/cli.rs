@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use crate::capture::BackendChoice;
 use crate::filter::{ContainerPattern, Glob};
 use crate::model::SockType;
-use crate::timeline::{export::Format, rotate::Limit, time::TimeSpec};
+use crate::timeline::{export::Format, rotate::Limit, summary::By, time::TimeSpec};
 
 /// Who talks to whom over UNIX-domain sockets.
 ///
@@ -164,6 +164,11 @@ pub struct Args {
     /// failed connects; then the busiest processes.
     #[arg(long, requires = "read", conflicts_with = "at")]
     pub summary: bool,
+
+    /// With --summary: name each end by its command, systemd unit or
+    /// container.
+    #[arg(long, value_enum, value_name = "WHAT", default_value_t = By::Comm, requires = "summary")]
+    pub by: By,
 
     #[command(subcommand)]
     pub command: Option<Command>,

@@ -170,6 +170,7 @@ fn replay_main(args: &Args, paths: &[PathBuf]) -> anyhow::Result<()> {
         since: args.since,
         until: args.until,
         summary: args.summary,
+        by: args.by,
         wide: args.wide,
     };
     let mut out = BufWriter::with_capacity(1 << 16, std::io::stdout().lock());

@@ -172,6 +172,11 @@ impl Processes {
         Self { resolver: Some(Arc::new(resolver)), ..Self::default() }
     }
 
+    /// The identity, shared, for what outlives this map (connection spans).
+    pub(crate) fn shared(&self, pid: u32) -> Option<Arc<Identity>> {
+        self.by_pid.get(&pid).or_else(|| self.exited.get(&pid)).cloned()
+    }
+
     pub(crate) fn get(&self, pid: u32) -> Option<&Identity> {
         self.by_pid.get(&pid).or_else(|| self.exited.get(&pid)).map(|i| &**i)
     }

@@ -27,6 +27,8 @@ pub struct ReplayOptions {
     pub since: Option<TimeSpec>,
     pub until: Option<TimeSpec>,
     pub summary: bool,
+    /// `--by`: what names the summary's ends.
+    pub by: summary::By,
     /// `--wide`: every holder in the `--at` table.
     pub wide: bool,
 }
@@ -71,7 +73,8 @@ pub fn replay(
         eprintln!("unixtrace: {}", escape::escaped(&line));
     }
     let result = if opts.summary {
-        conns::collect(&mut replay).and_then(|c| Ok(summary::write(out, &c, opts.json).map_err(OutputError::from)?))
+        conns::collect(&mut replay)
+            .and_then(|c| Ok(summary::write(out, &c, opts.json, opts.by).map_err(OutputError::from)?))
     } else if let Some(at) = opts.at {
         table_at(&mut replay, at, opts, filter, out)
     } else {
