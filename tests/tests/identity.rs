@@ -466,6 +466,21 @@ fn a_recording_keeps_who_was_who_for_its_replay() {
         "{by_container}"
     );
     assert_eq!(by_container["connections"], 1, "{by_container}");
+    // The graph draws each container as a cluster around its processes.
+    let dot = std::env::temp_dir().join(format!("unixpeer-id-{}.dot", std::process::id()));
+    let d = dot.to_str().expect("utf-8");
+    let o = unixtrace(&["export", "-r", f, "--format", "dot", "--by", "container", "-o", d, "--force"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let graph = fs::read_to_string(&dot).expect("the graph");
+    let _ = fs::remove_file(&dot);
+    let short = &docker[..12];
+    assert!(graph.contains(&format!("    label=\"docker:{short}\";")), "{graph}");
+    assert!(
+        graph.contains(&format!("    \"docker:{short}/id-late\" [label=\"id-late\\npid {late_client}\"];")),
+        "{graph}"
+    );
+    let o = unixtrace(&["export", "-r", f, "--format", "html", "--by", "unit", "-o", d]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("--format dot only"), "{o:?}");
     let none = snapshot_json(&["-r", f, "--unit", "no-such.service"]);
     assert!(none.iter().all(|v| v["kind"] != "event"), "{none:#?}");
     let _ = fs::remove_file(&file);

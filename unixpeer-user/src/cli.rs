@@ -189,6 +189,10 @@ pub enum Command {
         output: PathBuf,
         #[arg(long)]
         force: bool,
+        /// With --format dot: draw each unit's or container's processes
+        /// inside a cluster named after it.
+        #[arg(long, value_enum, value_name = "WHAT", default_value_t = By::Comm)]
+        by: By,
     },
 }
 

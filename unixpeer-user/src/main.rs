@@ -30,8 +30,8 @@ fn main() -> ExitCode {
     let args = Args::parse();
     init_logging(args.verbose);
     let result = match (&args.command, &args.read) {
-        (Some(Command::Export { read, format, output, force }), _) => {
-            timeline::cmd::export(read, *format, output, *force).map_err(Into::into)
+        (Some(Command::Export { read, format, output, force, by }), _) => {
+            timeline::cmd::export(read, *format, output, *force, *by).map_err(Into::into)
         }
         (None, paths) if !paths.is_empty() => replay_main(&args, paths),
         (None, _) if args.follow => follow_main(&args),

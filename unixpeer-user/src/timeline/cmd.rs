@@ -187,7 +187,16 @@ fn report_warnings(replay: &mut Replay) {
 }
 
 /// `unixtrace export -r FILE --format F -o OUT`.
-pub fn export(paths: &[PathBuf], format: Format, output: &Path, force: bool) -> Result<(), TimelineError> {
+pub fn export(
+    paths: &[PathBuf],
+    format: Format,
+    output: &Path,
+    force: bool,
+    by: summary::By,
+) -> Result<(), TimelineError> {
+    if by != summary::By::Comm && format != Format::Dot {
+        return Err(TimelineError::ByNotDrawn);
+    }
     let (mut replay, path) = open(paths)?;
     let conns = conns::collect(&mut replay);
     report_warnings(&mut replay);
@@ -197,7 +206,7 @@ pub fn export(paths: &[PathBuf], format: Format, output: &Path, force: bool) -> 
     let file = super::writer::create_private(output, force)?;
     let mut w = BufWriter::new(file);
     let werr = |source| TimelineError::Write { path: output.to_owned(), source };
-    export::write(&mut w, &conns, format, &title).map_err(werr)?;
+    export::write(&mut w, &conns, format, &title, by).map_err(werr)?;
     w.flush().map_err(werr)?;
     eprintln!("unixtrace: wrote {} connections to {}", conns.list.len(), escape::path(output));
     Ok(())

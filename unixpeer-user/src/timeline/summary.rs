@@ -49,7 +49,7 @@ impl By {
     }
 
     /// The exact name of one end, for grouping and JSON.
-    fn name(self, who: &Holder, id: Option<&Identity>) -> String {
+    pub(crate) fn name(self, who: &Holder, id: Option<&Identity>) -> String {
         match self {
             Self::Comm => who.comm.to_str().into_owned(),
             Self::Unit => id.and_then(|i| i.unit.as_deref()).unwrap_or("-").to_owned(),
@@ -61,7 +61,7 @@ impl By {
 
     /// A name as people see it: escaped, a container id cut to 12
     /// characters as `docker ps` shows it.
-    fn shown(self, name: &str) -> String {
+    pub(crate) fn shown(self, name: &str) -> String {
         match (self, name.split_once(':')) {
             (Self::Container, Some((runtime, id))) => {
                 escaped(&format!("{runtime}:{}", id.chars().take(12).collect::<String>())).into_owned()
