@@ -479,8 +479,17 @@ fn a_recording_keeps_who_was_who_for_its_replay() {
         graph.contains(&format!("    \"docker:{short}/id-late\" [label=\"id-late\\npid {late_client}\"];")),
         "{graph}"
     );
-    let o = unixtrace(&["export", "-r", f, "--format", "html", "--by", "unit", "-o", d]);
-    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("--format dot only"), "{o:?}");
+    // The HTML timeline gives each unit one lane.
+    let o = unixtrace(&["export", "-r", f, "--format", "html", "--by", "unit", "-o", d, "--force"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let page = fs::read_to_string(&dot).expect("the page");
+    let _ = fs::remove_file(&dot);
+    let data = page.split("id=\"data\">").nth(1).and_then(|d| d.split("</script>").next()).expect("the page's data");
+    let lanes: Value = serde_json::from_str::<Value>(data).expect("JSON data")["lanes"].clone();
+    let want = Value::from(vec![format!("docker-{docker}.scope"), late_unit.clone()]);
+    assert_eq!(lanes, want, "one lane per unit");
+    let o = unixtrace(&["export", "-r", f, "--format", "perfetto", "--by", "unit", "-o", d]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("dot and html only"), "{o:?}");
     let none = snapshot_json(&["-r", f, "--unit", "no-such.service"]);
     assert!(none.iter().all(|v| v["kind"] != "event"), "{none:#?}");
     let _ = fs::remove_file(&file);

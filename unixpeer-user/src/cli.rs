@@ -189,8 +189,9 @@ pub enum Command {
         output: PathBuf,
         #[arg(long)]
         force: bool,
-        /// With --format dot: draw each unit's or container's processes
-        /// inside a cluster named after it.
+        /// With --format dot, draw each unit's or container's processes
+        /// inside a cluster named after it; with html, give each unit or
+        /// container one lane.
         #[arg(long, value_enum, value_name = "WHAT", default_value_t = By::Comm)]
         by: By,
     },

@@ -194,7 +194,7 @@ pub fn export(
     force: bool,
     by: summary::By,
 ) -> Result<(), TimelineError> {
-    if by != summary::By::Comm && format != Format::Dot {
+    if by != summary::By::Comm && format == Format::Perfetto {
         return Err(TimelineError::ByNotDrawn);
     }
     let (mut replay, path) = open(paths)?;

@@ -29,7 +29,7 @@ pub(crate) fn write(out: &mut impl Write, conns: &Conns, format: Format, title: 
     match format {
         Format::Dot => dot::write(out, conns, by),
         Format::Perfetto => perfetto::write(out, conns),
-        Format::Html => html::write(out, conns, title),
+        Format::Html => html::write(out, conns, title, by),
     }
 }
 
