@@ -231,17 +231,19 @@ fn peer_pid(peer: &Peer) -> Option<u32> {
 
 /// `  [unit or container → the peer's]`, when either is known.
 fn push_tags(out: &mut Vec<u8>, r: &Resolved, ids: &Processes) {
-    let tag = |pid: Option<u32>| pid.and_then(|p| ids.get(p)).and_then(Identity::tag);
-    let own = tag(Some(r.event.pid));
-    let peer = if r.event.kind == EventKind::Listen { None } else { tag(peer_pid(&r.peer)) };
-    if own.is_none() && peer.is_none() {
+    let own = ids.get(r.event.pid);
+    let peer = if r.event.kind == EventKind::Listen { None } else { peer_pid(&r.peer).and_then(|p| ids.get(p)) };
+    let shown = |id: Option<&Identity>| id.is_some_and(|i| i.container.is_some() || i.unit.is_some());
+    if !shown(own) && !shown(peer) {
         return;
     }
     out.extend_from_slice(b"  [");
-    out.extend_from_slice(own.as_deref().unwrap_or("-").as_bytes());
-    if let Some(p) = peer {
+    if !own.is_some_and(|i| i.push_tag(out)) {
+        out.push(b'-');
+    }
+    if let Some(p) = peer.filter(|p| shown(Some(p))) {
         out.extend_from_slice(" \u{2192} ".as_bytes());
-        out.extend_from_slice(p.as_bytes());
+        p.push_tag(out);
     }
     out.push(b']');
 }

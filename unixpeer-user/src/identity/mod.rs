@@ -91,23 +91,27 @@ impl Qos {
     }
 }
 
-impl Container {
-    /// `docker:0123456789ab`: the id cut to 12 characters as `docker ps`
-    /// shows it, escaped (an LXC name is anyone's choice).
-    pub(crate) fn short(&self) -> String {
-        let id: String = self.id.chars().take(12).collect();
-        format!("{}:{}", self.runtime.as_str(), crate::output::escape::escaped(&id))
-    }
-}
-
 impl Identity {
     /// For people: the container if any, else the unit, escaped.
     pub(crate) fn tag(&self) -> Option<String> {
+        let mut out = Vec::new();
+        self.push_tag(&mut out).then(|| String::from_utf8_lossy(&out).into_owned())
+    }
+
+    /// `tag` appended to a line being built, without allocating (event
+    /// lines); false when there is nothing to show.
+    pub(crate) fn push_tag(&self, out: &mut Vec<u8>) -> bool {
         match (&self.container, &self.unit) {
-            (Some(c), _) => Some(c.short()),
-            (None, Some(u)) => Some(crate::output::escape::escaped(u).into_owned()),
-            (None, None) => None,
+            (Some(c), _) => {
+                out.extend_from_slice(c.runtime.as_str().as_bytes());
+                out.push(b':');
+                let end = c.id.char_indices().nth(12).map_or(c.id.len(), |(i, _)| i);
+                crate::output::escape::push(out, &c.id[..end]);
+            }
+            (None, Some(u)) => crate::output::escape::push(out, u),
+            (None, None) => return false,
         }
+        true
     }
 }
 
@@ -191,7 +195,8 @@ impl Processes {
     /// or is remembered as unknown: one attempt, not one per event.
     pub(crate) fn observe(&mut self, pid: u32) {
         let Some(resolver) = &self.resolver else { return };
-        if self.by_pid.contains_key(&pid) && !self.stale.remove(&pid) {
+        // Nearly always known and current: one lookup.
+        if self.by_pid.contains_key(&pid) && (self.stale.is_empty() || !self.stale.remove(&pid)) {
             return;
         }
         match resolver.resolve(pid) {
