@@ -11,7 +11,11 @@ fuzz_target!(|data: &[u8]| {
     let Ok(mut replay) = Replay::from_reader(reader) else { return };
     if let Ok(c) = conns::collect(&mut replay) {
         let _ = replay.model();
-        let mut sink = Vec::new();
-        let _ = unixpeer_user::timeline::summary::write(&mut sink, &c, false);
+        use unixpeer_user::timeline::summary::{By, write};
+        // Recorded identities name the ends with --by unit and container.
+        for by in [By::Comm, By::Unit, By::Container] {
+            let mut sink = Vec::new();
+            let _ = write(&mut sink, &c, false, by);
+        }
     }
 });

@@ -75,7 +75,7 @@ fn run(stream: &Path, outputs: &[String], scratch: &Path) -> Result<()> {
         tracker.seed(&SeedRecord::model(&seeds));
         let devnull = BufWriter::with_capacity(1 << 16, File::create("/dev/null")?);
         let clock = unixpeer_user::follow::render::Clock::now();
-        let filter = |_: &unixpeer_user::follow::Resolved| true;
+        let filter = |_: &unixpeer_user::follow::Resolved, _: &unixpeer_user::identity::Processes| true;
         let mut sink =
             Consumer::new(tracker, devnull, &opts, clock, &filter, recorder.as_mut().map(|r| r as &mut dyn Recorder));
         let (seconds, cpu_seconds) = feed(raw, &mut sink)?;

@@ -5,9 +5,9 @@ use std::{path::PathBuf, time::Duration};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::capture::BackendChoice;
-use crate::filter::Glob;
+use crate::filter::{ContainerPattern, Glob};
 use crate::model::SockType;
-use crate::timeline::{export::Format, rotate::Limit, time::TimeSpec};
+use crate::timeline::{export::Format, rotate::Limit, summary::By, time::TimeSpec};
 
 /// Who talks to whom over UNIX-domain sockets.
 ///
@@ -91,6 +91,22 @@ pub struct Args {
     #[arg(long)]
     pub listening: bool,
 
+    /// Only connections where either end's process is in a systemd unit
+    /// matching this glob (`nginx.service`, `session-*.scope`; repeatable).
+    #[arg(long, value_name = "GLOB", value_parser = parse_glob)]
+    pub unit: Vec<Glob>,
+
+    /// Only connections where either end's process is in this container:
+    /// its id, an id prefix of 12 or more characters, an LXC name, or a
+    /// glob on them (repeatable).
+    #[arg(long, value_name = "ID|NAME|GLOB", value_parser = parse_container)]
+    pub container: Vec<ContainerPattern>,
+
+    /// Only connections where either end's process runs as this user, by
+    /// name or uid (repeatable).
+    #[arg(long, value_name = "NAME")]
+    pub user: Vec<String>,
+
     /// List every process holding a socket in the table (default: the
     /// first and +N; JSON always lists them all), and bus clients' D-Bus
     /// names as the bus daemon gives them (JSON has them too).
@@ -150,6 +166,11 @@ pub struct Args {
     #[arg(long, requires = "read", conflicts_with = "at")]
     pub summary: bool,
 
+    /// With --summary: name each end by its command, systemd unit or
+    /// container.
+    #[arg(long, value_enum, value_name = "WHAT", default_value_t = By::Comm, requires = "summary")]
+    pub by: By,
+
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -169,6 +190,11 @@ pub enum Command {
         output: PathBuf,
         #[arg(long)]
         force: bool,
+        /// With --format dot, draw each unit's or container's processes
+        /// inside a cluster named after it; with html, give each unit or
+        /// container one lane.
+        #[arg(long, value_enum, value_name = "WHAT", default_value_t = By::Comm)]
+        by: By,
     },
 }
 
@@ -201,6 +227,10 @@ impl From<TypeArg> for SockType {
 
 fn parse_glob(s: &str) -> Result<Glob, String> {
     Glob::new(s).map_err(|e| e.to_string())
+}
+
+fn parse_container(s: &str) -> Result<ContainerPattern, String> {
+    ContainerPattern::new(s).map_err(|e| e.to_string())
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {

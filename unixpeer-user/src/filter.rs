@@ -3,6 +3,7 @@
 
 use crate::{
     follow::{Peer, Resolved},
+    identity::{Container, Identity, Processes},
     model::{KernelState, Model, SockType},
 };
 
@@ -20,6 +21,53 @@ pub struct Filter {
     pub path: Option<Glob>,
     pub types: Vec<SockType>,
     pub listening: bool,
+    /// `--unit`: the process's systemd unit matches one of these.
+    pub units: Vec<Glob>,
+    /// `--container`: the process is in one of these containers.
+    pub containers: Vec<ContainerPattern>,
+    /// `--user`: the process's user is one of these (names or uids).
+    pub users: Vec<String>,
+}
+
+/// A test on who a process is.
+type IdentityTest = fn(&Filter, Option<&Identity>) -> bool;
+
+impl Filter {
+    /// The conditions on who a process is that were asked for.
+    fn identity_tests(&self) -> impl Iterator<Item = IdentityTest> {
+        let tests: [(bool, IdentityTest); 3] = [
+            (!self.units.is_empty(), |f, id| {
+                id.and_then(|i| i.unit.as_deref()).is_some_and(|u| f.units.iter().any(|g| g.matches(u)))
+            }),
+            (!self.containers.is_empty(), |f, id| {
+                id.and_then(|i| i.container.as_ref()).is_some_and(|c| f.containers.iter().any(|p| p.matches(c)))
+            }),
+            (!self.users.is_empty(), |f, id| id.is_some_and(|i| f.users.iter().any(|u| user_is(u, i)))),
+        ];
+        tests.into_iter().filter(|(asked, _)| *asked).map(|(_, test)| test)
+    }
+}
+
+fn user_is(wanted: &str, id: &Identity) -> bool {
+    id.user.as_deref() == Some(wanted) || (id.uid.is_some() && wanted.parse().ok() == id.uid)
+}
+
+/// `--container`: an id, an id prefix of 12 or more characters (as docker
+/// takes one), an LXC container's name, or a glob on any of those.
+#[derive(Clone, Debug)]
+pub struct ContainerPattern {
+    text: String,
+    glob: Glob,
+}
+
+impl ContainerPattern {
+    pub(crate) fn new(text: &str) -> Result<Self, FilterError> {
+        Ok(Self { text: text.to_owned(), glob: Glob::new(text)? })
+    }
+
+    fn matches(&self, c: &Container) -> bool {
+        *c.id == *self.text || (self.text.len() >= 12 && c.id.starts_with(&self.text)) || self.glob.matches(&c.id)
+    }
 }
 
 impl Filter {
@@ -35,6 +83,9 @@ impl Filter {
             })
             && (self.types.is_empty() || either(&|i| model.get(i).is_some_and(|s| self.types.contains(&s.sock_type))))
             && (!self.listening || either(&|i| model.get(i).is_some_and(|s| s.state == KernelState::Listen)))
+            && self
+                .identity_tests()
+                .all(|test| either(&|i| model.holders(i).iter().any(|h| test(self, model.identity(h.pid)))))
     }
 }
 
@@ -43,7 +94,7 @@ impl Filter {
 impl Filter {
     /// The same rules for a live event: either the process that acted or
     /// the one at the other end may match.
-    pub fn matches_event(&self, r: &Resolved) -> bool {
+    pub fn matches_event(&self, r: &Resolved, ids: &Processes) -> bool {
         let e = &r.event;
         let peers: &[crate::follow::Holder] = match &r.peer {
             Peer::Holders(h) => h,
@@ -59,6 +110,9 @@ impl Filter {
             && self.path.as_ref().is_none_or(|g| e.path.as_ref().is_some_and(|p| g.matches(p)))
             && (self.types.is_empty() || self.types.contains(&e.sock_type))
             && (!self.listening || e.kind == unixpeer_common::EventKind::Listen || matches!(r.peer, Peer::Listener(_)))
+            && self
+                .identity_tests()
+                .all(|test| test(self, ids.get(e.pid)) || peers.iter().any(|h| test(self, ids.get(h.pid))))
     }
 }
 
@@ -201,6 +255,73 @@ mod tests {
     fn bad_globs_are_errors() {
         assert!(Glob::new("[abc").is_err());
         assert!(Glob::new("ab\\").is_err());
+    }
+
+    fn resolved(pid: u32, peer: u32) -> Resolved {
+        let event = crate::events::Event::sample(unixpeer_common::EventKind::Connect, 1, pid, "c", 1, 2);
+        let holder = crate::follow::Holder { pid: peer, comm: "s".into(), fd: Some(3) };
+        Resolved { event, peer: Peer::Holders([holder].into_iter().collect()) }
+    }
+
+    /// pid 1: alice in web.service; pid 2: root in a docker container.
+    fn two_processes() -> Processes {
+        let mut ids = Processes::default();
+        let web =
+            Identity { uid: Some(1000), user: Some("alice".into()), unit: Some("web.service".into()), container: None };
+        ids.learn(1, web);
+        let container = Container {
+            runtime: crate::identity::Runtime::Docker,
+            id: "0123456789abcdef".repeat(4).into(),
+            pod_uid: None,
+            qos: None,
+        };
+        ids.learn(
+            2,
+            Identity { uid: Some(0), user: Some("root".into()), container: Some(container), ..Identity::default() },
+        );
+        ids
+    }
+
+    #[test]
+    fn unit_container_and_user_match_either_end() {
+        let ids = two_processes();
+        let filter = |units: &[&str], containers: &[&str], users: &[&str]| Filter {
+            units: units.iter().map(|u| Glob::new(u).unwrap()).collect(),
+            containers: containers.iter().map(|c| ContainerPattern::new(c).unwrap()).collect(),
+            users: users.iter().map(|u| (*u).to_owned()).collect(),
+            ..Filter::default()
+        };
+        let (one_way, other_way, strangers) = (resolved(1, 2), resolved(2, 1), resolved(3, 4));
+        let yes = |f: &Filter| f.matches_event(&one_way, &ids) && f.matches_event(&other_way, &ids);
+        let no = |f: &Filter| !f.matches_event(&one_way, &ids) && !f.matches_event(&other_way, &ids);
+        assert!(yes(&filter(&["web.service"], &[], &[])));
+        assert!(yes(&filter(&["web*"], &[], &[])));
+        assert!(no(&filter(&["db.service"], &[], &[])));
+        assert!(yes(&filter(&[], &["0123456789ab"], &[])), "a 12-character prefix");
+        assert!(no(&filter(&[], &["0123456789a"], &[])), "too short a prefix");
+        assert!(yes(&filter(&[], &["*cdef"], &[])));
+        assert!(yes(&filter(&[], &[&"0123456789abcdef".repeat(4)], &[])));
+        assert!(yes(&filter(&[], &[], &["alice"])));
+        assert!(yes(&filter(&[], &[], &["1000"])));
+        assert!(no(&filter(&[], &[], &["bob"])));
+        // Every condition holds, each at either end.
+        assert!(yes(&filter(&["web.service"], &["0123456789ab"], &["root"])));
+        assert!(no(&filter(&["web.service"], &["fedcba987654"], &[])));
+        assert!(!filter(&[], &[], &["root"]).matches_event(&strangers, &ids), "nothing known: no match");
+        assert!(Filter::default().matches_event(&strangers, &ids));
+    }
+
+    #[test]
+    fn table_rows_match_on_either_ends_holders() {
+        let sock = |inode, peer| crate::model::Socket::sample(inode, KernelState::Established, Some(peer));
+        let holder = |pid| [crate::follow::Holder { pid, comm: "x".into(), fd: Some(3) }].into_iter().collect();
+        let holders = [(10, holder(1)), (11, holder(2))].into_iter().collect();
+        let mut model = Model::new(vec![sock(10, 11), sock(11, 10)], holders);
+        *model.processes_mut() = two_processes();
+        let f = Filter { users: vec!["alice".into()], ..Filter::default() };
+        assert!(f.matches(&model, 11, Some(10)));
+        let f = Filter { units: vec![Glob::new("nope*").unwrap()], ..Filter::default() };
+        assert!(!f.matches(&model, 11, Some(10)));
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod events;
 pub mod filter;
 pub mod follow;
 pub mod holders;
+pub mod identity;
 pub mod model;
 pub mod netns;
 pub mod output;

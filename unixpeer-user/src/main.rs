@@ -34,8 +34,8 @@ fn main() -> ExitCode {
     let args = Args::parse();
     init_logging(args.verbose);
     let result = match (&args.command, &args.read) {
-        (Some(Command::Export { read, format, output, force }), _) => {
-            timeline::cmd::export(read, *format, output, *force).map_err(Into::into)
+        (Some(Command::Export { read, format, output, force, by }), _) => {
+            timeline::cmd::export(read, *format, output, *force, *by).map_err(Into::into)
         }
         (None, paths) if !paths.is_empty() => replay_main(&args, paths),
         (None, _) if args.follow => follow_main(&args),
@@ -162,7 +162,7 @@ fn follow_main(args: &Args) -> anyhow::Result<()> {
     let mut recorder = writer.as_ref();
     let hooks = Hooks {
         snapshot: &mut take_snapshot,
-        filter: &|r| filter.matches_event(r),
+        filter: &|r, ids| filter.matches_event(r, ids),
         recorder: recorder.as_mut().map(|r| r as &mut dyn Recorder),
     };
     let result = rt.block_on(follow::run(&opts, hooks));
@@ -190,6 +190,7 @@ fn replay_main(args: &Args, paths: &[PathBuf]) -> anyhow::Result<()> {
         since: args.since,
         until: args.until,
         summary: args.summary,
+        by: args.by,
         wide: args.wide,
     };
     let mut out = BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
@@ -209,6 +210,9 @@ fn filter_from(args: &Args) -> Filter {
         path: args.path.clone(),
         types: args.sock_type.iter().map(|&t| t.into()).collect(),
         listening: args.listening,
+        units: args.unit.clone(),
+        containers: args.container.clone(),
+        users: args.user.clone(),
     }
 }
 

@@ -12,6 +12,7 @@ use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 
 use crate::dbus::BusLabel;
 use crate::holders::{Holder, HolderList, HolderMap};
+use crate::identity::{Identity, Processes};
 
 /// `sk_type` of a UNIX socket.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -263,6 +264,8 @@ pub struct Model {
     pending: HashMap<u64, u64>,
     /// Bus client inode -> its names on the bus (`dbus.rs`).
     bus_labels: HashMap<u64, Arc<BusLabel>>,
+    /// Who the holders' processes are, by pid.
+    processes: Processes,
 }
 
 impl Model {
@@ -272,6 +275,7 @@ impl Model {
             holders,
             pending: HashMap::new(),
             bus_labels: HashMap::new(),
+            processes: Processes::default(),
         };
         for socket in sockets {
             model.insert_socket(socket);
@@ -368,6 +372,25 @@ impl Model {
     /// The names a bus gave the connection whose client end is `inode`.
     pub(crate) fn bus_label(&self, inode: u64) -> Option<&BusLabel> {
         self.bus_labels.get(&inode).map(|l| &**l)
+    }
+
+    /// The identity of process `pid`, when it was resolved.
+    pub(crate) fn identity(&self, pid: u32) -> Option<&Identity> {
+        self.processes.get(pid)
+    }
+
+    pub(crate) fn processes(&self) -> &Processes {
+        &self.processes
+    }
+
+    pub(crate) fn processes_mut(&mut self) -> &mut Processes {
+        &mut self.processes
+    }
+
+    /// Resolves the process of every holder with `processes`.
+    pub(crate) fn resolve_processes(&mut self, mut processes: Processes) {
+        processes.resolve_all(self.holders.values().flatten().map(|h| h.pid));
+        self.processes = processes;
     }
 
     pub(crate) fn get(&self, inode: u64) -> Option<&Socket> {

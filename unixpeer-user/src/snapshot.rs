@@ -58,6 +58,7 @@ pub fn take(all_netns: bool, source: &mut (dyn HolderSource + Send)) -> Result<S
         list.retain(|h| h.pid != me);
     }
     model.set_all_holders(by_inode);
+    model.resolve_processes(crate::identity::Processes::from_proc());
     Ok(Snapshot { model, source: holders.source, why: holders.why, blind_spots, namespaces, dump_time, holders_time })
 }
 

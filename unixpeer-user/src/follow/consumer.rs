@@ -18,6 +18,7 @@ use crate::{
         Resolved, Tracker,
         render::{self, Clock},
     },
+    identity::Processes,
 };
 
 /// Bytes of lines gathered before they go to the writer.
@@ -30,7 +31,7 @@ pub struct Consumer<'a, W: Write> {
     write_error: Option<io::Error>,
     opts: &'a FollowOptions,
     clock: Clock,
-    filter: &'a dyn Fn(&Resolved) -> bool,
+    filter: &'a dyn Fn(&Resolved, &Processes) -> bool,
     recorder: Option<&'a mut dyn Recorder>,
     /// What the model resolved from the event at hand.
     resolved: Vec<Resolved>,
@@ -49,7 +50,7 @@ impl<'a, W: Write> Consumer<'a, W> {
         out: W,
         opts: &'a FollowOptions,
         clock: Clock,
-        filter: &'a dyn Fn(&Resolved) -> bool,
+        filter: &'a dyn Fn(&Resolved, &Processes) -> bool,
         recorder: Option<&'a mut dyn Recorder>,
     ) -> Self {
         Self {
@@ -103,6 +104,19 @@ impl<'a, W: Write> Consumer<'a, W> {
     /// the same model, then applied and shown.
     pub(crate) fn event(&mut self, e: Event) {
         self.summary.received += 1;
+        // Bookkeeping events name processes the model already met (or, for
+        // a rename, threads): only socket events bring new ones.
+        if !matches!(e.kind, EventKind::TaskExit | EventKind::Fork | EventKind::Rename) {
+            self.tracker.observe(e.pid);
+        }
+        if self.tracker.processes().has_learnt() {
+            let learnt = self.tracker.processes_mut().take_learnt();
+            if let Some(rec) = self.recorder.as_mut() {
+                for (pid, id) in learnt {
+                    rec.process(pid, id);
+                }
+            }
+        }
         if let Some(rec) = self.recorder.as_mut() {
             rec.event(&e);
         }
@@ -153,7 +167,7 @@ impl<'a, W: Write> Consumer<'a, W> {
         // them only when asking for detail.
         let bookkeeping =
             matches!(r.event.kind, EventKind::TaskExit | EventKind::Fork | EventKind::FdClose | EventKind::Rename);
-        if (bookkeeping && self.opts.verbose < 2) || !(self.filter)(r) || self.done() {
+        if (bookkeeping && self.opts.verbose < 2) || !(self.filter)(r, self.tracker.processes()) || self.done() {
             return;
         }
         self.summary.printed += 1;
@@ -164,9 +178,9 @@ impl<'a, W: Write> Consumer<'a, W> {
             return;
         }
         if self.opts.json {
-            render::write_json(&mut self.lines, r, &self.clock);
+            render::write_json(&mut self.lines, r, &self.clock, self.tracker.processes());
         } else {
-            render::write_text(&mut self.lines, r, &self.clock, self.opts.wall_time);
+            render::write_text(&mut self.lines, r, &self.clock, self.opts.wall_time, self.tracker.processes());
         }
         if self.lines.len() >= LINES {
             self.spill();

@@ -84,6 +84,8 @@ pub trait Recorder {
     /// Once, after the capture started and before the snapshot.
     fn start(&mut self, chosen: &Chosen, clock: &Clock, infer_release_on_exit: bool) -> Result<(), RecorderError>;
     fn event(&mut self, e: &Event);
+    /// Who process `pid` is: written before the first event that needs it.
+    fn process(&mut self, _pid: u32, _id: &crate::identity::Identity) {}
     fn lost(&mut self, ts_ns: u64, count: u64);
     /// The model is checked against the kernel after `lost` events were
     /// lost; the seeds of that check follow (see `SnapshotPurpose::Resync`).
@@ -140,7 +142,7 @@ pub enum SnapshotPurpose {
 pub struct Hooks<'a> {
     /// Gets the capture's iterator records (or why they could not be had).
     pub snapshot: &'a mut SnapshotHook<'a>,
-    pub filter: &'a dyn Fn(&Resolved) -> bool,
+    pub filter: &'a dyn Fn(&Resolved, &crate::identity::Processes) -> bool,
     pub recorder: Option<&'a mut dyn Recorder>,
 }
 

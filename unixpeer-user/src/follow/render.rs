@@ -6,6 +6,7 @@ use unixpeer_common::EventKind;
 use super::{Holder, Peer, Resolved};
 use crate::{
     events::{Inferred, event_name},
+    identity::{Container, Identity, Processes},
     output::{
         JSON_SCHEMA, escape,
         jsonw::{bool, hex, int, null, opt_int, opt_str, str},
@@ -219,9 +220,37 @@ fn push_peer(out: &mut Vec<u8>, peer: &Peer) {
 pub(crate) const TEXT_HEADER: &str =
     "TIME             EVENT          PROCESS                      PEER                              TYPE       PATH";
 
+/// The process at the other end, as the PEER column names it.
+fn peer_pid(peer: &Peer) -> Option<u32> {
+    match peer {
+        Peer::Holders(hs) => hs.first().map(|h| h.pid),
+        Peer::Listener(h) => Some(h.pid),
+        Peer::Unknown => None,
+    }
+}
+
+/// `  [unit or container → the peer's]`, when either is known.
+fn push_tags(out: &mut Vec<u8>, r: &Resolved, ids: &Processes) {
+    let own = ids.get(r.event.pid);
+    let peer = if r.event.kind == EventKind::Listen { None } else { peer_pid(&r.peer).and_then(|p| ids.get(p)) };
+    let shown = |id: Option<&Identity>| id.is_some_and(|i| i.container.is_some() || i.unit.is_some());
+    if !shown(own) && !shown(peer) {
+        return;
+    }
+    out.extend_from_slice(b"  [");
+    if !own.is_some_and(|i| i.push_tag(out)) {
+        out.push(b'-');
+    }
+    if let Some(p) = peer.filter(|p| shown(Some(p))) {
+        out.extend_from_slice(" \u{2192} ".as_bytes());
+        p.push_tag(out);
+    }
+    out.push(b']');
+}
+
 /// One line for people, appended to `out`. Every string another process
-/// chose (command, path) is escaped.
-pub(crate) fn write_text(out: &mut Vec<u8>, r: &Resolved, clock: &Clock, wall: bool) {
+/// chose (command, path, unit, container) is escaped.
+pub(crate) fn write_text(out: &mut Vec<u8>, r: &Resolved, clock: &Clock, wall: bool, ids: &Processes) {
     let e = &r.event;
     out.reserve(512);
     let mut col = out.len();
@@ -273,13 +302,14 @@ pub(crate) fn write_text(out: &mut Vec<u8>, r: &Resolved, clock: &Clock, wall: b
         out.extend_from_slice(b"  child ");
         push_int(out, child);
     }
+    push_tags(out, r, ids);
     out.push(b'\n');
 }
 
 /// One event as a JSON line, appended to `out`. Keys in alphabetical order
 /// and always present (null when unknown), as docs/json-schema.md lists
 /// them: tools may diff outputs.
-pub(crate) fn write_json(out: &mut Vec<u8>, r: &Resolved, clock: &Clock) {
+pub(crate) fn write_json(out: &mut Vec<u8>, r: &Resolved, clock: &Clock, ids: &Processes) {
     let e = &r.event;
     let (peer_pid, peer_comm, peer_fd, peer_holders) = match &r.peer {
         Peer::Holders(hs) => {
@@ -293,6 +323,9 @@ pub(crate) fn write_json(out: &mut Vec<u8>, r: &Resolved, clock: &Clock) {
     out.reserve(1024);
     opt_int(out, "{\"child_pid\":", e.child_pid);
     str(out, ",\"comm\":", &e.comm.to_str());
+    let own = ids.get(e.pid);
+    let peer = peer_pid.and_then(|p| ids.get(p));
+    container(out, ",\"container\":", own);
     opt_int(out, ",\"errno\":", (e.errno != 0).then_some(e.errno));
     opt_str(out, ",\"error\":", (e.errno != 0).then(|| errno_name(e.errno)).as_deref());
     str(out, ",\"event\":", event_name(e.kind));
@@ -304,15 +337,19 @@ pub(crate) fn write_json(out: &mut Vec<u8>, r: &Resolved, clock: &Clock) {
     int(out, ",\"netns\":", e.netns);
     opt_str(out, ",\"path\":", e.path.as_deref());
     opt_str(out, ",\"peer_comm\":", peer_comm.as_deref());
+    container(out, ",\"peer_container\":", peer);
     let peer_fd = if e.kind == EventKind::Socketpair { e.peer_fd.map(i64::from) } else { peer_fd.map(i64::from) };
     opt_int(out, ",\"peer_fd\":", peer_fd);
     match peer_holders {
         Some(hs) => {
             out.extend_from_slice(b",\"peer_holders\":[");
             for (i, h) in hs.iter().enumerate() {
+                let id = ids.get(h.pid);
                 str(out, if i == 0 { "{\"comm\":" } else { ",{\"comm\":" }, &h.comm.to_str());
+                container(out, ",\"container\":", id);
                 opt_int(out, ",\"fd\":", h.fd);
                 int(out, ",\"pid\":", h.pid);
+                unit_user(out, ",\"unit\":", ",\"user\":", id);
                 out.push(b'}');
             }
             out.push(b']');
@@ -323,6 +360,7 @@ pub(crate) fn write_json(out: &mut Vec<u8>, r: &Resolved, clock: &Clock) {
     bool(out, ",\"peer_is_listener\":", matches!(r.peer, Peer::Listener(_)));
     opt_int(out, ",\"peer_pid\":", peer_pid);
     hex(out, ",\"peer_sk\":", e.peer_sk);
+    unit_user(out, ",\"peer_unit\":", ",\"peer_user\":", peer);
     int(out, ",\"pid\":", e.pid);
     int(out, ",\"schema\":", JSON_SCHEMA);
     hex(out, ",\"sk\":", e.sk);
@@ -333,8 +371,28 @@ pub(crate) fn write_json(out: &mut Vec<u8>, r: &Resolved, clock: &Clock) {
     int(out, ",\"ts\":", e.ts_ns);
     str(out, ",\"type\":", e.sock_type.as_str());
     int(out, ",\"uid\":", e.uid);
+    unit_user(out, ",\"unit\":", ",\"user\":", own);
     out.push(b'}');
     out.push(b'\n');
+}
+
+/// `{"runtime":…,"id":…,"pod_uid":…,"qos":…}` or null, in the order the
+/// snapshot's JSON has them.
+fn container(out: &mut Vec<u8>, key: &str, id: Option<&Identity>) {
+    let Some(c): Option<&Container> = id.and_then(|i| i.container.as_ref()) else {
+        return null(out, key);
+    };
+    out.extend_from_slice(key.as_bytes());
+    str(out, "{\"runtime\":", c.runtime.as_str());
+    str(out, ",\"id\":", &c.id);
+    opt_str(out, ",\"pod_uid\":", c.pod_uid.as_deref());
+    opt_str(out, ",\"qos\":", c.qos.map(|q| q.as_str()));
+    out.push(b'}');
+}
+
+fn unit_user(out: &mut Vec<u8>, unit: &str, user: &str, id: Option<&Identity>) {
+    opt_str(out, unit, id.and_then(|i| i.unit.as_deref()));
+    opt_str(out, user, id.and_then(|i| i.user.as_deref()));
 }
 
 pub(crate) fn lost_json(count: u64, total: u64, ts_ns: u64) -> Value {
@@ -378,29 +436,56 @@ mod tests {
         event.peer_sk = 0xffff_8881_0000_2000;
         let holders = vec![Holder { pid: 7, comm: "server".into(), fd: Some(9) }];
         let r = Resolved { event, peer: Peer::Holders(holders.into()) };
+        let mut ids = Processes::default();
+        ids.learn(
+            42,
+            Identity { uid: Some(0), user: Some("root".into()), unit: Some("a.service".into()), container: None },
+        );
+        let pod = Container {
+            runtime: crate::identity::Runtime::Crio,
+            id: "c0ffee".into(),
+            pod_uid: Some("p-1".into()),
+            qos: Some(crate::identity::Qos::Burstable),
+        };
+        ids.learn(7, Identity { container: Some(pod), ..Identity::default() });
         let mut out = Vec::new();
-        write_json(&mut out, &r, &clock);
+        write_json(&mut out, &r, &clock, &ids);
         assert_eq!(
             String::from_utf8(out).expect("utf-8"),
             concat!(
-                r#"{"child_pid":null,"comm":"client","errno":null,"error":null,"event":"connect","fd":3,"#,
-                r#""inferred":null,"inode":1001,"kind":"event","listen_fd":null,"netns":1,"path":"/run/app.sock","#,
-                r#""peer_comm":"server","peer_fd":9,"peer_holders":[{"comm":"server","fd":9,"pid":7}],"#,
+                r#"{"child_pid":null,"comm":"client","container":null,"errno":null,"error":null,"event":"connect","#,
+                r#""fd":3,"inferred":null,"inode":1001,"kind":"event","listen_fd":null,"netns":1,"path":"/run/app.sock","#,
+                r#""peer_comm":"server","#,
+                r#""peer_container":{"runtime":"cri-o","id":"c0ffee","pod_uid":"p-1","qos":"Burstable"},"peer_fd":9,"#,
+                r#""peer_holders":[{"comm":"server","#,
+                r#""container":{"runtime":"cri-o","id":"c0ffee","pod_uid":"p-1","qos":"Burstable"},"#,
+                r#""fd":9,"pid":7,"unit":null,"user":null}],"#,
                 r#""peer_inode":1002,"peer_is_listener":false,"peer_pid":7,"peer_sk":"0xffff888100002000","#,
+                r#""peer_unit":null,"peer_user":null,"#,
                 r#""pid":42,"schema":1,"sk":"0xffff888100001000","tid":42,"time":"2026-11-27T11:40:00.123461Z","#,
-                r#""ts":5000,"type":"stream","uid":0}"#,
+                r#""ts":5000,"type":"stream","uid":0,"unit":"a.service","user":"root"}"#,
                 "\n"
             )
         );
+        let mut text = Vec::new();
+        write_text(&mut text, &r, &clock, false, &ids);
+        let text = String::from_utf8(text).expect("utf-8");
+        assert!(text.ends_with("  [a.service \u{2192} cri-o:c0ffee]\n"), "{text}");
         let mut out = Vec::new();
         let failed = Resolved {
             event: crate::events::Event { errno: libc::ECONNREFUSED, ..r.event.clone() },
             peer: Peer::Listener(Holder { pid: 7, comm: "server".into(), fd: None }),
         };
-        write_json(&mut out, &failed, &clock);
+        write_json(&mut out, &failed, &clock, &Processes::default());
+        let mut text = Vec::new();
+        write_text(&mut text, &failed, &clock, false, &Processes::default());
+        assert!(!String::from_utf8_lossy(&text).contains('['), "no tags when nothing is known");
         let line = String::from_utf8(out).expect("utf-8");
         assert!(line.contains(r#""errno":111,"error":"ECONNREFUSED""#), "{line}");
-        assert!(line.contains(r#""peer_comm":"server","peer_fd":null,"peer_holders":null"#), "{line}");
+        assert!(
+            line.contains(r#""peer_comm":"server","peer_container":null,"peer_fd":null,"peer_holders":null"#),
+            "{line}"
+        );
         assert!(line.contains(r#""peer_is_listener":true,"peer_pid":7"#), "{line}");
     }
 

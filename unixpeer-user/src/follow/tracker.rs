@@ -94,6 +94,7 @@ impl Tracker {
     /// The snapshot (taken live, or read back from a recording) as the
     /// model's starting point.
     pub fn seed(&mut self, snapshot: &Model) {
+        self.model.processes_mut().adopt(snapshot.processes());
         for (s, holders) in snapshot.iter() {
             self.seed_socket(snapshot, s, holders);
         }
@@ -135,6 +136,8 @@ impl Tracker {
                 self.by_pid.entry(h.pid).or_default().insert(s.inode);
             }
         }
+        let by_pid = &self.by_pid;
+        self.model.processes_mut().retain(|pid| by_pid.contains_key(&pid));
         let (model, graveyard) = (&self.model, &self.graveyard);
         self.comms.retain(|pid, _| self.by_pid.contains_key(pid));
         // A client that closed before its accept (its close seen, so it is
@@ -142,6 +145,21 @@ impl Tracker {
         self.embryos.retain(|_, client| model.contains(*client) || graveyard.get(*client).is_some());
         self.orphans.retain(|inode, _| model.contains(*inode));
         (gone, found)
+    }
+
+    /// Reads who process `pid` is, if the model does not know yet (live
+    /// only: a replay has what the recording says).
+    pub(crate) fn observe(&mut self, pid: u32) {
+        self.model.processes_mut().observe(pid);
+    }
+
+    /// Who the processes are, for output.
+    pub(crate) fn processes(&self) -> &crate::identity::Processes {
+        self.model.processes()
+    }
+
+    pub(crate) fn processes_mut(&mut self) -> &mut crate::identity::Processes {
+        self.model.processes_mut()
     }
 
     /// Whether the model has the socket `inode` (open, as far as it knows).
@@ -266,11 +284,13 @@ impl Tracker {
             EventKind::Fork => {
                 if let Some(child) = e.child_pid {
                     self.fork(e.pid, child);
+                    self.model.processes_mut().fork(e.pid, child);
                 }
                 Peer::Unknown
             }
             // A tid that is no process we track is a thread: ignore it.
             EventKind::Rename => {
+                self.model.processes_mut().exec(e.pid);
                 if !self.by_pid.contains_key(&e.pid) {
                     self.comms.remove(&e.pid);
                 }
@@ -458,6 +478,7 @@ impl Tracker {
     /// the sockets it alone held were released by its exit; report those.
     fn exit(&mut self, e: Event, out: &mut Vec<Resolved>) {
         self.comms.remove(&e.pid);
+        self.model.processes_mut().exit(e.pid);
         let Some(inodes) = self.by_pid.remove(&e.pid) else { return };
         let mut released = Vec::new();
         for inode in inodes {

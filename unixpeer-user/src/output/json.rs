@@ -6,7 +6,8 @@ use serde::Serialize;
 
 use super::OutputError;
 use crate::filter::Filter;
-use crate::holders::Holder;
+use crate::holders::{Comm, Holder};
+use crate::identity::Container;
 use crate::model::{KernelState, Model, Socket, Status};
 
 #[derive(Serialize)]
@@ -20,8 +21,8 @@ struct SocketRecord<'a> {
     state: &'static str,
     path: Option<String>,
     netns: u64,
-    holders: &'a [Holder],
-    peer_holders: &'a [Holder],
+    holders: Holders<'a>,
+    peer_holders: Holders<'a>,
     peer_path: Option<String>,
     peer_netns: Option<u64>,
     kernel_state: String,
@@ -51,6 +52,40 @@ impl<'a> Dbus<'a> {
     fn of(model: &'a Model, inode: Option<u64>) -> Option<Self> {
         let l = model.bus_label(inode?)?;
         Some(Dbus { bus: &l.bus, unique_name: &l.unique_name, names: &l.names })
+    }
+}
+
+/// Holders, each with who its process is, serialized in place: no list
+/// is built per socket.
+struct Holders<'a> {
+    model: &'a Model,
+    list: &'a [Holder],
+}
+
+/// A holder with who its process is.
+#[derive(Serialize)]
+struct HolderRecord<'a> {
+    pid: u32,
+    fd: Option<u32>,
+    comm: Comm,
+    user: Option<&'a str>,
+    unit: Option<&'a str>,
+    container: Option<&'a Container>,
+}
+
+impl Serialize for Holders<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.list.iter().map(|h| {
+            let id = self.model.identity(h.pid);
+            HolderRecord {
+                pid: h.pid,
+                fd: h.fd,
+                comm: h.comm,
+                user: id.and_then(|i| i.user.as_deref()),
+                unit: id.and_then(|i| i.unit.as_deref()),
+                container: id.and_then(|i| i.container.as_ref()),
+            }
+        }))
     }
 }
 
@@ -86,8 +121,8 @@ fn record<'a>(model: &'a Model, s: &'a Socket) -> SocketRecord<'a> {
         state: status.as_str(),
         path: s.name.as_ref().map(ToString::to_string),
         netns: s.netns,
-        holders: model.holders(s.inode),
-        peer_holders: peer.map_or(&[], |p| model.holders(p)),
+        holders: Holders { model, list: model.holders(s.inode) },
+        peer_holders: Holders { model, list: peer.map_or(&[], |p| model.holders(p)) },
         peer_path: peer_socket.and_then(|p| p.name.as_ref()).map(ToString::to_string),
         peer_netns: peer_socket.map(|p| p.netns),
         kernel_state: match s.state {
@@ -106,5 +141,36 @@ fn record<'a>(model: &'a Model, s: &'a Socket) -> SocketRecord<'a> {
         vfs: s.vfs.map(|v| Vfs { dev: v.dev, ino: v.ino }),
         dbus: Dbus::of(model, Some(s.inode)),
         peer_dbus: Dbus::of(model, peer),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::{Identity, Runtime};
+
+    #[test]
+    fn holders_carry_who_their_process_is_exactly() {
+        let holder = |pid| [Holder { pid, comm: "app".into(), fd: Some(3) }].into_iter().collect();
+        let sock = |inode, peer| Socket::sample(inode, KernelState::Established, Some(peer));
+        let mut model =
+            Model::new(vec![sock(1, 2), sock(2, 1)], [(1, holder(10)), (2, holder(20))].into_iter().collect());
+        let unit =
+            Identity { uid: Some(0), user: Some("root".into()), unit: Some("a\u{1b}.service".into()), container: None };
+        model.processes_mut().learn(10, unit);
+        let lxc = Container { runtime: Runtime::Lxc, id: "web".into(), pod_uid: None, qos: None };
+        model.processes_mut().learn(20, Identity { container: Some(lxc), ..Identity::default() });
+        let mut out = Vec::new();
+        write(&mut out, &model, &Filter::default()).unwrap();
+        let first: serde_json::Value = serde_json::from_slice(out.split(|&b| b == b'\n').next().unwrap()).unwrap();
+        assert_eq!(
+            first["holders"],
+            serde_json::json!([{"pid": 10, "fd": 3, "comm": "app", "user": "root", "unit": "a\u{1b}.service", "container": null}])
+        );
+        assert_eq!(
+            first["peer_holders"][0]["container"],
+            serde_json::json!({"runtime": "lxc", "id": "web", "pod_uid": null, "qos": null})
+        );
+        assert_eq!(first["peer_holders"][0]["user"], serde_json::Value::Null);
     }
 }

@@ -126,12 +126,10 @@ fn row(model: &Model, c: &Connection, list: Holders) -> Row {
     )
 }
 
-/// `comm[pid]:fd` (`:?` when the fd is unknown), space separated: every
-/// holder, or the first and `+N`. A comm shows escaped (its Display):
-/// widths are then counted on what the terminal shows.
-/// With `--wide`, a bus client's names follow its holders.
+/// Every holder, or the first and `+N`, then with `--wide` a bus client's
+/// names as its bus gave them.
 fn holders_cell(model: &Model, inode: u64, list: Holders) -> String {
-    let mut s = holder_names(model.holders(inode), list);
+    let mut s = holder_names(model, model.holders(inode), list);
     if list == Holders::All
         && let Some(label) = model.bus_label(inode)
     {
@@ -140,7 +138,11 @@ fn holders_cell(model: &Model, inode: u64, list: Holders) -> String {
     s
 }
 
-fn holder_names(holders: &[Holder], list: Holders) -> String {
+/// `comm[pid]:fd` (`:?` when the fd is unknown) and the process's unit or
+/// container in parentheses when it has one, space separated: every
+/// holder, or the first and `+N`. Names show escaped: widths are then
+/// counted on what the terminal shows.
+fn holder_names(model: &Model, holders: &[Holder], list: Holders) -> String {
     use std::fmt::Write as _;
     if holders.is_empty() {
         return "-".to_owned();
@@ -160,6 +162,9 @@ fn holder_names(holders: &[Holder], list: Holders) -> String {
                 let _ = write!(s, "{fd}");
             }
             None => s.push('?'),
+        }
+        if let Some(tag) = model.identity(h.pid).and_then(crate::identity::Identity::tag) {
+            let _ = write!(s, " ({tag})");
         }
     }
     if shown.len() < holders.len() {
@@ -316,12 +321,27 @@ mod tests {
     fn many_holders_show_as_the_first_and_a_count_unless_wide() {
         let holder = |pid, fd| Holder { pid, fd, comm: "chromium".into() };
         let many: Vec<Holder> = (0..8).map(|i| holder(12152 + i, Some(6))).collect();
-        assert_eq!(holder_names(&many, Holders::First), "chromium[12152]:6 +7");
-        let all = holder_names(&many, Holders::All);
+        let m = Model::default();
+        assert_eq!(holder_names(&m, &many, Holders::First), "chromium[12152]:6 +7");
+        let all = holder_names(&m, &many, Holders::All);
         assert_eq!((all.split(' ').count(), all.starts_with("chromium[12152]:6 chromium[12153]:6")), (8, true));
         // An fd nobody reported is unknown, not 4294967295.
-        assert_eq!(holder_names(&[holder(9, None)], Holders::First), "chromium[9]:?");
-        assert_eq!(holder_names(&[], Holders::All), "-");
+        assert_eq!(holder_names(&m, &[holder(9, None)], Holders::First), "chromium[9]:?");
+        assert_eq!(holder_names(&m, &[], Holders::All), "-");
+    }
+
+    #[test]
+    fn a_holder_shows_its_container_or_unit_escaped() {
+        use crate::identity::{Container, Identity, Runtime};
+        let mut m = Model::default();
+        let unit = Identity { unit: Some("evil\u{1b}[2J.service".into()), ..Identity::default() };
+        m.processes_mut().learn(1, unit);
+        let container = Container { runtime: Runtime::Docker, id: "0123456789abcdef".into(), pod_uid: None, qos: None };
+        m.processes_mut()
+            .learn(2, Identity { container: Some(container), unit: Some("x.scope".into()), ..Identity::default() });
+        let h = |pid| Holder { pid, fd: Some(3), comm: "app".into() };
+        assert_eq!(holder_names(&m, &[h(1)], Holders::First), "app[1]:3 (evil\\x1b[2J.service)");
+        assert_eq!(holder_names(&m, &[h(2), h(3)], Holders::All), "app[2]:3 (docker:0123456789ab) app[3]:3");
     }
 
     #[test]

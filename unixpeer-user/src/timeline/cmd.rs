@@ -27,6 +27,8 @@ pub struct ReplayOptions {
     pub since: Option<TimeSpec>,
     pub until: Option<TimeSpec>,
     pub summary: bool,
+    /// `--by`: what names the summary's ends.
+    pub by: summary::By,
     /// `--wide`: every holder in the `--at` table.
     pub wide: bool,
 }
@@ -71,7 +73,8 @@ pub fn replay(
         eprintln!("unixtrace: {}", escape::escaped(&line));
     }
     let result = if opts.summary {
-        conns::collect(&mut replay).and_then(|c| Ok(summary::write(out, &c, opts.json).map_err(OutputError::from)?))
+        conns::collect(&mut replay)
+            .and_then(|c| Ok(summary::write(out, &c, opts.json, opts.by).map_err(OutputError::from)?))
     } else if let Some(at) = opts.at {
         table_at(&mut replay, at, opts, filter, out)
     } else {
@@ -137,20 +140,20 @@ fn events(
     let shown = |ts: u64| since.is_none_or(|s| ts >= s);
     replay.run::<TimelineError>(until, &mut |step| {
         match step {
-            Step::Event(r) => {
+            Step::Event(r, ids) => {
                 // As live: bookkeeping only when asked for detail.
                 let bookkeeping = matches!(
                     r.event.kind,
                     EventKind::TaskExit | EventKind::Fork | EventKind::FdClose | EventKind::Rename
                 );
-                if (bookkeeping && opts.verbose < 2) || !shown(r.event.ts_ns) || !filter.matches_event(r) {
+                if (bookkeeping && opts.verbose < 2) || !shown(r.event.ts_ns) || !filter.matches_event(r, ids) {
                     return Ok(());
                 }
                 line.clear();
                 if opts.json {
-                    render::write_json(&mut line, r, &clock);
+                    render::write_json(&mut line, r, &clock, ids);
                 } else {
-                    render::write_text(&mut line, r, &clock, opts.wall_time);
+                    render::write_text(&mut line, r, &clock, opts.wall_time, ids);
                 }
                 out.write_all(&line).map_err(OutputError::from)?;
             }
@@ -184,7 +187,16 @@ fn report_warnings(replay: &mut Replay) {
 }
 
 /// `unixtrace export -r FILE --format F -o OUT`.
-pub fn export(paths: &[PathBuf], format: Format, output: &Path, force: bool) -> Result<(), TimelineError> {
+pub fn export(
+    paths: &[PathBuf],
+    format: Format,
+    output: &Path,
+    force: bool,
+    by: summary::By,
+) -> Result<(), TimelineError> {
+    if by != summary::By::Comm && format == Format::Perfetto {
+        return Err(TimelineError::ByNotDrawn);
+    }
     let (mut replay, path) = open(paths)?;
     let conns = conns::collect(&mut replay);
     report_warnings(&mut replay);
@@ -194,7 +206,7 @@ pub fn export(paths: &[PathBuf], format: Format, output: &Path, force: bool) -> 
     let file = super::writer::create_private(output, force)?;
     let mut w = BufWriter::new(file);
     let werr = |source| TimelineError::Write { path: output.to_owned(), source };
-    export::write(&mut w, &conns, format, &title).map_err(werr)?;
+    export::write(&mut w, &conns, format, &title, by).map_err(werr)?;
     w.flush().map_err(werr)?;
     eprintln!("unixtrace: wrote {} connections to {}", conns.list.len(), escape::path(output));
     Ok(())

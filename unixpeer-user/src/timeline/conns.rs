@@ -14,7 +14,9 @@ use super::{
     replay::{Replay, Step},
 };
 use crate::follow::{Holder, Peer, Resolved};
+use crate::identity::{Identity, Processes};
 use crate::model::SockType;
+use std::sync::Arc;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(crate) enum ConnKind {
@@ -54,6 +56,9 @@ pub(crate) struct Conn {
     pub(crate) errno: i32,
     /// Whether the accept() was seen.
     pub(crate) accepted: bool,
+    /// Who the client's and the server's processes were when they acted.
+    pub(crate) client_id: Option<Arc<Identity>>,
+    pub(crate) server_id: Option<Arc<Identity>>,
 }
 
 impl Conn {
@@ -86,6 +91,8 @@ pub(crate) fn hostile_conns(client: &str, server: &str) -> Conns {
         end_ns: Some(2),
         errno: 0,
         accepted: true,
+        client_id: None,
+        server_id: None,
     };
     Conns { list: vec![conn], start_ns: 0, end_ns: 3, lost: 0 }
 }
@@ -96,7 +103,7 @@ pub fn collect(replay: &mut Replay) -> Result<Conns, TimelineError> {
     let mut lost = 0;
     replay.run::<TimelineError>(None, &mut |step| {
         match step {
-            Step::Event(r) => b.event(r),
+            Step::Event(r, ids) => b.event(r, ids),
             Step::Lost { count, .. } => lost += count,
             Step::Resync(_) => {}
         }
@@ -121,9 +128,10 @@ fn first_peer(peer: &Peer) -> Option<&Holder> {
 }
 
 impl Builder {
-    fn push(&mut self, r: &Resolved, kind: ConnKind) -> usize {
+    fn push(&mut self, r: &Resolved, kind: ConnKind, ids: &Processes) -> usize {
         let e = &r.event;
         let peer = first_peer(&r.peer);
+        let (client_id, server_id) = (ids.shared(e.pid), peer.and_then(|p| ids.shared(p.pid)));
         self.list.push(Conn {
             kind,
             sock_type: e.sock_type,
@@ -134,29 +142,32 @@ impl Builder {
             end_ns: (kind == ConnKind::Failed).then_some(e.ts_ns),
             errno: e.errno,
             accepted: false,
+            client_id,
+            server_id,
         });
         self.list.len() - 1
     }
 
-    fn event(&mut self, r: &Resolved) {
+    fn event(&mut self, r: &Resolved, ids: &Processes) {
         let e = &r.event;
         match e.kind {
             EventKind::Connect | EventKind::DgramConnect => {
                 let kind = if e.kind == EventKind::Connect { ConnKind::Connected } else { ConnKind::Dgram };
-                let i = self.push(r, kind);
+                let i = self.push(r, kind, ids);
                 if let Some(inode) = e.inode {
                     self.open.insert(inode, i);
                 }
             }
             EventKind::Socketpair => {
-                let i = self.push(r, ConnKind::Socketpair);
+                let i = self.push(r, ConnKind::Socketpair, ids);
                 self.list[i].server = Some(Holder::of(e.pid, e.comm, e.peer_fd));
+                self.list[i].server_id = ids.shared(e.pid);
                 for inode in [e.inode, e.peer_inode].into_iter().flatten() {
                     self.open.insert(inode, i);
                 }
             }
             EventKind::ConnectFailed => {
-                self.push(r, ConnKind::Failed);
+                self.push(r, ConnKind::Failed, ids);
             }
             EventKind::Accept => {
                 let Some(i) = e.peer_inode.and_then(|c| self.open.get(&c).copied()) else {
@@ -164,6 +175,7 @@ impl Builder {
                 };
                 let c = &mut self.list[i];
                 c.server = Some(Holder::of(e.pid, e.comm, e.fd));
+                c.server_id = ids.shared(e.pid);
                 c.accepted = true;
                 let client_closed = c.end_ns.is_some();
                 if client_closed {
@@ -190,6 +202,7 @@ impl Builder {
                     && h.pid != c.client.pid
                 {
                     c.server = Some(*h);
+                    c.server_id = ids.shared(h.pid);
                 }
             }
             EventKind::Listen | EventKind::TaskExit | EventKind::FdClose | EventKind::Fork | EventKind::Rename => {}

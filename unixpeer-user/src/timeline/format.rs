@@ -12,6 +12,7 @@ use crate::capture::Strategy;
 use crate::events::Inferred;
 use crate::events::{Event, SockType, event_name};
 use crate::follow::Holder;
+use crate::identity::Identity;
 use crate::model::{KernelState, Model, SockName, Socket, Vfs};
 use crate::output::jsonw::{int, json_str};
 
@@ -146,14 +147,33 @@ pub struct SeedRecord {
     #[serde(default)]
     pub(crate) vfs: Option<(u32, u32)>,
     pub(crate) holders: Vec<Holder>,
+    /// Who the holders' processes are, each given once per set of seeds
+    /// (with its first socket). Absent in files written before identities.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) processes: Vec<ProcessRecord>,
+}
+
+/// A process's identity as recorded: the process is gone at replay.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessRecord {
+    pub(crate) pid: u32,
+    pub(crate) id: Identity,
 }
 
 impl SeedRecord {
     /// Every socket of a snapshot, in inode order.
     pub fn from_model(model: &Model) -> Vec<Self> {
+        let mut given = foldhash::HashSet::default();
         model
             .sockets()
             .map(|s| Self {
+                processes: model
+                    .holders(s.inode)
+                    .iter()
+                    .filter(|h| given.insert(h.pid))
+                    .filter_map(|h| Some(ProcessRecord { pid: h.pid, id: model.identity(h.pid)?.clone() }))
+                    .filter(|p| p.id != Identity::default())
+                    .collect(),
                 inode: s.inode,
                 peer: s.peer,
                 sock_type: s.sock_type,
@@ -182,7 +202,11 @@ impl SeedRecord {
     /// after lost events), as it was taken.
     pub fn model(records: &[SeedRecord]) -> Model {
         let holders = records.iter().map(|r| (r.inode, r.holders.iter().copied().collect())).collect();
-        Model::new(records.iter().map(SeedRecord::socket).collect(), holders)
+        let mut model = Model::new(records.iter().map(SeedRecord::socket).collect(), holders);
+        for p in records.iter().flat_map(|r| &r.processes) {
+            model.processes_mut().learn(p.pid, p.id.clone());
+        }
+        model
     }
 
     pub(crate) fn socket(&self) -> Socket {
@@ -369,6 +393,7 @@ struct Line<'a> {
     inferred: Option<Cow<'a, str>>,
     count: Option<u64>,
     seed: Option<SeedRecord>,
+    id: Option<Identity>,
     received: Option<u64>,
     lost: Option<u64>,
 }
@@ -393,6 +418,9 @@ pub enum Record {
         lost: u64,
         netns: u32,
     },
+    /// Who process `pid` is, read when it was first met or after its
+    /// exec; before the events that need it.
+    Process(ProcessRecord),
     /// Written on a clean stop; a killed recorder leaves none.
     End {
         ts_ns: u64,
@@ -409,6 +437,10 @@ pub(crate) fn parse_record(line: &[u8]) -> Result<Record, String> {
     match l.k.as_ref() {
         "seed" => l.seed.clone().map(Record::Seed).ok_or_else(|| "seed record lacks `seed`".into()),
         "seeds_done" => Ok(Record::SeedsDone),
+        "proc" => Ok(Record::Process(ProcessRecord {
+            pid: l.pid.ok_or("proc record lacks `pid`")?,
+            id: l.id.clone().ok_or("proc record lacks `id`")?,
+        })),
         "lost" => Ok(Record::Lost { ts_ns: need(l.ts, "ts")?, count: need(l.count, "count")? }),
         "end" => {
             Ok(Record::End { ts_ns: need(l.ts, "ts")?, received: l.received.unwrap_or(0), lost: l.lost.unwrap_or(0) })
@@ -462,6 +494,18 @@ pub(crate) fn write_seed(out: &mut Vec<u8>, s: &SeedRecord) -> serde_json::Resul
         seed: &'a SeedRecord,
     }
     serde_json::to_writer(&mut *out, &Wrap { k: "seed", seed: s })?;
+    out.push(b'\n');
+    Ok(())
+}
+
+pub(crate) fn write_process(out: &mut Vec<u8>, pid: u32, id: &Identity) -> serde_json::Result<()> {
+    #[derive(Serialize)]
+    struct Wrap<'a> {
+        k: &'static str,
+        pid: u32,
+        id: &'a Identity,
+    }
+    serde_json::to_writer(&mut *out, &Wrap { k: "proc", pid, id })?;
     out.push(b'\n');
     Ok(())
 }
@@ -560,6 +604,7 @@ pub(crate) mod tests {
             shutdown: 0,
             vfs: None,
             holders: vec![Holder { pid: 1, comm: "init".into(), fd: Some(3) }],
+            processes: Vec::new(),
         };
         write_seed(&mut out, &seed).unwrap();
         let got: Vec<Record> =
@@ -594,6 +639,46 @@ pub(crate) mod tests {
         assert!(err.contains(r#"unknown socket state "sleepy""#), "{err}");
         let err = parse_record(seed("carrier-pigeon", "listen").as_bytes()).unwrap_err();
         assert!(err.contains(r#"unknown socket type "carrier-pigeon""#), "{err}");
+    }
+
+    /// Each process once per set of seeds, with its first socket; its later
+    /// identity in a record of its own, read back to the model.
+    #[test]
+    fn identities_are_recorded_once_and_read_back() {
+        use crate::identity::{Container, Runtime};
+        let holder = |pid| Holder { pid, comm: "app".into(), fd: Some(3) };
+        let sock = |inode| Socket::new(inode, SockType::Stream, KernelState::Close, 1);
+        let holders = [(1, [holder(10)].into_iter().collect()), (2, [holder(10), holder(11)].into_iter().collect())];
+        let mut model = Model::new(vec![sock(1), sock(2)], holders.into_iter().collect());
+        let docker = Container { runtime: Runtime::Docker, id: "ab".repeat(32).into(), pod_uid: None, qos: None };
+        let id = Identity { uid: Some(0), user: Some("root".into()), unit: None, container: Some(docker) };
+        model.processes_mut().learn(10, id.clone());
+        model.processes_mut().learn(11, Identity::default());
+        let seeds = SeedRecord::from_model(&model);
+        let given: Vec<Vec<u32>> = seeds.iter().map(|s| s.processes.iter().map(|p| p.pid).collect()).collect();
+        assert_eq!(given, vec![vec![10], vec![]], "once, and nothing for what is unknown");
+        let mut out = Vec::new();
+        for s in &seeds {
+            write_seed(&mut out, s).unwrap();
+        }
+        write_process(&mut out, 12, &id).unwrap();
+        let text = String::from_utf8(out.clone()).unwrap();
+        assert!(
+            text.contains(r#"{"k":"proc","pid":12,"id":{"uid":0,"user":"root","unit":null,"container":{"#),
+            "{text}"
+        );
+        let mut back = Vec::new();
+        for line in out.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            match parse_record(line).unwrap() {
+                Record::Seed(s) => back.push(s),
+                Record::Process(p) => assert_eq!((p.pid, &p.id), (12, &id)),
+                other => panic!("{other:?}"),
+            }
+        }
+        let replayed = SeedRecord::model(&back);
+        assert_eq!(replayed.identity(10), Some(&id));
+        assert_eq!(replayed.identity(11), None);
+        assert!(parse_record(br#"{"k":"proc","pid":1}"#).unwrap_err().contains("lacks `id`"));
     }
 
     #[test]

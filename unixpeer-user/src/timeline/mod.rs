@@ -57,6 +57,8 @@ pub enum TimelineError {
     Write { path: PathBuf, source: std::io::Error },
     #[error("bad time {0:?}: {1}")]
     Time(String, String),
+    #[error("--by groups processes in --format dot and html only")]
+    ByNotDrawn,
     #[error(transparent)]
     Output(#[from] crate::output::OutputError),
 }

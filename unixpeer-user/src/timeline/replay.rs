@@ -15,12 +15,14 @@ use super::{
 use crate::{
     follow::ResyncRecord,
     follow::{Resolved, Tracker},
+    identity::Processes,
     model::Model,
 };
 
 /// One thing a replay produces, in recorded order.
 pub(crate) enum Step<'a> {
-    Event(&'a Resolved),
+    /// With who the processes are as the event leaves them.
+    Event(&'a Resolved, &'a Processes),
     Lost {
         ts_ns: u64,
         count: u64,
@@ -88,7 +90,7 @@ impl Replay {
                         let mut out = std::mem::take(&mut self.resolved);
                         self.tracker.finish(&mut out);
                         for r in out.drain(..) {
-                            f(Step::Event(&r))?;
+                            f(Step::Event(&r, self.tracker.processes()))?;
                         }
                         self.resolved = out;
                         return Ok(());
@@ -98,7 +100,7 @@ impl Replay {
             let ts = match &rec {
                 Record::Event(e) => e.ts_ns,
                 Record::Lost { ts_ns, .. } | Record::End { ts_ns, .. } | Record::Resync { ts_ns, .. } => *ts_ns,
-                Record::Seed(_) | Record::SeedsDone => self.last_ts,
+                Record::Seed(_) | Record::SeedsDone | Record::Process(_) => self.last_ts,
             };
             if until.is_some_and(|u| ts > u) {
                 self.ahead = Some(rec);
@@ -116,15 +118,16 @@ impl Replay {
                         {
                             self.closed.insert(i);
                         }
-                        f(Step::Event(&r))?;
+                        f(Step::Event(&r, self.tracker.processes()))?;
                     }
                     self.resolved = out;
                 }
+                Record::Process(p) => self.tracker.processes_mut().learn(p.pid, p.id),
                 Record::Lost { ts_ns, count } => f(Step::Lost { ts_ns, count })?,
                 Record::Resync { ts_ns, lost, netns } => {
                     if let Some((released, r)) = self.resync(ts_ns, lost, netns)? {
                         for a in &released {
-                            f(Step::Event(a))?;
+                            f(Step::Event(a, self.tracker.processes()))?;
                         }
                         f(Step::Resync(&r))?;
                     }
@@ -208,6 +211,7 @@ pub(crate) mod tests {
             shutdown: 0,
             vfs: None,
             holders: vec![Holder { pid: 10, comm: "server".into(), fd: Some(3) }],
+            processes: Vec::new(),
         };
         format::write_seed(&mut out, &seed).unwrap();
         out.extend_from_slice(format::SEEDS_DONE);
@@ -263,7 +267,7 @@ pub(crate) mod tests {
         let mut r = open(recording());
         let mut lines = Vec::new();
         r.run::<TimelineError>(None, &mut |s| {
-            if let Step::Event(e) = s {
+            if let Step::Event(e, _) = s {
                 lines.push((crate::events::event_name(e.event.kind), e.peer.clone()));
             }
             Ok(())

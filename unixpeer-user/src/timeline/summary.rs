@@ -1,8 +1,9 @@
 //! `-r FILE --summary`: per client, server and name, how many connections,
 //! how long they lived, how many failed; then the busiest processes.
 //!
-//! Processes are grouped by command name: a server that forks per client,
-//! or a client run a thousand times, is one line rather than a thousand.
+//! Processes are grouped by command name (or with `--by`, by systemd unit
+//! or container): a server that forks per client, or a client run a
+//! thousand times, is one line rather than a thousand.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Write};
@@ -11,6 +12,7 @@ use serde_json::json;
 
 use super::conns::{ConnKind, Conns};
 use crate::holders::Holder;
+use crate::identity::Identity;
 use crate::output::JSON_SCHEMA;
 use crate::output::escape::escaped;
 
@@ -22,8 +24,60 @@ struct Group {
     lifetimes: Vec<u64>,
 }
 
-/// (client comm, server comm, path, type).
+/// (client, server, path, type), the ends named as `By` says.
 type Key = (String, String, String, String);
+
+/// What names each end of a summary's rows (`--by`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum By {
+    /// The command name.
+    #[default]
+    Comm,
+    /// The systemd unit (`-` outside any).
+    Unit,
+    /// The container, as `runtime:id` (`-` outside any).
+    Container,
+}
+
+impl By {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Comm => "comm",
+            Self::Unit => "unit",
+            Self::Container => "container",
+        }
+    }
+
+    /// The exact name of one end, for grouping and JSON.
+    pub(crate) fn name(self, who: &Holder, id: Option<&Identity>) -> String {
+        match self {
+            Self::Comm => who.comm.to_str().into_owned(),
+            Self::Unit => id.and_then(|i| i.unit.as_deref()).unwrap_or("-").to_owned(),
+            Self::Container => id
+                .and_then(|i| i.container.as_ref())
+                .map_or_else(|| "-".to_owned(), |c| format!("{}:{}", c.runtime.as_str(), c.id)),
+        }
+    }
+
+    /// A name as people see it: escaped, a container id cut to 12
+    /// characters as `docker ps` shows it.
+    pub(crate) fn shown(self, name: &str) -> String {
+        match (self, name.split_once(':')) {
+            (Self::Container, Some((runtime, id))) => {
+                escaped(&format!("{runtime}:{}", id.chars().take(12).collect::<String>())).into_owned()
+            }
+            _ => escaped(name).into_owned(),
+        }
+    }
+
+    fn headers(self) -> [&'static str; 2] {
+        match self {
+            Self::Comm => ["CLIENT", "SERVER"],
+            Self::Unit => ["CLIENT UNIT", "SERVER UNIT"],
+            Self::Container => ["CLIENT CONTAINER", "SERVER CONTAINER"],
+        }
+    }
+}
 
 /// A process, its connection count, and its peers by count.
 type Busy = (Holder, u64, Vec<(Holder, u64)>);
@@ -31,14 +85,14 @@ type Busy = (Holder, u64, Vec<(Holder, u64)>);
 /// How many busiest processes to list.
 const BUSIEST: usize = 10;
 
-pub fn write(out: &mut impl Write, conns: &Conns, json_out: bool) -> io::Result<()> {
+pub fn write(out: &mut impl Write, conns: &Conns, json_out: bool, by: By) -> io::Result<()> {
     let mut groups: BTreeMap<Key, Group> = BTreeMap::new();
     let mut per_proc: HashMap<Holder, HashMap<Holder, u64>> = HashMap::new();
     for c in &conns.list {
-        let server = c.server.map_or_else(|| "?".to_owned(), |s| s.comm.to_str().into_owned());
+        let server = c.server.map_or_else(|| "?".to_owned(), |s| by.name(&s, c.server_id.as_deref()));
         let path =
             c.path.clone().unwrap_or_else(|| if c.kind == ConnKind::Socketpair { "(socketpair)" } else { "-" }.into());
-        let client = c.client.comm.to_str().into_owned();
+        let client = by.name(&c.client, c.client_id.as_deref());
         let g = groups.entry((client, server, path, c.sock_type.to_string())).or_default();
         if c.kind == ConnKind::Failed {
             g.failed += 1;
@@ -73,7 +127,7 @@ pub fn write(out: &mut impl Write, conns: &Conns, json_out: bool) -> io::Result<
         for ((client, server, path, ty), g) in &mut groups {
             let (min, median, max) = stats(&mut g.lifetimes);
             let rec = json!({
-                "kind": "pair", "schema": JSON_SCHEMA, "client": client, "server": server, "path": path, "type": ty,
+                "kind": "pair", "schema": JSON_SCHEMA, "by": by.as_str(), "client": client, "server": server, "path": path, "type": ty,
                 "connections": g.connections, "failed": g.failed, "open": g.open,
                 "lifetime_min_ns": min, "lifetime_median_ns": median, "lifetime_max_ns": max,
             });
@@ -96,14 +150,17 @@ pub fn write(out: &mut impl Write, conns: &Conns, json_out: bool) -> io::Result<
         return Ok(());
     }
 
-    let mut rows =
-        vec![["CLIENT", "SERVER", "PATH", "TYPE", "CONNS", "FAILED", "OPEN", "MIN", "MEDIAN", "MAX"].map(String::from)];
+    let [client_header, server_header] = by.headers();
+    let mut rows = vec![
+        [client_header, server_header, "PATH", "TYPE", "CONNS", "FAILED", "OPEN", "MIN", "MEDIAN", "MAX"]
+            .map(String::from),
+    ];
     for ((client, server, path, ty), g) in &mut groups {
         let (min, median, max) = stats(&mut g.lifetimes);
         // The groups keep the exact names for JSON; people see them escaped.
         rows.push([
-            escaped(client).into_owned(),
-            escaped(server).into_owned(),
+            by.shown(client),
+            by.shown(server),
             escaped(path).into_owned(),
             ty.clone(),
             g.connections.to_string(),
@@ -184,7 +241,7 @@ mod tests {
     fn summary_counts_and_times_the_connection() {
         let conns = collect(&mut open(recording())).unwrap();
         let mut out = Vec::new();
-        write(&mut out, &conns, false).unwrap();
+        write(&mut out, &conns, false, By::Comm).unwrap();
         let text = String::from_utf8(out).unwrap();
         let row = text.lines().nth(1).unwrap();
         let cells: Vec<&str> = row.split_whitespace().collect();
@@ -200,7 +257,7 @@ mod tests {
     fn text_shows_names_escaped_and_json_keeps_them_exact() {
         let conns = crate::timeline::conns::hostile_conns("ev\u{1b}[31mil\u{7}", "srv\u{202e}x");
         let mut out = Vec::new();
-        write(&mut out, &conns, false).unwrap();
+        write(&mut out, &conns, false, By::Comm).unwrap();
         let text = String::from_utf8(out).unwrap();
         assert!(!text.chars().any(|c| crate::output::escape::must_escape(c) && c != '\n'), "{text:?}");
         let row = text.lines().nth(1).unwrap();
@@ -211,10 +268,39 @@ mod tests {
         assert_eq!(header.find("CONNS").map(|i| i + 5), row.find(" 1 ").map(|i| i + 2), "{text}");
 
         let mut out = Vec::new();
-        write(&mut out, &conns, true).unwrap();
+        write(&mut out, &conns, true, By::Comm).unwrap();
         let pair: serde_json::Value = serde_json::from_slice(out.split(|&b| b == b'\n').next().unwrap()).unwrap();
         assert_eq!(pair["client"], "ev\u{1b}[31mil\u{7}");
         assert_eq!(pair["path"], "@</script><b>x\n\"");
+    }
+
+    #[test]
+    fn ends_group_by_unit_or_container() {
+        use crate::identity::{Container, Runtime};
+        use std::sync::Arc;
+        let mut conns = crate::timeline::conns::hostile_conns("client", "server");
+        let id = "e\u{1b}".repeat(32);
+        let container = Container { runtime: Runtime::Docker, id: id.clone().into(), pod_uid: None, qos: None };
+        conns.list[0].client_id = Some(Arc::new(Identity { container: Some(container), ..Identity::default() }));
+        conns.list[0].server_id = Some(Arc::new(Identity { unit: Some("db.service".into()), ..Identity::default() }));
+        let first_json = |by| {
+            let mut out = Vec::new();
+            write(&mut out, &conns, true, by).unwrap();
+            serde_json::from_slice::<serde_json::Value>(out.split(|&b| b == b'\n').next().unwrap()).unwrap()
+        };
+        let pair = first_json(By::Unit);
+        assert_eq!(
+            (&pair["by"], &pair["client"], &pair["server"]),
+            (&"unit".into(), &"-".into(), &"db.service".into())
+        );
+        let pair = first_json(By::Container);
+        assert_eq!((&pair["client"], &pair["server"]), (&format!("docker:{id}").into(), &"-".into()));
+        let mut out = Vec::new();
+        write(&mut out, &conns, false, By::Container).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("CLIENT CONTAINER ") && text.contains("  SERVER CONTAINER  "), "{text}");
+        let row = text.lines().nth(1).unwrap();
+        assert!(row.starts_with(&format!("docker:{}  -  ", "e\\x1b".repeat(6))), "{text}");
     }
 
     #[test]

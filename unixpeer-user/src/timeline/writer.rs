@@ -192,6 +192,13 @@ impl TimelineWriter {
         }
     }
 
+    /// Who a process is, before the events that name it.
+    pub(crate) fn process(&mut self, pid: u32, id: &crate::identity::Identity) {
+        if let Err(e) = format::write_process(&mut self.buf, pid, id) {
+            log::warn!("cannot record the identity of process {pid}: {e}");
+        }
+    }
+
     pub(crate) fn lost(&mut self, ts_ns: u64, count: u64) {
         self.lost += count;
         if let Some(r) = &mut self.rotating {
@@ -384,6 +391,10 @@ impl Recorder for &RefCell<TimelineWriter> {
         self.borrow_mut().event(e);
     }
 
+    fn process(&mut self, pid: u32, id: &crate::identity::Identity) {
+        self.borrow_mut().process(pid, id);
+    }
+
     fn lost(&mut self, ts_ns: u64, count: u64) {
         self.borrow_mut().lost(ts_ns, count);
     }
@@ -457,6 +468,7 @@ mod tests {
             shutdown: 0,
             vfs: None,
             holders: vec![crate::follow::Holder { pid: 10, comm: "server".into(), fd: Some(3) }],
+            processes: Vec::new(),
         };
         let model = SeedRecord::model(&[listener]);
         w.seeds(&model).unwrap();
@@ -489,7 +501,7 @@ mod tests {
         let mut r = Replay::open(paths).unwrap();
         let mut got = Vec::new();
         r.run::<TimelineError>(None, &mut |s| {
-            if let Step::Event(e) = s {
+            if let Step::Event(e, _) = s {
                 got.push(e.clone());
             }
             Ok(())

@@ -54,7 +54,9 @@ impl Tracker {
                 s.icons = list.into_boxed_slice();
             }
         }
-        Model::new(sockets, holders)
+        let mut model = Model::new(sockets, holders);
+        model.processes_mut().clone_from(self.model.processes());
+        model
     }
 }
 

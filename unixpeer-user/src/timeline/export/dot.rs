@@ -1,30 +1,53 @@
 //! Graphviz: one node per command name, one edge per (client, server, name)
 //! with its count. Command names rather than pids: a server forking per
-//! client stays one node.
+//! client stays one node. With `--by unit` or `--by container`, one node
+//! per command in each unit or container, drawn inside a cluster named
+//! after it.
 
 use std::collections::BTreeMap;
 use std::io::{self, Write};
 
 use super::super::conns::{ConnKind, Conns};
+use crate::follow::Holder;
+use crate::identity::Identity;
 use crate::output::escape;
+use crate::timeline::summary::By;
 
-pub(crate) fn write(out: &mut impl Write, conns: &Conns) -> io::Result<()> {
+/// A node: its cluster (the unit or container, shown escaped; none for
+/// processes outside any, and without `--by`) and its command.
+type Node = (Option<String>, String);
+
+fn node(by: By, h: &Holder, id: Option<&Identity>) -> Node {
+    let comm = escape::escaped(&h.comm.to_str()).into_owned();
+    let group = by.name(h, id);
+    ((by != By::Comm && group != "-").then(|| by.shown(&group)), comm)
+}
+
+/// The node's dot id: its command, within its cluster's.
+fn node_id((group, comm): &Node) -> String {
+    match group {
+        Some(g) => format!("{g}/{comm}"),
+        None => comm.clone(),
+    }
+}
+
+pub(crate) fn write(out: &mut impl Write, conns: &Conns, by: By) -> io::Result<()> {
     // (client, server, label) -> (connections, failed)
-    let mut edges: BTreeMap<(String, String, String), (u64, u64)> = BTreeMap::new();
-    let mut pids: BTreeMap<String, Vec<u32>> = BTreeMap::new();
-    let shown = |comm: &str| escape::escaped(comm).into_owned();
+    let mut edges: BTreeMap<(Node, Node, String), (u64, u64)> = BTreeMap::new();
+    let mut pids: BTreeMap<Node, Vec<u32>> = BTreeMap::new();
     for c in &conns.list {
-        let server = c.server.map_or_else(|| "?".to_owned(), |s| shown(&s.comm.to_str()));
-        for p in std::iter::once(&c.client).chain(c.server.as_ref()) {
-            let list = pids.entry(shown(&p.comm.to_str())).or_default();
-            if !list.contains(&p.pid) {
+        let client = node(by, &c.client, c.client_id.as_deref());
+        let server = c.server.map_or_else(|| (None, "?".to_owned()), |s| node(by, &s, c.server_id.as_deref()));
+        pids.entry(server.clone()).or_default();
+        for (n, p) in [(&client, Some(&c.client)), (&server, c.server.as_ref())] {
+            let list = pids.entry(n.clone()).or_default();
+            if let Some(p) = p
+                && !list.contains(&p.pid)
+            {
                 list.push(p.pid);
             }
         }
-        if c.server.is_none() {
-            pids.entry(server.clone()).or_default();
-        }
-        let e = edges.entry((shown(&c.client.comm.to_str()), server, super::label(c))).or_default();
+        let e = edges.entry((client, server, super::label(c))).or_default();
         if c.kind == ConnKind::Failed {
             e.1 += 1;
         } else {
@@ -35,15 +58,32 @@ pub(crate) fn write(out: &mut impl Write, conns: &Conns) -> io::Result<()> {
     writeln!(out, "  rankdir=LR;")?;
     writeln!(out, "  node [shape=box, style=\"rounded,filled\", fillcolor=\"#eef3fb\", fontname=\"sans-serif\"];")?;
     writeln!(out, "  edge [fontname=\"sans-serif\", fontsize=10];")?;
-    for (comm, list) in &pids {
-        let mut shown: Vec<String> = list.iter().take(3).map(u32::to_string).collect();
-        if list.len() > 3 {
-            shown.push(format!("+{} more", list.len() - 3));
+    let mut clusters: BTreeMap<Option<&String>, Vec<(&Node, &Vec<u32>)>> = BTreeMap::new();
+    for (n, list) in &pids {
+        clusters.entry(n.0.as_ref()).or_default().push((n, list));
+    }
+    for (i, (group, nodes)) in clusters.iter().enumerate() {
+        let indent = if let Some(g) = group {
+            writeln!(out, "  subgraph \"cluster_{i}\" {{")?;
+            writeln!(out, "    label={}; style=rounded; color=\"#8aa4c8\";", quote(g))?;
+            "    "
+        } else {
+            "  "
+        };
+        for (n, list) in nodes {
+            let mut shown: Vec<String> = list.iter().take(3).map(u32::to_string).collect();
+            if list.len() > 3 {
+                shown.push(format!("+{} more", list.len() - 3));
+            }
+            let label = if list.is_empty() { n.1.clone() } else { format!("{}\npid {}", n.1, shown.join(", ")) };
+            writeln!(out, "{indent}{} [label={}];", quote(&node_id(n)), quote(&label))?;
         }
-        let label = if list.is_empty() { comm.clone() } else { format!("{comm}\npid {}", shown.join(", ")) };
-        writeln!(out, "  {} [label={}];", quote(comm), quote(&label))?;
+        if group.is_some() {
+            writeln!(out, "  }}")?;
+        }
     }
     for ((client, server, name), (n, failed)) in &edges {
+        let (client, server) = (node_id(client), node_id(server));
         let mut label = format!("{name}\n{n} conn{}", if *n == 1 { "" } else { "s" });
         if *failed > 0 {
             label.push_str(&format!(", {failed} failed"));
@@ -52,8 +92,8 @@ pub(crate) fn write(out: &mut impl Write, conns: &Conns) -> io::Result<()> {
         writeln!(
             out,
             "  {} -> {} [label={}, color=\"{}\"{style}];",
-            quote(client),
-            quote(server),
+            quote(&client),
+            quote(&server),
             quote(&label),
             super::colour(name)
         )?;
@@ -89,7 +129,7 @@ mod tests {
     fn one_edge_per_pair_and_name() {
         let conns = collect(&mut open(recording())).unwrap();
         let mut out = Vec::new();
-        write(&mut out, &conns).unwrap();
+        write(&mut out, &conns, By::Comm).unwrap();
         let dot = String::from_utf8(out).unwrap();
         assert!(dot.contains("\"client\" -> \"server\" [label=\"/run/app.sock\\n1 conn\""), "{dot}");
         assert!(dot.contains("\"server\" [label=\"server\\npid 10\"]"), "{dot}");
@@ -97,10 +137,33 @@ mod tests {
     }
 
     #[test]
+    fn by_container_each_container_is_a_cluster() {
+        use crate::identity::{Container, Runtime};
+        use std::sync::Arc;
+        let mut conns = crate::timeline::conns::hostile_conns("client", "server");
+        let c = Container { runtime: Runtime::Lxc, id: "we\"b\u{1b}".into(), pod_uid: None, qos: None };
+        conns.list[0].client_id = Some(Arc::new(Identity { container: Some(c), ..Identity::default() }));
+        let mut out = Vec::new();
+        write(&mut out, &conns, By::Container).unwrap();
+        let dot = String::from_utf8(out).unwrap();
+        assert!(!dot.chars().any(|c| c.is_control() && c != '\n'), "{dot:?}");
+        let cluster = concat!(
+            "  subgraph \"cluster_1\" {\n",
+            "    label=\"lxc:we\\\"b\\\\x1b\"; style=rounded; color=\"#8aa4c8\";\n",
+            "    \"lxc:we\\\"b\\\\x1b/client\" [label=\"client\\npid 20\"];\n",
+            "  }\n"
+        );
+        assert!(dot.contains(cluster), "{dot}");
+        // Outside any container: no cluster.
+        assert!(dot.contains("\n  \"server\" [label=\"server\\npid 10\"];\n"), "{dot}");
+        assert!(dot.contains("\"lxc:we\\\"b\\\\x1b/client\" -> \"server\""), "{dot}");
+    }
+
+    #[test]
     fn hostile_names_cannot_add_lines_or_leave_the_string() {
         let conns = crate::timeline::conns::hostile_conns("a\"];x[\npid 1", "ev\u{1b}[31m\\N");
         let mut out = Vec::new();
-        write(&mut out, &conns).unwrap();
+        write(&mut out, &conns, By::Comm).unwrap();
         let dot = String::from_utf8(out).unwrap();
         assert!(!dot.chars().any(|c| c.is_control() && c != '\n'), "{dot:?}");
         // The client's node: the quote and newline it chose are text, so

@@ -11,7 +11,9 @@ use serde::Serialize;
 
 use super::super::conns::{ConnKind, Conns};
 use crate::holders::Holder;
+use crate::identity::Identity;
 use crate::output::escape;
+use crate::timeline::summary::By;
 
 #[derive(Serialize)]
 struct Data<'a> {
@@ -50,19 +52,26 @@ struct Mark {
     errno: i32,
 }
 
-pub(crate) fn write(out: &mut impl Write, conns: &Conns, title: &str) -> io::Result<()> {
+pub(crate) fn write(out: &mut impl Write, conns: &Conns, title: &str, by: By) -> io::Result<()> {
     // The title names the recording and its host, both read from outside.
     let title = escape::escaped(title);
     let us = |ns: u64| ns.saturating_sub(conns.start_ns) as f64 / 1e3;
     let mut lanes: Vec<String> = Vec::new();
-    let mut lane_of: HashMap<Holder, usize> = HashMap::new();
+    let mut lane_of: HashMap<Lane, usize> = HashMap::new();
     let mut paths: Vec<(String, String)> = Vec::new();
     let mut path_of: HashMap<String, usize> = HashMap::new();
     let mut bars = Vec::new();
     let mut marks = Vec::new();
     for c in &conns.list {
-        let client_lane = lane_for(&mut lanes, &mut lane_of, c.client);
-        let server_lane = c.server.map(|s| lane_for(&mut lanes, &mut lane_of, s));
+        let mut lane = |h: Holder, id: Option<&Identity>| {
+            let (key, label) = Lane::of(by, h, id);
+            *lane_of.entry(key).or_insert_with(|| {
+                lanes.push(label);
+                lanes.len() - 1
+            })
+        };
+        let client_lane = lane(c.client, c.client_id.as_deref());
+        let server_lane = c.server.map(|s| lane(s, c.server_id.as_deref()));
         let name = super::label(c);
         let path = *path_of.entry(name.clone()).or_insert_with(|| {
             paths.push((name.clone(), super::colour(&name)));
@@ -110,12 +119,26 @@ pub(crate) fn write(out: &mut impl Write, conns: &Conns, title: &str) -> io::Res
     Ok(())
 }
 
-/// Lanes in order of first appearance: the first clients come on top.
-fn lane_for(lanes: &mut Vec<String>, lane_of: &mut HashMap<Holder, usize>, h: Holder) -> usize {
-    *lane_of.entry(h.process()).or_insert_with(|| {
-        lanes.push(h.process_name());
-        lanes.len() - 1
-    })
+/// What a lane stands for: a process, or with `--by`, the unit or
+/// container its process is in (processes outside any keep their own).
+/// Lanes come in order of first appearance: the first clients on top.
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum Lane {
+    Process(Holder),
+    Group(String),
+}
+
+impl Lane {
+    /// The lane and its label (escaped).
+    fn of(by: By, h: Holder, id: Option<&Identity>) -> (Self, String) {
+        let group = by.name(&h, id);
+        if by == By::Comm || group == "-" {
+            (Self::Process(h.process()), h.process_name())
+        } else {
+            let label = by.shown(&group);
+            (Self::Group(group), label)
+        }
+    }
 }
 
 /// Text for the page's markup (element content or a quoted attribute).
@@ -262,7 +285,7 @@ mod tests {
     fn the_page_carries_its_data_and_no_external_resource() {
         let conns = collect(&mut open(recording())).unwrap();
         let mut out = Vec::new();
-        write(&mut out, &conns, "a </script> title").unwrap();
+        write(&mut out, &conns, "a </script> title", By::Comm).unwrap();
         let page = String::from_utf8(out).unwrap();
         assert!(!page.contains("src=") && !page.contains("href="), "no external resources");
         assert!(page.contains("a &lt;/script&gt; title"));
@@ -273,10 +296,30 @@ mod tests {
     }
 
     #[test]
+    fn by_unit_a_lane_per_unit() {
+        use std::sync::Arc;
+        let mut conns = crate::timeline::conns::hostile_conns("client", "server");
+        let mut second = conns.list[0].clone();
+        second.client = Holder { pid: 21, ..second.client };
+        conns.list.push(second);
+        let unit = Arc::new(Identity { unit: Some("app\u{1b}.service".into()), ..Identity::default() });
+        for c in &mut conns.list {
+            c.client_id = Some(unit.clone());
+        }
+        let mut out = Vec::new();
+        write(&mut out, &conns, "t", By::Unit).unwrap();
+        let page = String::from_utf8(out).unwrap();
+        let data = page.split("id=\"data\">").nth(1).unwrap().split("</script>").next().unwrap();
+        let v: serde_json::Value = serde_json::from_str(data).unwrap();
+        assert_eq!(v["lanes"], serde_json::json!(["app\\x1b.service", "server[10]"]), "both clients on one lane");
+        assert!(v["bars"].as_array().unwrap().iter().any(|b| b["client"] == "client[21] fd 3"), "{v}");
+    }
+
+    #[test]
     fn names_cannot_end_the_data_or_add_markup() {
         let conns = crate::timeline::conns::hostile_conns("<!--<script>", "ev\u{1b}'&amp;");
         let mut out = Vec::new();
-        write(&mut out, &conns, "t\u{7}<b>'\"").unwrap();
+        write(&mut out, &conns, "t\u{7}<b>'\"", By::Comm).unwrap();
         let page = String::from_utf8(out).unwrap();
         assert!(!page.chars().any(|c| c.is_control() && c != '\n'), "no raw control character");
         assert!(!page.contains("<b>") && !page.contains("<!--"), "{page}");

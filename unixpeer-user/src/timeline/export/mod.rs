@@ -12,6 +12,7 @@ pub(crate) mod perfetto;
 use std::io::{self, Write};
 
 use super::conns::{Conn, ConnKind, Conns};
+use super::summary::By;
 use crate::output::escape;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -24,11 +25,11 @@ pub enum Format {
     Html,
 }
 
-pub(crate) fn write(out: &mut impl Write, conns: &Conns, format: Format, title: &str) -> io::Result<()> {
+pub(crate) fn write(out: &mut impl Write, conns: &Conns, format: Format, title: &str, by: By) -> io::Result<()> {
     match format {
-        Format::Dot => dot::write(out, conns),
+        Format::Dot => dot::write(out, conns, by),
         Format::Perfetto => perfetto::write(out, conns),
-        Format::Html => html::write(out, conns, title),
+        Format::Html => html::write(out, conns, title, by),
     }
 }
 
