@@ -97,7 +97,8 @@ pub struct Args {
     pub unit: Vec<Glob>,
 
     /// Only connections where either end's process is in this container:
-    /// its id, an id prefix of 12 or more characters, an LXC name, or a
+    /// its id, an id prefix of 12 or more characters, its name (docker's
+    /// or podman's where their state gives it, an LXC container's), or a
     /// glob on them (repeatable).
     #[arg(long, value_name = "ID|NAME|GLOB", value_parser = parse_container)]
     pub container: Vec<ContainerPattern>,

@@ -53,7 +53,8 @@ fn user_is(wanted: &str, id: &Identity) -> bool {
 }
 
 /// `--container`: an id, an id prefix of 12 or more characters (as docker
-/// takes one), an LXC container's name, or a glob on any of those.
+/// takes one), a name (docker's or podman's, where their state gives it;
+/// an LXC container's), or a glob on any of those.
 #[derive(Clone, Debug)]
 pub struct ContainerPattern {
     text: String,
@@ -66,7 +67,10 @@ impl ContainerPattern {
     }
 
     fn matches(&self, c: &Container) -> bool {
-        *c.id == *self.text || (self.text.len() >= 12 && c.id.starts_with(&self.text)) || self.glob.matches(&c.id)
+        *c.id == *self.text
+            || (self.text.len() >= 12 && c.id.starts_with(&self.text))
+            || self.glob.matches(&c.id)
+            || c.name.as_deref().is_some_and(|n| self.glob.matches(n))
     }
 }
 
@@ -263,7 +267,8 @@ mod tests {
         Resolved { event, peer: Peer::Holders([holder].into_iter().collect()) }
     }
 
-    /// pid 1: alice in web.service; pid 2: root in a docker container.
+    /// pid 1: alice in web.service; pid 2: root in docker container
+    /// `billing-db`.
     fn two_processes() -> Processes {
         let mut ids = Processes::default();
         let web =
@@ -272,6 +277,7 @@ mod tests {
         let container = Container {
             runtime: crate::identity::Runtime::Docker,
             id: "0123456789abcdef".repeat(4).into(),
+            name: Some("billing-db".into()),
             pod_uid: None,
             qos: None,
         };
@@ -301,6 +307,9 @@ mod tests {
         assert!(no(&filter(&[], &["0123456789a"], &[])), "too short a prefix");
         assert!(yes(&filter(&[], &["*cdef"], &[])));
         assert!(yes(&filter(&[], &[&"0123456789abcdef".repeat(4)], &[])));
+        assert!(yes(&filter(&[], &["billing-db"], &[])), "docker's name for it");
+        assert!(yes(&filter(&[], &["billing-*"], &[])));
+        assert!(no(&filter(&[], &["billing"], &[])));
         assert!(yes(&filter(&[], &[], &["alice"])));
         assert!(yes(&filter(&[], &[], &["1000"])));
         assert!(no(&filter(&[], &[], &["bob"])));

@@ -444,6 +444,7 @@ mod tests {
         let pod = Container {
             runtime: crate::identity::Runtime::Crio,
             id: "c0ffee".into(),
+            name: None,
             pod_uid: Some("p-1".into()),
             qos: Some(crate::identity::Qos::Burstable),
         };

@@ -71,7 +71,7 @@ fn container(segments: &[&str]) -> Option<Container> {
         let parent = i.checked_sub(1).and_then(|p| segments.get(p)).copied();
         runtime_of(s, parent, qos.is_some())
     })?;
-    Some(Container { runtime, id: id.into(), pod_uid, qos })
+    Some(Container { runtime, id: id.into(), name: None, pod_uid, qos })
 }
 
 /// A container cgroup as one runtime names it, with `parent` the segment

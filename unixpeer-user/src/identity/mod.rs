@@ -15,6 +15,7 @@ use foldhash::{HashMap, HashSet};
 use serde::{Deserialize, Serialize};
 
 mod cgroup;
+mod names;
 mod passwd;
 
 pub(crate) use cgroup::{Placement, path_of, placement};
@@ -40,6 +41,10 @@ pub struct Container {
     pub(crate) runtime: Runtime,
     /// The runtime's id (64 hex digits), or an LXC container's name.
     pub(crate) id: Box<str>,
+    /// The name docker or podman gave it, where their state says
+    /// (`names.rs`); absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) name: Option<Box<str>>,
     #[serde(default)]
     pub(crate) pod_uid: Option<Box<str>>,
     #[serde(default)]
@@ -105,8 +110,9 @@ impl Identity {
             (Some(c), _) => {
                 out.extend_from_slice(c.runtime.as_str().as_bytes());
                 out.push(b':');
+                // People know a container by its name, when it has one.
                 let end = c.id.char_indices().nth(12).map_or(c.id.len(), |(i, _)| i);
-                crate::output::escape::push(out, &c.id[..end]);
+                crate::output::escape::push(out, c.name.as_deref().unwrap_or(&c.id[..end]));
             }
             (None, Some(u)) => crate::output::escape::push(out, u),
             (None, None) => return false,
@@ -120,13 +126,14 @@ impl Identity {
 pub(crate) struct Resolver {
     proc: PathBuf,
     users: Passwd,
+    names: names::ContainerNames,
 }
 
 impl Resolver {
     pub(crate) fn new(proc: impl Into<PathBuf>, passwd: &std::path::Path) -> Self {
         // Without /etc/passwd users are shown by uid only.
         let users = std::fs::read(passwd).map(|b| Passwd::parse(&b)).unwrap_or_default();
-        Self { proc: proc.into(), users }
+        Self { proc: proc.into(), users, names: names::ContainerNames::default() }
     }
 
     /// `None` when the process is gone or was never visible.
@@ -134,8 +141,11 @@ impl Resolver {
         let dir = self.proc.join(pid.to_string());
         let status = std::fs::read(dir.join("status")).ok()?;
         let uid = real_uid(&status);
-        let Placement { unit, container } =
+        let Placement { unit, mut container } =
             std::fs::read(dir.join("cgroup")).ok().as_deref().and_then(path_of).map(placement).unwrap_or_default();
+        if let Some(c) = &mut container {
+            c.name = self.names.name(c.runtime, &c.id);
+        }
         Some(Identity { uid, user: uid.and_then(|u| self.users.name(u)).map(Into::into), unit, container })
     }
 }
@@ -387,6 +397,7 @@ mod tests {
             container: Some(Container {
                 runtime: Runtime::Crio,
                 id: "abc".into(),
+                name: None,
                 pod_uid: None,
                 qos: Some(Qos::BestEffort),
             }),
@@ -403,11 +414,26 @@ mod tests {
     #[test]
     fn tags_escape_what_processes_chose() {
         let lxc = Identity {
-            container: Some(Container { runtime: Runtime::Lxc, id: "a\u{1b}b".into(), pod_uid: None, qos: None }),
+            container: Some(Container {
+                runtime: Runtime::Lxc,
+                id: "a\u{1b}b".into(),
+                name: None,
+                pod_uid: None,
+                qos: None,
+            }),
             unit: Some("x.scope".into()),
             ..Identity::default()
         };
         assert_eq!(lxc.tag().as_deref(), Some("lxc:a\\x1bb"));
+        let named = Container {
+            runtime: Runtime::Docker,
+            id: "ab".repeat(32).into(),
+            name: Some("web\u{1b}[2J".into()),
+            pod_uid: None,
+            qos: None,
+        };
+        let named = Identity { container: Some(named), ..Identity::default() };
+        assert_eq!(named.tag().as_deref(), Some("docker:web\\x1b[2J"), "by its name, escaped");
         let unit = Identity { unit: Some("e\u{7}.service".into()), ..Identity::default() };
         assert_eq!(unit.tag().as_deref(), Some("e\\x07.service"));
         assert_eq!(Identity::default().tag(), None);

@@ -158,7 +158,7 @@ mod tests {
         let unit =
             Identity { uid: Some(0), user: Some("root".into()), unit: Some("a\u{1b}.service".into()), container: None };
         model.processes_mut().learn(10, unit);
-        let lxc = Container { runtime: Runtime::Lxc, id: "web".into(), pod_uid: None, qos: None };
+        let lxc = Container { runtime: Runtime::Lxc, id: "web".into(), name: None, pod_uid: None, qos: None };
         model.processes_mut().learn(20, Identity { container: Some(lxc), ..Identity::default() });
         let mut out = Vec::new();
         write(&mut out, &model, &Filter::default()).unwrap();

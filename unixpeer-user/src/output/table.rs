@@ -336,7 +336,8 @@ mod tests {
         let mut m = Model::default();
         let unit = Identity { unit: Some("evil\u{1b}[2J.service".into()), ..Identity::default() };
         m.processes_mut().learn(1, unit);
-        let container = Container { runtime: Runtime::Docker, id: "0123456789abcdef".into(), pod_uid: None, qos: None };
+        let container =
+            Container { runtime: Runtime::Docker, id: "0123456789abcdef".into(), name: None, pod_uid: None, qos: None };
         m.processes_mut()
             .learn(2, Identity { container: Some(container), unit: Some("x.scope".into()), ..Identity::default() });
         let h = |pid| Holder { pid, fd: Some(3), comm: "app".into() };

@@ -650,7 +650,8 @@ pub(crate) mod tests {
         let sock = |inode| Socket::new(inode, SockType::Stream, KernelState::Close, 1);
         let holders = [(1, [holder(10)].into_iter().collect()), (2, [holder(10), holder(11)].into_iter().collect())];
         let mut model = Model::new(vec![sock(1), sock(2)], holders.into_iter().collect());
-        let docker = Container { runtime: Runtime::Docker, id: "ab".repeat(32).into(), pod_uid: None, qos: None };
+        let docker =
+            Container { runtime: Runtime::Docker, id: "ab".repeat(32).into(), name: None, pod_uid: None, qos: None };
         let id = Identity { uid: Some(0), user: Some("root".into()), unit: None, container: Some(docker) };
         model.processes_mut().learn(10, id.clone());
         model.processes_mut().learn(11, Identity::default());

@@ -280,7 +280,8 @@ mod tests {
         use std::sync::Arc;
         let mut conns = crate::timeline::conns::hostile_conns("client", "server");
         let id = "e\u{1b}".repeat(32);
-        let container = Container { runtime: Runtime::Docker, id: id.clone().into(), pod_uid: None, qos: None };
+        let container =
+            Container { runtime: Runtime::Docker, id: id.clone().into(), name: None, pod_uid: None, qos: None };
         conns.list[0].client_id = Some(Arc::new(Identity { container: Some(container), ..Identity::default() }));
         conns.list[0].server_id = Some(Arc::new(Identity { unit: Some("db.service".into()), ..Identity::default() }));
         let first_json = |by| {

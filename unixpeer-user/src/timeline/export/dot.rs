@@ -141,7 +141,7 @@ mod tests {
         use crate::identity::{Container, Runtime};
         use std::sync::Arc;
         let mut conns = crate::timeline::conns::hostile_conns("client", "server");
-        let c = Container { runtime: Runtime::Lxc, id: "we\"b\u{1b}".into(), pod_uid: None, qos: None };
+        let c = Container { runtime: Runtime::Lxc, id: "we\"b\u{1b}".into(), name: None, pod_uid: None, qos: None };
         conns.list[0].client_id = Some(Arc::new(Identity { container: Some(c), ..Identity::default() }));
         let mut out = Vec::new();
         write(&mut out, &conns, By::Container).unwrap();
