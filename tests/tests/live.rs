@@ -5,8 +5,37 @@
 use serde_json::Value;
 use unixpeer_tests::tracer::*;
 
-fn tmp_path(name: &str) -> String {
-    format!("/tmp/unixpeer-live-{}-{name}.sock", std::process::id())
+/// A socket path of this test run, unlinked when the test ends, whether it
+/// passed or not.
+struct TmpSock(String);
+
+impl TmpSock {
+    fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for TmpSock {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for TmpSock {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.0.as_ref()
+    }
+}
+
+impl Drop for TmpSock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn tmp_path(name: &str) -> TmpSock {
+    TmpSock(format!("/tmp/unixpeer-live-{}-{name}.sock", std::process::id()))
 }
 
 #[test]
@@ -145,7 +174,7 @@ fn socketpair_across_fork_names_the_other_process_at_close() {
 fn failed_connect_to_a_missing_path_reports_enoent() {
     let mut f = Follower::start(&[]);
     let path = tmp_path("missing");
-    let _ = std::fs::remove_file(&path);
+    let _ = std::fs::remove_file(path.as_str());
     let child = fork_child("cf-client", || match connect_to(&path, libc::SOCK_STREAM, false) {
         Err(e) if e == libc::ENOENT => 0,
         _ => 1,

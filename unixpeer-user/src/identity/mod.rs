@@ -216,6 +216,10 @@ impl Processes {
                 }
                 self.by_pid.insert(pid, Arc::new(identity));
             }
+            // Gone. One that exited is still what it was: the kernel
+            // reports an exit before it closes the process's fds, so its
+            // last closes come after. Replay reads the same from `exited`.
+            None if self.exited.contains_key(&pid) => {}
             None => {
                 self.by_pid.entry(pid).or_default();
             }
@@ -362,6 +366,13 @@ mod tests {
         assert!(!p.has_learnt(), "an inherited identity is not read");
         p.exit(42);
         assert_eq!(p.get(42).and_then(|i| i.unit.as_deref()), Some("b.service"), "still named after exit");
+        std::fs::remove_dir_all(dir.path().join("42")).expect("the process is gone");
+        p.observe(42);
+        assert_eq!(
+            p.get(42).and_then(|i| i.unit.as_deref()),
+            Some("b.service"),
+            "an event after the exit (its fds' closes) still names it"
+        );
         p.observe(44);
         assert_eq!(p.get(44), Some(&Identity::default()), "unreadable: unknown");
         assert!(!p.has_learnt(), "nothing to record for it");
