@@ -756,9 +756,31 @@ fn a_burst_beyond_the_ring_buffer_is_counted_resynced_and_the_next_connection_na
     let lost_before: u64 =
         f.seen[..resync_at].iter().filter(|v| v["kind"] == "lost").map(|v| v["count"].as_u64().unwrap_or(0)).sum();
     assert_eq!(field("lost"), lost_before, "each resync says what was lost before it: {resyncs:?}");
-    // Sockets whose close was lost left the model; what is left is what
-    // the kernel has (plus what came and went during the check).
-    assert!(field("gone") > 0, "the lost closes left phantoms to remove: {resyncs:?}");
+    // Sockets whose close was lost left the model (what is left is what
+    // the kernel has, plus what came and went during the check). Those
+    // shown opened and never shown closed are such phantoms. There may be
+    // none: when the burster's exit gets through, the model closes what it
+    // still held (lines "inferred": "exit"), and the resync finds nothing
+    // to remove (seen on 6.12 under the tracepoint strategy).
+    let (mut opened, mut closed) = (std::collections::BTreeSet::new(), std::collections::BTreeSet::new());
+    for v in f.seen.iter().filter(|v| v["kind"] == "event" && v["pid"] == burster) {
+        let inode = v["inode"].as_u64();
+        match v["event"].as_str() {
+            Some("connect" | "accept") => opened.extend(inode),
+            Some("socketpair") => opened.extend(inode.into_iter().chain(v["peer_inode"].as_u64())),
+            Some("close") => closed.extend(inode),
+            _ => {}
+        }
+    }
+    let phantoms: Vec<&u64> = opened.difference(&closed).collect();
+    if !phantoms.is_empty() {
+        assert!(
+            field("gone") > 0,
+            "{} sockets shown opened and never shown closed (first: {:?}), yet no resync removed any: {resyncs:?}",
+            phantoms.len(),
+            &phantoms[..phantoms.len().min(5)]
+        );
+    }
     let tracked = resync["sockets"].as_u64().expect("sockets tracked") as usize;
     let in_kernel = kernel_sockets();
     assert!(tracked <= in_kernel + 64, "{tracked} sockets tracked after the resync, the kernel has {in_kernel}");
