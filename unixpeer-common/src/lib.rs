@@ -111,6 +111,28 @@ pub struct UnixEvent {
     pub path: [u8; UNIX_PATH_MAX],
     /// The new process, for `Fork`.
     pub child_pid: u32,
+    /// For `Close`: what the socket carried in its life, counted in the
+    /// kernel (zero where nothing was counted).
+    pub traffic: Traffic,
+}
+
+/// What one socket sent and received, from its own point of view: bytes
+/// and calls that moved any (a stream's messages are its send and receive
+/// calls). Kept per socket inode in the `TRAFFIC` map and handed over with
+/// the socket's `Close`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Traffic {
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub msgs_sent: u64,
+    pub msgs_received: u64,
+}
+
+impl Traffic {
+    pub const fn zeroed() -> Self {
+        Self { bytes_sent: 0, bytes_received: 0, msgs_sent: 0, msgs_received: 0 }
+    }
 }
 
 impl UnixEvent {
@@ -136,6 +158,7 @@ impl UnixEvent {
             comm: [0; TASK_COMM_LEN],
             path: [0; UNIX_PATH_MAX],
             child_pid: 0,
+            traffic: Traffic::zeroed(),
         }
     }
 }
@@ -339,6 +362,7 @@ mod pod {
     unsafe impl aya::Pod for super::KernelFilter {}
     unsafe impl aya::Pod for super::TaskSocketFd {}
     unsafe impl aya::Pod for super::SyscallRecords {}
+    unsafe impl aya::Pod for super::Traffic {}
 }
 
 #[cfg(test)]
@@ -351,7 +375,7 @@ mod tests {
     // recording format; a silent change must fail here.
     #[test]
     fn event_layout_has_no_hidden_padding() {
-        let fields = 5 * 8 + 12 * 4 + TASK_COMM_LEN + UNIX_PATH_MAX + 4;
+        let fields = 5 * 8 + 12 * 4 + TASK_COMM_LEN + UNIX_PATH_MAX + 4 + 4 * 8;
         assert_eq!(size_of::<UnixEvent>(), fields);
         assert_eq!(size_of::<UnixEvent>() % align_of::<UnixEvent>(), 0);
     }

@@ -6,6 +6,7 @@ use unixpeer_common::{Backend, EventKind};
 use crate::{
     emit::{begin, copy_sockaddr, describe, name_from_kernel, submit},
     kernel::{self, Current, UnixSocket},
+    traffic,
 };
 
 /// After `unix_stream_connect` or `unix_dgram_connect(struct socket *sock,
@@ -43,5 +44,6 @@ pub fn release(sk: u64, backend: Backend, cur: Current) {
     let socket = kernel::socket_of_sk(sk);
     describe(e, UnixSocket::of_socket(socket, sk));
     name_from_kernel(e);
+    traffic::take(e);
     submit(e);
 }

@@ -216,6 +216,9 @@ pub fn closing(cur: Current, fd: u32, backend: Backend) {
     describe_released(e, sock);
     e.fd = fd as i32;
     let inode = e.inode;
+    if kind == EventKind::Close {
+        crate::traffic::take(e);
+    }
     submit(e);
     if backend != Backend::Tracepoint {
         // Up to 6.7 close(2) ends in filp_close, which must not report it again.

@@ -103,6 +103,10 @@ pub fn begin(cur: Current, kind: EventKind, backend: Backend) -> Option<&'static
         core::ptr::write_volatile(&raw mut e.peer_sk, 0);
         core::ptr::write_volatile(&raw mut e.inode, 0);
         core::ptr::write_volatile(&raw mut e.peer_inode, 0);
+        core::ptr::write_volatile(&raw mut e.traffic.bytes_sent, 0);
+        core::ptr::write_volatile(&raw mut e.traffic.bytes_received, 0);
+        core::ptr::write_volatile(&raw mut e.traffic.msgs_sent, 0);
+        core::ptr::write_volatile(&raw mut e.traffic.msgs_received, 0);
     }
     e.kind = kind as u32;
     e.pid = tgid;

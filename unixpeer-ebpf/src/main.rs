@@ -4,11 +4,14 @@
 //! walks (`kernel`) and one set of syscall handlers (`calls`): per-syscall
 //! tracepoints (`syscalls`), fentry/fexit (`trampoline`, with `sysfns` on
 //! the syscall functions) and kprobes (`probes`, with `sysfns`). Userspace
-//! attaches only the programs of the strategy it picked. `iter` attributes socket fds to tasks for the
+//! attaches only the programs of the strategy it picked, and `traffic` counts
+//! bytes and messages per socket with the cheapest hooks the kernel has. `iter` attributes socket fds to tasks for the
 //! snapshot.
 #![no_std]
 #![no_main]
 #![feature(asm_experimental_arch)]
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::undocumented_unsafe_blocks)]
 
 mod af_unix;
@@ -21,6 +24,7 @@ mod probes;
 mod syscalls;
 mod sysfns;
 mod task;
+mod traffic;
 mod trampoline;
 
 #[cfg(not(test))]

@@ -29,6 +29,7 @@ fn event(i: u64) -> Event {
         peer_sk: 0xffff_8880_1000_0000 + i * 64,
         path: Some("/run/unixpeer-bench/server.sock".into()),
         child_pid: None,
+        traffic: None,
         inferred: None,
     }
 }

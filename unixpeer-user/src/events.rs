@@ -1,6 +1,7 @@
 //! Kernel records decoded into owned events: the second stage of
 //! kernel → events → model → output.
 
+pub use unixpeer_common::Traffic;
 use unixpeer_common::{EventKind, UNIX_PATH_MAX, UnixEvent};
 
 use crate::holders::Comm;
@@ -34,6 +35,9 @@ pub struct Event {
     pub path: Option<Arc<str>>,
     /// The new process of a `Fork`.
     pub child_pid: Option<u32>,
+    /// For a `Close`, where bytes and messages are counted: what the socket
+    /// sent and received in its life.
+    pub traffic: Option<Traffic>,
     /// Not seen by the kernel but deduced (a release at process exit under
     /// the tracepoint strategy): says from what.
     pub inferred: Option<Inferred>,
@@ -89,6 +93,7 @@ impl Event {
             peer_sk: 0,
             path: Some("/run/app.sock".into()),
             child_pid: None,
+            traffic: None,
             inferred: None,
         }
     }
@@ -170,6 +175,9 @@ pub(crate) fn decode_cached(bytes: &[u8], cache: &mut PathCache) -> Result<Event
         peer_sk: raw.peer_sk,
         path: cache.get(&raw.path[..(raw.path_len as usize).min(UNIX_PATH_MAX)]),
         child_pid: (raw.child_pid != 0).then_some(raw.child_pid),
+        // The kernel fills it for every close; the consumer drops it where
+        // nothing counts.
+        traffic: (kind == EventKind::Close).then_some(raw.traffic),
         inferred: None,
     })
 }
@@ -207,6 +215,7 @@ pub fn encode(e: &Event) -> UnixEvent {
         raw.path_len = bytes.len() as u32;
     }
     raw.child_pid = e.child_pid.unwrap_or(0);
+    raw.traffic = e.traffic.unwrap_or_default();
     raw
 }
 
@@ -283,9 +292,22 @@ mod tests {
             sock_type: SockType::Other(0),
             ..samples[0].clone()
         });
+        let traffic = Traffic { bytes_sent: 1 << 40, bytes_received: 7, msgs_sent: 3, msgs_received: 1 };
+        samples.push(Event { kind: EventKind::Close, traffic: Some(traffic), ..samples[0].clone() });
         for e in samples {
             assert_eq!(decode(record_bytes(&encode(&e))).expect("decode"), e);
         }
+    }
+
+    #[test]
+    fn only_a_close_carries_traffic() {
+        let mut e = raw(EventKind::Close);
+        e.traffic.bytes_sent = 64;
+        e.traffic.msgs_received = 2;
+        let want = Traffic { bytes_sent: 64, msgs_received: 2, ..Traffic::default() };
+        assert_eq!(decode(&bytes(&e)).expect("decode").traffic, Some(want));
+        e.kind = EventKind::FdClose as u32;
+        assert_eq!(decode(&bytes(&e)).expect("decode").traffic, None);
     }
 
     #[test]

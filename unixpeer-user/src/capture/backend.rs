@@ -64,6 +64,8 @@ impl std::fmt::Display for Strategy {
 pub struct Chosen {
     pub(crate) backend: Strategy,
     pub(crate) why: String,
+    /// How bytes and messages per socket are counted, or why they are not.
+    pub(crate) traffic: super::traffic::Counting,
 }
 
 /// Regular tracepoints attached under every strategy.
@@ -144,6 +146,7 @@ pub(crate) fn attach_targets() -> Vec<Target<'static>> {
     let mut targets: Vec<Target<'static>> =
         FENTRY.iter().chain(FENTRY_SYSFNS).map(|(_, func, _)| Target::Func(func)).collect();
     targets.push(Target::Typedef(FORK_TRACEPOINT_TYPEDEF));
+    targets.extend(super::traffic::attach_targets());
     targets.push(Target::Func(super::iter::ITER_TARGET_FUNC));
     targets
 }
@@ -177,6 +180,9 @@ const KPROBE_SYSFNS: &[(&str, &str)] = &[
     ("kprobe_filp_close", "filp_close"),
 ];
 
+/// Counting is attached last, on the chosen strategy.
+const NOT_YET: super::traffic::Counting = Err(String::new());
+
 const KPROBE_PMU: &str = "/sys/bus/event_source/devices/kprobe";
 
 pub(crate) fn attach(
@@ -189,15 +195,21 @@ pub(crate) fn attach(
     let mut chosen = match choice {
         BackendChoice::Fentry => {
             let how = attach_fentry(ebpf, btf, kbtf, tracefs_root).map_err(|e| unavailable(Strategy::Fentry, e))?;
-            Chosen { backend: Strategy::Fentry, why: with_note("requested with --backend fentry", how) }
+            Chosen {
+                backend: Strategy::Fentry,
+                why: with_note("requested with --backend fentry", how),
+                traffic: NOT_YET,
+            }
         }
         BackendChoice::Kprobe => {
             attach_kprobe(ebpf, tracefs_root).map_err(|e| unavailable(Strategy::Kprobe, e))?;
-            Chosen { backend: Strategy::Kprobe, why: "requested with --backend kprobe".into() }
+            Chosen { backend: Strategy::Kprobe, why: "requested with --backend kprobe".into(), traffic: NOT_YET }
         }
-        BackendChoice::Tracepoint => {
-            Chosen { backend: Strategy::Tracepoint, why: "requested with --backend tracepoint".into() }
-        }
+        BackendChoice::Tracepoint => Chosen {
+            backend: Strategy::Tracepoint,
+            why: "requested with --backend tracepoint".into(),
+            traffic: NOT_YET,
+        },
         BackendChoice::Auto => auto(ebpf, btf, kbtf, tracefs_root)?,
     };
     if chosen.backend == Strategy::Tracepoint {
@@ -223,7 +235,12 @@ pub(crate) fn attach(
     }
     attach_tracepoints(ebpf, TRACEPOINTS)?;
     attach_fork(ebpf, btf)?;
+    chosen.traffic = super::traffic::attach(ebpf, btf, kbtf, chosen.backend);
     log::info!("backend {}: {}", chosen.backend, chosen.why);
+    match &chosen.traffic {
+        Ok(how) => log::info!("bytes and messages counted by {how}"),
+        Err(why) => log::warn!("bytes and messages are not counted: {why}"),
+    }
     Ok(chosen)
 }
 
@@ -241,6 +258,7 @@ fn auto(ebpf: &mut Ebpf, btf: &Btf, kbtf: &KernelBtf, tracefs_root: &Path) -> Re
             return Ok(Chosen {
                 backend: Strategy::Fentry,
                 why: with_note("BPF trampolines load on this kernel", how),
+                traffic: NOT_YET,
             });
         }
         Err(e @ CaptureError::Verifier { .. }) => return Err(e),
@@ -252,7 +270,11 @@ fn auto(ebpf: &mut Ebpf, btf: &Btf, kbtf: &KernelBtf, tracefs_root: &Path) -> Re
     };
     let kprobe_why = match attach_kprobe(ebpf, tracefs_root) {
         Ok(()) => {
-            return Ok(Chosen { backend: Strategy::Kprobe, why: format!("{fentry_why}; kprobes load on this kernel") });
+            return Ok(Chosen {
+                backend: Strategy::Kprobe,
+                why: format!("{fentry_why}; kprobes load on this kernel"),
+                traffic: NOT_YET,
+            });
         }
         Err(e @ CaptureError::Verifier { .. }) => return Err(e),
         Err(e) => {
@@ -260,7 +282,7 @@ fn auto(ebpf: &mut Ebpf, btf: &Btf, kbtf: &KernelBtf, tracefs_root: &Path) -> Re
             format!("kprobes unavailable ({})", short(&e))
         }
     };
-    Ok(Chosen { backend: Strategy::Tracepoint, why: format!("{fentry_why}; {kprobe_why}") })
+    Ok(Chosen { backend: Strategy::Tracepoint, why: format!("{fentry_why}; {kprobe_why}"), traffic: NOT_YET })
 }
 
 fn with_note(why: &str, note: Option<&str>) -> String {
@@ -286,7 +308,7 @@ fn unload<'a>(ebpf: &mut Ebpf, programs: impl Iterator<Item = &'a str>) {
     }
 }
 
-fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, CaptureError>
+pub(super) fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, CaptureError>
 where
     &'a mut T: TryFrom<&'a mut Program, Error = ProgramError>,
 {

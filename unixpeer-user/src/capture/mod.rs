@@ -6,6 +6,7 @@ mod backend;
 pub(crate) mod iter;
 mod kfunc;
 mod misses;
+pub(crate) mod traffic;
 
 use std::{os::fd::AsRawFd, path::Path};
 
@@ -137,6 +138,8 @@ pub(crate) struct Capture {
     buffer_requested: bool,
     lost_seen: u64,
     missed_seen: u64,
+    /// Where the model infers releases and bytes are counted.
+    traffic: Option<traffic::TrafficMap>,
 }
 
 /// What a load of the programs needs from this kernel, found once.
@@ -249,6 +252,11 @@ impl Capture {
             None
         };
         let Setup { kbtf, aya_btf, .. } = setup;
+        let traffic = if chosen.traffic.is_ok() && chosen.backend.infers_releases() {
+            traffic::TrafficMap::new(&mut ebpf)
+        } else {
+            None
+        };
         Ok(Self {
             ebpf,
             btf: aya_btf,
@@ -261,7 +269,14 @@ impl Capture {
             buffer_requested: opts.buffer_size.is_some(),
             lost_seen: 0,
             missed_seen: 0,
+            traffic,
         })
+    }
+
+    /// The counts of sockets whose releases the model infers, for the
+    /// consumer, which infers them.
+    pub(crate) fn take_traffic_map(&mut self) -> Option<traffic::TrafficMap> {
+        self.traffic.take()
     }
 
     /// The ring buffer's size and where it came from, for `-v`.

@@ -42,6 +42,11 @@ pub struct Consumer<'a, W: Write> {
     malformed: u64,
     paths: events::PathCache,
     metrics: Option<super::metrics::Metrics>,
+    /// Whether the kernel counts bytes and messages; if not, the zeros in
+    /// its close records mean nothing and are dropped.
+    counting: bool,
+    /// The kernel's counts of sockets whose release the model infers.
+    released: Option<crate::capture::traffic::TrafficMap>,
 }
 
 impl<'a, W: Write> Consumer<'a, W> {
@@ -67,7 +72,16 @@ impl<'a, W: Write> Consumer<'a, W> {
             malformed: 0,
             paths: events::PathCache::default(),
             metrics: None,
+            counting: true,
+            released: None,
         }
+    }
+
+    /// Whether the kernel counts bytes and messages, and where to take the
+    /// counts of releases the model infers.
+    pub(crate) fn set_traffic(&mut self, counting: bool, released: Option<crate::capture::traffic::TrafficMap>) {
+        self.counting = counting;
+        self.released = released;
     }
 
     /// Count what is shown in Prometheus metrics too (`--metrics`).
@@ -90,7 +104,12 @@ impl<'a, W: Write> Consumer<'a, W> {
     /// One record as the ring buffer hands it over.
     pub fn record(&mut self, bytes: &[u8]) {
         match events::decode_cached(bytes, &mut self.paths) {
-            Ok(e) => self.event(e),
+            Ok(mut e) => {
+                if !self.counting {
+                    e.traffic = None;
+                }
+                self.event(e)
+            }
             Err(e) => {
                 if self.malformed == 0 {
                     log::warn!("dropping malformed kernel record: {e}");
@@ -117,6 +136,9 @@ impl<'a, W: Write> Consumer<'a, W> {
                 }
             }
         }
+        if e.kind == EventKind::TaskExit {
+            self.note_released_by_exit(e.pid);
+        }
         if let Some(rec) = self.recorder.as_mut() {
             rec.event(&e);
         }
@@ -124,6 +146,20 @@ impl<'a, W: Write> Consumer<'a, W> {
         self.tracker.apply(e, &mut resolved);
         self.emit_all(&mut resolved);
         self.resolved = resolved;
+    }
+
+    /// The kernel saw no release of the sockets this exit leaves without a
+    /// holder: their counts are still in its map. Noted for the model, and
+    /// recorded before the exit, so that a replay infers the same closes.
+    fn note_released_by_exit(&mut self, pid: u32) {
+        let Some(map) = self.released.as_mut() else { return };
+        for inode in self.tracker.released_by_exit(pid) {
+            let t = map.take(inode);
+            self.tracker.note_released_traffic(inode, t);
+            if let Some(rec) = self.recorder.as_mut() {
+                rec.released_traffic(inode, &t);
+            }
+        }
     }
 
     /// Accepts whose wait for their connect is over at `now_ns`.
@@ -286,6 +322,9 @@ impl<'a, W: Write> Consumer<'a, W> {
             match crate::diag::exists(inode) {
                 Ok(true) => self.tracker.orphan_lives(inode, now),
                 Ok(false) => {
+                    if let Some(map) = self.released.as_mut() {
+                        self.tracker.note_released_traffic(inode, map.take(inode));
+                    }
                     self.tracker.release_orphan(inode, now, &mut resolved);
                     self.deduced(&mut resolved);
                 }

@@ -86,6 +86,9 @@ pub trait Recorder {
     fn event(&mut self, e: &Event);
     /// Who process `pid` is: written before the first event that needs it.
     fn process(&mut self, _pid: u32, _id: &crate::identity::Identity) {}
+    /// What a socket whose release the model will infer from the next
+    /// event carried (see `Tracker::note_released_traffic`).
+    fn released_traffic(&mut self, _inode: u64, _traffic: &crate::events::Traffic) {}
     fn lost(&mut self, ts_ns: u64, count: u64);
     /// The model is checked against the kernel after `lost` events were
     /// lost; the seeds of that check follow (see `SnapshotPurpose::Resync`).
@@ -171,6 +174,10 @@ pub async fn run<'a>(opts: &'a FollowOptions, hooks: Hooks<'a>) -> Result<Follow
     if opts.verbose > 0 {
         eprintln!("unixtrace: backend {} ({})", capture.chosen.backend, capture.chosen.why);
         eprintln!("unixtrace: ring buffer {}", capture.buffer_size_text());
+        match &capture.chosen.traffic {
+            Ok(how) => eprintln!("unixtrace: bytes and messages counted by {how}"),
+            Err(why) => eprintln!("unixtrace: bytes and messages not counted: {why}"),
+        }
     }
     drop_privileges(&capture);
 
@@ -178,6 +185,7 @@ pub async fn run<'a>(opts: &'a FollowOptions, hooks: Hooks<'a>) -> Result<Follow
     let mut out = BufWriter::with_capacity(1 << 16, stdout.lock());
     write_ready_line(&mut out, opts, &capture, &clock)?;
     let mut sink = Consumer::new(tracker, out, opts, clock, filter, recorder);
+    sink.set_traffic(capture.chosen.traffic.is_ok(), capture.take_traffic_map());
     if let Some(listener) = metrics_listener {
         let m = metrics::Metrics::new(opts.metrics_series);
         tokio::spawn(metrics::serve(listener, m.shared_text()));

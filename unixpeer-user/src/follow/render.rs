@@ -1,5 +1,7 @@
 //! Event lines for people and JSON Lines for tools.
 
+use std::io::Write as _;
+
 use serde_json::{Value, json};
 use unixpeer_common::EventKind;
 
@@ -302,8 +304,50 @@ pub(crate) fn write_text(out: &mut Vec<u8>, r: &Resolved, clock: &Clock, wall: b
         out.extend_from_slice(b"  child ");
         push_int(out, child);
     }
+    // A listener, or a socket that moved nothing: JSON says 0, a line need not.
+    if let Some(t) = e.traffic.as_ref().filter(|t| t.msgs_sent + t.msgs_received > 0) {
+        out.extend_from_slice(b"  ");
+        push_traffic(out, t);
+    }
     push_tags(out, r, ids);
     out.push(b'\n');
+}
+
+/// "3 msgs / 1.2 KiB sent, 5 msgs / 48 KiB received".
+pub(crate) fn push_traffic(out: &mut Vec<u8>, t: &crate::events::Traffic) {
+    for (i, (msgs, bytes, way)) in
+        [(t.msgs_sent, t.bytes_sent, " sent"), (t.msgs_received, t.bytes_received, " received")].into_iter().enumerate()
+    {
+        if i > 0 {
+            out.extend_from_slice(b", ");
+        }
+        push_int(out, msgs);
+        out.extend_from_slice(if msgs == 1 { b" msg / " } else { b" msgs / " });
+        push_bytes_size(out, bytes);
+        out.extend_from_slice(way.as_bytes());
+    }
+}
+
+/// Bytes as people read them: exact below 1 KiB, else one decimal in
+/// binary units (as `ls -lh` and `ss` print them).
+pub(crate) fn push_bytes_size(out: &mut Vec<u8>, bytes: u64) {
+    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    if bytes < 1024 {
+        push_int(out, bytes);
+        out.extend_from_slice(b" B");
+        return;
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    let _ = if value < 10.0 {
+        write!(out, "{value:.1} {}", UNITS[unit])
+    } else {
+        write!(out, "{value:.0} {}", UNITS[unit])
+    };
 }
 
 /// One event as a JSON line, appended to `out`. Keys in alphabetical order
@@ -321,7 +365,10 @@ pub(crate) fn write_json(out: &mut Vec<u8>, r: &Resolved, clock: &Clock, ids: &P
     };
     // One growth check for the whole line instead of one per field.
     out.reserve(1024);
-    opt_int(out, "{\"child_pid\":", e.child_pid);
+    let t = e.traffic.as_ref();
+    opt_int(out, "{\"bytes_received\":", t.map(|t| t.bytes_received));
+    opt_int(out, ",\"bytes_sent\":", t.map(|t| t.bytes_sent));
+    opt_int(out, ",\"child_pid\":", e.child_pid);
     str(out, ",\"comm\":", &e.comm.to_str());
     let own = ids.get(e.pid);
     let peer = peer_pid.and_then(|p| ids.get(p));
@@ -334,6 +381,8 @@ pub(crate) fn write_json(out: &mut Vec<u8>, r: &Resolved, clock: &Clock, ids: &P
     opt_int(out, ",\"inode\":", e.inode);
     out.extend_from_slice(b",\"kind\":\"event\"");
     opt_int(out, ",\"listen_fd\":", e.listen_fd);
+    opt_int(out, ",\"msgs_received\":", t.map(|t| t.msgs_received));
+    opt_int(out, ",\"msgs_sent\":", t.map(|t| t.msgs_sent));
     int(out, ",\"netns\":", e.netns);
     opt_str(out, ",\"path\":", e.path.as_deref());
     opt_str(out, ",\"peer_comm\":", peer_comm.as_deref());
@@ -416,6 +465,7 @@ pub(crate) fn resync_json(r: &crate::follow::ResyncRecord) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::events::{Event, Traffic};
 
     #[test]
     fn formats_wall_clock_time() {
@@ -454,8 +504,10 @@ mod tests {
         assert_eq!(
             String::from_utf8(out).expect("utf-8"),
             concat!(
-                r#"{"child_pid":null,"comm":"client","container":null,"errno":null,"error":null,"event":"connect","#,
-                r#""fd":3,"inferred":null,"inode":1001,"kind":"event","listen_fd":null,"netns":1,"path":"/run/app.sock","#,
+                r#"{"bytes_received":null,"bytes_sent":null,"#,
+                r#""child_pid":null,"comm":"client","container":null,"errno":null,"error":null,"event":"connect","#,
+                r#""fd":3,"inferred":null,"inode":1001,"kind":"event","listen_fd":null,"#,
+                r#""msgs_received":null,"msgs_sent":null,"netns":1,"path":"/run/app.sock","#,
                 r#""peer_comm":"server","#,
                 r#""peer_container":{"runtime":"cri-o","id":"c0ffee","pod_uid":"p-1","qos":"Burstable"},"peer_fd":9,"#,
                 r#""peer_holders":[{"comm":"server","#,
@@ -488,6 +540,39 @@ mod tests {
             "{line}"
         );
         assert!(line.contains(r#""peer_is_listener":true,"peer_pid":7"#), "{line}");
+    }
+
+    #[test]
+    fn a_close_says_what_the_socket_carried() {
+        let clock = Clock { start_mono_ns: 0, wall_offset_ns: 0 };
+        let traffic = Traffic { bytes_sent: 1229, bytes_received: 48 << 10, msgs_sent: 3, msgs_received: 5 };
+        let mut event = Event::sample(EventKind::Close, 1, 42, "client", 1001, 1002);
+        event.traffic = Some(traffic);
+        let r = Resolved { event, peer: Peer::Unknown };
+        let mut text = Vec::new();
+        write_text(&mut text, &r, &clock, false, &Processes::default());
+        let text = String::from_utf8(text).expect("utf-8");
+        assert!(text.ends_with("  3 msgs / 1.2 KiB sent, 5 msgs / 48 KiB received\n"), "{text}");
+        let mut json = Vec::new();
+        write_json(&mut json, &r, &clock, &Processes::default());
+        let v: serde_json::Value = serde_json::from_slice(&json).expect("json");
+        assert_eq!(
+            [&v["bytes_sent"], &v["bytes_received"], &v["msgs_sent"], &v["msgs_received"]],
+            [&json!(1229), &json!(49152), &json!(3), &json!(5)]
+        );
+        let quiet = Resolved { event: Event { traffic: Some(Traffic::default()), ..r.event.clone() }, ..r };
+        let mut text = Vec::new();
+        write_text(&mut text, &quiet, &clock, false, &Processes::default());
+        assert!(!String::from_utf8_lossy(&text).contains("msg"), "nothing moved, nothing said");
+        let sizes: Vec<String> = [0, 1023, 1024, 10 * 1024 + 600, 3 << 30]
+            .into_iter()
+            .map(|b| {
+                let mut out = Vec::new();
+                push_bytes_size(&mut out, b);
+                String::from_utf8(out).expect("utf-8")
+            })
+            .collect();
+        assert_eq!(sizes, ["0 B", "1023 B", "1.0 KiB", "11 KiB", "3.0 GiB"]);
     }
 
     #[test]

@@ -67,6 +67,10 @@ pub struct Tracker {
     /// SCM_RIGHTS, a /proc reader's moment): the release comes later, where
     /// no syscall of ours sees it. By inode, the fd close that left them.
     orphans: HashMap<u64, Orphan>,
+    /// What sockets carried, noted just before the event that makes the
+    /// model infer their release (the kernel reported nothing for them):
+    /// taken by that release, and emptied after each event.
+    released_traffic: HashMap<u64, crate::events::Traffic>,
 }
 
 /// Connections not accepted yet that the model follows at most.
@@ -89,6 +93,31 @@ const ACCEPT_WAIT_NS: u64 = 100_000_000;
 impl Tracker {
     pub fn new(infer_release_on_exit: bool) -> Self {
         Self { infer_release_on_exit, ..Self::default() }
+    }
+
+    /// Sockets the exit of `pid` will release as far as the model knows
+    /// (it alone holds them), where it infers releases: their counts must
+    /// be noted before that exit is applied.
+    pub(crate) fn released_by_exit(&self, pid: u32) -> Vec<u64> {
+        if !self.infer_release_on_exit {
+            return Vec::new();
+        }
+        let Some(inodes) = self.by_pid.get(&pid) else { return Vec::new() };
+        let mut out: Vec<u64> = inodes
+            .iter()
+            .copied()
+            .filter(|&i| self.model.get(i).is_some() && self.model.holders(i).iter().all(|h| h.pid == pid))
+            .collect();
+        out.sort_unstable();
+        out
+    }
+
+    /// What `inode` carried, for the release the next event makes the
+    /// model infer (see `released_by_exit`, `release_orphan`).
+    pub(crate) fn note_released_traffic(&mut self, inode: u64, traffic: crate::events::Traffic) {
+        // Bounded by the sockets one exit releases; a note left by a
+        // recording cut short is dropped at the next event.
+        self.released_traffic.insert(inode, traffic);
     }
 
     /// The snapshot (taken live, or read back from a recording) as the
@@ -262,6 +291,9 @@ impl Tracker {
             // (A rename of an untracked thread is undone below.)
             self.comms.insert(e.pid, e.comm);
             self.rename_holders(e.pid, e.comm);
+        }
+        if e.kind != EventKind::TaskExit && !self.released_traffic.is_empty() {
+            self.released_traffic.clear();
         }
         let peer = match e.kind {
             EventKind::Connect => return self.on_connect(e, out),
@@ -448,6 +480,7 @@ impl Tracker {
         close.kind = EventKind::Close;
         close.ts_ns = now_ns.max(close.ts_ns);
         close.inferred = Some(Inferred::ReleasedLater);
+        close.traffic = self.released_traffic.remove(&inode);
         if self.model.contains(inode) {
             self.model.holders_mut(inode).push(Holder::of(close.pid, close.comm, close.fd));
         }
@@ -477,6 +510,7 @@ impl Tracker {
     /// The process is gone: it holds nothing. Under the tracepoint strategy
     /// the sockets it alone held were released by its exit; report those.
     fn exit(&mut self, e: Event, out: &mut Vec<Resolved>) {
+        let mut noted = std::mem::take(&mut self.released_traffic);
         self.comms.remove(&e.pid);
         self.model.processes_mut().exit(e.pid);
         let Some(inodes) = self.by_pid.remove(&e.pid) else { return };
@@ -495,6 +529,7 @@ impl Tracker {
                 close.netns = netns;
                 close.sock_type = sock_type;
                 close.inferred = Some(Inferred::Exit);
+                close.traffic = noted.remove(&inode);
                 // Keep the exiting process as the last holder for the line.
                 holders.push(Holder { pid: e.pid, comm: e.comm, fd });
                 released.push(close);
@@ -573,6 +608,7 @@ fn actor(e: &Event, fd: Option<i32>) -> Holder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::events::Traffic;
 
     impl Tracker {
         pub(super) fn applied(&mut self, e: Event) -> Vec<Resolved> {
@@ -598,6 +634,32 @@ mod tests {
         let mut v = t.applied(e);
         assert_eq!(v.len(), 1);
         v.remove(0)
+    }
+
+    #[test]
+    fn a_release_inferred_at_exit_carries_the_counts_noted_before_it() {
+        let mut t = Tracker::new(true);
+        let mut pair = ev(EventKind::Socketpair, 1, "p", 10, 11);
+        pair.fd = Some(3);
+        pair.peer_fd = Some(4);
+        t.applied(pair);
+        let mut other = ev(EventKind::Socketpair, 5, "q", 20, 21);
+        other.fd = Some(3);
+        t.applied(other);
+        assert_eq!(t.released_by_exit(1), vec![10, 11]);
+        let sent = Traffic { bytes_sent: 64, msgs_sent: 1, ..Traffic::default() };
+        t.note_released_traffic(10, sent);
+        t.note_released_traffic(11, Traffic::default());
+        let out = t.applied(ev(EventKind::TaskExit, 1, "p", 0, 0));
+        let got: Vec<_> = out.iter().map(|r| (r.event.inode, r.event.traffic)).collect();
+        assert_eq!(got, vec![(Some(10), Some(sent)), (Some(11), Some(Traffic::default()))]);
+        // A note the next event does not use is not kept for a later one.
+        t.note_released_traffic(20, sent);
+        t.applied(ev(EventKind::Listen, 7, "r", 30, 0));
+        let out = t.applied(ev(EventKind::TaskExit, 5, "q", 0, 0));
+        assert_eq!(out.iter().map(|r| r.event.traffic).collect::<Vec<_>>(), vec![None, None]);
+        // Without inferring there is nothing to note.
+        assert!(Tracker::new(false).released_by_exit(1).is_empty());
     }
 
     #[test]

@@ -10,7 +10,7 @@ use unixpeer_common::EventKind;
 use super::{FORMAT_NAME, FORMAT_VERSION};
 use crate::capture::Strategy;
 use crate::events::Inferred;
-use crate::events::{Event, SockType, event_name};
+use crate::events::{Event, SockType, Traffic, event_name};
 use crate::follow::Holder;
 use crate::identity::Identity;
 use crate::model::{KernelState, Model, SockName, Socket, Vfs};
@@ -359,7 +359,41 @@ pub(crate) fn write_event(out: &mut Vec<u8>, e: &Event) {
         out.extend_from_slice(b",\"inferred\":");
         json_str(out, why.as_str());
     }
+    if let Some(t) = &e.traffic {
+        write_traffic(out, t);
+    }
     out.extend_from_slice(b"}\n");
+}
+
+fn write_traffic(out: &mut Vec<u8>, t: &Traffic) {
+    int(out, ",\"bytes_sent\":", t.bytes_sent);
+    int(out, ",\"bytes_received\":", t.bytes_received);
+    int(out, ",\"msgs_sent\":", t.msgs_sent);
+    int(out, ",\"msgs_received\":", t.msgs_received);
+}
+
+/// What a socket whose release the model infers from the next event
+/// carried (see `Recorder::released_traffic`).
+pub(crate) fn write_released_traffic(out: &mut Vec<u8>, inode: u64, t: &Traffic) {
+    int(out, "{\"k\":\"traffic\",\"inode\":", inode);
+    write_traffic(out, t);
+    out.extend_from_slice(b"}\n");
+}
+
+impl Line<'_> {
+    /// All four counts or none: a record with some is damaged.
+    fn traffic(&self) -> Result<Option<Traffic>, String> {
+        match (self.bytes_sent, self.bytes_received, self.msgs_sent, self.msgs_received) {
+            (None, None, None, None) => Ok(None),
+            (Some(bytes_sent), Some(bytes_received), Some(msgs_sent), Some(msgs_received)) => {
+                Ok(Some(Traffic { bytes_sent, bytes_received, msgs_sent, msgs_received }))
+            }
+            _ => Err(format!(
+                "{} record has only some of `bytes_sent`, `bytes_received`, `msgs_sent` and `msgs_received`",
+                self.k
+            )),
+        }
+    }
 }
 
 /// Every line after the header, as read: one flat object whose `k` says
@@ -396,6 +430,10 @@ struct Line<'a> {
     id: Option<Identity>,
     received: Option<u64>,
     lost: Option<u64>,
+    bytes_sent: Option<u64>,
+    bytes_received: Option<u64>,
+    msgs_sent: Option<u64>,
+    msgs_received: Option<u64>,
 }
 
 /// One record after the header.
@@ -421,6 +459,12 @@ pub enum Record {
     /// Who process `pid` is, read when it was first met or after its
     /// exec; before the events that need it.
     Process(ProcessRecord),
+    /// What socket `inode` carried: its release is inferred from the event
+    /// that follows (an exit, under the tracepoint strategy).
+    ReleasedTraffic {
+        inode: u64,
+        traffic: Traffic,
+    },
     /// Written on a clean stop; a killed recorder leaves none.
     End {
         ts_ns: u64,
@@ -446,6 +490,10 @@ pub(crate) fn parse_record(line: &[u8]) -> Result<Record, String> {
             Ok(Record::End { ts_ns: need(l.ts, "ts")?, received: l.received.unwrap_or(0), lost: l.lost.unwrap_or(0) })
         }
         "e" => event(&l).map(Record::Event),
+        "traffic" => Ok(Record::ReleasedTraffic {
+            inode: need(l.inode, "inode")?,
+            traffic: l.traffic()?.ok_or("traffic record lacks `bytes_sent`")?,
+        }),
         "resync" => Ok(Record::Resync {
             ts_ns: need(l.ts, "ts")?,
             lost: l.lost.unwrap_or(0),
@@ -480,6 +528,7 @@ fn event(l: &Line<'_>) -> Result<Event, String> {
         peer_sk: l.peer_sk.unwrap_or(0),
         path: l.path.as_deref().map(Into::into),
         child_pid: l.child_pid,
+        traffic: l.traffic()?,
         inferred: match l.inferred.as_deref() {
             None => None,
             Some(why) => Some(Inferred::parse(why).ok_or_else(|| format!("unknown `inferred` reason {why:?}"))?),
@@ -552,6 +601,7 @@ pub(crate) mod tests {
             peer_sk: 0xffff_8880_8765_4321,
             path: Some("/run/ü.sock".into()),
             child_pid: None,
+            traffic: None,
             inferred: None,
         }
     }
@@ -571,12 +621,21 @@ pub(crate) mod tests {
         for why in Inferred::ALL {
             variants.push(Event { kind: EventKind::Close, inferred: Some(why), ..sample_event() });
         }
+        let traffic = Traffic { bytes_sent: u64::MAX, bytes_received: 0, msgs_sent: 1, msgs_received: 2 };
+        variants.push(Event { kind: EventKind::Close, traffic: Some(traffic), ..sample_event() });
         for e in variants {
             let mut line = Vec::new();
             write_event(&mut line, &e);
             assert_eq!(line.iter().filter(|&&b| b == b'\n').count(), 1, "one line: {}", String::from_utf8_lossy(&line));
             assert_eq!(parse_record(&line), Ok(Record::Event(e)));
         }
+    }
+
+    #[test]
+    fn counts_come_all_four_or_not_at_all() {
+        let line = br#"{"k":"e","ev":"close","ts":1,"pid":1,"tid":1,"uid":0,"comm":"x","netns":1,"type":"stream","bytes_sent":5}"#;
+        assert!(parse_record(line).unwrap_err().contains("only some of `bytes_sent`"));
+        assert!(parse_record(br#"{"k":"traffic","inode":3}"#).unwrap_err().contains("lacks `bytes_sent`"));
     }
 
     #[test]
@@ -590,6 +649,8 @@ pub(crate) mod tests {
         let mut out = Vec::new();
         write_lost(&mut out, 5, 7);
         write_end(&mut out, 6, 100, 7);
+        let traffic = Traffic { bytes_sent: 64, bytes_received: 128, msgs_sent: 1, msgs_received: 2 };
+        write_released_traffic(&mut out, 11, &traffic);
         out.extend_from_slice(SEEDS_DONE);
         let seed = SeedRecord {
             inode: 9,
@@ -614,6 +675,7 @@ pub(crate) mod tests {
             vec![
                 Record::Lost { ts_ns: 5, count: 7 },
                 Record::End { ts_ns: 6, received: 100, lost: 7 },
+                Record::ReleasedTraffic { inode: 11, traffic },
                 Record::SeedsDone,
                 Record::Seed(seed)
             ]

@@ -100,7 +100,9 @@ impl Replay {
             let ts = match &rec {
                 Record::Event(e) => e.ts_ns,
                 Record::Lost { ts_ns, .. } | Record::End { ts_ns, .. } | Record::Resync { ts_ns, .. } => *ts_ns,
-                Record::Seed(_) | Record::SeedsDone | Record::Process(_) => self.last_ts,
+                Record::Seed(_) | Record::SeedsDone | Record::Process(_) | Record::ReleasedTraffic { .. } => {
+                    self.last_ts
+                }
             };
             if until.is_some_and(|u| ts > u) {
                 self.ahead = Some(rec);
@@ -123,6 +125,7 @@ impl Replay {
                     self.resolved = out;
                 }
                 Record::Process(p) => self.tracker.processes_mut().learn(p.pid, p.id),
+                Record::ReleasedTraffic { inode, traffic } => self.tracker.note_released_traffic(inode, traffic),
                 Record::Lost { ts_ns, count } => f(Step::Lost { ts_ns, count })?,
                 Record::Resync { ts_ns, lost, netns } => {
                     if let Some((released, r)) = self.resync(ts_ns, lost, netns)? {

@@ -199,6 +199,10 @@ impl TimelineWriter {
         }
     }
 
+    pub(crate) fn released_traffic(&mut self, inode: u64, traffic: &crate::events::Traffic) {
+        format::write_released_traffic(&mut self.buf, inode, traffic);
+    }
+
     pub(crate) fn lost(&mut self, ts_ns: u64, count: u64) {
         self.lost += count;
         if let Some(r) = &mut self.rotating {
@@ -393,6 +397,10 @@ impl Recorder for &RefCell<TimelineWriter> {
 
     fn process(&mut self, pid: u32, id: &crate::identity::Identity) {
         self.borrow_mut().process(pid, id);
+    }
+
+    fn released_traffic(&mut self, inode: u64, traffic: &crate::events::Traffic) {
+        self.borrow_mut().released_traffic(inode, traffic);
     }
 
     fn lost(&mut self, ts_ns: u64, count: u64) {

@@ -1,0 +1,267 @@
+//! Bytes and messages per socket, counted here and handed to userspace
+//! once, with the socket's `Close`: a busy connection costs a map update per
+//! send or receive, never a ring-buffer record.
+//!
+//! Each socket counts what it sent and what it received, keyed by its
+//! inode: a sender's sock always has its socket, and data reaches a server's
+//! embryo sock before accept() only as queued data, received (and counted)
+//! once it has one. The cheapest hook each kernel has, chosen by userspace:
+//! - `sock:sock_send_length` / `sock:sock_recv_length` (tp_btf, 6.3+; on
+//!   every socket of the system, so the family is checked first). They fire
+//!   in sock_sendmsg_nosec / sock_recvmsg_nosec (net/socket.c), which
+//!   write, writev, send*, sendmmsg, read, recv* and io_uring reach.
+//!   Checked on: 6.18.44 (host), Debian 6.12.
+//! - fexit (fentry strategy) or kprobe + kretprobe on
+//!   `unix_stream_sendmsg`, `unix_stream_recvmsg`, `unix_dgram_sendmsg` and
+//!   `unix_dgram_recvmsg` (net/unix/af_unix.c) where the tracepoints do not
+//!   exist. seqpacket sockets send and receive through the dgram functions.
+//!   Checked on: Debian 5.10.0 and 6.1.0.
+
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
+use aya_ebpf::{
+    helpers::bpf_get_current_pid_tgid,
+    macros::{btf_tracepoint, fexit, kprobe, kretprobe, map},
+    maps::LruHashMap,
+    programs::{BtfTracePointContext, FExitContext, ProbeContext, RetProbeContext},
+};
+use unixpeer_common::{Traffic, UnixEvent};
+
+use crate::{
+    emit::actor_wanted,
+    kernel::{self, Current},
+};
+
+/// Sockets that carried data and are still open. LRU: a socket whose
+/// release was never seen (the tracepoint strategy's exits) is evicted
+/// rather than kept for ever; userspace takes those it infers closed.
+#[map]
+static TRAFFIC: LruHashMap<u64, Traffic> = LruHashMap::with_max_entries(65536, 0);
+
+/// A new slot's value, from .rodata: built on the stack, it would be a
+/// call to memset, a byte-at-a-time loop.
+static NOTHING_YET: Traffic = Traffic::zeroed();
+
+/// `MSG_PEEK` (include/linux/socket.h): a peek leaves the data queued.
+const MSG_PEEK: i64 = 2;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Way {
+    Sent,
+    Received,
+}
+
+#[inline(always)]
+fn add(socket: u64, bytes: i64, way: Way) {
+    let inode = kernel::inode_of_socket(socket);
+    if inode == 0 {
+        return;
+    }
+    let slot = match TRAFFIC.get_ptr_mut(&inode) {
+        Some(p) => p,
+        None => {
+            // BPF_NOEXIST: another CPU may have just made it; either way
+            // the lookup below finds one slot for both.
+            let _ = TRAFFIC.insert(&inode, &NOTHING_YET, 1);
+            let Some(p) = TRAFFIC.get_ptr_mut(&inode) else { return };
+            p
+        }
+    };
+    // SAFETY: a successful lookup returns the element's value, a valid,
+    // aligned Traffic that the map keeps allocated (LRU maps preallocate)
+    // while the program runs. Other CPUs add to the same socket's counters
+    // at the same time (two threads sending on one socket), hence atomic
+    // adds; an eviction racing with this can at worst land the counts on a
+    // recycled element's fields, all plain integers.
+    let t = unsafe { &*slot };
+    let (b, m) = match way {
+        Way::Sent => (&t.bytes_sent, &t.msgs_sent),
+        Way::Received => (&t.bytes_received, &t.msgs_received),
+    };
+    // SAFETY: `b` and `m` are aligned u64 fields of that element, valid
+    // for atomic access; nothing accesses them non-atomically while
+    // programs run (userspace reads them with a syscall that copies). The
+    // intrinsic rather than AtomicU64, which the BPF target leaves out (it
+    // has no compare-and-swap before v3); with its result unused, it is
+    // BPF_ATOMIC BPF_ADD, which every kernel's verifier takes.
+    unsafe {
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(core::ptr::from_ref(b).cast_mut(), bytes as u64);
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(core::ptr::from_ref(m).cast_mut(), 1);
+    }
+}
+
+/// The socket's counts into its `Close`, and out of the map.
+#[inline(always)]
+pub fn take(e: &mut UnixEvent) {
+    if e.inode == 0 {
+        return;
+    }
+    // SAFETY: the reference into the element is held only for the copy;
+    // the element is preallocated and plain integers, so even a copy torn
+    // by a concurrent eviction is a valid value.
+    if let Some(t) = unsafe { TRAFFIC.get(&e.inode) }.copied() {
+        e.traffic = t;
+        let _ = TRAFFIC.remove(&e.inode);
+    }
+}
+
+// --- tp_btf: sock_send_length(struct sock *sk, int ret, int flags) and
+// sock_recv_length(struct sock *sk, int ret, int flags).
+
+#[inline(always)]
+fn sock_length(ctx: &BtfTracePointContext, way: Way) {
+    let sk: u64 = ctx.arg(0);
+    let ret: i32 = ctx.arg(1);
+    let flags: i32 = ctx.arg(2);
+    if ret <= 0 || (way == Way::Received && i64::from(flags) & MSG_PEEK != 0) || !kernel::is_unix(sk) {
+        return;
+    }
+    if actor_wanted(Current::get()) {
+        add(kernel::socket_of_sk(sk), i64::from(ret), way);
+    }
+}
+
+#[btf_tracepoint(function = "sock_send_length")]
+pub fn sock_send_length(ctx: BtfTracePointContext) -> i32 {
+    sock_length(&ctx, Way::Sent);
+    0
+}
+
+#[btf_tracepoint(function = "sock_recv_length")]
+pub fn sock_recv_length(ctx: BtfTracePointContext) -> i32 {
+    sock_length(&ctx, Way::Received);
+    0
+}
+
+// --- fexit: unix_{stream,dgram}_sendmsg(struct socket *sock, struct msghdr
+// *msg, size_t len) and unix_{stream,dgram}_recvmsg(struct socket *sock,
+// struct msghdr *msg, size_t size, int flags). Userspace checks the
+// argument counts in BTF: the return value follows the arguments.
+
+const SENDMSG_NR_ARGS: usize = 3;
+const RECVMSG_NR_ARGS: usize = 4;
+
+#[inline(always)]
+fn fexit_sendmsg(ctx: &FExitContext) {
+    let ret: i32 = ctx.arg(SENDMSG_NR_ARGS);
+    if ret > 0 && actor_wanted(Current::get()) {
+        add(ctx.arg(0), i64::from(ret), Way::Sent);
+    }
+}
+
+#[inline(always)]
+fn fexit_recvmsg(ctx: &FExitContext) {
+    let ret: i32 = ctx.arg(RECVMSG_NR_ARGS);
+    let flags: i32 = ctx.arg(3);
+    if ret > 0 && i64::from(flags) & MSG_PEEK == 0 && actor_wanted(Current::get()) {
+        add(ctx.arg(0), i64::from(ret), Way::Received);
+    }
+}
+
+#[fexit(function = "unix_stream_sendmsg")]
+pub fn fexit_unix_stream_sendmsg(ctx: FExitContext) -> i32 {
+    fexit_sendmsg(&ctx);
+    0
+}
+
+#[fexit(function = "unix_dgram_sendmsg")]
+pub fn fexit_unix_dgram_sendmsg(ctx: FExitContext) -> i32 {
+    fexit_sendmsg(&ctx);
+    0
+}
+
+#[fexit(function = "unix_stream_recvmsg")]
+pub fn fexit_unix_stream_recvmsg(ctx: FExitContext) -> i32 {
+    fexit_recvmsg(&ctx);
+    0
+}
+
+#[fexit(function = "unix_dgram_recvmsg")]
+pub fn fexit_unix_dgram_recvmsg(ctx: FExitContext) -> i32 {
+    fexit_recvmsg(&ctx);
+    0
+}
+
+// --- kprobe + kretprobe on the same functions: the return probe sees no
+// arguments, so the entry leaves the socket (and for a receive, whether it
+// peeks) for its thread.
+
+/// LRU: a return the kernel missed (a kretprobe out of instances while
+/// many receives block) leaves a note behind, evicted in time.
+#[map]
+static SENDING_OR_RECEIVING: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16384, 0);
+
+#[inline(always)]
+fn entered(ctx: &ProbeContext, peek_arg: Option<usize>) {
+    if !actor_wanted(Current::get()) {
+        return;
+    }
+    let Some(socket) = ctx.arg::<u64>(0) else { return };
+    if let Some(n) = peek_arg
+        && ctx.arg::<i32>(n).is_some_and(|f| i64::from(f) & MSG_PEEK != 0)
+    {
+        return;
+    }
+    let _ = SENDING_OR_RECEIVING.insert(&bpf_get_current_pid_tgid(), &socket, 0);
+}
+
+#[inline(always)]
+fn returned(ctx: &RetProbeContext, way: Way) {
+    let key = bpf_get_current_pid_tgid();
+    // SAFETY: held only for the copy; the map is preallocated and only
+    // this thread's programs write its key.
+    let Some(socket) = (unsafe { SENDING_OR_RECEIVING.get(&key) }).copied() else { return };
+    let _ = SENDING_OR_RECEIVING.remove(&key);
+    let ret: i32 = ctx.ret();
+    if ret > 0 {
+        add(socket, i64::from(ret), way);
+    }
+}
+
+#[kprobe(function = "unix_stream_sendmsg")]
+pub fn kprobe_unix_stream_sendmsg(ctx: ProbeContext) -> u32 {
+    entered(&ctx, None);
+    0
+}
+
+#[kretprobe(function = "unix_stream_sendmsg")]
+pub fn kretprobe_unix_stream_sendmsg(ctx: RetProbeContext) -> u32 {
+    returned(&ctx, Way::Sent);
+    0
+}
+
+#[kprobe(function = "unix_dgram_sendmsg")]
+pub fn kprobe_unix_dgram_sendmsg(ctx: ProbeContext) -> u32 {
+    entered(&ctx, None);
+    0
+}
+
+#[kretprobe(function = "unix_dgram_sendmsg")]
+pub fn kretprobe_unix_dgram_sendmsg(ctx: RetProbeContext) -> u32 {
+    returned(&ctx, Way::Sent);
+    0
+}
+
+#[kprobe(function = "unix_stream_recvmsg")]
+pub fn kprobe_unix_stream_recvmsg(ctx: ProbeContext) -> u32 {
+    entered(&ctx, Some(3));
+    0
+}
+
+#[kretprobe(function = "unix_stream_recvmsg")]
+pub fn kretprobe_unix_stream_recvmsg(ctx: RetProbeContext) -> u32 {
+    returned(&ctx, Way::Received);
+    0
+}
+
+#[kprobe(function = "unix_dgram_recvmsg")]
+pub fn kprobe_unix_dgram_recvmsg(ctx: ProbeContext) -> u32 {
+    entered(&ctx, Some(3));
+    0
+}
+
+#[kretprobe(function = "unix_dgram_recvmsg")]
+pub fn kretprobe_unix_dgram_recvmsg(ctx: RetProbeContext) -> u32 {
+    returned(&ctx, Way::Received);
+    0
+}

@@ -1,0 +1,142 @@
+//! Attaching the per-socket byte and message counters (the eBPF crate's
+//! `traffic` module) with the cheapest hooks this kernel has, after the
+//! strategy is chosen. Counting is an addition: where no hook works the
+//! capture runs on and says what is not counted.
+
+use aya::{
+    Btf, Ebpf,
+    programs::{BtfTracePoint, FExit, KProbe, Program},
+};
+
+use super::{
+    CaptureError,
+    attach_btf::Target,
+    backend::{Strategy, program},
+    program_error,
+};
+use crate::btf::KernelBtf;
+
+/// tp_btf programs and the tracepoints they attach to (6.3+).
+const SOCK_TRACEPOINTS: [&str; 2] = ["sock_send_length", "sock_recv_length"];
+
+/// The af_unix functions, with the argument count the fexit programs
+/// assume (the return value follows the arguments).
+const UNIX_FUNCS: [(&str, usize); 4] =
+    [("unix_stream_sendmsg", 3), ("unix_dgram_sendmsg", 3), ("unix_stream_recvmsg", 4), ("unix_dgram_recvmsg", 4)];
+
+pub(crate) fn attach_targets() -> impl Iterator<Item = Target<'static>> {
+    const TYPEDEFS: [&str; 2] = ["btf_trace_sock_send_length", "btf_trace_sock_recv_length"];
+    TYPEDEFS.into_iter().map(Target::Typedef).chain(UNIX_FUNCS.iter().map(|(f, _)| Target::Func(f)))
+}
+
+/// How bytes and messages are counted, or why they are not.
+pub(crate) type Counting = Result<&'static str, String>;
+
+/// A group either attaches whole or not at all: counting sends without
+/// receives would be wrong, not partial.
+pub(crate) fn attach(ebpf: &mut Ebpf, btf: &Btf, kbtf: &KernelBtf, strategy: Strategy) -> Counting {
+    let tracepoints = match attach_sock_tracepoints(ebpf, btf) {
+        Ok(()) => return Ok("sock:sock_send_length and sock_recv_length (tp_btf)"),
+        Err(e) => {
+            unload(ebpf, SOCK_TRACEPOINTS.iter().map(|n| n.to_string()));
+            format!("no sock:sock_send_length tracepoint before 6.3 ({})", first_line(&e))
+        }
+    };
+    let functions = match strategy {
+        Strategy::Fentry => attach_fexit(ebpf, btf, kbtf).map(|()| "fexit on unix_{stream,dgram}_{send,recv}msg"),
+        Strategy::Kprobe => attach_kprobes(ebpf).map(|()| "kprobes on unix_{stream,dgram}_{send,recv}msg"),
+        Strategy::Tracepoint => {
+            return Err(format!("{tracepoints}, and the tracepoint strategy has no hook inside af_unix"));
+        }
+    };
+    functions.map_err(|e| {
+        let names = UNIX_FUNCS.iter().flat_map(|(f, _)| ["fexit", "kprobe", "kretprobe"].map(|p| format!("{p}_{f}")));
+        unload(ebpf, names);
+        format!("{tracepoints}; {}", first_line(&e))
+    })
+}
+
+fn unload(ebpf: &mut Ebpf, names: impl Iterator<Item = String>) {
+    for name in names {
+        let _ = match ebpf.program_mut(&name) {
+            Some(Program::BtfTracePoint(p)) => p.unload(),
+            Some(Program::FExit(p)) => p.unload(),
+            Some(Program::KProbe(p)) => p.unload(),
+            _ => Ok(()),
+        };
+    }
+}
+
+fn first_line(e: &CaptureError) -> String {
+    e.to_string().lines().next().unwrap_or_default().to_owned()
+}
+
+fn attach_sock_tracepoints(ebpf: &mut Ebpf, btf: &Btf) -> Result<(), CaptureError> {
+    for name in SOCK_TRACEPOINTS {
+        let target = format!("tp_btf {name}");
+        let p: &mut BtfTracePoint = program(ebpf, name)?;
+        p.load(name, btf).map_err(|e| program_error(name, &target, e))?;
+        p.attach().map_err(|e| program_error(name, &target, e))?;
+    }
+    Ok(())
+}
+
+fn attach_fexit(ebpf: &mut Ebpf, btf: &Btf, kbtf: &KernelBtf) -> Result<(), CaptureError> {
+    for (func, want) in UNIX_FUNCS {
+        let n = kbtf.param_count(func)?;
+        if n != want {
+            return Err(CaptureError::BackendUnavailable {
+                backend: Strategy::Fentry,
+                why: format!("{func} takes {n} arguments on this kernel, unixtrace expects {want}"),
+            });
+        }
+        let name = format!("fexit_{func}");
+        let target = format!("fexit {func}");
+        let p: &mut FExit = program(ebpf, &name)?;
+        p.load(func, btf).map_err(|e| program_error(&name, &target, e))?;
+        p.attach().map_err(|e| program_error(&name, &target, e))?;
+    }
+    Ok(())
+}
+
+fn attach_kprobes(ebpf: &mut Ebpf) -> Result<(), CaptureError> {
+    for (func, _) in UNIX_FUNCS {
+        for prefix in ["kprobe", "kretprobe"] {
+            let name = format!("{prefix}_{func}");
+            let target = format!("{prefix} {func}");
+            let p: &mut KProbe = program(ebpf, &name)?;
+            p.load().map_err(|e| program_error(&name, &target, e))?;
+            p.attach(func, 0).map_err(|e| program_error(&name, &target, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// The kernel's counts of sockets whose release no program saw (the
+/// tracepoint strategy's exits, orphans released later): userspace takes
+/// them when it infers the release.
+pub(crate) struct TrafficMap(aya::maps::HashMap<aya::maps::MapData, u64, unixpeer_common::Traffic>);
+
+impl TrafficMap {
+    pub(crate) fn new(ebpf: &mut Ebpf) -> Option<Self> {
+        let map = ebpf.take_map("TRAFFIC")?;
+        match aya::maps::HashMap::try_from(map) {
+            Ok(m) => Some(Self(m)),
+            Err(e) => {
+                log::warn!("cannot read the TRAFFIC map: {e}");
+                None
+            }
+        }
+    }
+
+    /// What `inode` carried (nothing counted is zero), out of the map.
+    pub(crate) fn take(&mut self, inode: u64) -> unixpeer_common::Traffic {
+        match self.0.get(&inode, 0) {
+            Ok(t) => {
+                let _ = self.0.remove(&inode);
+                t
+            }
+            Err(_) => unixpeer_common::Traffic::default(),
+        }
+    }
+}
