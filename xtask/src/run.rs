@@ -112,6 +112,8 @@ pub fn test(root: &Path, with_vm: bool) -> Result<()> {
             // metrics test has a real Prometheus server scrape unixtrace;
             // the D-Bus test runs a real bus, service and client.
             apt_install(&["chromium", "prometheus", "curl", "dbus-daemon", "dbus-bin", "python3-dbus"])?;
+            // The traffic test moves bytes through socat.
+            apt_install(&["socat"])?;
         }
         let bin = build_release(root, &["unixpeer-user", "unixpeer-tests"])?.join("unixtrace");
         let mut c = cargo(root, &tc);

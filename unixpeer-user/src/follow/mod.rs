@@ -264,6 +264,8 @@ fn write_ready_line(out: &mut impl Write, opts: &FollowOptions, capture: &Captur
             "start_ts": clock.start_mono_ns,
             "start_time": clock.rfc3339(clock.start_mono_ns),
             "buffer_size": capture.buffer_size,
+            "traffic": capture.chosen.traffic.as_ref().ok(),
+            "traffic_unavailable": capture.chosen.traffic.as_ref().err(),
         });
         writeln!(out, "{status}")?;
     } else {

@@ -1,0 +1,186 @@
+//! Bytes and messages per connection end to end: real processes move known
+//! amounts each way, count their own successful calls, and the close lines
+//! of `unixtrace --follow --json` must say the same, field by field. Run as
+//! root on the host (tracepoint strategy, sock:sock_*_length tracepoints)
+//! and in the VM matrix under every strategy. Where a kernel has no hook to
+//! count with (the tracepoint strategy before 6.3), the capture must say so
+//! and the counts be null: never zeros that look measured.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use unixpeer_tests::{sys, tracer::*};
+
+/// What one process did on its end, as it counted it.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Did {
+    bytes_sent: u64,
+    bytes_received: u64,
+    msgs_sent: u64,
+    msgs_received: u64,
+}
+
+impl Did {
+    fn line(&self, tag: &str) -> String {
+        format!("{tag} {} {} {} {}", self.bytes_sent, self.bytes_received, self.msgs_sent, self.msgs_received)
+    }
+
+    /// A report line, `TAG INODE COUNTS…`: the socket and what was done on it.
+    fn parse(line: &str) -> (u64, Self) {
+        let n: Vec<u64> = numbers(line.split_once(' ').map_or("", |(_, rest)| rest));
+        (n[0], Self { bytes_sent: n[1], bytes_received: n[2], msgs_sent: n[3], msgs_received: n[4] })
+    }
+
+    fn send(&mut self, fd: i32, mut buf: &[u8]) -> bool {
+        while !buf.is_empty() {
+            match sys::write_fd(fd, buf) {
+                Ok(n) if n > 0 => {
+                    self.bytes_sent += n as u64;
+                    self.msgs_sent += 1;
+                    buf = &buf[n..];
+                }
+                _ => return false,
+            }
+        }
+        true
+    }
+
+    /// Reads until `want` bytes came, one counted call each.
+    fn receive(&mut self, fd: i32, want: u64) -> bool {
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut got = 0;
+        while got < want {
+            match sys::read_fd(fd, &mut buf) {
+                Ok(n) if n > 0 => {
+                    got += n as u64;
+                    self.bytes_received += n as u64;
+                    self.msgs_received += 1;
+                }
+                _ => return false,
+            }
+        }
+        true
+    }
+}
+
+/// Whether this capture counts; if not, it must say why.
+fn counting(f: &Follower) -> bool {
+    let how = &f.capture["traffic"];
+    let why = &f.capture["traffic_unavailable"];
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let (major, minor) = kernel_version(&kernel);
+    // sock:sock_send_length came in 6.3; fentry and kprobe hook af_unix.
+    let can = (major, minor) >= (6, 3) || f.capture["backend"] != "tracepoint";
+    if can {
+        assert!(how.is_string(), "kernel {kernel} should count bytes under {}: {}", f.capture["backend"], f.capture);
+    } else {
+        assert!(
+            how.is_null() && why.as_str().is_some_and(|w| w.contains("sock_send_length")),
+            "kernel {kernel}: the capture must say why nothing is counted: {}",
+            f.capture
+        );
+    }
+    can
+}
+
+fn kernel_version(release: &str) -> (u32, u32) {
+    let mut parts = release.trim().split(|c: char| !c.is_ascii_digit()).filter_map(|p| p.parse().ok());
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
+}
+
+fn close_of(f: &mut Follower, what: &str, inode: u64) -> Value {
+    f.wait_for(what, WAIT, |v| v["kind"] == "event" && v["event"] == "close" && v["inode"] == inode)
+}
+
+fn assert_counts(close: &Value, did: Option<&Did>) {
+    let got = [&close["bytes_sent"], &close["bytes_received"], &close["msgs_sent"], &close["msgs_received"]];
+    match did {
+        Some(d) => assert_eq!(
+            got.map(Value::as_u64),
+            [d.bytes_sent, d.bytes_received, d.msgs_sent, d.msgs_received].map(Some),
+            "close line against what the process did ({d:?}): {close}"
+        ),
+        None => assert!(got.iter().all(|v| v.is_null()), "nothing counted must show as null: {close}"),
+    }
+}
+
+#[test]
+fn a_stream_connection_reports_what_each_end_sent_and_received() {
+    let path = format!("/tmp/unixpeer-traffic-{}.sock", std::process::id());
+    let listener = listen_on(&path, libc::SOCK_STREAM, 8);
+    let mut f = Follower::start(&[]);
+    let counts = counting(&f);
+    let p = pipe();
+    let server = fork_child("tr-server", || {
+        let Ok(c) = sys::accept(listener) else { return 1 };
+        let mut did = Did::default();
+        // Three requests, one reply in two writes, then the client's EOF.
+        let ok = did.receive(c, 300) && did.send(c, &[b's'; 3000]) && did.send(c, &[b't'; 2000]);
+        let _ = sys::read_fd(c, &mut [0u8; 1]);
+        report(&p.write, &did.line(&format!("server {}", inode_of(c))));
+        sys::close(c);
+        if ok { 0 } else { 2 }
+    });
+    // SAFETY: the server has the listener; the parent does not need it.
+    unsafe { libc::close(listener) };
+    let client = fork_child("tr-client", || {
+        let Ok(c) = connect_to(&path, libc::SOCK_STREAM, false) else { return 1 };
+        let mut did = Did::default();
+        let mut ok = true;
+        for _ in 0..3 {
+            ok &= did.send(c, &[b'c'; 100]);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        ok &= did.receive(c, 5000);
+        report(&p.write, &did.line(&format!("client {}", inode_of(c))));
+        sys::close(c);
+        if ok { 0 } else { 2 }
+    });
+    assert_eq!(wait_child(client), 0, "client failed");
+    assert_eq!(wait_child(server), 0, "server failed");
+    let _ = std::fs::remove_file(&path);
+    let lines = read_lines(&p, 2);
+    for tag in ["client", "server"] {
+        let line = lines.iter().find(|l| l.starts_with(tag)).expect("report");
+        let (inode, did) = Did::parse(line);
+        let close = close_of(&mut f, &format!("the {tag}'s close"), inode);
+        assert_eq!(close["path"].as_str(), Some(path.as_str()), "{close}");
+        assert_counts(&close, counts.then_some(&did));
+    }
+}
+
+#[test]
+fn a_process_that_exits_holding_its_sockets_still_reports_their_datagrams() {
+    let mut f = Follower::start(&[]);
+    let counts = counting(&f);
+    let p = pipe();
+    let child = fork_child("tr-exiter", || {
+        let [a, b] = socketpair(libc::SOCK_SEQPACKET);
+        let (mut da, mut db) = (Did::default(), Did::default());
+        let mut ok = true;
+        for n in [10usize, 20, 30] {
+            ok &= da.send(a, &vec![b'd'; n]);
+        }
+        // A peek leaves the datagram queued: not a message received.
+        let mut buf = [0u8; 64];
+        // SAFETY: recv into a buffer of ours, of its length.
+        let peeked = unsafe { libc::recv(b, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_PEEK) };
+        ok &= peeked == 10;
+        for n in [10u64, 20, 30] {
+            ok &= db.receive(b, n);
+        }
+        ok &= db.send(b, b"ack") && da.receive(a, 3);
+        report(&p.write, &da.line(&format!("a {}", inode_of(a))));
+        report(&p.write, &db.line(&format!("b {}", inode_of(b))));
+        // Exits without close(): the kernel releases both ends.
+        if ok { 0 } else { 2 }
+    });
+    assert_eq!(wait_child(child), 0, "child failed");
+    let lines = read_lines(&p, 2);
+    for line in &lines {
+        let (inode, did) = Did::parse(line);
+        let close = close_of(&mut f, &format!("the release of end {line}"), inode);
+        assert_eq!(close["type"], "seqpacket", "{close}");
+        assert_counts(&close, counts.then_some(&did));
+    }
+}
