@@ -184,3 +184,64 @@ fn a_process_that_exits_holding_its_sockets_still_reports_their_datagrams() {
         assert_counts(&close, counts.then_some(&did));
     }
 }
+
+#[test]
+fn top_shows_the_busy_connection_with_both_ends_and_every_byte_once() {
+    const SENT: usize = 100_000;
+    const REPLY: usize = 5_000;
+    let path = format!("/tmp/unixpeer-top-{}.sock", std::process::id());
+    let listener = listen_on(&path, libc::SOCK_STREAM, 8);
+    let mut c = follow_command();
+    c.args(["--top", "--json", "--interval", "500ms", "--iterations", "6"]).stdout(std::process::Stdio::piped());
+    let mut top = c.spawn().expect("start unixtrace --top");
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(top.stdout.take().expect("stdout")));
+    let capture: Value = serde_json::from_str(&lines.next().expect("the capture record").expect("read")).expect("json");
+    let go = Gate::new();
+    let server = fork_child("top-server", || {
+        let Ok(c) = sys::accept(listener) else { return 1 };
+        let mut did = Did::default();
+        let ok = did.receive(c, SENT as u64) && did.send(c, &[b'r'; REPLY]);
+        // Open until the tracer is done: the counts come from the map.
+        let _ = sys::read_fd(c, &mut [0u8; 1]);
+        if ok { 0 } else { 2 }
+    });
+    // SAFETY: the server has the listener now.
+    unsafe { libc::close(listener) };
+    let client = fork_child("top-client", || {
+        let Ok(c) = connect_to(&path, libc::SOCK_STREAM, false) else { return 1 };
+        go.wait();
+        let mut did = Did::default();
+        let ok = (0..10).all(|_| did.send(c, &[b'q'; SENT / 10])) && did.receive(c, REPLY as u64);
+        // Idle, then gone: the close carries the last counts.
+        std::thread::sleep(Duration::from_millis(700));
+        if ok { 0 } else { 2 }
+    });
+    let counts = capture["traffic"].is_string();
+    go.open();
+    assert_eq!(wait_child(client), 0, "client failed");
+    assert_eq!(wait_child(server), 0, "server failed");
+    let _ = std::fs::remove_file(&path);
+    let rows: Vec<Value> = lines.map_while(Result::ok).map(|l| json_line(&l)).collect();
+    let status = top.wait().expect("wait for unixtrace");
+    if !counts {
+        assert!(!status.success(), "--top without counting must fail, it printed: {rows:?}");
+        return;
+    }
+    assert!(status.success(), "--top --iterations 6 must end by itself: {status:?}");
+    let ours: Vec<&Value> =
+        rows.iter().filter(|r| r["kind"] == "top" && r["path"].as_str() == Some(path.as_str())).collect();
+    assert!(!ours.is_empty(), "no row for {path}: {rows:?}");
+    let mut comms: Vec<&str> =
+        ours.iter().flat_map(|r| [r["a"]["comm"].as_str(), r["b"]["comm"].as_str()]).flatten().collect();
+    comms.sort_unstable();
+    comms.dedup();
+    assert_eq!(comms, ["top-client", "top-server"], "both ends named: {ours:?}");
+    let pids: Vec<i64> = ours.iter().flat_map(|r| [r["a"]["pid"].as_i64(), r["b"]["pid"].as_i64()]).flatten().collect();
+    assert!(pids.iter().all(|&p| p == i64::from(client) || p == i64::from(server)), "{ours:?}");
+    // Each refresh shows what moved since the previous one: summed, every
+    // byte once, whichever end A is.
+    let total: u64 =
+        ours.iter().map(|r| r["bytes_a_to_b"].as_u64().unwrap_or(0) + r["bytes_b_to_a"].as_u64().unwrap_or(0)).sum();
+    assert_eq!(total, (SENT + REPLY) as u64, "bytes over all refreshes: {ours:?}");
+    assert!(rows.iter().any(|r| r["kind"] == "top_path" && r["path"].as_str() == Some(path.as_str())), "{rows:?}");
+}

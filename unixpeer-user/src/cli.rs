@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::capture::BackendChoice;
 use crate::filter::{ContainerPattern, Glob};
+use crate::follow::top::SortBy;
 use crate::model::SockType;
 use crate::timeline::{export::Format, rotate::Limit, summary::By, time::TimeSpec};
 
@@ -49,6 +50,29 @@ pub struct Args {
     /// names cannot overwhelm the Prometheus server.
     #[arg(long, value_name = "N", default_value_t = 500, requires = "metrics")]
     pub metrics_series: usize,
+
+    /// Follow, showing instead of events the busiest connections and names
+    /// by bytes (or --sort msgs) per second, both ends named, refreshed
+    /// like top(1). Needs a kernel that counts bytes (see -v).
+    #[arg(long)]
+    pub top: bool,
+
+    /// With --top: what ranks the rows.
+    #[arg(long, value_enum, value_name = "WHAT", default_value_t = SortBy::Bytes, requires = "top")]
+    pub sort: SortBy,
+
+    /// With --top: seconds between refreshes (e.g. 1s, 500ms).
+    #[arg(long, value_parser = parse_duration, default_value = "1s", requires = "top")]
+    pub interval: Duration,
+
+    /// With --top: stop after N refreshes, printing each after the last
+    /// instead of redrawing the screen (for scripts, like top -b -n N).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..), requires = "top")]
+    pub iterations: Option<u64>,
+
+    /// With --top: rows per table.
+    #[arg(long, value_name = "N", default_value_t = 20, requires = "top")]
+    pub limit: usize,
 
     /// Say more on stderr (repeat for more): which sources were used and why.
     #[arg(short = 'v', long, action = clap::ArgAction::Count)]
@@ -313,6 +337,15 @@ mod tests {
         assert!(Args::try_parse_from(["unixtrace", "-r", "t", "--at", "noon"]).is_err());
         let a = Args::try_parse_from(["unixtrace", "export", "-r", "t", "--format", "html", "-o", "x.html"]).unwrap();
         assert!(matches!(a.command, Some(Command::Export { format: Format::Html, .. })));
+        let a =
+            Args::try_parse_from(["unixtrace", "--top", "--sort", "msgs", "--iterations", "3", "--interval", "250ms"])
+                .unwrap();
+        assert_eq!(
+            (a.top, a.sort, a.iterations, a.interval),
+            (true, SortBy::Msgs, Some(3), Duration::from_millis(250))
+        );
+        assert!(Args::try_parse_from(["unixtrace", "--iterations", "3"]).is_err(), "--iterations needs --top");
+        assert!(Args::try_parse_from(["unixtrace", "--top", "--iterations", "0"]).is_err());
         use clap::CommandFactory;
         Args::command().debug_assert();
     }

@@ -1,7 +1,7 @@
 //! unixtrace: who talks to whom over UNIX-domain sockets.
 
 use std::cell::RefCell;
-use std::io::{BufWriter, Write};
+use std::io::{BufWriter, IsTerminal as _, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -10,7 +10,7 @@ use clap::Parser;
 use unixpeer_user::capture::CaptureOptions;
 use unixpeer_user::cli::{Args, Command, HolderChoice};
 use unixpeer_user::filter::Filter;
-use unixpeer_user::follow::{self, FollowOptions, Hooks, Recorder, SnapshotPurpose};
+use unixpeer_user::follow::{self, FollowOptions, Hooks, Recorder, SnapshotPurpose, top::TopOptions};
 use unixpeer_user::holders::{HolderSource, IterSource, Precomputed, ProcScan};
 use unixpeer_user::model::Model;
 use unixpeer_user::output::{self, OutputError, escape};
@@ -38,7 +38,7 @@ fn main() -> ExitCode {
             timeline::cmd::export(read, *format, output, *force, *by).map_err(Into::into)
         }
         (None, paths) if !paths.is_empty() => replay_main(&args, paths),
-        (None, _) if args.follow => follow_main(&args),
+        (None, _) if args.follow || args.top => follow_main(&args),
         (None, _) => snapshot_main(&args),
     };
     match result {
@@ -128,6 +128,13 @@ fn follow_main(args: &Args) -> anyhow::Result<()> {
         quiet: args.quiet,
         metrics: args.metrics,
         metrics_series: args.metrics_series,
+        top: args.top.then(|| TopOptions {
+            interval: args.interval,
+            iterations: args.iterations,
+            sort: args.sort,
+            limit: args.limit,
+            redraw: args.iterations.is_none() && std::io::stdout().is_terminal(),
+        }),
     };
     // Opened before the capture starts: a name already taken fails fast.
     let writer = args
@@ -154,7 +161,7 @@ fn follow_main(args: &Args) -> anyhow::Result<()> {
         // Bus names are not asked for here: the capture is running, and our
         // own connection to each bus would show as the daemon's accept and
         // close.
-        if initial && !args.quiet {
+        if initial && !args.quiet && !args.top {
             print_snapshot(args, &snap).map_err(|e| format!("{e:#}"))?;
         }
         Ok(snap.model)

@@ -138,7 +138,7 @@ pub(crate) struct Capture {
     buffer_requested: bool,
     lost_seen: u64,
     missed_seen: u64,
-    /// Where the model infers releases and bytes are counted.
+    /// The kernel's counts, where bytes are counted.
     traffic: Option<traffic::TrafficMap>,
 }
 
@@ -252,11 +252,7 @@ impl Capture {
             None
         };
         let Setup { kbtf, aya_btf, .. } = setup;
-        let traffic = if chosen.traffic.is_ok() && chosen.backend.infers_releases() {
-            traffic::TrafficMap::new(&mut ebpf)
-        } else {
-            None
-        };
+        let traffic = if chosen.traffic.is_ok() { traffic::TrafficMap::new(&mut ebpf) } else { None };
         Ok(Self {
             ebpf,
             btf: aya_btf,
@@ -273,8 +269,8 @@ impl Capture {
         })
     }
 
-    /// The counts of sockets whose releases the model infers, for the
-    /// consumer, which infers them.
+    /// The kernel's per-socket counts, for the consumer: it infers some
+    /// releases, and `--top` reads them all.
     pub(crate) fn take_traffic_map(&mut self) -> Option<traffic::TrafficMap> {
         self.traffic.take()
     }

@@ -129,6 +129,11 @@ impl TrafficMap {
         }
     }
 
+    /// Every socket's counts so far: at most the map's 65,536 entries.
+    pub(crate) fn read_all(&self) -> Vec<(u64, unixpeer_common::Traffic)> {
+        self.0.iter().filter_map(Result::ok).collect()
+    }
+
     /// What `inode` carried (nothing counted is zero), out of the map.
     pub(crate) fn take(&mut self, inode: u64) -> unixpeer_common::Traffic {
         match self.0.get(&inode, 0) {

@@ -45,8 +45,11 @@ pub struct Consumer<'a, W: Write> {
     /// Whether the kernel counts bytes and messages; if not, the zeros in
     /// its close records mean nothing and are dropped.
     counting: bool,
-    /// The kernel's counts of sockets whose release the model infers.
+    /// The kernel's per-socket counts: taken for releases the model
+    /// infers, read whole by `--top`.
     released: Option<crate::capture::traffic::TrafficMap>,
+    /// `--top`: a refreshed table instead of event lines.
+    top: Option<super::top::Top>,
 }
 
 impl<'a, W: Write> Consumer<'a, W> {
@@ -74,7 +77,22 @@ impl<'a, W: Write> Consumer<'a, W> {
             metrics: None,
             counting: true,
             released: None,
+            top: None,
         }
+    }
+
+    /// Show the busiest connections instead of events (`--top`).
+    pub(crate) fn set_top(&mut self, mut top: super::top::Top) {
+        top.prime(self.released.as_ref().map(|m| m.read_all()).unwrap_or_default());
+        self.top = Some(top);
+    }
+
+    /// `--top`: one refresh from the kernel's counts at `now_ns`.
+    pub(crate) fn refresh_top(&mut self, now_ns: u64) {
+        let Some(top) = self.top.as_mut() else { return };
+        let counts = self.released.as_ref().map(|m| m.read_all()).unwrap_or_default();
+        top.refresh(&mut self.lines, counts, self.tracker.model(), now_ns, self.opts.json);
+        self.spill();
     }
 
     /// Whether the kernel counts bytes and messages, and where to take the
@@ -96,9 +114,10 @@ impl<'a, W: Write> Consumer<'a, W> {
         }
     }
 
-    /// Stop once `--count` lines were printed.
+    /// Stop once `--count` lines were printed, or `--top` made its
+    /// `--iterations`.
     pub(crate) fn done(&self) -> bool {
-        self.opts.count.is_some_and(|c| self.summary.printed >= c)
+        self.opts.count.is_some_and(|c| self.summary.printed >= c) || self.top.as_ref().is_some_and(|t| t.finished())
     }
 
     /// One record as the ring buffer hands it over.
@@ -204,6 +223,12 @@ impl<'a, W: Write> Consumer<'a, W> {
         let bookkeeping =
             matches!(r.event.kind, EventKind::TaskExit | EventKind::Fork | EventKind::FdClose | EventKind::Rename);
         if (bookkeeping && self.opts.verbose < 2) || !(self.filter)(r, self.tracker.processes()) || self.done() {
+            return;
+        }
+        if let Some(top) = self.top.as_mut() {
+            if r.event.kind == EventKind::Close {
+                top.closed(r);
+            }
             return;
         }
         self.summary.printed += 1;

@@ -11,6 +11,7 @@ mod metrics;
 mod pending;
 pub mod render;
 mod resync;
+pub mod top;
 mod tracker;
 
 use std::{
@@ -51,6 +52,8 @@ pub struct FollowOptions {
     pub metrics: Option<std::net::SocketAddr>,
     /// Label sets with series of their own (`--metrics-series`).
     pub metrics_series: usize,
+    /// `--top`: the busiest connections, refreshed, instead of events.
+    pub top: Option<top::TopOptions>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +70,8 @@ pub enum FollowError {
     Signal(io::Error),
     #[error(transparent)]
     Recorder(RecorderError),
+    #[error("--top needs bytes and messages counted, and this kernel cannot: {0}")]
+    NoTraffic(String),
     #[error("cannot serve metrics on {addr}: {error}\nchoose another address with --metrics ADDR:PORT")]
     Metrics { addr: std::net::SocketAddr, error: io::Error },
 }
@@ -186,6 +191,18 @@ pub async fn run<'a>(opts: &'a FollowOptions, hooks: Hooks<'a>) -> Result<Follow
     write_ready_line(&mut out, opts, &capture, &clock)?;
     let mut sink = Consumer::new(tracker, out, opts, clock, filter, recorder);
     sink.set_traffic(capture.chosen.traffic.is_ok(), capture.take_traffic_map());
+    let mut top_tick = match &opts.top {
+        Some(t) => {
+            if let Err(why) = &capture.chosen.traffic {
+                return Err(FollowError::NoTraffic(why.clone()));
+            }
+            sink.set_top(top::Top::new(t.clone(), render::clock_ns(libc::CLOCK_MONOTONIC)));
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + t.interval, t.interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            Some(tick)
+        }
+        None => None,
+    };
     if let Some(listener) = metrics_listener {
         let m = metrics::Metrics::new(opts.metrics_series);
         tokio::spawn(metrics::serve(listener, m.shared_text()));
@@ -203,17 +220,29 @@ pub async fn run<'a>(opts: &'a FollowOptions, hooks: Hooks<'a>) -> Result<Follow
                 None => std::future::pending().await,
             }
         };
-        let (mut stop, mut tick) = (false, false);
+        let (mut stop, mut tick, mut refresh) = (false, false, false);
+        let top_due = async {
+            match top_tick.as_mut() {
+                Some(t) => t.tick().await,
+                None => std::future::pending().await,
+            }
+        };
         let mut on_record = |rec: &[u8]| sink.record(rec);
         tokio::select! {
             r = capture.next_batch(&mut on_record) => r?,
             _ = second.tick() => tick = true,
+            _ = top_due => refresh = true,
             _ = until_deadline => stop = true,
             _ = sigint.recv() => stop = true,
             _ = sigterm.recv() => stop = true,
         }
         if tick {
             every_second(&mut sink, &mut capture, &mut resync)?;
+        }
+        if refresh {
+            // What the ring buffer holds first: closes count with their totals.
+            capture.drain_now(&mut |rec| sink.record(rec));
+            sink.refresh_top(render::clock_ns(libc::CLOCK_MONOTONIC));
         }
         if let Some(e) = sink.take_write_error() {
             // A closed pipe (`| head`) is the reader's way of saying stop.
@@ -253,7 +282,7 @@ fn drop_privileges(capture: &Capture) {
 }
 
 fn write_ready_line(out: &mut impl Write, opts: &FollowOptions, capture: &Capture, clock: &Clock) -> io::Result<()> {
-    if opts.quiet {
+    if opts.quiet || (opts.top.is_some() && !opts.json) {
         // -q: the recording is the only output.
     } else if opts.json {
         let status = serde_json::json!({

@@ -183,6 +183,10 @@ impl Tracker {
     }
 
     /// Who the processes are, for output.
+    pub(crate) fn model(&self) -> &Model {
+        &self.model
+    }
+
     pub(crate) fn processes(&self) -> &crate::identity::Processes {
         self.model.processes()
     }
