@@ -245,3 +245,71 @@ fn top_shows_the_busy_connection_with_both_ends_and_every_byte_once() {
     assert_eq!(total, (SENT + REPLY) as u64, "bytes over all refreshes: {ours:?}");
     assert!(rows.iter().any(|r| r["kind"] == "top_path" && r["path"].as_str() == Some(path.as_str())), "{rows:?}");
 }
+
+#[test]
+fn datagrams_sent_by_address_name_the_receiver_once_and_are_counted() {
+    let path = format!("/tmp/unixpeer-dgram-{}.sock", std::process::id());
+    let _ = std::fs::remove_file(&path);
+    let ready = pipe();
+    let done = Gate::new();
+    // The receiver is there before the capture, as journald's socket is.
+    let receiver = fork_child("dg-receiver", || {
+        let Ok(r) = sys::bound(libc::SOCK_DGRAM, &path) else { return 1 };
+        report(&ready.write, &format!("r {}", inode_of(r)));
+        let mut did = Did::default();
+        let ok = (0..3).all(|_| did.receive(r, 1));
+        report(&ready.write, &did.line(&format!("got {}", inode_of(r))));
+        done.wait();
+        if ok { 0 } else { 2 }
+    });
+    let receiver_inode = tagged(&read_lines(&ready, 1), "r", 1);
+    let mut f = Follower::start(&[]);
+    let counts = counting(&f);
+    let sender = fork_child("dg-sender", || {
+        let Ok(s) = sys::socket(libc::SOCK_DGRAM) else { return 1 };
+        let (addr, len) = sockaddr(&path);
+        let mut did = Did::default();
+        for n in [10usize, 20, 30] {
+            let buf = vec![b'g'; n];
+            // SAFETY: sendto with a buffer and an address of ours, of their lengths.
+            let rc = unsafe { libc::sendto(s, buf.as_ptr().cast(), n, 0, (&raw const addr).cast(), len) };
+            if rc != n as isize {
+                return 2;
+            }
+            did.bytes_sent += n as u64;
+            did.msgs_sent += 1;
+        }
+        report(&ready.write, &did.line(&format!("sent {}", inode_of(s))));
+        0
+    });
+    assert_eq!(wait_child(sender), 0, "sender failed");
+    let lines = read_lines(&ready, 2);
+    done.open();
+    assert_eq!(wait_child(receiver), 0, "receiver failed");
+    let _ = std::fs::remove_file(&path);
+    let (sender_inode, sent) = Did::parse(lines.iter().find(|l| l.starts_with("sent")).expect("sender's report"));
+    let (_, got) = Did::parse(lines.iter().find(|l| l.starts_with("got")).expect("receiver's report"));
+    let close = close_of(&mut f, "the sender's close", sender_inode);
+    assert_counts(&close, counts.then_some(&sent));
+    let close = close_of(&mut f, "the receiver's close", receiver_inode as u64);
+    assert_counts(&close, counts.then_some(&got));
+    let sends: Vec<&Value> = f.seen.iter().filter(|v| v["event"] == "dgram_send" && v["pid"] == sender).collect();
+    if !counts {
+        assert!(sends.is_empty(), "nothing can see the receiver here: {sends:?}");
+        return;
+    }
+    assert_eq!(sends.len(), 1, "one event for the pair, not one per datagram: {sends:?}");
+    let s = sends[0];
+    assert_eq!(
+        (s["comm"].as_str(), s["inode"].as_u64(), s["type"].as_str()),
+        (Some("dg-sender"), Some(sender_inode), Some("dgram")),
+        "{s}"
+    );
+    assert_eq!(s["peer_inode"].as_i64(), Some(receiver_inode), "{s}");
+    assert_eq!(
+        (s["peer_pid"].as_i64(), s["peer_comm"].as_str()),
+        (Some(i64::from(receiver)), Some("dg-receiver")),
+        "{s}"
+    );
+    assert_eq!(s["path"].as_str(), Some(path.as_str()), "{s}");
+}

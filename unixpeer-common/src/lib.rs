@@ -40,6 +40,10 @@ pub enum EventKind {
     /// Task `pid` (a thread id) took the name `comm` (prctl, exec, or a
     /// write to /proc/PID/comm).
     Rename = 11,
+    /// An unconnected datagram socket (`inode`) sent to another
+    /// (`peer_inode`, bound to `path`) for the first time; later datagrams
+    /// of the pair are only counted.
+    DgramSend = 12,
 }
 
 impl EventKind {
@@ -56,6 +60,7 @@ impl EventKind {
             9 => Self::FdClose,
             10 => Self::Fork,
             11 => Self::Rename,
+            12 => Self::DgramSend,
             _ => return None,
         })
     }
@@ -161,6 +166,15 @@ impl UnixEvent {
             traffic: Traffic::zeroed(),
         }
     }
+}
+
+/// A datagram sender and a receiver it sent to by address: the key of
+/// the `DGRAM_PAIRS` map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DgramPair {
+    pub sender: u64,
+    pub receiver: u64,
 }
 
 /// One socket fd found by the `iter/task_file` program.
@@ -363,6 +377,7 @@ mod pod {
     unsafe impl aya::Pod for super::TaskSocketFd {}
     unsafe impl aya::Pod for super::SyscallRecords {}
     unsafe impl aya::Pod for super::Traffic {}
+    unsafe impl aya::Pod for super::DgramPair {}
 }
 
 #[cfg(test)]
@@ -390,10 +405,10 @@ mod tests {
 
     #[test]
     fn event_kind_round_trips() {
-        for k in 1..=11 {
+        for k in 1..=12 {
             assert_eq!(EventKind::from_u32(k).map(|e| e as u32), Some(k));
         }
         assert_eq!(EventKind::from_u32(0), None);
-        assert_eq!(EventKind::from_u32(12), None);
+        assert_eq!(EventKind::from_u32(13), None);
     }
 }

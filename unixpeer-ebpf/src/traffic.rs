@@ -16,20 +16,27 @@
 //!   `unix_dgram_recvmsg` (net/unix/af_unix.c) where the tracepoints do not
 //!   exist. seqpacket sockets send and receive through the dgram functions.
 //!   Checked on: Debian 5.10.0 and 6.1.0.
+//!
+//! An unconnected datagram socket's sends are also counted per (sender,
+//! receiver) pair, and the pair's first datagram is reported as a
+//! `DgramSend` event. The receiver comes from `sock:sk_data_ready` (tp_btf,
+//! 6.3+), else fentry or a kprobe on `sock_def_readable` (net/core/sock.c),
+//! which the tracepoint sits in. Checked on: 6.18.44 (host), Debian 5.10.0,
+//! 6.1.0 and 6.12.
 
 use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid,
-    macros::{btf_tracepoint, fexit, kprobe, kretprobe, map},
+    macros::{btf_tracepoint, fentry, fexit, kprobe, kretprobe, map},
     maps::LruHashMap,
-    programs::{BtfTracePointContext, FExitContext, ProbeContext, RetProbeContext},
+    programs::{BtfTracePointContext, FEntryContext, FExitContext, ProbeContext, RetProbeContext},
 };
-use unixpeer_common::{Traffic, UnixEvent};
+use unixpeer_common::{Backend, DgramPair, EventKind, Traffic, UnixEvent};
 
 use crate::{
-    emit::actor_wanted,
-    kernel::{self, Current},
+    emit::{actor_wanted, begin, copy_sockaddr, describe, submit},
+    kernel::{self, Current, UnixSocket},
 };
 
 /// Sockets that carried data and are still open. LRU: a socket whose
@@ -56,6 +63,9 @@ fn add(socket: u64, bytes: i64, way: Way) {
     let inode = kernel::inode_of_socket(socket);
     if inode == 0 {
         return;
+    }
+    if way == Way::Sent {
+        sent_to(socket, inode, bytes);
     }
     let slot = match TRAFFIC.get_ptr_mut(&inode) {
         Some(p) => p,
@@ -88,6 +98,85 @@ fn add(socket: u64, bytes: i64, way: Way) {
         atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(core::ptr::from_ref(b).cast_mut(), bytes as u64);
         atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(core::ptr::from_ref(m).cast_mut(), 1);
     }
+}
+
+// --- Datagrams sent by address. The receiver is not among the send's
+// arguments: the kernel names it when it wakes it (`sk->sk_data_ready`,
+// sock_def_readable, in the sender's context, inside unix_dgram_sendmsg),
+// which the hooks below note for the sending thread; the send's own hook
+// (after it) then joins the two.
+
+/// `SOCK_DGRAM`.
+const SOCK_DGRAM: u32 = 2;
+
+/// The receiver the current thread's datagram just woke, by pid_tgid.
+#[map]
+static WOKEN: LruHashMap<u64, u64> = LruHashMap::with_max_entries(4096, 0);
+
+/// Bytes and datagrams per (sender, receiver) pair of unconnected sends.
+#[map]
+static DGRAM_PAIRS: LruHashMap<DgramPair, Traffic> = LruHashMap::with_max_entries(16384, 0);
+
+#[inline(always)]
+fn woken(sk: u64) {
+    if !kernel::is_unix(sk) || kernel::socket_type(kernel::socket_of_sk(sk)) != SOCK_DGRAM {
+        return;
+    }
+    let _ = WOKEN.insert(&bpf_get_current_pid_tgid(), &sk, 0);
+}
+
+#[inline(always)]
+fn sent_to(socket: u64, inode: u64, bytes: i64) {
+    if kernel::socket_type(socket) != SOCK_DGRAM {
+        return;
+    }
+    let key = bpf_get_current_pid_tgid();
+    // SAFETY: held only for the copy; only this thread writes its key.
+    let Some(receiver_sk) = (unsafe { WOKEN.get(&key) }).copied() else { return };
+    let _ = WOKEN.remove(&key);
+    let Some(sk) = kernel::socket_sk(socket) else { return };
+    // A connected sender's datagrams are its connection's, counted per socket.
+    if kernel::peer_of(sk) == receiver_sk {
+        return;
+    }
+    let receiver = kernel::inode_of_socket(kernel::socket_of_sk(receiver_sk));
+    if receiver == 0 {
+        return;
+    }
+    let pair = DgramPair { sender: inode, receiver };
+    let slot = match DGRAM_PAIRS.get_ptr_mut(&pair) {
+        Some(p) => p,
+        None => {
+            // The first datagram of the pair is the one event it gets.
+            if DGRAM_PAIRS.insert(&pair, &NOTHING_YET, 1).is_ok() {
+                report_first(socket, sk, receiver_sk, receiver);
+            }
+            let Some(p) = DGRAM_PAIRS.get_ptr_mut(&pair) else { return };
+            p
+        }
+    };
+    // SAFETY: as in `add`: a preallocated element of integers, atomic adds.
+    let t = unsafe { &*slot };
+    // SAFETY: as in `add`.
+    unsafe {
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(
+            core::ptr::from_ref(&t.bytes_sent).cast_mut(),
+            bytes as u64,
+        );
+        atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(core::ptr::from_ref(&t.msgs_sent).cast_mut(), 1);
+    }
+}
+
+#[inline(always)]
+fn report_first(socket: u64, sk: u64, receiver_sk: u64, receiver: u64) {
+    let Some(e) = begin(Current::get(), EventKind::DgramSend, Backend::Tracepoint) else { return };
+    describe(e, UnixSocket::of_socket(socket, sk));
+    e.peer_sk = receiver_sk;
+    e.peer_inode = receiver;
+    if let Some((sockaddr, len)) = kernel::bound_name(receiver_sk) {
+        copy_sockaddr(e, sockaddr, len, false);
+    }
+    submit(e);
 }
 
 /// The socket's counts into its `Close`, and out of the map.
@@ -130,6 +219,12 @@ pub fn sock_send_length(ctx: BtfTracePointContext) -> i32 {
 #[btf_tracepoint(function = "sock_recv_length")]
 pub fn sock_recv_length(ctx: BtfTracePointContext) -> i32 {
     sock_length(&ctx, Way::Received);
+    0
+}
+
+#[btf_tracepoint(function = "sk_data_ready")]
+pub fn sk_data_ready(ctx: BtfTracePointContext) -> i32 {
+    woken(ctx.arg(0));
     0
 }
 
@@ -182,6 +277,14 @@ pub fn fexit_unix_dgram_recvmsg(ctx: FExitContext) -> i32 {
     0
 }
 
+/// Before 6.3, `sock_def_readable(struct sock *sk)`, where the tracepoint
+/// later went: af_unix's sockets keep it as their `sk_data_ready`.
+#[fentry(function = "sock_def_readable")]
+pub fn fentry_sock_def_readable(ctx: FEntryContext) -> i32 {
+    woken(ctx.arg(0));
+    0
+}
+
 // --- kprobe + kretprobe on the same functions: the return probe sees no
 // arguments, so the entry leaves the socket (and for a receive, whether it
 // peeks) for its thread.
@@ -216,6 +319,14 @@ fn returned(ctx: &RetProbeContext, way: Way) {
     if ret > 0 {
         add(socket, i64::from(ret), way);
     }
+}
+
+#[kprobe(function = "sock_def_readable")]
+pub fn kprobe_sock_def_readable(ctx: ProbeContext) -> u32 {
+    if let Some(sk) = ctx.arg::<u64>(0) {
+        woken(sk);
+    }
+    0
 }
 
 #[kprobe(function = "unix_stream_sendmsg")]

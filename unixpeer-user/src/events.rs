@@ -257,6 +257,7 @@ pub(crate) fn event_name(kind: EventKind) -> &'static str {
         EventKind::FdClose => "fd_close",
         EventKind::Fork => "fork",
         EventKind::Rename => "rename",
+        EventKind::DgramSend => "dgram_send",
     }
 }
 

@@ -5,7 +5,7 @@
 
 use aya::{
     Btf, Ebpf,
-    programs::{BtfTracePoint, FExit, KProbe, Program},
+    programs::{BtfTracePoint, FEntry, FExit, KProbe, Program},
 };
 
 use super::{
@@ -16,8 +16,12 @@ use super::{
 };
 use crate::btf::KernelBtf;
 
-/// tp_btf programs and the tracepoints they attach to (6.3+).
-const SOCK_TRACEPOINTS: [&str; 2] = ["sock_send_length", "sock_recv_length"];
+/// tp_btf programs and the tracepoints they attach to (6.3+):
+/// sk_data_ready names the receiver of a datagram sent by address.
+const SOCK_TRACEPOINTS: [&str; 3] = ["sock_send_length", "sock_recv_length", "sk_data_ready"];
+
+/// Where sk_data_ready's tracepoint sits, for the other hooks.
+const DATA_READY: &str = "sock_def_readable";
 
 /// The af_unix functions, with the argument count the fexit programs
 /// assume (the return value follows the arguments).
@@ -25,8 +29,12 @@ const UNIX_FUNCS: [(&str, usize); 4] =
     [("unix_stream_sendmsg", 3), ("unix_dgram_sendmsg", 3), ("unix_stream_recvmsg", 4), ("unix_dgram_recvmsg", 4)];
 
 pub(crate) fn attach_targets() -> impl Iterator<Item = Target<'static>> {
-    const TYPEDEFS: [&str; 2] = ["btf_trace_sock_send_length", "btf_trace_sock_recv_length"];
-    TYPEDEFS.into_iter().map(Target::Typedef).chain(UNIX_FUNCS.iter().map(|(f, _)| Target::Func(f)))
+    const TYPEDEFS: [&str; 3] = ["btf_trace_sock_send_length", "btf_trace_sock_recv_length", "btf_trace_sk_data_ready"];
+    TYPEDEFS
+        .into_iter()
+        .map(Target::Typedef)
+        .chain(UNIX_FUNCS.iter().map(|(f, _)| Target::Func(f)))
+        .chain([Target::Func(DATA_READY)])
 }
 
 /// How bytes and messages are counted, or why they are not.
@@ -36,22 +44,26 @@ pub(crate) type Counting = Result<&'static str, String>;
 /// receives would be wrong, not partial.
 pub(crate) fn attach(ebpf: &mut Ebpf, btf: &Btf, kbtf: &KernelBtf, strategy: Strategy) -> Counting {
     let tracepoints = match attach_sock_tracepoints(ebpf, btf) {
-        Ok(()) => return Ok("sock:sock_send_length and sock_recv_length (tp_btf)"),
+        Ok(()) => return Ok("sock:sock_send_length, sock_recv_length and sk_data_ready (tp_btf)"),
         Err(e) => {
             unload(ebpf, SOCK_TRACEPOINTS.iter().map(|n| n.to_string()));
             format!("no sock:sock_send_length tracepoint before 6.3 ({})", first_line(&e))
         }
     };
     let functions = match strategy {
-        Strategy::Fentry => attach_fexit(ebpf, btf, kbtf).map(|()| "fexit on unix_{stream,dgram}_{send,recv}msg"),
-        Strategy::Kprobe => attach_kprobes(ebpf).map(|()| "kprobes on unix_{stream,dgram}_{send,recv}msg"),
+        Strategy::Fentry => attach_fexit(ebpf, btf, kbtf)
+            .map(|()| "fexit on unix_{stream,dgram}_{send,recv}msg, fentry on sock_def_readable"),
+        Strategy::Kprobe => {
+            attach_kprobes(ebpf).map(|()| "kprobes on unix_{stream,dgram}_{send,recv}msg and sock_def_readable")
+        }
         Strategy::Tracepoint => {
             return Err(format!("{tracepoints}, and the tracepoint strategy has no hook inside af_unix"));
         }
     };
     functions.map_err(|e| {
         let names = UNIX_FUNCS.iter().flat_map(|(f, _)| ["fexit", "kprobe", "kretprobe"].map(|p| format!("{p}_{f}")));
-        unload(ebpf, names);
+        let readable = ["fentry", "kprobe"].map(|p| format!("{p}_{DATA_READY}"));
+        unload(ebpf, names.chain(readable));
         format!("{tracepoints}; {}", first_line(&e))
     })
 }
@@ -61,6 +73,7 @@ fn unload(ebpf: &mut Ebpf, names: impl Iterator<Item = String>) {
         let _ = match ebpf.program_mut(&name) {
             Some(Program::BtfTracePoint(p)) => p.unload(),
             Some(Program::FExit(p)) => p.unload(),
+            Some(Program::FEntry(p)) => p.unload(),
             Some(Program::KProbe(p)) => p.unload(),
             _ => Ok(()),
         };
@@ -96,18 +109,22 @@ fn attach_fexit(ebpf: &mut Ebpf, btf: &Btf, kbtf: &KernelBtf) -> Result<(), Capt
         p.load(func, btf).map_err(|e| program_error(&name, &target, e))?;
         p.attach().map_err(|e| program_error(&name, &target, e))?;
     }
+    let name = format!("fentry_{DATA_READY}");
+    let target = format!("fentry {DATA_READY}");
+    let p: &mut FEntry = program(ebpf, &name)?;
+    p.load(DATA_READY, btf).map_err(|e| program_error(&name, &target, e))?;
+    p.attach().map_err(|e| program_error(&name, &target, e))?;
     Ok(())
 }
 
 fn attach_kprobes(ebpf: &mut Ebpf) -> Result<(), CaptureError> {
-    for (func, _) in UNIX_FUNCS {
-        for prefix in ["kprobe", "kretprobe"] {
-            let name = format!("{prefix}_{func}");
-            let target = format!("{prefix} {func}");
-            let p: &mut KProbe = program(ebpf, &name)?;
-            p.load().map_err(|e| program_error(&name, &target, e))?;
-            p.attach(func, 0).map_err(|e| program_error(&name, &target, e))?;
-        }
+    let probes = UNIX_FUNCS.iter().flat_map(|(f, _)| [("kprobe", *f), ("kretprobe", *f)]);
+    for (prefix, func) in probes.chain([("kprobe", DATA_READY)]) {
+        let name = format!("{prefix}_{func}");
+        let target = format!("{prefix} {func}");
+        let p: &mut KProbe = program(ebpf, &name)?;
+        p.load().map_err(|e| program_error(&name, &target, e))?;
+        p.attach(func, 0).map_err(|e| program_error(&name, &target, e))?;
     }
     Ok(())
 }

@@ -305,7 +305,8 @@ impl Tracker {
             EventKind::TaskExit => return self.exit(e, out),
             EventKind::Socketpair => self.on_socketpair(&e),
             EventKind::Listen => self.on_listen(&e),
-            EventKind::DgramConnect => {
+            // A datagram sent by address names no peer of the sender's.
+            EventKind::DgramConnect | EventKind::DgramSend => {
                 self.upsert(e.inode, actor(&e, e.fd), None, &e);
                 self.peer_holders(e.peer_inode)
             }

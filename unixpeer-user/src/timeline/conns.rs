@@ -205,7 +205,12 @@ impl Builder {
                     c.server_id = ids.shared(h.pid);
                 }
             }
-            EventKind::Listen | EventKind::TaskExit | EventKind::FdClose | EventKind::Fork | EventKind::Rename => {}
+            EventKind::Listen
+            | EventKind::TaskExit
+            | EventKind::FdClose
+            | EventKind::Fork
+            | EventKind::Rename
+            | EventKind::DgramSend => {}
         }
     }
 }

@@ -300,6 +300,7 @@ pub(crate) fn parse_event_kind(s: &str) -> Option<EventKind> {
         "socketpair" => EventKind::Socketpair,
         "close" => EventKind::Close,
         "dgram_connect" => EventKind::DgramConnect,
+        "dgram_send" => EventKind::DgramSend,
         "listen" => EventKind::Listen,
         "exit" => EventKind::TaskExit,
         "fd_close" => EventKind::FdClose,
