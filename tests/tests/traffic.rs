@@ -289,8 +289,8 @@ fn datagrams_sent_by_address_name_the_receiver_once_and_are_counted() {
     let _ = std::fs::remove_file(&path);
     let (sender_inode, sent) = Did::parse(lines.iter().find(|l| l.starts_with("sent")).expect("sender's report"));
     let (_, got) = Did::parse(lines.iter().find(|l| l.starts_with("got")).expect("receiver's report"));
-    let close = close_of(&mut f, "the sender's close", sender_inode);
-    assert_counts(&close, counts.then_some(&sent));
+    let sender_close = close_of(&mut f, "the sender's close", sender_inode);
+    assert_counts(&sender_close, counts.then_some(&sent));
     let close = close_of(&mut f, "the receiver's close", receiver_inode as u64);
     assert_counts(&close, counts.then_some(&got));
     let sends: Vec<&Value> = f.seen.iter().filter(|v| v["event"] == "dgram_send" && v["pid"] == sender).collect();
@@ -312,4 +312,13 @@ fn datagrams_sent_by_address_name_the_receiver_once_and_are_counted() {
         "{s}"
     );
     assert_eq!(s["path"].as_str(), Some(path.as_str()), "{s}");
+    // Then as counts: the sender's close says what went to each receiver.
+    let to = &sender_close["sent_to"];
+    assert_eq!(to.as_array().map(Vec::len), Some(1), "one receiver: {sender_close}");
+    assert_eq!(
+        (to[0]["peer_inode"].as_i64(), to[0]["bytes"].as_u64(), to[0]["msgs"].as_u64()),
+        (Some(receiver_inode), Some(60), Some(3)),
+        "{sender_close}"
+    );
+    assert_eq!((to[0]["peer_pid"].as_i64(), to[0]["path"].as_str()), (Some(i64::from(receiver)), Some(path.as_str())));
 }

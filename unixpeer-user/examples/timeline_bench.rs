@@ -30,6 +30,7 @@ fn event(i: u64) -> Event {
         path: Some("/run/unixpeer-bench/server.sock".into()),
         child_pid: None,
         traffic: None,
+        sent_to: Vec::new(),
         inferred: None,
     }
 }

@@ -38,9 +38,32 @@ pub struct Event {
     /// For a `Close`, where bytes and messages are counted: what the socket
     /// sent and received in its life.
     pub traffic: Option<Traffic>,
+    /// For the `Close` of an unconnected datagram socket: what it sent to
+    /// each receiver it sent to by address.
+    pub sent_to: Vec<DgramTotal>,
     /// Not seen by the kernel but deduced (a release at process exit under
     /// the tracepoint strategy): says from what.
     pub inferred: Option<Inferred>,
+}
+
+/// Datagrams one socket sent to one receiver by address, in its life.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DgramTotal {
+    /// The receiving socket's inode.
+    pub receiver: u64,
+    pub bytes: u64,
+    pub msgs: u64,
+    /// Its first holder and bound name, as the model knew them at the close.
+    pub(crate) holder: Option<crate::holders::Holder>,
+    pub(crate) path: Option<Arc<str>>,
+}
+
+/// What a socket carried in its life: its counts, and what it sent to
+/// each receiver by address. Noted for a release the model infers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Carried {
+    pub traffic: Traffic,
+    pub sent_to: Vec<DgramTotal>,
 }
 
 /// Why a close the kernel did not report was deduced.
@@ -94,6 +117,7 @@ impl Event {
             path: Some("/run/app.sock".into()),
             child_pid: None,
             traffic: None,
+            sent_to: Vec::new(),
             inferred: None,
         }
     }
@@ -178,6 +202,7 @@ pub(crate) fn decode_cached(bytes: &[u8], cache: &mut PathCache) -> Result<Event
         // The kernel fills it for every close; the consumer drops it where
         // nothing counts.
         traffic: (kind == EventKind::Close).then_some(raw.traffic),
+        sent_to: Vec::new(),
         inferred: None,
     })
 }

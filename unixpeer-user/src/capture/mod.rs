@@ -140,6 +140,7 @@ pub(crate) struct Capture {
     missed_seen: u64,
     /// The kernel's counts, where bytes are counted.
     traffic: Option<traffic::TrafficMap>,
+    dgram_pairs: Option<traffic::DgramPairs>,
 }
 
 /// What a load of the programs needs from this kernel, found once.
@@ -253,6 +254,7 @@ impl Capture {
         };
         let Setup { kbtf, aya_btf, .. } = setup;
         let traffic = if chosen.traffic.is_ok() { traffic::TrafficMap::new(&mut ebpf) } else { None };
+        let dgram_pairs = if chosen.traffic.is_ok() { traffic::DgramPairs::new(&mut ebpf) } else { None };
         Ok(Self {
             ebpf,
             btf: aya_btf,
@@ -266,6 +268,7 @@ impl Capture {
             lost_seen: 0,
             missed_seen: 0,
             traffic,
+            dgram_pairs,
         })
     }
 
@@ -273,6 +276,16 @@ impl Capture {
     /// releases, and `--top` reads them all.
     pub(crate) fn take_traffic_map(&mut self) -> Option<traffic::TrafficMap> {
         self.traffic.take()
+    }
+
+    /// Every socket's counts now (none where nothing counts).
+    pub(crate) fn traffic_now(&self) -> Vec<(u64, unixpeer_common::Traffic)> {
+        self.traffic.as_ref().map(traffic::TrafficMap::read_all).unwrap_or_default()
+    }
+
+    /// Per (sender, receiver) counts of datagrams sent by address.
+    pub(crate) fn take_dgram_pairs(&mut self) -> Option<traffic::DgramPairs> {
+        self.dgram_pairs.take()
     }
 
     /// The ring buffer's size and where it came from, for `-v`.

@@ -162,3 +162,23 @@ impl TrafficMap {
         }
     }
 }
+
+/// What unconnected datagram sockets sent to each receiver (`DGRAM_PAIRS`).
+pub(crate) struct DgramPairs(
+    aya::maps::HashMap<aya::maps::MapData, unixpeer_common::DgramPair, unixpeer_common::Traffic>,
+);
+
+impl DgramPairs {
+    pub(crate) fn new(ebpf: &mut Ebpf) -> Option<Self> {
+        let map = ebpf.take_map("DGRAM_PAIRS")?;
+        aya::maps::HashMap::try_from(map).map(Self).map_err(|e| log::warn!("cannot read the DGRAM_PAIRS map: {e}")).ok()
+    }
+
+    /// What `sender` sent to `receiver` (bytes, datagrams), out of the map.
+    pub(crate) fn take(&mut self, sender: u64, receiver: u64) -> Option<(u64, u64)> {
+        let pair = unixpeer_common::DgramPair { sender, receiver };
+        let t = self.0.get(&pair, 0).ok()?;
+        let _ = self.0.remove(&pair);
+        Some((t.bytes_sent, t.msgs_sent))
+    }
+}

@@ -50,7 +50,17 @@ pub struct Consumer<'a, W: Write> {
     released: Option<crate::capture::traffic::TrafficMap>,
     /// `--top`: a refreshed table instead of event lines.
     top: Option<super::top::Top>,
+    dgram_pairs: Option<crate::capture::traffic::DgramPairs>,
+    /// Receivers each datagram socket sent to by address (its `dgram_send`
+    /// events), whose counts its close takes. Bounded by `SENDERS`.
+    sent_to: std::collections::HashMap<u64, Vec<u64>>,
 }
+
+/// Datagram senders whose receivers are remembered; past this, the oldest
+/// knowledge is dropped (their closes then lack per-receiver counts).
+const SENDERS: usize = 65536;
+/// Receivers remembered per sender.
+const RECEIVERS: usize = 64;
 
 impl<'a, W: Write> Consumer<'a, W> {
     pub fn new(
@@ -78,12 +88,56 @@ impl<'a, W: Write> Consumer<'a, W> {
             counting: true,
             released: None,
             top: None,
+            dgram_pairs: None,
+            sent_to: std::collections::HashMap::new(),
         }
     }
 
+    /// Where to take what datagram sockets sent to each receiver.
+    pub(crate) fn set_dgram_pairs(&mut self, pairs: Option<crate::capture::traffic::DgramPairs>) {
+        self.dgram_pairs = pairs;
+    }
+
+    /// A datagram sender's receivers noted; its close takes their counts.
+    fn dgram_bookkeeping(&mut self, e: &mut Event) {
+        if self.dgram_pairs.is_none() {
+            return;
+        }
+        match (e.kind, e.inode) {
+            (EventKind::DgramSend, Some(sender)) => {
+                if self.sent_to.len() >= SENDERS && !self.sent_to.contains_key(&sender) {
+                    self.sent_to.clear();
+                }
+                let receivers = self.sent_to.entry(sender).or_default();
+                if let Some(r) = e.peer_inode
+                    && receivers.len() < RECEIVERS
+                    && !receivers.contains(&r)
+                {
+                    receivers.push(r);
+                }
+            }
+            (EventKind::Close, Some(sender)) => e.sent_to = self.take_sent_to(sender),
+            _ => {}
+        }
+    }
+
+    /// What `sender` sent to each receiver it sent to by address, out of
+    /// the kernel's map.
+    fn take_sent_to(&mut self, sender: u64) -> Vec<events::DgramTotal> {
+        let (Some(pairs), Some(receivers)) = (self.dgram_pairs.as_mut(), self.sent_to.remove(&sender)) else {
+            return Vec::new();
+        };
+        receivers
+            .into_iter()
+            .filter_map(|receiver| {
+                let (bytes, msgs) = pairs.take(sender, receiver)?;
+                Some(events::DgramTotal { receiver, bytes, msgs, holder: None, path: None })
+            })
+            .collect()
+    }
+
     /// Show the busiest connections instead of events (`--top`).
-    pub(crate) fn set_top(&mut self, mut top: super::top::Top) {
-        top.prime(self.released.as_ref().map(|m| m.read_all()).unwrap_or_default());
+    pub(crate) fn set_top(&mut self, top: super::top::Top) {
         self.top = Some(top);
     }
 
@@ -140,8 +194,9 @@ impl<'a, W: Write> Consumer<'a, W> {
 
     /// One decoded kernel event: recorded first, so that a replay rebuilds
     /// the same model, then applied and shown.
-    pub(crate) fn event(&mut self, e: Event) {
+    pub(crate) fn event(&mut self, mut e: Event) {
         self.summary.received += 1;
+        self.dgram_bookkeeping(&mut e);
         // Bookkeeping events name processes the model already met (or, for
         // a rename, threads): only socket events bring new ones.
         if !matches!(e.kind, EventKind::TaskExit | EventKind::Fork | EventKind::Rename) {
@@ -171,13 +226,16 @@ impl<'a, W: Write> Consumer<'a, W> {
     /// holder: their counts are still in its map. Noted for the model, and
     /// recorded before the exit, so that a replay infers the same closes.
     fn note_released_by_exit(&mut self, pid: u32) {
-        let Some(map) = self.released.as_mut() else { return };
+        if self.released.is_none() {
+            return;
+        }
         for inode in self.tracker.released_by_exit(pid) {
-            let t = map.take(inode);
-            self.tracker.note_released_traffic(inode, t);
+            let traffic = self.released.as_mut().map(|m| m.take(inode)).unwrap_or_default();
+            let carried = events::Carried { traffic, sent_to: self.take_sent_to(inode) };
             if let Some(rec) = self.recorder.as_mut() {
-                rec.released_traffic(inode, &t);
+                rec.released_traffic(inode, &carried);
             }
+            self.tracker.note_released_traffic(inode, carried);
         }
     }
 
@@ -348,7 +406,9 @@ impl<'a, W: Write> Consumer<'a, W> {
                 Ok(true) => self.tracker.orphan_lives(inode, now),
                 Ok(false) => {
                     if let Some(map) = self.released.as_mut() {
-                        self.tracker.note_released_traffic(inode, map.take(inode));
+                        let traffic = map.take(inode);
+                        let carried = events::Carried { traffic, sent_to: self.take_sent_to(inode) };
+                        self.tracker.note_released_traffic(inode, carried);
                     }
                     self.tracker.release_orphan(inode, now, &mut resolved);
                     self.deduced(&mut resolved);

@@ -93,7 +93,7 @@ pub trait Recorder {
     fn process(&mut self, _pid: u32, _id: &crate::identity::Identity) {}
     /// What a socket whose release the model will infer from the next
     /// event carried (see `Tracker::note_released_traffic`).
-    fn released_traffic(&mut self, _inode: u64, _traffic: &crate::events::Traffic) {}
+    fn released_traffic(&mut self, _inode: u64, _carried: &crate::events::Carried) {}
     fn lost(&mut self, ts_ns: u64, count: u64);
     /// The model is checked against the kernel after `lost` events were
     /// lost; the seeds of that check follow (see `SnapshotPurpose::Resync`).
@@ -186,18 +186,30 @@ pub async fn run<'a>(opts: &'a FollowOptions, hooks: Hooks<'a>) -> Result<Follow
     }
     drop_privileges(&capture);
 
+    // Counts from before the ready line are not the first refresh's: a
+    // script that starts its traffic on that line sees all of it.
+    let top = match &opts.top {
+        Some(t) => {
+            if let Err(why) = &capture.chosen.traffic {
+                return Err(FollowError::NoTraffic(why.clone()));
+            }
+            let mut top = top::Top::new(t.clone(), render::clock_ns(libc::CLOCK_MONOTONIC));
+            top.prime(capture.traffic_now());
+            Some(top)
+        }
+        None => None,
+    };
     let stdout = io::stdout();
     let mut out = BufWriter::with_capacity(1 << 16, stdout.lock());
     write_ready_line(&mut out, opts, &capture, &clock)?;
     let mut sink = Consumer::new(tracker, out, opts, clock, filter, recorder);
     sink.set_traffic(capture.chosen.traffic.is_ok(), capture.take_traffic_map());
-    let mut top_tick = match &opts.top {
-        Some(t) => {
-            if let Err(why) = &capture.chosen.traffic {
-                return Err(FollowError::NoTraffic(why.clone()));
-            }
-            sink.set_top(top::Top::new(t.clone(), render::clock_ns(libc::CLOCK_MONOTONIC)));
-            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + t.interval, t.interval);
+    sink.set_dgram_pairs(capture.take_dgram_pairs());
+    let mut top_tick = match top {
+        Some(top) => {
+            let interval = top.interval();
+            sink.set_top(top);
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             Some(tick)
         }

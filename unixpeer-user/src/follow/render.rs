@@ -309,6 +309,7 @@ pub(crate) fn write_text(out: &mut Vec<u8>, r: &Resolved, clock: &Clock, wall: b
         out.extend_from_slice(b"  ");
         push_traffic(out, t);
     }
+    push_sent_to(out, &e.sent_to);
     push_tags(out, r, ids);
     out.push(b'\n');
 }
@@ -325,6 +326,32 @@ pub(crate) fn push_traffic(out: &mut Vec<u8>, t: &crate::events::Traffic) {
         out.extend_from_slice(if msgs == 1 { b" msg / " } else { b" msgs / " });
         push_bytes_size(out, bytes);
         out.extend_from_slice(way.as_bytes());
+    }
+}
+
+/// "; to /run/x.sock journald[1]: 3 msgs / 60 B" per receiver, the first few.
+fn push_sent_to(out: &mut Vec<u8>, sent_to: &[crate::events::DgramTotal]) {
+    const SHOWN: usize = 3;
+    for d in sent_to.iter().take(SHOWN) {
+        out.extend_from_slice(b"; to ");
+        match &d.path {
+            Some(p) => escape::push(out, p),
+            None => push_int(out, d.receiver),
+        }
+        if let Some(h) = d.holder {
+            out.push(b' ');
+            escape::push(out, &h.comm.to_str());
+            out.push(b'[');
+            push_int(out, h.pid);
+            out.push(b']');
+        }
+        out.extend_from_slice(b": ");
+        push_int(out, d.msgs);
+        out.extend_from_slice(if d.msgs == 1 { b" msg / " } else { b" msgs / " });
+        push_bytes_size(out, d.bytes);
+    }
+    if sent_to.len() > SHOWN {
+        let _ = write!(out, "; +{} more", sent_to.len() - SHOWN);
     }
 }
 
@@ -412,6 +439,22 @@ pub(crate) fn write_json(out: &mut Vec<u8>, r: &Resolved, clock: &Clock, ids: &P
     unit_user(out, ",\"peer_unit\":", ",\"peer_user\":", peer);
     int(out, ",\"pid\":", e.pid);
     int(out, ",\"schema\":", JSON_SCHEMA);
+    if e.sent_to.is_empty() {
+        null(out, ",\"sent_to\":");
+    } else {
+        out.extend_from_slice(b",\"sent_to\":[");
+        for (i, d) in e.sent_to.iter().enumerate() {
+            int(out, if i == 0 { "{\"bytes\":" } else { ",{\"bytes\":" }, d.bytes);
+            int(out, ",\"msgs\":", d.msgs);
+            opt_str(out, ",\"path\":", d.path.as_deref());
+            let comm = d.holder.as_ref().map(|h| h.comm.to_str());
+            opt_str(out, ",\"peer_comm\":", comm.as_deref());
+            int(out, ",\"peer_inode\":", d.receiver);
+            opt_int(out, ",\"peer_pid\":", d.holder.map(|h| h.pid));
+            out.push(b'}');
+        }
+        out.push(b']');
+    }
     hex(out, ",\"sk\":", e.sk);
     int(out, ",\"tid\":", e.tid);
     out.extend_from_slice(b",\"time\":\"");
@@ -515,7 +558,8 @@ mod tests {
                 r#""fd":9,"pid":7,"unit":null,"user":null}],"#,
                 r#""peer_inode":1002,"peer_is_listener":false,"peer_pid":7,"peer_sk":"0xffff888100002000","#,
                 r#""peer_unit":null,"peer_user":null,"#,
-                r#""pid":42,"schema":1,"sk":"0xffff888100001000","tid":42,"time":"2026-11-27T11:40:00.123461Z","#,
+                r#""pid":42,"schema":1,"sent_to":null,"sk":"0xffff888100001000","tid":42,"#,
+                r#""time":"2026-11-27T11:40:00.123461Z","#,
                 r#""ts":5000,"type":"stream","uid":0,"unit":"a.service","user":"root"}"#,
                 "\n"
             )

@@ -97,6 +97,10 @@ impl Top {
         self.last = counts.into_iter().collect();
     }
 
+    pub(crate) fn interval(&self) -> std::time::Duration {
+        self.opts.interval
+    }
+
     pub(crate) fn finished(&self) -> bool {
         self.opts.iterations.is_some_and(|n| self.done >= n)
     }

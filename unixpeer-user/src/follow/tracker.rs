@@ -70,7 +70,7 @@ pub struct Tracker {
     /// What sockets carried, noted just before the event that makes the
     /// model infer their release (the kernel reported nothing for them):
     /// taken by that release, and emptied after each event.
-    released_traffic: HashMap<u64, crate::events::Traffic>,
+    released_traffic: HashMap<u64, crate::events::Carried>,
 }
 
 /// Connections not accepted yet that the model follows at most.
@@ -114,10 +114,10 @@ impl Tracker {
 
     /// What `inode` carried, for the release the next event makes the
     /// model infer (see `released_by_exit`, `release_orphan`).
-    pub(crate) fn note_released_traffic(&mut self, inode: u64, traffic: crate::events::Traffic) {
+    pub(crate) fn note_released_traffic(&mut self, inode: u64, carried: crate::events::Carried) {
         // Bounded by the sockets one exit releases; a note left by a
         // recording cut short is dropped at the next event.
-        self.released_traffic.insert(inode, traffic);
+        self.released_traffic.insert(inode, carried);
     }
 
     /// The snapshot (taken live, or read back from a recording) as the
@@ -262,6 +262,27 @@ impl Tracker {
         s.sock_type = e.sock_type;
     }
 
+    /// The sender stays unconnected; the receiver, if the model had not
+    /// met it, is known by the name it was sent to from now on.
+    fn on_dgram_send(&mut self, e: &Event) -> Peer {
+        if let Some(inode) = e.inode {
+            self.by_pid.entry(e.pid).or_default().insert(inode);
+            let holder = actor(e, e.fd);
+            let holders = self.model.holders_mut(inode);
+            if !holders.iter().any(|h| h.pid == holder.pid) {
+                holders.push(holder);
+            }
+            self.model.socket_mut(inode, || Socket::live(inode, e.netns, e.sock_type));
+        }
+        if let Some(receiver) = e.peer_inode {
+            let s = self.model.socket_mut(receiver, || Socket::live(receiver, e.netns, e.sock_type));
+            if s.path.is_none() {
+                s.path.clone_from(&e.path);
+            }
+        }
+        self.peer_holders(e.peer_inode)
+    }
+
     fn drop_holder(&mut self, inode: u64, pid: u32, fd: Option<i32>) {
         let fd = fd.and_then(|f| u32::try_from(f).ok());
         if self.model.contains(inode) {
@@ -305,8 +326,8 @@ impl Tracker {
             EventKind::TaskExit => return self.exit(e, out),
             EventKind::Socketpair => self.on_socketpair(&e),
             EventKind::Listen => self.on_listen(&e),
-            // A datagram sent by address names no peer of the sender's.
-            EventKind::DgramConnect | EventKind::DgramSend => {
+            EventKind::DgramSend => self.on_dgram_send(&e),
+            EventKind::DgramConnect => {
                 self.upsert(e.inode, actor(&e, e.fd), None, &e);
                 self.peer_holders(e.peer_inode)
             }
@@ -485,7 +506,10 @@ impl Tracker {
         close.kind = EventKind::Close;
         close.ts_ns = now_ns.max(close.ts_ns);
         close.inferred = Some(Inferred::ReleasedLater);
-        close.traffic = self.released_traffic.remove(&inode);
+        if let Some(c) = self.released_traffic.remove(&inode) {
+            close.traffic = Some(c.traffic);
+            close.sent_to = c.sent_to;
+        }
         if self.model.contains(inode) {
             self.model.holders_mut(inode).push(Holder::of(close.pid, close.comm, close.fd));
         }
@@ -534,7 +558,10 @@ impl Tracker {
                 close.netns = netns;
                 close.sock_type = sock_type;
                 close.inferred = Some(Inferred::Exit);
-                close.traffic = noted.remove(&inode);
+                if let Some(c) = noted.remove(&inode) {
+                    close.traffic = Some(c.traffic);
+                    close.sent_to = c.sent_to;
+                }
                 // Keep the exiting process as the last holder for the line.
                 holders.push(Holder { pid: e.pid, comm: e.comm, fd });
                 released.push(close);
@@ -555,6 +582,10 @@ impl Tracker {
 
     fn close(&mut self, e: &mut Event) -> Peer {
         self.embryos.remove(&e.sk);
+        for d in &mut e.sent_to {
+            d.holder = self.model.holders(d.receiver).first().copied();
+            d.path = self.model.get(d.receiver).and_then(|s| s.path.clone());
+        }
         let Some(inode) = e.inode else { return Peer::Unknown };
         self.orphans.remove(&inode);
         if let Some(s) = self.model.get(inode) {
@@ -613,7 +644,7 @@ fn actor(e: &Event, fd: Option<i32>) -> Holder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::Traffic;
+    use crate::events::{Carried, Traffic};
 
     impl Tracker {
         pub(super) fn applied(&mut self, e: Event) -> Vec<Resolved> {
@@ -653,13 +684,13 @@ mod tests {
         t.applied(other);
         assert_eq!(t.released_by_exit(1), vec![10, 11]);
         let sent = Traffic { bytes_sent: 64, msgs_sent: 1, ..Traffic::default() };
-        t.note_released_traffic(10, sent);
-        t.note_released_traffic(11, Traffic::default());
+        t.note_released_traffic(10, Carried { traffic: sent, sent_to: Vec::new() });
+        t.note_released_traffic(11, Carried::default());
         let out = t.applied(ev(EventKind::TaskExit, 1, "p", 0, 0));
         let got: Vec<_> = out.iter().map(|r| (r.event.inode, r.event.traffic)).collect();
         assert_eq!(got, vec![(Some(10), Some(sent)), (Some(11), Some(Traffic::default()))]);
         // A note the next event does not use is not kept for a later one.
-        t.note_released_traffic(20, sent);
+        t.note_released_traffic(20, Carried { traffic: sent, sent_to: Vec::new() });
         t.applied(ev(EventKind::Listen, 7, "r", 30, 0));
         let out = t.applied(ev(EventKind::TaskExit, 5, "q", 0, 0));
         assert_eq!(out.iter().map(|r| r.event.traffic).collect::<Vec<_>>(), vec![None, None]);

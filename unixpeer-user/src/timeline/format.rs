@@ -10,7 +10,7 @@ use unixpeer_common::EventKind;
 use super::{FORMAT_NAME, FORMAT_VERSION};
 use crate::capture::Strategy;
 use crate::events::Inferred;
-use crate::events::{Event, SockType, Traffic, event_name};
+use crate::events::{Carried, DgramTotal, Event, SockType, Traffic, event_name};
 use crate::follow::Holder;
 use crate::identity::Identity;
 use crate::model::{KernelState, Model, SockName, Socket, Vfs};
@@ -363,6 +363,7 @@ pub(crate) fn write_event(out: &mut Vec<u8>, e: &Event) {
     if let Some(t) = &e.traffic {
         write_traffic(out, t);
     }
+    write_sent_to(out, &e.sent_to);
     out.extend_from_slice(b"}\n");
 }
 
@@ -375,13 +376,34 @@ fn write_traffic(out: &mut Vec<u8>, t: &Traffic) {
 
 /// What a socket whose release the model infers from the next event
 /// carried (see `Recorder::released_traffic`).
-pub(crate) fn write_released_traffic(out: &mut Vec<u8>, inode: u64, t: &Traffic) {
+pub(crate) fn write_released_traffic(out: &mut Vec<u8>, inode: u64, c: &Carried) {
     int(out, "{\"k\":\"traffic\",\"inode\":", inode);
-    write_traffic(out, t);
+    write_traffic(out, &c.traffic);
+    write_sent_to(out, &c.sent_to);
     out.extend_from_slice(b"}\n");
 }
 
+fn write_sent_to(out: &mut Vec<u8>, sent_to: &[DgramTotal]) {
+    if sent_to.is_empty() {
+        return;
+    }
+    out.extend_from_slice(b",\"sent_to\":[");
+    for (i, d) in sent_to.iter().enumerate() {
+        int(out, if i == 0 { "[" } else { ",[" }, d.receiver);
+        int(out, ",", d.bytes);
+        int(out, ",", d.msgs);
+        out.push(b']');
+    }
+    out.push(b']');
+}
+
 impl Line<'_> {
+    fn sent_to(&self) -> Vec<DgramTotal> {
+        let total =
+            |&[receiver, bytes, msgs]: &[u64; 3]| DgramTotal { receiver, bytes, msgs, holder: None, path: None };
+        self.sent_to.iter().map(total).collect()
+    }
+
     /// All four counts or none: a record with some is damaged.
     fn traffic(&self) -> Result<Option<Traffic>, String> {
         match (self.bytes_sent, self.bytes_received, self.msgs_sent, self.msgs_received) {
@@ -433,6 +455,9 @@ struct Line<'a> {
     lost: Option<u64>,
     bytes_sent: Option<u64>,
     bytes_received: Option<u64>,
+    /// (receiver inode, bytes, datagrams) per receiver sent to by address.
+    #[serde(default)]
+    sent_to: Vec<[u64; 3]>,
     msgs_sent: Option<u64>,
     msgs_received: Option<u64>,
 }
@@ -464,7 +489,7 @@ pub enum Record {
     /// that follows (an exit, under the tracepoint strategy).
     ReleasedTraffic {
         inode: u64,
-        traffic: Traffic,
+        carried: Carried,
     },
     /// Written on a clean stop; a killed recorder leaves none.
     End {
@@ -493,7 +518,10 @@ pub(crate) fn parse_record(line: &[u8]) -> Result<Record, String> {
         "e" => event(&l).map(Record::Event),
         "traffic" => Ok(Record::ReleasedTraffic {
             inode: need(l.inode, "inode")?,
-            traffic: l.traffic()?.ok_or("traffic record lacks `bytes_sent`")?,
+            carried: Carried {
+                traffic: l.traffic()?.ok_or("traffic record lacks `bytes_sent`")?,
+                sent_to: l.sent_to(),
+            },
         }),
         "resync" => Ok(Record::Resync {
             ts_ns: need(l.ts, "ts")?,
@@ -530,6 +558,7 @@ fn event(l: &Line<'_>) -> Result<Event, String> {
         path: l.path.as_deref().map(Into::into),
         child_pid: l.child_pid,
         traffic: l.traffic()?,
+        sent_to: l.sent_to(),
         inferred: match l.inferred.as_deref() {
             None => None,
             Some(why) => Some(Inferred::parse(why).ok_or_else(|| format!("unknown `inferred` reason {why:?}"))?),
@@ -603,6 +632,7 @@ pub(crate) mod tests {
             path: Some("/run/ü.sock".into()),
             child_pid: None,
             traffic: None,
+            sent_to: Vec::new(),
             inferred: None,
         }
     }
@@ -624,6 +654,8 @@ pub(crate) mod tests {
         }
         let traffic = Traffic { bytes_sent: u64::MAX, bytes_received: 0, msgs_sent: 1, msgs_received: 2 };
         variants.push(Event { kind: EventKind::Close, traffic: Some(traffic), ..sample_event() });
+        let to = |receiver, bytes, msgs| DgramTotal { receiver, bytes, msgs, holder: None, path: None };
+        variants.push(Event { kind: EventKind::Close, sent_to: vec![to(7, 60, 3), to(9, 1, 1)], ..sample_event() });
         for e in variants {
             let mut line = Vec::new();
             write_event(&mut line, &e);
@@ -651,7 +683,9 @@ pub(crate) mod tests {
         write_lost(&mut out, 5, 7);
         write_end(&mut out, 6, 100, 7);
         let traffic = Traffic { bytes_sent: 64, bytes_received: 128, msgs_sent: 1, msgs_received: 2 };
-        write_released_traffic(&mut out, 11, &traffic);
+        let to = DgramTotal { receiver: 3, bytes: 5, msgs: 1, holder: None, path: None };
+        let carried = Carried { traffic, sent_to: vec![to] };
+        write_released_traffic(&mut out, 11, &carried);
         out.extend_from_slice(SEEDS_DONE);
         let seed = SeedRecord {
             inode: 9,
@@ -676,7 +710,7 @@ pub(crate) mod tests {
             vec![
                 Record::Lost { ts_ns: 5, count: 7 },
                 Record::End { ts_ns: 6, received: 100, lost: 7 },
-                Record::ReleasedTraffic { inode: 11, traffic },
+                Record::ReleasedTraffic { inode: 11, carried },
                 Record::SeedsDone,
                 Record::Seed(seed)
             ]

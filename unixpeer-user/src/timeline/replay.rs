@@ -125,7 +125,7 @@ impl Replay {
                     self.resolved = out;
                 }
                 Record::Process(p) => self.tracker.processes_mut().learn(p.pid, p.id),
-                Record::ReleasedTraffic { inode, traffic } => self.tracker.note_released_traffic(inode, traffic),
+                Record::ReleasedTraffic { inode, carried } => self.tracker.note_released_traffic(inode, carried),
                 Record::Lost { ts_ns, count } => f(Step::Lost { ts_ns, count })?,
                 Record::Resync { ts_ns, lost, netns } => {
                     if let Some((released, r)) = self.resync(ts_ns, lost, netns)? {

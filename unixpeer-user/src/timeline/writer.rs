@@ -199,8 +199,8 @@ impl TimelineWriter {
         }
     }
 
-    pub(crate) fn released_traffic(&mut self, inode: u64, traffic: &crate::events::Traffic) {
-        format::write_released_traffic(&mut self.buf, inode, traffic);
+    pub(crate) fn released_traffic(&mut self, inode: u64, carried: &crate::events::Carried) {
+        format::write_released_traffic(&mut self.buf, inode, carried);
     }
 
     pub(crate) fn lost(&mut self, ts_ns: u64, count: u64) {
@@ -399,8 +399,8 @@ impl Recorder for &RefCell<TimelineWriter> {
         self.borrow_mut().process(pid, id);
     }
 
-    fn released_traffic(&mut self, inode: u64, traffic: &crate::events::Traffic) {
-        self.borrow_mut().released_traffic(inode, traffic);
+    fn released_traffic(&mut self, inode: u64, carried: &crate::events::Carried) {
+        self.borrow_mut().released_traffic(inode, carried);
     }
 
     fn lost(&mut self, ts_ns: u64, count: u64) {
