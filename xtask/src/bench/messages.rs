@@ -72,6 +72,9 @@ enum Counts {
     /// failing the run's other figures.
     NoClose,
     NotReported,
+    /// This unixtrace counts, but not with this kernel and strategy: why,
+    /// as its capture record says.
+    NotCounted(String),
     /// Per end (client, then server): what its close line carried, if it
     /// had one, against what pingpong did.
     Reported {
@@ -156,8 +159,13 @@ fn counted(text: &str, expected: [u64; 4], pids: [u64; 2]) -> Counts {
     if closes.is_empty() {
         return Counts::NoClose;
     }
-    if !closes.iter().any(|f| value(f, COUNT_KEYS[0]).is_some()) {
-        return Counts::NotReported;
+    // Null where the capture does not count, absent before unixtrace did.
+    if !closes.iter().any(|f| value(f, COUNT_KEYS[0]).is_some_and(|v| v.parse::<u64>().is_ok())) {
+        let why = text.lines().map(top_level).find_map(|f| {
+            let why = value(&f, "traffic_unavailable")?;
+            (value(&f, "kind") == Some("\"capture\"") && why != "null").then(|| why.to_owned())
+        });
+        return why.map_or(Counts::NotReported, Counts::NotCounted);
     }
     let of = |pid: u64| -> (u64, Option<[u64; 4]>) {
         let mine = closes.iter().filter(|f| value(f, "pid").and_then(|p| p.parse().ok()) == Some(pid));
@@ -254,6 +262,7 @@ impl Report {
         match &self.counts {
             Counts::NoClose => println!("counts: unixtrace --json printed no close line for pingpong"),
             Counts::NotReported => println!("counts: not reported by this unixtrace"),
+            Counts::NotCounted(why) => println!("counts: not counted here: {why}"),
             Counts::Reported { expected, ends } => {
                 let matched = ends.iter().all(|(_, c)| c.as_ref() == Some(expected));
                 println!("counts match: {matched}");
@@ -302,6 +311,13 @@ mod tests {
         };
         assert_eq!(ends[1], (30, None));
         assert!(matches!(counted(&close(10, ""), [0; 4], [10, 20]), Counts::NotReported));
+        let nulls = close(10, r#""bytes_received":null,"bytes_sent":null,"msgs_received":null,"msgs_sent":null,"#);
+        assert!(matches!(counted(&nulls, [0; 4], [10, 20]), Counts::NotReported));
+        let capture = r#"{"kind":"capture","traffic":null,"traffic_unavailable":"no hooks"}"#;
+        let Counts::NotCounted(why) = counted(&format!("{capture}\n{nulls}"), [0; 4], [10, 20]) else {
+            panic!("the capture record's reason not read");
+        };
+        assert_eq!(why, "\"no hooks\"");
         assert!(matches!(counted("", [0; 4], [10, 20]), Counts::NoClose));
     }
 
