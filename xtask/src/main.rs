@@ -88,6 +88,9 @@ enum BenchKind {
     /// A connection generator untraced and traced by `unixtrace --follow`,
     /// per output, pinned and unpinned; a soak and an overload.
     Follow,
+    /// Only follow's message workload: 64-byte ping-pong over one
+    /// connection, untraced and traced, pinned and unpinned.
+    Messages,
     /// The consumer alone: a recorded 1M-connection stream through decode,
     /// model and each output on one core.
     Consume,
@@ -117,6 +120,9 @@ fn main() -> Result<()> {
         }
         Command::Bench { what: BenchKind::Follow } => {
             bench::follow::run(&run::build_release(&root, &["unixpeer-user", "unixpeer-tests"])?)
+        }
+        Command::Bench { what: BenchKind::Messages } => {
+            bench::messages::run(&run::build_release(&root, &["unixpeer-user", "unixpeer-tests"])?)
         }
         Command::Bench { what: BenchKind::Consume } => {
             let bin = run::build_release(&root, &["unixpeer-user", "unixpeer-tests"])?;
