@@ -50,18 +50,18 @@ impl Moved {
     }
 
     /// The JSON keys, null where unknown.
-    fn json(&self) -> serde_json::Map<String, serde_json::Value> {
-        let bytes = |f: Option<Flow>| f.map(|f| f.bytes);
-        let msgs = |f: Option<Flow>| f.map(|f| f.msgs);
-        let keys = json!({
-            "counted": self.counted,
-            "bytes_client_to_server": bytes(self.to_server), "bytes_server_to_client": bytes(self.to_client),
-            "msgs_client_to_server": msgs(self.to_server), "msgs_server_to_client": msgs(self.to_client),
-        });
-        match keys {
-            serde_json::Value::Object(m) => m,
-            _ => unreachable!("an object literal"),
-        }
+    fn json(&self) -> impl Iterator<Item = (String, serde_json::Value)> {
+        let bytes = |f: Option<Flow>| json!(f.map(|f| f.bytes));
+        let msgs = |f: Option<Flow>| json!(f.map(|f| f.msgs));
+        [
+            ("counted", json!(self.counted)),
+            ("bytes_client_to_server", bytes(self.to_server)),
+            ("bytes_server_to_client", bytes(self.to_client)),
+            ("msgs_client_to_server", msgs(self.to_server)),
+            ("msgs_server_to_client", msgs(self.to_client)),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
     }
 
     /// The text cells: bytes each way and messages both ways.
