@@ -210,6 +210,24 @@ fn replay_prints_what_live_mode_printed_and_answers_at_and_summary() {
     let failed =
         summary.iter().find(|v| v["kind"] == "pair" && v["path"] == format!("{sock}.missing")).expect("failed row");
     assert_eq!(failed["failed"], 1);
+    // What moved each way: the sum of what the senders' closes said live
+    // (the client's sockets are the connects', the server's the accepts'),
+    // or nothing at all where the kernel did not count.
+    let sent_from = |ends: &[&Value]| -> u64 {
+        let inodes: Vec<&Value> = ends.iter().map(|e| &e["inode"]).collect();
+        let closes = events_of(&live).into_iter().filter(|v| v["event"] == "close" && inodes.contains(&&v["inode"]));
+        closes.map(|v| v["bytes_sent"].as_u64().unwrap_or_else(|| panic!("no count in {v}"))).sum()
+    };
+    let connects: Vec<&Value> =
+        events_of(&live).into_iter().filter(|v| v["event"] == "connect" && v["path"] == sock).collect();
+    let capture = live.iter().find(|v| v["kind"] == "capture").expect("a capture record");
+    if capture["traffic"].is_null() {
+        assert!(pair["bytes_client_to_server"].is_null() && pair["counted"] == 0, "{pair}");
+    } else {
+        assert_eq!(pair["counted"].as_u64(), Some(N as u64), "{pair}");
+        assert_eq!(pair["bytes_client_to_server"].as_u64(), Some(sent_from(&connects)), "{pair}");
+        assert_eq!(pair["bytes_server_to_client"].as_u64(), Some(sent_from(&accepts)), "{pair}");
+    }
 
     let again = unixtrace(&["--follow", "-w", f]);
     assert_eq!(again.status.code(), Some(1));

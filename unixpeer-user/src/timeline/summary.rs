@@ -1,5 +1,6 @@
 //! `-r FILE --summary`: per client, server and name, how many connections,
-//! how long they lived, how many failed; then the busiest processes.
+//! how long they lived, how many failed, what they moved each way; then the
+//! busiest processes by connections and the busiest pairs by bytes.
 //!
 //! Processes are grouped by command name (or with `--by`, by systemd unit
 //! or container): a server that forks per client, or a client run a
@@ -10,7 +11,7 @@ use std::io::{self, Write};
 
 use serde_json::json;
 
-use super::conns::{ConnKind, Conns};
+use super::conns::{Conn, ConnKind, Conns, Flow};
 use crate::holders::Holder;
 use crate::identity::Identity;
 use crate::output::JSON_SCHEMA;
@@ -22,6 +23,55 @@ struct Group {
     failed: u64,
     open: u64,
     lifetimes: Vec<u64>,
+    moved: Moved,
+}
+
+/// What connections moved, each way; None where none was counted.
+#[derive(Debug, Default)]
+struct Moved {
+    /// Connections whose counts are known (closed while counting).
+    counted: u64,
+    to_server: Option<Flow>,
+    to_client: Option<Flow>,
+}
+
+impl Moved {
+    fn add(&mut self, c: &Conn) {
+        let (to_server, to_client) = (c.to_server(), c.to_client());
+        if to_server.is_some() || to_client.is_some() {
+            self.counted += 1;
+        }
+        Flow::add(&mut self.to_server, to_server);
+        Flow::add(&mut self.to_client, to_client);
+    }
+
+    fn both(&self) -> Option<Flow> {
+        Flow::both(self.to_server, self.to_client)
+    }
+
+    /// The JSON keys, null where unknown.
+    fn json(&self) -> impl Iterator<Item = (String, serde_json::Value)> {
+        let bytes = |f: Option<Flow>| json!(f.map(|f| f.bytes));
+        let msgs = |f: Option<Flow>| json!(f.map(|f| f.msgs));
+        [
+            ("counted", json!(self.counted)),
+            ("bytes_client_to_server", bytes(self.to_server)),
+            ("bytes_server_to_client", bytes(self.to_client)),
+            ("msgs_client_to_server", msgs(self.to_server)),
+            ("msgs_server_to_client", msgs(self.to_client)),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+    }
+
+    /// The text cells: bytes each way and messages both ways.
+    fn cells(&self) -> [String; 3] {
+        [
+            size(self.to_server.map(|f| f.bytes)),
+            size(self.to_client.map(|f| f.bytes)),
+            count(self.both().map(|f| f.msgs)),
+        ]
+    }
 }
 
 /// (client, server, path, type), the ends named as `By` says.
@@ -82,12 +132,17 @@ impl By {
 /// A process, its connection count, and its peers by count.
 type Busy = (Holder, u64, Vec<(Holder, u64)>);
 
-/// How many busiest processes to list.
+/// A client and a server process, what their connections moved, and how
+/// many connections.
+type BusyPair = ((Holder, Holder), u64, Moved);
+
+/// How many busiest processes (and pairs) to list.
 const BUSIEST: usize = 10;
 
 pub fn write(out: &mut impl Write, conns: &Conns, json_out: bool, by: By) -> io::Result<()> {
     let mut groups: BTreeMap<Key, Group> = BTreeMap::new();
     let mut per_proc: HashMap<Holder, HashMap<Holder, u64>> = HashMap::new();
+    let mut per_pair: HashMap<(Holder, Holder), (u64, Moved)> = HashMap::new();
     for c in &conns.list {
         let server = c.server.map_or_else(|| "?".to_owned(), |s| by.name(&s, c.server_id.as_deref()));
         let path =
@@ -99,6 +154,7 @@ pub fn write(out: &mut impl Write, conns: &Conns, json_out: bool, by: By) -> io:
             continue;
         }
         g.connections += 1;
+        g.moved.add(c);
         match c.lifetime_ns() {
             Some(l) => g.lifetimes.push(l),
             None => g.open += 1,
@@ -109,6 +165,9 @@ pub fn write(out: &mut impl Write, conns: &Conns, json_out: bool, by: By) -> io:
             if server != client {
                 *per_proc.entry(server).or_default().entry(client).or_default() += 1;
             }
+            let pair = per_pair.entry((client, server)).or_default();
+            pair.0 += 1;
+            pair.1.add(c);
         }
     }
     let mut busiest: Vec<Busy> = per_proc
@@ -122,15 +181,17 @@ pub fn write(out: &mut impl Write, conns: &Conns, json_out: bool, by: By) -> io:
         .collect();
     busiest.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
     busiest.truncate(BUSIEST);
+    let busiest_bytes = busiest_by_bytes(per_pair);
 
     if json_out {
         for ((client, server, path, ty), g) in &mut groups {
             let (min, median, max) = stats(&mut g.lifetimes);
-            let rec = json!({
+            let mut rec = json!({
                 "kind": "pair", "schema": JSON_SCHEMA, "by": by.as_str(), "client": client, "server": server, "path": path, "type": ty,
                 "connections": g.connections, "failed": g.failed, "open": g.open,
                 "lifetime_min_ns": min, "lifetime_median_ns": median, "lifetime_max_ns": max,
             });
+            rec.as_object_mut().expect("an object").extend(g.moved.json());
             writeln!(out, "{rec}")?;
         }
         for (p, total, peers) in &busiest {
@@ -142,21 +203,47 @@ pub fn write(out: &mut impl Write, conns: &Conns, json_out: bool, by: By) -> io:
                 json!({"kind": "busiest", "schema": JSON_SCHEMA, "pid": p.pid, "comm": p.comm, "connections": total, "peers": peers})
             )?;
         }
+        for ((client, server), connections, moved) in &busiest_bytes {
+            let mut rec = json!({
+                "kind": "busiest_bytes", "schema": JSON_SCHEMA,
+                "client_pid": client.pid, "client_comm": client.comm, "server_pid": server.pid, "server_comm": server.comm,
+                "connections": connections, "bytes": moved.both().map(|f| f.bytes), "msgs": moved.both().map(|f| f.msgs),
+            });
+            rec.as_object_mut().expect("an object").extend(moved.json());
+            writeln!(out, "{rec}")?;
+        }
+        let moved = total_moved(conns);
         writeln!(
             out,
             "{}",
-            json!({"kind": "totals", "schema": JSON_SCHEMA, "connections": conns.list.len(), "lost": conns.lost, "duration_ns": conns.end_ns.saturating_sub(conns.start_ns)})
+            json!({"kind": "totals", "schema": JSON_SCHEMA, "connections": conns.list.len(), "lost": conns.lost, "duration_ns": conns.end_ns.saturating_sub(conns.start_ns),
+                "bytes": moved.map(|f| f.bytes), "msgs": moved.map(|f| f.msgs)})
         )?;
         return Ok(());
     }
 
     let [client_header, server_header] = by.headers();
     let mut rows = vec![
-        [client_header, server_header, "PATH", "TYPE", "CONNS", "FAILED", "OPEN", "MIN", "MEDIAN", "MAX"]
-            .map(String::from),
+        [
+            client_header,
+            server_header,
+            "PATH",
+            "TYPE",
+            "CONNS",
+            "FAILED",
+            "OPEN",
+            "MIN",
+            "MEDIAN",
+            "MAX",
+            "BYTES C>S",
+            "BYTES S>C",
+            "MSGS",
+        ]
+        .map(String::from),
     ];
     for ((client, server, path, ty), g) in &mut groups {
         let (min, median, max) = stats(&mut g.lifetimes);
+        let [to_server, to_client, msgs] = g.moved.cells();
         // The groups keep the exact names for JSON; people see them escaped.
         rows.push([
             by.shown(client),
@@ -169,9 +256,12 @@ pub fn write(out: &mut impl Write, conns: &Conns, json_out: bool, by: By) -> io:
             span(min),
             span(median),
             span(max),
+            to_server,
+            to_client,
+            msgs,
         ]);
     }
-    write_rows(out, &rows, &[4, 5, 6, 7, 8, 9])?;
+    write_rows(out, &rows, &[4, 5, 6, 7, 8, 9, 10, 11, 12])?;
     writeln!(out)?;
     let mut rows = vec![["BUSIEST PROCESS", "CONNS", "TOP PEERS"].map(String::from)];
     for (p, total, peers) in &busiest {
@@ -179,12 +269,49 @@ pub fn write(out: &mut impl Write, conns: &Conns, json_out: bool, by: By) -> io:
         rows.push([p.process_name(), total.to_string(), top.join(", ")]);
     }
     write_rows(out, &rows, &[1])?;
+    writeln!(out)?;
+    if busiest_bytes.is_empty() {
+        writeln!(out, "BUSIEST PAIRS BY BYTES: none counted (recorded without byte counts, or no connection closed)")?;
+    } else {
+        let mut rows = vec![["BUSIEST PAIRS BY BYTES", "CONNS", "BYTES C>S", "BYTES S>C", "MSGS"].map(String::from)];
+        for ((client, server), connections, moved) in &busiest_bytes {
+            let [to_server, to_client, msgs] = moved.cells();
+            let pair = format!("{} -> {}", client.process_name(), server.process_name());
+            rows.push([pair, connections.to_string(), to_server, to_client, msgs]);
+        }
+        write_rows(out, &rows, &[1, 2, 3, 4])?;
+    }
     let secs = conns.end_ns.saturating_sub(conns.start_ns) as f64 / 1e9;
-    writeln!(out, "\n{} connections in {secs:.3} s", conns.list.iter().filter(|c| c.kind != ConnKind::Failed).count())?;
+    let made = conns.list.iter().filter(|c| c.kind != ConnKind::Failed).count();
+    match total_moved(conns) {
+        Some(f) => {
+            writeln!(out, "\n{made} connections in {secs:.3} s, {} in {} msgs counted", size(Some(f.bytes)), f.msgs)?
+        }
+        None => writeln!(out, "\n{made} connections in {secs:.3} s")?,
+    }
     if conns.lost > 0 {
         writeln!(out, "WARNING: {} events were lost while recording: counts are a lower bound", conns.lost)?;
     }
     Ok(())
+}
+
+/// The pairs that moved the most bytes (both ways), then messages; only
+/// pairs with counts, as a pair without any is not known to be quiet.
+fn busiest_by_bytes(per_pair: HashMap<(Holder, Holder), (u64, Moved)>) -> Vec<BusyPair> {
+    let mut pairs: Vec<BusyPair> =
+        per_pair.into_iter().filter(|(_, (_, m))| m.counted > 0).map(|(k, (n, m))| (k, n, m)).collect();
+    let rank = |p: &BusyPair| p.2.both().map(|f| (f.bytes, f.msgs));
+    pairs.sort_by(|a, b| rank(b).cmp(&rank(a)).then_with(|| a.0.cmp(&b.0)));
+    pairs.truncate(BUSIEST);
+    pairs
+}
+
+fn total_moved(conns: &Conns) -> Option<Flow> {
+    let mut total = None;
+    for c in &conns.list {
+        Flow::add(&mut total, Flow::both(c.to_server(), c.to_client()));
+    }
+    total
 }
 
 fn stats(v: &mut [u64]) -> (Option<u64>, Option<u64>, Option<u64>) {
@@ -204,6 +331,18 @@ pub(crate) fn span(ns: Option<u64>) -> String {
         1_000_000..1_000_000_000 => format!("{:.2}ms", ns as f64 / 1e6),
         _ => format!("{:.2}s", ns as f64 / 1e9),
     }
+}
+
+/// Bytes as people read them (`1.2 KiB`), `-` when not counted.
+pub(crate) fn size(bytes: Option<u64>) -> String {
+    let Some(bytes) = bytes else { return "-".into() };
+    let mut out = Vec::new();
+    crate::follow::render::push_bytes_size(&mut out, bytes);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn count(n: Option<u64>) -> String {
+    n.map_or_else(|| "-".into(), |n| n.to_string())
 }
 
 fn write_rows<const N: usize>(out: &mut impl Write, rows: &[[String; N]], right: &[usize]) -> io::Result<()> {
@@ -247,10 +386,71 @@ mod tests {
         let cells: Vec<&str> = row.split_whitespace().collect();
         assert_eq!(
             cells,
-            ["client", "server", "/run/app.sock", "stream", "1", "0", "0", "2.00s", "2.00s", "2.00s"],
-            "{text}"
+            ["client", "server", "/run/app.sock", "stream", "1", "0", "0", "2.00s", "2.00s", "2.00s", "-", "-", "-"],
+            "nothing counted shows as unknown, not zero: {text}"
         );
         assert!(text.contains("server[10]") && text.contains("client[20] (1)"), "{text}");
+        assert!(text.contains("BUSIEST PAIRS BY BYTES: none counted"), "{text}");
+        assert!(text.ends_with("1 connections in 5.000 s\n"), "{text}");
+        let mut out = Vec::new();
+        write(&mut out, &conns, true, By::Comm).unwrap();
+        let records: Vec<serde_json::Value> =
+            out.split(|&b| b == b'\n').filter(|l| !l.is_empty()).map(|l| serde_json::from_slice(l).unwrap()).collect();
+        assert!(!records.iter().any(|r| r["kind"] == "busiest_bytes"), "{records:?}");
+        for key in
+            ["bytes_client_to_server", "bytes_server_to_client", "msgs_client_to_server", "msgs_server_to_client"]
+        {
+            assert!(records[0][key].is_null(), "{key}: {}", records[0]);
+        }
+        assert_eq!(records[0]["counted"], 0);
+        assert!(records.last().unwrap()["bytes"].is_null());
+    }
+
+    #[test]
+    fn counts_each_way_and_the_busiest_pairs_by_bytes() {
+        use crate::timeline::conns::counted_recording;
+        let mut conns = collect(&mut open(counted_recording(&[200, 300]))).unwrap();
+        // A second, quieter pair, and a connection of the first pair still
+        // open at the end: it adds a connection but no count.
+        let mut quiet = conns.list[0].clone();
+        quiet.client.pid = 21;
+        quiet.client_traffic =
+            Some(crate::events::Traffic { bytes_sent: 10, bytes_received: 0, msgs_sent: 1, msgs_received: 0 });
+        quiet.server_traffic = None;
+        let mut open_one = conns.list[0].clone();
+        (open_one.end_ns, open_one.client_traffic, open_one.server_traffic) = (None, None, None);
+        conns.list.extend([quiet, open_one]);
+
+        let mut out = Vec::new();
+        write(&mut out, &conns, false, By::Comm).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let row = text.lines().nth(1).unwrap();
+        assert!(row.ends_with("1.2 KiB     48 KiB     9"), "both client[20]s and client[21] in one row: {text}");
+        let busiest: Vec<&str> = text.lines().skip_while(|l| !l.starts_with("BUSIEST PAIRS BY BYTES")).collect();
+        assert_eq!(busiest[1], "client[20] -> server[10]      2    1.2 KiB     48 KiB     8", "{text}");
+        assert_eq!(busiest[2], "client[21] -> server[10]      1       10 B        0 B     1", "{text}");
+        assert!(text.ends_with("3 connections in 5.000 s, 49 KiB in 9 msgs counted\n"), "{text}");
+
+        let mut out = Vec::new();
+        write(&mut out, &conns, true, By::Comm).unwrap();
+        let records: Vec<serde_json::Value> =
+            out.split(|&b| b == b'\n').filter(|l| !l.is_empty()).map(|l| serde_json::from_slice(l).unwrap()).collect();
+        let pair = &records[0];
+        assert_eq!(
+            (&pair["connections"], &pair["counted"], &pair["bytes_client_to_server"], &pair["bytes_server_to_client"]),
+            (&3.into(), &2.into(), &1239.into(), &49152.into())
+        );
+        assert_eq!((&pair["msgs_client_to_server"], &pair["msgs_server_to_client"]), (&4.into(), &5.into()));
+        let busiest: Vec<_> = records.iter().filter(|r| r["kind"] == "busiest_bytes").collect();
+        assert_eq!(busiest.len(), 2);
+        assert_eq!(
+            (&busiest[0]["client_pid"], &busiest[0]["server_comm"], &busiest[0]["bytes"], &busiest[0]["msgs"]),
+            (&20.into(), &"server".into(), &(1229 + 49152).into(), &8.into())
+        );
+        assert_eq!((&busiest[0]["connections"], &busiest[0]["counted"]), (&2.into(), &1.into()));
+        assert_eq!(busiest[1]["bytes_server_to_client"], 0, "the client counted it received nothing");
+        let totals = records.last().unwrap();
+        assert_eq!((&totals["bytes"], &totals["msgs"]), (&(1239 + 49152).into(), &9.into()));
     }
 
     #[test]

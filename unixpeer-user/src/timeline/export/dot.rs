@@ -1,17 +1,18 @@
 //! Graphviz: one node per command name, one edge per (client, server, name)
-//! with its count. Command names rather than pids: a server forking per
-//! client stays one node. With `--by unit` or `--by container`, one node
+//! with its count and, where counted, the bytes each way, which also make
+//! the edge heavier and thicker. Command names rather than pids: a server
+//! forking per client stays one node. With `--by unit` or `--by container`, one node
 //! per command in each unit or container, drawn inside a cluster named
 //! after it.
 
 use std::collections::BTreeMap;
 use std::io::{self, Write};
 
-use super::super::conns::{ConnKind, Conns};
+use super::super::conns::{ConnKind, Conns, Flow};
 use crate::follow::Holder;
 use crate::identity::Identity;
 use crate::output::escape;
-use crate::timeline::summary::By;
+use crate::timeline::summary::{By, size};
 
 /// A node: its cluster (the unit or container, shown escaped; none for
 /// processes outside any, and without `--by`) and its command.
@@ -31,9 +32,30 @@ fn node_id((group, comm): &Node) -> String {
     }
 }
 
+#[derive(Default)]
+struct Edge {
+    connections: u64,
+    failed: u64,
+    to_server: Option<Flow>,
+    to_client: Option<Flow>,
+}
+
+impl Edge {
+    fn bytes(&self) -> Option<u64> {
+        Flow::both(self.to_server, self.to_client).map(|f| f.bytes)
+    }
+}
+
+/// Layout weight (an integer to dot) and pen width for an edge that moved
+/// `bytes`, on a log scale: a bulk transfer must not dwarf every other edge.
+fn heft(bytes: u64, most: u64) -> (u64, f64) {
+    let log = |b: u64| (b as f64).ln_1p();
+    let width = if most == 0 { 1.0 } else { 1.0 + 5.0 * log(bytes) / log(most) };
+    (1 + u64::from(u64::BITS - bytes.leading_zeros()), width)
+}
+
 pub(crate) fn write(out: &mut impl Write, conns: &Conns, by: By) -> io::Result<()> {
-    // (client, server, label) -> (connections, failed)
-    let mut edges: BTreeMap<(Node, Node, String), (u64, u64)> = BTreeMap::new();
+    let mut edges: BTreeMap<(Node, Node, String), Edge> = BTreeMap::new();
     let mut pids: BTreeMap<Node, Vec<u32>> = BTreeMap::new();
     for c in &conns.list {
         let client = node(by, &c.client, c.client_id.as_deref());
@@ -49,11 +71,14 @@ pub(crate) fn write(out: &mut impl Write, conns: &Conns, by: By) -> io::Result<(
         }
         let e = edges.entry((client, server, super::label(c))).or_default();
         if c.kind == ConnKind::Failed {
-            e.1 += 1;
+            e.failed += 1;
         } else {
-            e.0 += 1;
+            e.connections += 1;
+            Flow::add(&mut e.to_server, c.to_server());
+            Flow::add(&mut e.to_client, c.to_client());
         }
     }
+    let most = edges.values().filter_map(Edge::bytes).max().unwrap_or(0);
     writeln!(out, "digraph unixtrace {{")?;
     writeln!(out, "  rankdir=LR;")?;
     writeln!(out, "  node [shape=box, style=\"rounded,filled\", fillcolor=\"#eef3fb\", fontname=\"sans-serif\"];")?;
@@ -82,13 +107,20 @@ pub(crate) fn write(out: &mut impl Write, conns: &Conns, by: By) -> io::Result<(
             writeln!(out, "  }}")?;
         }
     }
-    for ((client, server, name), (n, failed)) in &edges {
+    for ((client, server, name), e) in &edges {
         let (client, server) = (node_id(client), node_id(server));
-        let mut label = format!("{name}\n{n} conn{}", if *n == 1 { "" } else { "s" });
-        if *failed > 0 {
-            label.push_str(&format!(", {failed} failed"));
+        let n = e.connections;
+        let mut label = format!("{name}\n{n} conn{}", if n == 1 { "" } else { "s" });
+        if e.failed > 0 {
+            label.push_str(&format!(", {} failed", e.failed));
         }
-        let style = if *n == 0 { ", style=dashed, color=red" } else { "" };
+        let mut style = if n == 0 { ", style=dashed, color=red".to_owned() } else { String::new() };
+        if let Some(bytes) = e.bytes() {
+            let way = |f: Option<Flow>| size(f.map(|f| f.bytes));
+            label.push_str(&format!("\n→ {}, ← {}", way(e.to_server), way(e.to_client)));
+            let (weight, width) = heft(bytes, most);
+            style.push_str(&format!(", weight={weight}, penwidth={width:.1}"));
+        }
         writeln!(
             out,
             "  {} -> {} [label={}, color=\"{}\"{style}];",
@@ -134,6 +166,41 @@ mod tests {
         assert!(dot.contains("\"client\" -> \"server\" [label=\"/run/app.sock\\n1 conn\""), "{dot}");
         assert!(dot.contains("\"server\" [label=\"server\\npid 10\"]"), "{dot}");
         assert_eq!(quote("a\"b\\c\nd\u{7}"), "\"a\\\"b\\\\c\\nd\"");
+        assert!(!dot.contains("penwidth") && !dot.contains('→'), "nothing counted, nothing drawn: {dot}");
+    }
+
+    #[test]
+    fn bytes_label_and_weigh_the_edge() {
+        let mut conns = collect(&mut open(crate::timeline::conns::counted_recording(&[200, 300]))).unwrap();
+        let mut out = Vec::new();
+        write(&mut out, &conns, By::Comm).unwrap();
+        let dot = String::from_utf8(out).unwrap();
+        let edge = "\"client\" -> \"server\" [label=\"/run/app.sock\\n1 conn\\n→ 1.2 KiB, ← 48 KiB\", ";
+        assert!(
+            dot.contains(&format!(
+                "{edge}color=\"{}\", weight=17, penwidth=6.0];",
+                super::super::colour("/run/app.sock")
+            )),
+            "{dot}"
+        );
+        // A quieter edge is thinner; one with no count has no weight.
+        let mut quiet = conns.list[0].clone();
+        quiet.path = Some("/run/quiet.sock".into());
+        quiet.client_traffic = Some(crate::events::Traffic { bytes_sent: 100, ..Default::default() });
+        quiet.server_traffic = None;
+        let mut unknown = conns.list[0].clone();
+        (unknown.path, unknown.client_traffic, unknown.server_traffic) = (Some("/run/old.sock".into()), None, None);
+        conns.list.extend([quiet, unknown]);
+        let mut out = Vec::new();
+        write(&mut out, &conns, By::Comm).unwrap();
+        let dot = String::from_utf8(out).unwrap();
+        let line = |path: &str| dot.lines().find(|l| l.contains(path)).unwrap_or_else(|| panic!("{dot}"));
+        assert!(line("quiet.sock").contains("\\n→ 100 B, ← 0 B\""), "{dot}");
+        assert!(line("quiet.sock").ends_with(", weight=8, penwidth=3.1];"), "{dot}");
+        assert!(line("app.sock").ends_with(", weight=17, penwidth=6.0];"), "{dot}");
+        assert!(line("old.sock").contains("\\n1 conn\"") && !line("old.sock").contains("penwidth"), "{dot}");
+        assert_eq!(heft(0, 0), (1, 1.0));
+        assert_eq!(heft(100, 1 << 20).0, 8);
     }
 
     #[test]

@@ -9,11 +9,11 @@ use std::io::{self, Write};
 
 use serde::Serialize;
 
-use super::super::conns::{ConnKind, Conns};
+use super::super::conns::{Conn, ConnKind, Conns, Flow};
 use crate::holders::Holder;
 use crate::identity::Identity;
 use crate::output::escape;
-use crate::timeline::summary::By;
+use crate::timeline::summary::{By, size};
 
 #[derive(Serialize)]
 struct Data<'a> {
@@ -39,6 +39,8 @@ struct Bar {
     sock_type: String,
     client: String,
     server: String,
+    /// What moved each way, for people (null when not counted).
+    moved: Option<String>,
 }
 
 /// A failed connect: an instant, not a span.
@@ -101,6 +103,7 @@ pub(crate) fn write(out: &mut impl Write, conns: &Conns, title: &str, by: By) ->
                 sock_type: c.sock_type.to_string(),
                 client: client.clone(),
                 server: server.clone(),
+                moved: moved(c),
             });
         }
     }
@@ -117,6 +120,20 @@ pub(crate) fn write(out: &mut impl Write, conns: &Conns, title: &str, by: By) ->
         out.write_all(part.as_bytes())?;
     }
     Ok(())
+}
+
+/// `→ 3 msgs / 1.2 KiB, ← 5 msgs / 48 KiB`: the arrows as between the
+/// client and the server in the bar's first line.
+fn moved(c: &Conn) -> Option<String> {
+    let (to_server, to_client) = (c.to_server(), c.to_client());
+    if to_server.is_none() && to_client.is_none() {
+        return None;
+    }
+    let way = |f: Option<Flow>| match f {
+        Some(f) => format!("{} msg{} / {}", f.msgs, if f.msgs == 1 { "" } else { "s" }, size(Some(f.bytes))),
+        None => "?".into(),
+    };
+    Some(format!("→ {}, ← {}", way(to_server), way(to_client)))
 }
 
 /// What a lane stands for: a process, or with `--by`, the unit or
@@ -248,7 +265,8 @@ window.addEventListener("error", function (e) { window.__errors.push(String(e.me
         fill: d.paths[b.path][1], class: "bar", "data-bar": "1"
       }, svg);
       hover(r, b.client + "  →  " + b.server + "\n" + d.paths[b.path][0] + " (" + b.type + ", " + b.kind + ")\n" +
-        "+" + fmt(b.start_us) + " for " + fmt(b.end_us - b.start_us) + (b.open ? " (still open)" : ""));
+        "+" + fmt(b.start_us) + " for " + fmt(b.end_us - b.start_us) + (b.open ? " (still open)" : "") +
+        (b.moved ? "\n" + b.moved : ""));
       drawn++;
     });
     d.marks.forEach(function (m) {
@@ -293,6 +311,26 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(data).unwrap();
         assert_eq!(v["bars"].as_array().unwrap().len(), 2, "one bar per end");
         assert_eq!(v["lanes"], serde_json::json!(["client[20]", "server[10]"]));
+        assert!(v["bars"][0]["moved"].is_null(), "nothing counted, nothing shown");
+    }
+
+    #[test]
+    fn a_bar_tells_what_moved_each_way() {
+        let mut conns = collect(&mut open(crate::timeline::conns::counted_recording(&[300]))).unwrap();
+        let mut one = conns.list[0].clone();
+        one.client_traffic = Some(crate::events::Traffic { bytes_sent: 1, msgs_sent: 1, ..Default::default() });
+        one.server_traffic = None;
+        conns.list.push(one);
+        let mut out = Vec::new();
+        write(&mut out, &conns, "t", By::Comm).unwrap();
+        let page = String::from_utf8(out).unwrap();
+        assert!(page.contains("(b.moved ? \"\\n\" + b.moved : \"\")"), "the tooltip shows it");
+        let data = page.split("id=\"data\">").nth(1).unwrap().split("</script>").next().unwrap();
+        let v: serde_json::Value = serde_json::from_str(data).unwrap();
+        let moved: Vec<&serde_json::Value> = v["bars"].as_array().unwrap().iter().map(|b| &b["moved"]).collect();
+        let counted = "→ 3 msgs / 1.2 KiB, ← 5 msgs / 48 KiB";
+        let one = "→ 1 msg / 1 B, ← 0 msgs / 0 B";
+        assert_eq!(moved, [counted, counted, one, one], "from the server's close alone; on both ends' bars");
     }
 
     #[test]

@@ -17,7 +17,8 @@ use crate::output::escape;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
-    /// Graphviz: processes as nodes, edges labelled with name and count.
+    /// Graphviz: processes as nodes, edges labelled with name and count
+    /// (and the bytes each way, where counted).
     Dot,
     /// Chrome trace-event JSON, for ui.perfetto.dev or chrome://tracing.
     Perfetto,
