@@ -105,7 +105,7 @@ fn assert_counts(close: &Value, did: Option<&Did>) {
 }
 
 #[test]
-fn a_stream_connection_reports_what_each_end_sent_and_received() {
+fn traffic_of_a_stream_connection_is_what_each_end_sent_and_received() {
     let path = format!("/tmp/unixpeer-traffic-{}.sock", std::process::id());
     let listener = listen_on(&path, libc::SOCK_STREAM, 8);
     let mut f = Follower::start(&[]);
@@ -150,7 +150,7 @@ fn a_stream_connection_reports_what_each_end_sent_and_received() {
 }
 
 #[test]
-fn a_process_that_exits_holding_its_sockets_still_reports_their_datagrams() {
+fn traffic_of_sockets_released_at_exit_counts_their_datagrams() {
     let mut f = Follower::start(&[]);
     let counts = counting(&f);
     let p = pipe();
@@ -186,7 +186,7 @@ fn a_process_that_exits_holding_its_sockets_still_reports_their_datagrams() {
 }
 
 #[test]
-fn top_shows_the_busy_connection_with_both_ends_and_every_byte_once() {
+fn traffic_top_shows_the_busy_connection_with_both_ends_and_every_byte_once() {
     const SENT: usize = 100_000;
     const REPLY: usize = 5_000;
     let path = format!("/tmp/unixpeer-top-{}.sock", std::process::id());
@@ -247,7 +247,7 @@ fn top_shows_the_busy_connection_with_both_ends_and_every_byte_once() {
 }
 
 #[test]
-fn datagrams_sent_by_address_name_the_receiver_once_and_are_counted() {
+fn traffic_of_datagrams_sent_by_address_names_the_receiver_once() {
     let path = format!("/tmp/unixpeer-dgram-{}.sock", std::process::id());
     let _ = std::fs::remove_file(&path);
     let ready = pipe();
