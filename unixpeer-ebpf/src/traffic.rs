@@ -12,10 +12,11 @@
 //!   write, writev, send*, sendmmsg, read, recv* and io_uring reach.
 //!   Checked on: 6.18.44 (host), Debian 6.12.
 //! - fexit (fentry strategy) or kprobe + kretprobe on
-//!   `unix_stream_sendmsg`, `unix_stream_recvmsg`, `unix_dgram_sendmsg` and
-//!   `unix_dgram_recvmsg` (net/unix/af_unix.c) where the tracepoints do not
-//!   exist. seqpacket sockets send and receive through the dgram functions.
-//!   Checked on: Debian 5.10.0 and 6.1.0.
+//!   `unix_{stream,dgram,seqpacket}_{sendmsg,recvmsg}` (net/unix/af_unix.c)
+//!   where the tracepoints do not exist. The seqpacket functions call the
+//!   dgram ones, which the compiler may inline there (Debian's 6.1 does for
+//!   recvmsg): a seqpacket socket is counted in its own functions only, and
+//!   the dgram hooks pass it by. Checked on: Debian 5.10.0 and 6.1.0.
 //!
 //! An unconnected datagram socket's sends are also counted per (sender,
 //! receiver) pair, and the pair's first datagram is reported as a
@@ -106,8 +107,9 @@ fn add(socket: u64, bytes: i64, way: Way) {
 // which the hooks below note for the sending thread; the send's own hook
 // (after it) then joins the two.
 
-/// `SOCK_DGRAM`.
+/// `SOCK_DGRAM`, `SOCK_SEQPACKET`.
 const SOCK_DGRAM: u32 = 2;
+const SOCK_SEQPACKET: u32 = 5;
 
 /// The receiver the current thread's datagram just woke, by pid_tgid.
 #[map]
@@ -236,44 +238,69 @@ pub fn sk_data_ready(ctx: BtfTracePointContext) -> i32 {
 const SENDMSG_NR_ARGS: usize = 3;
 const RECVMSG_NR_ARGS: usize = 4;
 
+/// Whether a hook on the dgram functions should leave `socket` to the
+/// seqpacket ones (see the module's comment).
 #[inline(always)]
-fn fexit_sendmsg(ctx: &FExitContext) {
+fn seqpacket_in_dgram_fn(socket: u64, dgram_fn: bool) -> bool {
+    dgram_fn && kernel::socket_type(socket) == SOCK_SEQPACKET
+}
+
+#[inline(always)]
+fn fexit_sendmsg(ctx: &FExitContext, dgram_fn: bool) {
     let ret: i32 = ctx.arg(SENDMSG_NR_ARGS);
-    if ret > 0 && actor_wanted(Current::get()) {
-        add(ctx.arg(0), i64::from(ret), Way::Sent);
+    let socket: u64 = ctx.arg(0);
+    if ret > 0 && !seqpacket_in_dgram_fn(socket, dgram_fn) && actor_wanted(Current::get()) {
+        add(socket, i64::from(ret), Way::Sent);
     }
 }
 
 #[inline(always)]
-fn fexit_recvmsg(ctx: &FExitContext) {
+fn fexit_recvmsg(ctx: &FExitContext, dgram_fn: bool) {
     let ret: i32 = ctx.arg(RECVMSG_NR_ARGS);
     let flags: i32 = ctx.arg(3);
-    if ret > 0 && i64::from(flags) & MSG_PEEK == 0 && actor_wanted(Current::get()) {
-        add(ctx.arg(0), i64::from(ret), Way::Received);
+    let socket: u64 = ctx.arg(0);
+    if ret > 0
+        && i64::from(flags) & MSG_PEEK == 0
+        && !seqpacket_in_dgram_fn(socket, dgram_fn)
+        && actor_wanted(Current::get())
+    {
+        add(socket, i64::from(ret), Way::Received);
     }
 }
 
 #[fexit(function = "unix_stream_sendmsg")]
 pub fn fexit_unix_stream_sendmsg(ctx: FExitContext) -> i32 {
-    fexit_sendmsg(&ctx);
+    fexit_sendmsg(&ctx, false);
     0
 }
 
 #[fexit(function = "unix_dgram_sendmsg")]
 pub fn fexit_unix_dgram_sendmsg(ctx: FExitContext) -> i32 {
-    fexit_sendmsg(&ctx);
+    fexit_sendmsg(&ctx, true);
+    0
+}
+
+#[fexit(function = "unix_seqpacket_sendmsg")]
+pub fn fexit_unix_seqpacket_sendmsg(ctx: FExitContext) -> i32 {
+    fexit_sendmsg(&ctx, false);
     0
 }
 
 #[fexit(function = "unix_stream_recvmsg")]
 pub fn fexit_unix_stream_recvmsg(ctx: FExitContext) -> i32 {
-    fexit_recvmsg(&ctx);
+    fexit_recvmsg(&ctx, false);
     0
 }
 
 #[fexit(function = "unix_dgram_recvmsg")]
 pub fn fexit_unix_dgram_recvmsg(ctx: FExitContext) -> i32 {
-    fexit_recvmsg(&ctx);
+    fexit_recvmsg(&ctx, true);
+    0
+}
+
+#[fexit(function = "unix_seqpacket_recvmsg")]
+pub fn fexit_unix_seqpacket_recvmsg(ctx: FExitContext) -> i32 {
+    fexit_recvmsg(&ctx, false);
     0
 }
 
@@ -295,11 +322,14 @@ pub fn fentry_sock_def_readable(ctx: FEntryContext) -> i32 {
 static SENDING_OR_RECEIVING: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16384, 0);
 
 #[inline(always)]
-fn entered(ctx: &ProbeContext, peek_arg: Option<usize>) {
+fn entered(ctx: &ProbeContext, peek_arg: Option<usize>, dgram_fn: bool) {
     if !actor_wanted(Current::get()) {
         return;
     }
     let Some(socket) = ctx.arg::<u64>(0) else { return };
+    if seqpacket_in_dgram_fn(socket, dgram_fn) {
+        return;
+    }
     if let Some(n) = peek_arg
         && ctx.arg::<i32>(n).is_some_and(|f| i64::from(f) & MSG_PEEK != 0)
     {
@@ -331,7 +361,7 @@ pub fn kprobe_sock_def_readable(ctx: ProbeContext) -> u32 {
 
 #[kprobe(function = "unix_stream_sendmsg")]
 pub fn kprobe_unix_stream_sendmsg(ctx: ProbeContext) -> u32 {
-    entered(&ctx, None);
+    entered(&ctx, None, false);
     0
 }
 
@@ -343,7 +373,7 @@ pub fn kretprobe_unix_stream_sendmsg(ctx: RetProbeContext) -> u32 {
 
 #[kprobe(function = "unix_dgram_sendmsg")]
 pub fn kprobe_unix_dgram_sendmsg(ctx: ProbeContext) -> u32 {
-    entered(&ctx, None);
+    entered(&ctx, None, true);
     0
 }
 
@@ -355,7 +385,7 @@ pub fn kretprobe_unix_dgram_sendmsg(ctx: RetProbeContext) -> u32 {
 
 #[kprobe(function = "unix_stream_recvmsg")]
 pub fn kprobe_unix_stream_recvmsg(ctx: ProbeContext) -> u32 {
-    entered(&ctx, Some(3));
+    entered(&ctx, Some(3), false);
     0
 }
 
@@ -367,12 +397,36 @@ pub fn kretprobe_unix_stream_recvmsg(ctx: RetProbeContext) -> u32 {
 
 #[kprobe(function = "unix_dgram_recvmsg")]
 pub fn kprobe_unix_dgram_recvmsg(ctx: ProbeContext) -> u32 {
-    entered(&ctx, Some(3));
+    entered(&ctx, Some(3), true);
     0
 }
 
 #[kretprobe(function = "unix_dgram_recvmsg")]
 pub fn kretprobe_unix_dgram_recvmsg(ctx: RetProbeContext) -> u32 {
+    returned(&ctx, Way::Received);
+    0
+}
+
+#[kprobe(function = "unix_seqpacket_sendmsg")]
+pub fn kprobe_unix_seqpacket_sendmsg(ctx: ProbeContext) -> u32 {
+    entered(&ctx, None, false);
+    0
+}
+
+#[kretprobe(function = "unix_seqpacket_sendmsg")]
+pub fn kretprobe_unix_seqpacket_sendmsg(ctx: RetProbeContext) -> u32 {
+    returned(&ctx, Way::Sent);
+    0
+}
+
+#[kprobe(function = "unix_seqpacket_recvmsg")]
+pub fn kprobe_unix_seqpacket_recvmsg(ctx: ProbeContext) -> u32 {
+    entered(&ctx, Some(3), false);
+    0
+}
+
+#[kretprobe(function = "unix_seqpacket_recvmsg")]
+pub fn kretprobe_unix_seqpacket_recvmsg(ctx: RetProbeContext) -> u32 {
     returned(&ctx, Way::Received);
     0
 }

@@ -25,8 +25,14 @@ const DATA_READY: &str = "sock_def_readable";
 
 /// The af_unix functions, with the argument count the fexit programs
 /// assume (the return value follows the arguments).
-const UNIX_FUNCS: [(&str, usize); 4] =
-    [("unix_stream_sendmsg", 3), ("unix_dgram_sendmsg", 3), ("unix_stream_recvmsg", 4), ("unix_dgram_recvmsg", 4)];
+const UNIX_FUNCS: [(&str, usize); 6] = [
+    ("unix_stream_sendmsg", 3),
+    ("unix_dgram_sendmsg", 3),
+    ("unix_seqpacket_sendmsg", 3),
+    ("unix_stream_recvmsg", 4),
+    ("unix_dgram_recvmsg", 4),
+    ("unix_seqpacket_recvmsg", 4),
+];
 
 pub(crate) fn attach_targets() -> impl Iterator<Item = Target<'static>> {
     const TYPEDEFS: [&str; 3] = ["btf_trace_sock_send_length", "btf_trace_sock_recv_length", "btf_trace_sk_data_ready"];
@@ -52,10 +58,9 @@ pub(crate) fn attach(ebpf: &mut Ebpf, btf: &Btf, kbtf: &KernelBtf, strategy: Str
     };
     let functions = match strategy {
         Strategy::Fentry => attach_fexit(ebpf, btf, kbtf)
-            .map(|()| "fexit on unix_{stream,dgram}_{send,recv}msg, fentry on sock_def_readable"),
-        Strategy::Kprobe => {
-            attach_kprobes(ebpf).map(|()| "kprobes on unix_{stream,dgram}_{send,recv}msg and sock_def_readable")
-        }
+            .map(|()| "fexit on unix_{stream,dgram,seqpacket}_{send,recv}msg, fentry on sock_def_readable"),
+        Strategy::Kprobe => attach_kprobes(ebpf)
+            .map(|()| "kprobes on unix_{stream,dgram,seqpacket}_{send,recv}msg and sock_def_readable"),
         Strategy::Tracepoint => {
             return Err(format!("{tracepoints}, and the tracepoint strategy has no hook inside af_unix"));
         }
