@@ -17,8 +17,9 @@ const HTTP_METHODS: &[&[u8]] =
 
 #[derive(Debug)]
 pub struct Flow {
-    /// Socket inodes of the client end and the server end.
-    pub client_inode: u64,
+    /// The client end's `struct sock`, which unlike its inode exists
+    /// before accept().
+    pub client_sk: u64,
     pub ends: [Endpoint; 2],
     /// Next sequence number per direction (0: client to server).
     pub next_seq: [u32; 2],
@@ -29,14 +30,17 @@ pub struct Flow {
 }
 
 impl Flow {
-    /// The direction of a message sent from the socket `inode`.
-    pub fn direction(&self, inode: u64) -> usize {
-        usize::from(inode != self.client_inode)
+    /// The direction of a message sent from the socket `sk`.
+    pub fn direction(&self, sk: u64) -> usize {
+        usize::from(sk != self.client_sk)
     }
 }
 
 /// What the first message of a connection shows about it.
 pub struct FirstSight<'a> {
+    pub sk: u64,
+    pub peer_sk: u64,
+    /// The sockets' inodes, 0 for one not accepted yet.
     pub inode: u64,
     pub peer_inode: u64,
     /// Whether the sender's own socket has the name, or its peer's.
@@ -62,10 +66,10 @@ pub struct Flows {
 }
 
 impl Flows {
-    /// The flow of the connection between `inode` and `peer_inode`, made on
+    /// The flow of the connection between `sk` and `peer_sk`, made on
     /// first sight.
     pub fn get(&mut self, seen: &FirstSight<'_>) -> &mut Flow {
-        let key = (seen.inode.min(seen.peer_inode), seen.inode.max(seen.peer_inode));
+        let key = (seen.sk.min(seen.peer_sk), seen.sk.max(seen.peer_sk));
         self.clock += 1;
         if !self.map.contains_key(&key) && self.map.len() >= MAX_FLOWS {
             self.evict();
@@ -92,14 +96,15 @@ fn new_flow(seen: &FirstSight<'_>) -> Flow {
     let dbus_start = dbus::is_client_start(seen.data);
     let http = HTTP_METHODS.iter().any(|m| seen.data.starts_with(m));
     // The client: whoever starts a D-Bus or HTTP conversation, else the
-    // end without the name (connect()'s side), else the lower inode.
+    // end without the name (connect()'s side), else the lower address.
     let sender_is_client = dbus_start
         || http
         || (seen.peer_bound && !seen.sender_bound)
-        || (seen.peer_bound == seen.sender_bound && seen.inode <= seen.peer_inode);
-    let (client, server) = if sender_is_client { (seen.inode, seen.peer_inode) } else { (seen.peer_inode, seen.inode) };
+        || (seen.peer_bound == seen.sender_bound && seen.sk <= seen.peer_sk);
+    let ours = (seen.sk, Endpoint::of_socket(seen.inode, seen.sk));
+    let theirs = (seen.peer_sk, Endpoint::of_socket(seen.peer_inode, seen.peer_sk));
+    let ((client_sk, client_end), (_, mut server_end)) = if sender_is_client { (ours, theirs) } else { (theirs, ours) };
     let client_data = if sender_is_client { seen.data } else { b"" };
-    let mut server_end = Endpoint::of_inode(server);
     if let Some(port) = server_port(seen.path, client_data) {
         server_end = server_end.with_port(port);
     }
@@ -111,22 +116,15 @@ fn new_flow(seen: &FirstSight<'_>) -> Flow {
     } else {
         None
     };
-    Flow {
-        client_inode: client,
-        ends: [Endpoint::of_inode(client), server_end],
-        next_seq: [1, 1],
-        started: false,
-        dbus,
-        last_used: 0,
-    }
+    Flow { client_sk, ends: [client_end, server_end], next_seq: [1, 1], started: false, dbus, last_used: 0 }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn sight<'a>(inode: u64, peer: u64, sender_bound: bool, path: &'a [u8], data: &'a [u8]) -> FirstSight<'a> {
-        FirstSight { inode, peer_inode: peer, sender_bound, peer_bound: !sender_bound, path, data }
+    fn sight<'a>(sk: u64, peer: u64, sender_bound: bool, path: &'a [u8], data: &'a [u8]) -> FirstSight<'a> {
+        FirstSight { sk, peer_sk: peer, inode: sk, peer_inode: 0, sender_bound, peer_bound: !sender_bound, path, data }
     }
 
     #[test]
@@ -134,17 +132,17 @@ mod tests {
         let mut flows = Flows::default();
         // A PostgreSQL server answering first is still the server.
         let f = flows.get(&sight(20, 10, true, b"/run/postgresql/.s.PGSQL.5432", b"R"));
-        assert_eq!((f.client_inode, f.ends[1].port), (10, 5432));
+        assert_eq!((f.client_sk, f.ends[1].port), (10, 5432));
         assert_eq!(f.direction(20), 1);
         let f = flows.get(&sight(30, 31, false, b"/run/docker.sock", b"GET /v1.43/info HTTP/1.1\r\n"));
-        assert_eq!((f.client_inode, f.ends[1].port), (30, 80));
+        assert_eq!((f.client_sk, f.ends[1].port), (30, 80));
         assert!(f.ends[0].port >= 32768);
         let f = flows.get(&sight(40, 41, false, b"/run/dbus/system_bus_socket", b"\0"));
         assert!(f.dbus.is_some());
         let f = flows.get(&sight(50, 51, false, b"", b"\x01\x02"));
         assert!(f.dbus.is_none() && f.ends[1].port >= 32768);
         // The same connection from its other end is the same flow.
-        assert_eq!(flows.get(&sight(10, 20, false, b"", b"Q")).client_inode, 10);
+        assert_eq!(flows.get(&sight(10, 20, false, b"", b"Q")).client_sk, 10);
         assert_eq!(flows.len(), 4);
     }
 

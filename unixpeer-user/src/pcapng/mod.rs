@@ -42,6 +42,10 @@ impl PcapngError {
 pub struct Message<'a> {
     /// Nanoseconds since the epoch.
     pub ts_ns: u64,
+    /// The sender's `struct sock` and its peer's (0 for none).
+    pub sk: u64,
+    pub peer_sk: u64,
+    /// Their inodes (0 for a socket not accepted yet).
     pub inode: u64,
     pub peer_inode: u64,
     pub sender_bound: bool,
@@ -91,11 +95,14 @@ impl<W: Write> PcapngWriter<W> {
     pub fn message(&mut self, m: &Message<'_>) -> Result<(), PcapngError> {
         if m.sock_type == SOCK_DGRAM {
             let len = m.len.min(MAX_UDP_PAYLOAD);
-            let mut pkt = net::udp(Endpoint::of_inode(m.inode), Endpoint::of_inode(m.peer_inode), len);
+            let (src, dst) = (Endpoint::of_socket(m.inode, m.sk), Endpoint::of_socket(m.peer_inode, m.peer_sk));
+            let mut pkt = net::udp(src, dst, len);
             pkt.extend_from_slice(&m.data[..m.data.len().min(len as usize)]);
             return self.packet(IF_IP, m.ts_ns, &pkt, 28 + len, m.comment);
         }
         let seen = FirstSight {
+            sk: m.sk,
+            peer_sk: m.peer_sk,
             inode: m.inode,
             peer_inode: m.peer_inode,
             sender_bound: m.sender_bound,
@@ -113,7 +120,7 @@ impl<W: Write> PcapngWriter<W> {
             flow.started = true;
             handshake(flow, &mut emit)?;
         }
-        let dir = flow.direction(m.inode);
+        let dir = flow.direction(m.sk);
         let truncated = (m.data.len() as u64) < u64::from(m.len);
         let split = match flow.dbus.as_mut() {
             None => return tcp_data(flow, dir, m.data, m.len, &mut emit),

@@ -27,6 +27,17 @@ impl Endpoint {
         Self { ip, port: 32768 | ((inode >> 24) & 0x7fff) as u16 }
     }
 
+    /// A socket by its inode, or by its `struct sock` address before it
+    /// has one (the server's end before accept): a flow keeps the
+    /// endpoints it started with.
+    pub fn of_socket(inode: u64, sk: u64) -> Self {
+        if inode != 0 {
+            return Self::of_inode(inode);
+        }
+        // Slab objects are at least 8-aligned: the low bits say nothing.
+        Self::of_inode(sk >> 3)
+    }
+
     pub fn with_port(self, port: u16) -> Self {
         Self { port, ..self }
     }

@@ -34,6 +34,8 @@ fn writer() -> PcapngWriter<Vec<u8>> {
 fn msg<'a>(inode: u64, peer: u64, bound: bool, data: &'a [u8], len: u32) -> Message<'a> {
     Message {
         ts_ns: 10,
+        sk: inode << 8,
+        peer_sk: peer << 8,
         inode,
         peer_inode: peer,
         sender_bound: bound,
