@@ -99,6 +99,9 @@ async fn capture(args: &CaptureArgs, opts: &PayloadOptions, out: Box<dyn Write>)
     };
     let mut writer = PcapngWriter::new(out, &info, opts.snaplen, wall(clock.start_mono_ns))?;
     writer.flush()?;
+    // As tcpdump says it is listening: from here on, nothing sent is missed.
+    let dest = if args.write.as_os_str() == "-" { "stdout".into() } else { escape::path(&args.write) };
+    eprintln!("unixtrace: capturing to {dest}, {} bytes of each message", opts.snaplen);
     let mut sigterm = signal(SignalKind::terminate()).map_err(PayloadError::Runtime)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(PayloadError::Runtime)?;
     let started = Instant::now();
