@@ -338,3 +338,92 @@ fn bad_arguments_fail_clearly() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--force"), "{out:?}");
     assert_eq!(std::fs::read(&taken).expect("read"), b"keep");
 }
+
+/// Sends `parts` on `fd` with `call`; returns the bytes sent.
+fn send_with(fd: i32, call: &str, parts: &[&[u8]]) -> usize {
+    let mut iov: Vec<libc::iovec> =
+        parts.iter().map(|p| libc::iovec { iov_base: p.as_ptr() as *mut _, iov_len: p.len() }).collect();
+    let whole = parts.concat();
+    // SAFETY: every pointer is to a live buffer or iovec array of the
+    // length given, for the duration of the call.
+    let n = unsafe {
+        match call {
+            "write" => libc::write(fd, whole.as_ptr().cast(), whole.len()),
+            "writev" => libc::writev(fd, iov.as_ptr(), iov.len() as i32),
+            "sendto" => libc::sendto(fd, whole.as_ptr().cast(), whole.len(), 0, std::ptr::null(), 0),
+            "sendmsg" => {
+                let mut msg: libc::msghdr = std::mem::zeroed();
+                msg.msg_iov = iov.as_mut_ptr();
+                msg.msg_iovlen = iov.len();
+                libc::sendmsg(fd, &msg, 0)
+            }
+            // Each part a message of its own.
+            "sendmmsg" => {
+                let mut msgs: Vec<libc::mmsghdr> = iov
+                    .iter_mut()
+                    .map(|v| {
+                        let mut m: libc::mmsghdr = std::mem::zeroed();
+                        m.msg_hdr.msg_iov = v;
+                        m.msg_hdr.msg_iovlen = 1;
+                        m
+                    })
+                    .collect();
+                let sent = libc::sendmmsg(fd, msgs.as_mut_ptr(), msgs.len() as u32, 0);
+                assert_eq!(sent, msgs.len() as i32, "sendmmsg sent {sent}");
+                msgs.iter().map(|m| m.msg_len as isize).sum()
+            }
+            _ => unreachable!("no call {call}"),
+        }
+    };
+    assert_eq!(n, whole.len() as isize, "{call} sent {n}: {}", std::io::Error::last_os_error());
+    whole.len()
+}
+
+#[test]
+fn every_send_call_on_every_socket_type_is_captured() {
+    let s = Scratch::new("calls");
+    let file = s.path("calls.pcapng");
+    let me = std::process::id().to_string();
+    let cap = Capture::start(&["-w", file.to_str().expect("utf-8"), "-p", &me], Stdio::null());
+    let mut want = Vec::new();
+    let mut keep = Vec::new();
+    for (ty, name, payload_field) in [
+        (libc::SOCK_STREAM, "stream", "tcp.payload"),
+        (libc::SOCK_DGRAM, "dgram", "udp.payload"),
+        (libc::SOCK_SEQPACKET, "seqpacket", "tcp.payload"),
+    ] {
+        let (a, b) = sys::socketpair(ty).expect("socketpair");
+        for call in ["write", "writev", "sendto", "sendmsg", "sendmmsg"] {
+            let first = format!("{call}-");
+            let parts: [&[u8]; 2] = [first.as_bytes(), name.as_bytes()];
+            send_with(a, call, &parts);
+            if call == "sendmmsg" {
+                want.push((payload_field, call, first.clone()));
+                want.push((payload_field, call, name.to_owned()));
+            } else {
+                want.push((payload_field, call, format!("{call}-{name}")));
+            }
+        }
+        keep.push((a, b));
+    }
+    let err = cap.stop();
+    for (a, b) in keep {
+        sys::close(a);
+        sys::close(b);
+    }
+    assert!(err.contains("captured 18 messages"), "{err}");
+    let rows =
+        tshark(&file, &["-Y", "tcp.len > 0 || udp", "-e", "tcp.payload", "-e", "udp.payload", "-e", "frame.comment"]);
+    let got: Vec<(&str, String, String)> = rows
+        .iter()
+        .map(|r| {
+            let (field, hex) = if r[0].is_empty() { ("udp.payload", &r[1]) } else { ("tcp.payload", &r[0]) };
+            let bytes: Vec<u8> =
+                (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex")).collect();
+            let call = r[2].rsplit("; ").next().and_then(|t| t.split(' ').next()).unwrap_or_default().to_owned();
+            (field, call, String::from_utf8_lossy(&bytes).into_owned())
+        })
+        .collect();
+    let want: Vec<(&str, String, String)> = want.into_iter().map(|(f, c, p)| (f, c.to_owned(), p)).collect();
+    assert_eq!(got, want);
+}
