@@ -121,12 +121,12 @@ fn tshark(file: &Path, args: &[&str]) -> Vec<Vec<String>> {
     let out = Command::new("tshark")
         .arg("-r")
         .arg(file)
-        .args(["-T", "fields", "-E", "separator=|"])
+        .args(["-T", "fields", "-E", "separator=/t"])
         .args(args)
         .output()
         .expect("run tshark (cargo xtask test installs it)");
     assert!(out.status.success(), "tshark failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).lines().map(|l| l.split('|').map(str::to_owned).collect()).collect()
+    String::from_utf8_lossy(&out.stdout).lines().map(|l| l.split('\t').map(str::to_owned).collect()).collect()
 }
 
 fn curl(sock: &Path, url: &str) -> (u32, String) {
@@ -426,4 +426,72 @@ fn every_send_call_on_every_socket_type_is_captured() {
         .collect();
     let want: Vec<(&str, String, String)> = want.into_iter().map(|(f, c, p)| (f, c.to_owned(), p)).collect();
     assert_eq!(got, want);
+}
+
+const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+/// `cmd` as the postgres user, which initdb and postgres insist on.
+fn as_postgres(mut cmd: Command) -> Command {
+    use std::os::unix::process::CommandExt;
+    let out = Command::new("id").args(["-u", "postgres"]).output().expect("id -u postgres");
+    let uid: u32 =
+        String::from_utf8_lossy(&out.stdout).trim().parse().expect("postgres has a uid (apt-get install postgresql)");
+    let out = Command::new("id").args(["-g", "postgres"]).output().expect("id -g postgres");
+    let gid: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().expect("postgres has a gid");
+    cmd.uid(uid).gid(gid);
+    cmd
+}
+
+#[test]
+fn psql_decodes_as_pgsql_with_the_query() {
+    let mut s = Scratch::new("pgsql");
+    let chown = Command::new("chown").args(["postgres:postgres"]).arg(&s.dir).status().expect("chown");
+    assert!(chown.success());
+    let data = s.path("data");
+    let initdb = as_postgres(Command::new(format!("{PG_BIN}/initdb")))
+        .args(["-A", "trust", "-U", "postgres", "-D"])
+        .arg(&data)
+        .output()
+        .expect("run initdb (cargo xtask test installs postgresql)");
+    assert!(initdb.status.success(), "initdb: {}", String::from_utf8_lossy(&initdb.stderr));
+    let server = as_postgres(Command::new(format!("{PG_BIN}/postgres")))
+        .arg("-D")
+        .arg(&data)
+        .args(["-c", "listen_addresses=", "-c"])
+        .arg(format!("unix_socket_directories={}", s.dir.display()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start postgres");
+    s.children.push(server);
+    let sock = s.path(".s.PGSQL.5432");
+    let psql = |sql: &str| {
+        as_postgres(Command::new("psql"))
+            .args(["-X", "-A", "-t", "-h"])
+            .arg(&s.dir)
+            .args(["-U", "postgres", "-d", "postgres", "-c", sql])
+            .output()
+            .expect("run psql (cargo xtask test installs postgresql)")
+    };
+    let deadline = Instant::now() + WAIT;
+    while !sock.exists() || !psql("select 1").status.success() {
+        assert!(Instant::now() < deadline, "postgres did not accept connections on {}", sock.display());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let file = s.path("pgsql.pcapng");
+    let cap = Capture::start(&["-w", file.to_str().expect("utf-8"), "--path", "*/.s.PGSQL.*"], Stdio::null());
+    let query = format!("select 'unixtrace ' || {} as probe", std::process::id());
+    let out = psql(&query);
+    assert!(out.status.success(), "psql: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("unixtrace {}", std::process::id()));
+    let err = cap.stop();
+    assert!(err.contains(", 0 lost"), "{err}");
+
+    let queries = tshark(&file, &["-Y", "pgsql.query", "-e", "pgsql.query", "-e", "frame.comment"]);
+    assert_eq!(queries.len(), 1, "{queries:?}");
+    assert_eq!(queries[0][0], query);
+    assert!(queries[0][1].contains("(psql)"), "{queries:?}");
+    // The server's row comes back decoded too.
+    let rows = tshark(&file, &["-Y", "pgsql.type == \"Data row\"", "-e", "pgsql.text"]);
+    assert_eq!(rows.len(), 1, "{rows:?}");
 }

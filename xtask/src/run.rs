@@ -111,8 +111,18 @@ pub fn test(root: &Path, with_vm: bool) -> Result<()> {
             // The HTML export test renders the page in a real browser; the
             // metrics test has a real Prometheus server scrape unixtrace;
             // the D-Bus test runs a real bus, service and client; the
-            // capture test decodes its files with the real tshark.
-            apt_install(&["chromium", "prometheus", "curl", "dbus-daemon", "dbus-bin", "python3-dbus", "tshark"])?;
+            // capture test decodes its files with the real tshark, one of
+            // them a real PostgreSQL's.
+            apt_install(&[
+                "chromium",
+                "prometheus",
+                "curl",
+                "dbus-daemon",
+                "dbus-bin",
+                "python3-dbus",
+                "tshark",
+                "postgresql",
+            ])?;
         }
         let bin = build_release(root, &["unixpeer-user", "unixpeer-tests"])?.join("unixtrace");
         let mut c = cargo(root, &tc);
