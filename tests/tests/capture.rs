@@ -495,3 +495,104 @@ fn psql_decodes_as_pgsql_with_the_query() {
     let rows = tshark(&file, &["-Y", "pgsql.type == \"Data row\"", "-e", "pgsql.text"]);
     assert_eq!(rows.len(), 1, "{rows:?}");
 }
+
+/// The `isb_ifdrop` of the last interface statistics block for interface 0.
+fn last_ifdrop(file: &Path) -> Option<u64> {
+    let b = std::fs::read(file).expect("read the capture");
+    let u32_at = |at: usize| u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"));
+    let mut at = 0;
+    let mut drop = None;
+    while at + 12 <= b.len() {
+        let (kind, len) = (u32_at(at), u32_at(at + 4) as usize);
+        assert!(len >= 12 && at + len <= b.len(), "a block runs past the end at {at}");
+        // ISB: interface id, timestamp, then options.
+        if kind == 5 && u32_at(at + 8) == 0 {
+            let mut o = at + 20;
+            while o + 4 <= at + len - 4 {
+                let code = u16::from_le_bytes([b[o], b[o + 1]]);
+                let olen = u16::from_le_bytes([b[o + 2], b[o + 3]]) as usize;
+                if code == 0 {
+                    break;
+                }
+                if code == 5 {
+                    drop = Some(u64::from_le_bytes(b[o + 4..o + 12].try_into().expect("8 bytes")));
+                }
+                o += 4 + olen.next_multiple_of(4);
+            }
+        }
+        at += len;
+    }
+    drop
+}
+
+#[test]
+fn messages_lost_to_a_full_buffer_are_counted_in_the_file_and_on_stderr() {
+    const SENT: usize = 3000;
+    let s = Scratch::new("loss");
+    let file = s.path("loss.pcapng");
+    let me = std::process::id().to_string();
+    // One page of ring buffer holds three of these: most must be lost.
+    let args = ["-w", file.to_str().expect("utf-8"), "-p", &me, "-s", "1024", "--buffer-size", "4K"];
+    let cap = Capture::start(&args, Stdio::null());
+    let (a, b) = sys::socketpair(libc::SOCK_DGRAM).expect("socketpair");
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        for _ in 0..SENT {
+            sys::read_fd(b, &mut buf).expect("read");
+        }
+        b
+    });
+    for i in 0..SENT {
+        let msg = [(i % 256) as u8; 1000];
+        assert_eq!(sys::write_fd(a, &msg).expect("write"), 1000);
+    }
+    let b = reader.join().expect("reader");
+    let err = cap.stop();
+    sys::close(a);
+    sys::close(b);
+    let (captured, lost) = err
+        .lines()
+        .find_map(|l| {
+            let rest = l.strip_prefix("unixtrace: captured ")?;
+            let captured: usize = rest.split(' ').next()?.parse().ok()?;
+            let lost: usize = rest.rsplit(", ").next()?.strip_suffix(" lost")?.parse().ok()?;
+            Some((captured, lost))
+        })
+        .unwrap_or_else(|| panic!("no closing line: {err}"));
+    assert!(lost > 0, "a 4 KiB buffer kept up with {SENT} messages of 1000 bytes: {err}");
+    assert!(err.contains("messages lost: the kernel's buffer (4 KiB) was full"), "{err}");
+    assert_eq!(captured + lost, SENT, "every message captured or counted lost: {err}");
+    assert_eq!(tshark(&file, &["-Y", "udp", "-e", "frame.number"]).len(), captured);
+    assert_eq!(last_ifdrop(&file), Some(lost as u64), "{err}");
+}
+
+#[test]
+fn an_unconnected_datagram_is_named_by_its_receiver() {
+    let s = Scratch::new("dgram");
+    let path = s.path("receiver.sock");
+    let receiver = sys::bound(libc::SOCK_DGRAM, path.to_str().expect("utf-8")).expect("bind");
+    let file = s.path("dgram.pcapng");
+    let cap =
+        Capture::start(&["-w", file.to_str().expect("utf-8"), "--path", path.to_str().expect("utf-8")], Stdio::null());
+    let sender = sys::socket(libc::SOCK_DGRAM).expect("socket");
+    let (addr, len) = sockaddr(path.to_str().expect("utf-8"));
+    let payload = b"to whoever listens";
+    let mut iov = libc::iovec { iov_base: payload.as_ptr() as *mut _, iov_len: payload.len() };
+    // SAFETY: msghdr zeroed, then pointed at live locals for the call.
+    let n = unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_name = &addr as *const _ as *mut _;
+        msg.msg_namelen = len;
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        libc::sendmsg(sender, &msg, 0)
+    };
+    assert_eq!(n, payload.len() as isize, "{}", std::io::Error::last_os_error());
+    let err = cap.stop();
+    sys::close(sender);
+    sys::close(receiver);
+    let rows = tshark(&file, &["-Y", "udp", "-e", "udp.payload", "-e", "frame.comment"]);
+    assert_eq!(rows.len(), 1, "{rows:?} {err}");
+    assert_eq!(rows[0][0], payload.iter().map(|b| format!("{b:02x}")).collect::<String>());
+    assert!(rows[0][1].contains(&format!("via {}; sendmsg of 18 bytes", path.display())), "{rows:?}");
+}

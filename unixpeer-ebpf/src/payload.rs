@@ -14,7 +14,10 @@
 //! Record layouts come from tracefs `format` files (`PAYLOAD_RECORDS`);
 //! `struct iovec`, `struct user_msghdr` and `struct mmsghdr` are UAPI.
 //! Cannot see: io_uring sends, splice/sendfile into a socket, and
-//! 32-bit (compat) syscalls, which the syscalls:* tracepoints skip.
+//! 32-bit (compat) syscalls, which the syscalls:* tracepoints skip. An
+//! unconnected datagram is named by the receiver's address in sendmsg's
+//! and sendmmsg's headers; sendto's address, its fifth argument, is not
+//! among the registers the programs read, so those show no name.
 //! Checked on: 6.18.44 (host, exits reading registers).
 
 use aya_ebpf::{
@@ -30,7 +33,7 @@ use unixpeer_common::{
 
 use crate::{
     calls::Regs,
-    emit::{actor_wanted, begin, name_from_kernel},
+    emit::{actor_wanted, begin, copy_sockaddr, name_from_kernel},
     kernel::{self, Current},
 };
 
@@ -174,9 +177,10 @@ fn path_wanted(path: &[u8; UNIX_PATH_MAX], len: u32) -> bool {
 }
 
 /// The staging entry of this CPU with its header filled for a message on
-/// `fd`, or `None` when `fd` is no UNIX socket or the filters say no.
+/// `fd` (sent with the `struct user_msghdr` at `msg`, if not 0), or `None`
+/// when `fd` is no UNIX socket or the filters say no.
 #[inline(always)]
-fn describe(cur: Current, fd: u64, which: u32) -> Option<&'static mut Staging> {
+fn describe(cur: Current, fd: u64, which: u32, msg: u64) -> Option<&'static mut Staging> {
     let sock = kernel::unix_socket_of_file(cur.file_of_fd(fd as u32)?)?;
     let types = rodata!(PAYLOAD_FILTER.sock_types);
     if types != 0 && types & (1 << (sock.sock_type & 31)) == 0 {
@@ -187,7 +191,21 @@ fn describe(cur: Current, fd: u64, which: u32) -> Option<&'static mut Staging> {
     let e = begin(cur, EventKind::Connect, Backend::Tracepoint)?;
     e.sk = sock.sk;
     e.peer_sk = kernel::peer_of(sock.sk);
-    name_from_kernel(e);
+    // An unconnected datagram names its receiver in the message: that
+    // name, not the sender's own, says where it went.
+    let mut to_named = false;
+    if e.peer_sk == 0 && msg != 0 {
+        // struct user_msghdr (UAPI): msg_name at 0, msg_namelen at 8.
+        if let (Some(name), Some(len)) = (user::<u64>(msg), user::<u32>(msg + 8))
+            && name != 0
+        {
+            copy_sockaddr(e, name, len, true);
+            to_named = e.path_len != 0;
+        }
+    }
+    if !to_named {
+        name_from_kernel(e);
+    }
     if !path_wanted(&e.path, e.path_len) {
         return None;
     }
@@ -212,7 +230,7 @@ fn describe(cur: Current, fd: u64, which: u32) -> Option<&'static mut Staging> {
     h.sock_type = sock.sock_type;
     h.call = which;
     h.name_flags = if kernel::unix_addr(e.sk) != 0 { PAYLOAD_NAME_OWN } else { 0 }
-        | if e.peer_sk != 0 && kernel::unix_addr(e.peer_sk) != 0 { PAYLOAD_NAME_PEER } else { 0 };
+        | if to_named || (e.peer_sk != 0 && kernel::unix_addr(e.peer_sk) != 0) { PAYLOAD_NAME_PEER } else { 0 };
     h.path_len = e.path_len;
     h._pad = 0;
     h.comm = e.comm;
@@ -298,7 +316,7 @@ fn sent_buffer(ctx: &TracePointContext, which: u32) {
     if ret <= 0 {
         return;
     }
-    let Some(stage) = describe(cur, fd, which) else { return };
+    let Some(stage) = describe(cur, fd, which, 0) else { return };
     let want = (ret as u64).min(u64::from(snaplen())) as u32;
     let cap = copy(stage, 0, buf, want);
     submit(stage, ret as u64, cap);
@@ -329,7 +347,7 @@ pub fn payload_exit_writev(ctx: TracePointContext) -> u32 {
     if ret <= 0 {
         return 0;
     }
-    let Some(stage) = describe(cur, fd, call::WRITEV) else { return 0 };
+    let Some(stage) = describe(cur, fd, call::WRITEV, 0) else { return 0 };
     let snap = (ret as u64).min(u64::from(snaplen())) as u32;
     let cap = copy_iov(stage, iov, iovlen, snap);
     submit(stage, ret as u64, cap);
@@ -343,7 +361,7 @@ pub fn payload_exit_sendmsg(ctx: TracePointContext) -> u32 {
     if ret <= 0 {
         return 0;
     }
-    let Some(stage) = describe(cur, fd, call::SENDMSG) else { return 0 };
+    let Some(stage) = describe(cur, fd, call::SENDMSG, msg) else { return 0 };
     let snap = (ret as u64).min(u64::from(snaplen())) as u32;
     let cap = match msghdr_iov(msg) {
         Some([iov, iovlen]) => copy_iov(stage, iov, iovlen, snap),
@@ -363,7 +381,7 @@ pub fn payload_exit_sendmmsg(ctx: TracePointContext) -> u32 {
     if ret <= 0 {
         return 0;
     }
-    let Some(stage) = describe(cur, fd, call::SENDMMSG) else { return 0 };
+    let Some(stage) = describe(cur, fd, call::SENDMMSG, mmsg) else { return 0 };
     for i in 0..MAX_MMSG {
         if i >= ret as u64 {
             break;
