@@ -354,7 +354,7 @@ fn send_with(fd: i32, call: &str, parts: &[&[u8]]) -> usize {
             "sendmsg" => {
                 let mut msg: libc::msghdr = std::mem::zeroed();
                 msg.msg_iov = iov.as_mut_ptr();
-                msg.msg_iovlen = iov.len();
+                msg.msg_iovlen = iov.len() as _;
                 libc::sendmsg(fd, &msg, 0)
             }
             // Each part a message of its own.
@@ -368,7 +368,7 @@ fn send_with(fd: i32, call: &str, parts: &[&[u8]]) -> usize {
                         m
                     })
                     .collect();
-                let sent = libc::sendmmsg(fd, msgs.as_mut_ptr(), msgs.len() as u32, 0);
+                let sent = libc::sendmmsg(fd, msgs.as_mut_ptr(), msgs.len() as _, 0);
                 assert_eq!(sent, msgs.len() as i32, "sendmmsg sent {sent}");
                 msgs.iter().map(|m| m.msg_len as isize).sum()
             }
