@@ -4,12 +4,13 @@
 //! the file with its built-in dissectors.
 //! Host only: the guests carry no tshark, curl, python3 or dbus-daemon.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use unixpeer_tests::capture::*;
 use unixpeer_tests::sys;
 use unixpeer_tests::tracer::*;
 
@@ -35,87 +36,6 @@ s = socketserver.UnixStreamServer(sys.argv[1], H)
 print("ready", flush=True)
 s.serve_forever()
 "#;
-
-/// A scratch folder, and the children to kill, gone however the test ends.
-struct Scratch {
-    dir: PathBuf,
-    children: Vec<Child>,
-}
-
-impl Scratch {
-    fn new(tag: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("unixpeer-capture-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("scratch dir");
-        Self { dir, children: Vec::new() }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.join(name)
-    }
-
-    /// Starts `cmd` and waits for its first line on stdout.
-    fn start_until_line(&mut self, cmd: &mut Command) -> String {
-        let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap_or_else(|e| panic!("start {cmd:?}: {e}"));
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("read its first line");
-        self.children.push(child);
-        assert!(!line.is_empty(), "{cmd:?} printed nothing");
-        line
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            kill_and_reap(c);
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// A running `unixtrace capture`, started once its programs are attached.
-struct Capture {
-    child: Child,
-    stderr: std::thread::JoinHandle<String>,
-}
-
-impl Capture {
-    fn start(args: &[&str], stdout: Stdio) -> Self {
-        require_root();
-        let mut child = Command::new(unixtrace_bin())
-            .arg("capture")
-            .args(args)
-            .stdout(stdout)
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start unixtrace capture");
-        let mut err = BufReader::new(child.stderr.take().expect("piped stderr"));
-        let mut first = String::new();
-        err.read_line(&mut first).expect("read unixtrace's stderr");
-        let stderr = std::thread::spawn(move || {
-            let mut rest = String::new();
-            let _ = err.read_to_string(&mut rest);
-            rest
-        });
-        if !first.starts_with("unixtrace: capturing to ") {
-            kill_and_reap(&mut child);
-            panic!("unixtrace capture did not start: {first}{}", stderr.join().unwrap_or_default());
-        }
-        Self { child, stderr }
-    }
-
-    /// Ctrl-C, then its exit status and stderr.
-    fn stop(mut self) -> String {
-        // What was sent last is drained at most 20 ms later.
-        std::thread::sleep(Duration::from_millis(200));
-        interrupt(&self.child);
-        let status = self.child.wait().expect("wait for unixtrace");
-        let err = self.stderr.join().unwrap_or_default();
-        assert!(status.success(), "unixtrace capture failed: {err}");
-        err
-    }
-}
 
 fn tshark(file: &Path, args: &[&str]) -> Vec<Vec<String>> {
     let out = Command::new("tshark")
@@ -339,95 +259,6 @@ fn bad_arguments_fail_clearly() {
     assert_eq!(std::fs::read(&taken).expect("read"), b"keep");
 }
 
-/// Sends `parts` on `fd` with `call`; returns the bytes sent.
-fn send_with(fd: i32, call: &str, parts: &[&[u8]]) -> usize {
-    let mut iov: Vec<libc::iovec> =
-        parts.iter().map(|p| libc::iovec { iov_base: p.as_ptr() as *mut _, iov_len: p.len() }).collect();
-    let whole = parts.concat();
-    // SAFETY: every pointer is to a live buffer or iovec array of the
-    // length given, for the duration of the call.
-    let n = unsafe {
-        match call {
-            "write" => libc::write(fd, whole.as_ptr().cast(), whole.len()),
-            "writev" => libc::writev(fd, iov.as_ptr(), iov.len() as i32),
-            "sendto" => libc::sendto(fd, whole.as_ptr().cast(), whole.len(), 0, std::ptr::null(), 0),
-            "sendmsg" => {
-                let mut msg: libc::msghdr = std::mem::zeroed();
-                msg.msg_iov = iov.as_mut_ptr();
-                msg.msg_iovlen = iov.len() as _;
-                libc::sendmsg(fd, &msg, 0)
-            }
-            // Each part a message of its own.
-            "sendmmsg" => {
-                let mut msgs: Vec<libc::mmsghdr> = iov
-                    .iter_mut()
-                    .map(|v| {
-                        let mut m: libc::mmsghdr = std::mem::zeroed();
-                        m.msg_hdr.msg_iov = v;
-                        m.msg_hdr.msg_iovlen = 1;
-                        m
-                    })
-                    .collect();
-                let sent = libc::sendmmsg(fd, msgs.as_mut_ptr(), msgs.len() as _, 0);
-                assert_eq!(sent, msgs.len() as i32, "sendmmsg sent {sent}");
-                msgs.iter().map(|m| m.msg_len as isize).sum()
-            }
-            _ => unreachable!("no call {call}"),
-        }
-    };
-    assert_eq!(n, whole.len() as isize, "{call} sent {n}: {}", std::io::Error::last_os_error());
-    whole.len()
-}
-
-#[test]
-fn every_send_call_on_every_socket_type_is_captured() {
-    let s = Scratch::new("calls");
-    let file = s.path("calls.pcapng");
-    let me = std::process::id().to_string();
-    let cap = Capture::start(&["-w", file.to_str().expect("utf-8"), "-p", &me], Stdio::null());
-    let mut want = Vec::new();
-    let mut keep = Vec::new();
-    for (ty, name, payload_field) in [
-        (libc::SOCK_STREAM, "stream", "tcp.payload"),
-        (libc::SOCK_DGRAM, "dgram", "udp.payload"),
-        (libc::SOCK_SEQPACKET, "seqpacket", "tcp.payload"),
-    ] {
-        let (a, b) = sys::socketpair(ty).expect("socketpair");
-        for call in ["write", "writev", "sendto", "sendmsg", "sendmmsg"] {
-            let first = format!("{call}-");
-            let parts: [&[u8]; 2] = [first.as_bytes(), name.as_bytes()];
-            send_with(a, call, &parts);
-            if call == "sendmmsg" {
-                want.push((payload_field, call, first.clone()));
-                want.push((payload_field, call, name.to_owned()));
-            } else {
-                want.push((payload_field, call, format!("{call}-{name}")));
-            }
-        }
-        keep.push((a, b));
-    }
-    let err = cap.stop();
-    for (a, b) in keep {
-        sys::close(a);
-        sys::close(b);
-    }
-    assert!(err.contains("captured 18 messages"), "{err}");
-    let rows =
-        tshark(&file, &["-Y", "tcp.len > 0 || udp", "-e", "tcp.payload", "-e", "udp.payload", "-e", "frame.comment"]);
-    let got: Vec<(&str, String, String)> = rows
-        .iter()
-        .map(|r| {
-            let (field, hex) = if r[0].is_empty() { ("udp.payload", &r[1]) } else { ("tcp.payload", &r[0]) };
-            let bytes: Vec<u8> =
-                (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex")).collect();
-            let call = r[2].rsplit("; ").next().and_then(|t| t.split(' ').next()).unwrap_or_default().to_owned();
-            (field, call, String::from_utf8_lossy(&bytes).into_owned())
-        })
-        .collect();
-    let want: Vec<(&str, String, String)> = want.into_iter().map(|(f, c, p)| (f, c.to_owned(), p)).collect();
-    assert_eq!(got, want);
-}
-
 const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 
 /// `cmd` as the postgres user, which initdb and postgres insist on.
@@ -494,105 +325,4 @@ fn psql_decodes_as_pgsql_with_the_query() {
     // The server's row comes back decoded too.
     let rows = tshark(&file, &["-Y", "pgsql.type == \"Data row\"", "-e", "pgsql.text"]);
     assert_eq!(rows.len(), 1, "{rows:?}");
-}
-
-/// The `isb_ifdrop` of the last interface statistics block for interface 0.
-fn last_ifdrop(file: &Path) -> Option<u64> {
-    let b = std::fs::read(file).expect("read the capture");
-    let u32_at = |at: usize| u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"));
-    let mut at = 0;
-    let mut drop = None;
-    while at + 12 <= b.len() {
-        let (kind, len) = (u32_at(at), u32_at(at + 4) as usize);
-        assert!(len >= 12 && at + len <= b.len(), "a block runs past the end at {at}");
-        // ISB: interface id, timestamp, then options.
-        if kind == 5 && u32_at(at + 8) == 0 {
-            let mut o = at + 20;
-            while o + 4 <= at + len - 4 {
-                let code = u16::from_le_bytes([b[o], b[o + 1]]);
-                let olen = u16::from_le_bytes([b[o + 2], b[o + 3]]) as usize;
-                if code == 0 {
-                    break;
-                }
-                if code == 5 {
-                    drop = Some(u64::from_le_bytes(b[o + 4..o + 12].try_into().expect("8 bytes")));
-                }
-                o += 4 + olen.next_multiple_of(4);
-            }
-        }
-        at += len;
-    }
-    drop
-}
-
-#[test]
-fn messages_lost_to_a_full_buffer_are_counted_in_the_file_and_on_stderr() {
-    const SENT: usize = 3000;
-    let s = Scratch::new("loss");
-    let file = s.path("loss.pcapng");
-    let me = std::process::id().to_string();
-    // One page of ring buffer holds three of these: most must be lost.
-    let args = ["-w", file.to_str().expect("utf-8"), "-p", &me, "-s", "1024", "--buffer-size", "4K"];
-    let cap = Capture::start(&args, Stdio::null());
-    let (a, b) = sys::socketpair(libc::SOCK_DGRAM).expect("socketpair");
-    let reader = std::thread::spawn(move || {
-        let mut buf = [0u8; 2048];
-        for _ in 0..SENT {
-            sys::read_fd(b, &mut buf).expect("read");
-        }
-        b
-    });
-    for i in 0..SENT {
-        let msg = [(i % 256) as u8; 1000];
-        assert_eq!(sys::write_fd(a, &msg).expect("write"), 1000);
-    }
-    let b = reader.join().expect("reader");
-    let err = cap.stop();
-    sys::close(a);
-    sys::close(b);
-    let (captured, lost) = err
-        .lines()
-        .find_map(|l| {
-            let rest = l.strip_prefix("unixtrace: captured ")?;
-            let captured: usize = rest.split(' ').next()?.parse().ok()?;
-            let lost: usize = rest.rsplit(", ").next()?.strip_suffix(" lost")?.parse().ok()?;
-            Some((captured, lost))
-        })
-        .unwrap_or_else(|| panic!("no closing line: {err}"));
-    assert!(lost > 0, "a 4 KiB buffer kept up with {SENT} messages of 1000 bytes: {err}");
-    assert!(err.contains("messages lost: the kernel's buffer (4 KiB) was full"), "{err}");
-    assert_eq!(captured + lost, SENT, "every message captured or counted lost: {err}");
-    assert_eq!(tshark(&file, &["-Y", "udp", "-e", "frame.number"]).len(), captured);
-    assert_eq!(last_ifdrop(&file), Some(lost as u64), "{err}");
-}
-
-#[test]
-fn an_unconnected_datagram_is_named_by_its_receiver() {
-    let s = Scratch::new("dgram");
-    let path = s.path("receiver.sock");
-    let receiver = sys::bound(libc::SOCK_DGRAM, path.to_str().expect("utf-8")).expect("bind");
-    let file = s.path("dgram.pcapng");
-    let cap =
-        Capture::start(&["-w", file.to_str().expect("utf-8"), "--path", path.to_str().expect("utf-8")], Stdio::null());
-    let sender = sys::socket(libc::SOCK_DGRAM).expect("socket");
-    let (addr, len) = sockaddr(path.to_str().expect("utf-8"));
-    let payload = b"to whoever listens";
-    let mut iov = libc::iovec { iov_base: payload.as_ptr() as *mut _, iov_len: payload.len() };
-    // SAFETY: msghdr zeroed, then pointed at live locals for the call.
-    let n = unsafe {
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_name = &addr as *const _ as *mut _;
-        msg.msg_namelen = len;
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        libc::sendmsg(sender, &msg, 0)
-    };
-    assert_eq!(n, payload.len() as isize, "{}", std::io::Error::last_os_error());
-    let err = cap.stop();
-    sys::close(sender);
-    sys::close(receiver);
-    let rows = tshark(&file, &["-Y", "udp", "-e", "udp.payload", "-e", "frame.comment"]);
-    assert_eq!(rows.len(), 1, "{rows:?} {err}");
-    assert_eq!(rows[0][0], payload.iter().map(|b| format!("{b:02x}")).collect::<String>());
-    assert!(rows[0][1].contains(&format!("via {}; sendmsg of 18 bytes", path.display())), "{rows:?}");
 }
