@@ -164,3 +164,21 @@ fn an_unconnected_datagram_is_named_by_its_receiver() {
     assert_eq!(self::payload(&got[0]), (17, &payload[..]));
     assert!(got[0].comment.contains(&format!("via {}; sendmsg of 18 bytes", path.display())), "{got:?}");
 }
+
+#[test]
+fn a_sendmmsg_past_what_is_copied_counts_the_rest_lost() {
+    let s = Scratch::new("mmsg");
+    let file = s.path("mmsg.pcapng");
+    let me = std::process::id().to_string();
+    let cap = Capture::start(&["-w", file.to_str().expect("utf-8"), "-p", &me, "--type", "dgram"], Stdio::null());
+    let (a, b) = sys::socketpair(libc::SOCK_DGRAM).expect("socketpair");
+    let parts: [&[u8]; 6] = [b"m0", b"m1", b"m2", b"m3", b"m4", b"m5"];
+    send_with(a, "sendmmsg", &parts);
+    let err = cap.stop();
+    sys::close(a);
+    sys::close(b);
+    assert_eq!(closing_counts(&err), (4, 2), "{err}");
+    let got: Vec<Vec<u8>> = packets(&file).iter().map(|p| payload(p).1.to_vec()).collect();
+    assert_eq!(got, [b"m0", b"m1", b"m2", b"m3"]);
+    assert_eq!(last_ifdrop(&file), Some(2));
+}

@@ -62,11 +62,15 @@ macro_rules! rodata {
 /// inside `data`.
 const _: () = assert!(PAYLOAD_SNAP_MAX == 0xffff);
 
-/// Most iovec entries copied of one call; later ones are counted in the
-/// message's length but not copied.
+/// Most iovec entries copied of one writev or sendmsg; later ones are
+/// counted in the message's length but not copied (so it shows truncated).
 const MAX_IOV: u64 = 16;
-/// Most messages of one sendmmsg recorded.
-const MAX_MMSG: u64 = 8;
+/// Most messages of one sendmmsg recorded, and iovec entries copied of
+/// each: nested loops multiply what the verifier walks, and 8 by 16 went
+/// past its million instructions on 6.1. Messages past these are counted
+/// lost, never dropped silently.
+const MAX_MMSG: u64 = 4;
+const MMSG_IOV: u64 = 4;
 
 /// A record being built: the header, then room for a copy that starts
 /// anywhere below 64 KiB and is up to 64 KiB long.
@@ -96,11 +100,16 @@ static PAYLOAD_ARGS: LruHashMap<u64, [u64; 3]> = LruHashMap::with_max_entries(81
 
 #[inline(always)]
 fn count(index: u32) {
+    count_n(index, 1);
+}
+
+#[inline(always)]
+fn count_n(index: u32, n: u64) {
     if let Some(c) = PAYLOAD_COUNTERS.get_ptr_mut(index) {
         // SAFETY: this CPU's copy of the slot, a valid, aligned u64 the
         // map keeps while the program holds it; a program nested on this
         // CPU can at worst make the two increments lose one count.
-        unsafe { *c += 1 };
+        unsafe { *c += n };
     }
 }
 
@@ -269,11 +278,12 @@ fn copy(stage: &mut Staging, at: u32, src: u64, want: u32) -> u32 {
     n
 }
 
-/// Copies from an iovec array; returns the bytes copied, at most `snap`.
+/// Copies from an iovec array, at most `N` entries; returns the bytes
+/// copied, at most `snap`.
 #[inline(always)]
-fn copy_iov(stage: &mut Staging, iov: u64, iovlen: u64, snap: u32) -> u32 {
+fn copy_iov<const N: u64>(stage: &mut Staging, iov: u64, iovlen: u64, snap: u32) -> u32 {
     let mut done = 0u32;
-    for i in 0..MAX_IOV {
+    for i in 0..N {
         if i >= iovlen || done >= snap {
             break;
         }
@@ -349,7 +359,7 @@ pub fn payload_exit_writev(ctx: TracePointContext) -> u32 {
     }
     let Some(stage) = describe(cur, fd, call::WRITEV, 0) else { return 0 };
     let snap = (ret as u64).min(u64::from(snaplen())) as u32;
-    let cap = copy_iov(stage, iov, iovlen, snap);
+    let cap = copy_iov::<MAX_IOV>(stage, iov, iovlen, snap);
     submit(stage, ret as u64, cap);
     0
 }
@@ -364,7 +374,7 @@ pub fn payload_exit_sendmsg(ctx: TracePointContext) -> u32 {
     let Some(stage) = describe(cur, fd, call::SENDMSG, msg) else { return 0 };
     let snap = (ret as u64).min(u64::from(snaplen())) as u32;
     let cap = match msghdr_iov(msg) {
-        Some([iov, iovlen]) => copy_iov(stage, iov, iovlen, snap),
+        Some([iov, iovlen]) => copy_iov::<MAX_IOV>(stage, iov, iovlen, snap),
         None => 0,
     };
     submit(stage, ret as u64, cap);
@@ -390,10 +400,13 @@ pub fn payload_exit_sendmmsg(ctx: TracePointContext) -> u32 {
         let Some(len) = user::<u32>(hdr + 56) else { break };
         let snap = len.min(snaplen());
         let cap = match msghdr_iov(hdr) {
-            Some([iov, iovlen]) => copy_iov(stage, iov, iovlen, snap),
+            Some([iov, iovlen]) => copy_iov::<MMSG_IOV>(stage, iov, iovlen, snap),
             None => 0,
         };
         submit(stage, u64::from(len), cap);
+    }
+    if ret as u64 > MAX_MMSG {
+        count_n(payload_counter::LOST, ret as u64 - MAX_MMSG);
     }
     0
 }

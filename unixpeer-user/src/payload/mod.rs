@@ -161,7 +161,8 @@ async fn capture(args: &CaptureArgs, opts: &PayloadOptions, out: Box<dyn Write>)
         if lost > 0 {
             writer.loss(wall(crate::follow::render::clock_ns(libc::CLOCK_MONOTONIC)), lost)?;
             eprintln!(
-                "unixtrace: {lost} messages lost: the kernel's buffer ({} KiB) was full; --buffer-size enlarges it",
+                "unixtrace: {lost} messages lost: the kernel's buffer ({} KiB) was full (--buffer-size enlarges it), \
+                 or a sendmmsg sent more than the 4 messages it copies",
                 cap.buffer_size >> 10
             );
         }

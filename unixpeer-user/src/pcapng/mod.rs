@@ -160,8 +160,11 @@ impl<W: Write> PcapngWriter<W> {
     /// an interface statistics block with the running count.
     pub fn loss(&mut self, ts_ns: u64, lost: u64) -> Result<(), PcapngError> {
         self.dropped += lost;
-        let comment =
-            format!("unixtrace: {lost} messages lost here (the kernel's buffer was full), {} in all", self.dropped);
+        let comment = format!(
+            "unixtrace: {lost} messages lost here (the kernel's buffer was full, or a sendmmsg sent more than it \
+             copies), {} in all",
+            self.dropped
+        );
         self.statistics(IF_IP, ts_ns, None, &comment)
     }
 
