@@ -46,8 +46,9 @@ fn send_with(fd: i32, call: &str, parts: &[&[u8]]) -> usize {
                         m
                     })
                     .collect();
-                let sent = libc::sendmmsg(fd, msgs.as_mut_ptr(), msgs.len() as _, 0);
-                assert_eq!(sent, msgs.len() as i32, "sendmmsg sent {sent}");
+                // The syscall itself: musl's sendmmsg() is a loop of sendmsg.
+                let sent = libc::syscall(libc::SYS_sendmmsg, fd, msgs.as_mut_ptr(), msgs.len(), 0);
+                assert_eq!(sent, msgs.len() as libc::c_long, "sendmmsg sent {sent}");
                 msgs.iter().map(|m| m.msg_len as isize).sum()
             }
             _ => unreachable!("no call {call}"),
