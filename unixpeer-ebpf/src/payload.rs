@@ -18,7 +18,9 @@
 //! unconnected datagram is named by the receiver's address in sendmsg's
 //! and sendmmsg's headers; sendto's address, its fifth argument, is not
 //! among the registers the programs read, so those show no name.
-//! Checked on: 6.18.44 (host, exits reading registers).
+//! Checked on: 6.18.44 (host) and Debian's 6.1.0-57 cloud kernel (QEMU), exits
+//! reading registers; Debian's 5.10.0-46 cloud kernel (QEMU), entries carrying
+//! the arguments.
 
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_get_smp_processor_id, generated::bpf_probe_read_user},
