@@ -3,6 +3,7 @@
 //! `unixtrace --json` print, and running the real tracer against real child
 //! processes.
 
+pub mod capture;
 pub mod farm;
 pub mod sys;
 pub mod tools;

@@ -412,3 +412,129 @@ mod tests {
         assert_eq!(EventKind::from_u32(13), None);
     }
 }
+
+/// Longest payload `capture` copies of one message: the staging buffer is
+/// twice this plus one byte, which lets the verifier bound every copy into
+/// it with a 16-bit mask.
+pub const PAYLOAD_SNAP_MAX: u32 = 65535;
+
+/// Which call sent a captured message (`PayloadHeader::call`).
+pub mod payload_call {
+    pub const WRITE: u32 = 1;
+    pub const WRITEV: u32 = 2;
+    pub const SENDTO: u32 = 3;
+    pub const SENDMSG: u32 = 4;
+    pub const SENDMMSG: u32 = 5;
+}
+
+/// `PayloadHeader::name_flags`: whose bound name `path` is.
+pub const PAYLOAD_NAME_OWN: u32 = 1;
+pub const PAYLOAD_NAME_PEER: u32 = 2;
+
+/// One message sent on a UNIX socket, as `capture` records it in the
+/// `PAYLOAD` ring buffer: this header, then `cap_len` bytes of it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct PayloadHeader {
+    /// bpf_ktime_get_ns(): CLOCK_MONOTONIC.
+    pub ts_ns: u64,
+    pub sk: u64,
+    pub peer_sk: u64,
+    pub inode: u64,
+    pub peer_inode: u64,
+    pub pid: u32,
+    pub tid: u32,
+    pub fd: i32,
+    pub sock_type: u32,
+    /// Bytes the call sent.
+    pub len: u32,
+    /// Bytes that follow the header: min(len, snap length).
+    pub cap_len: u32,
+    /// See [`payload_call`].
+    pub call: u32,
+    /// [`PAYLOAD_NAME_OWN`] or [`PAYLOAD_NAME_PEER`] (both when both ends are bound).
+    pub name_flags: u32,
+    pub path_len: u32,
+    pub _pad: u32,
+    pub comm: [u8; TASK_COMM_LEN],
+    pub path: [u8; UNIX_PATH_MAX],
+    pub _tail: u32,
+}
+
+/// What `capture` copies, set at load time; filters the event programs
+/// share (pid, command) stay in [`KernelFilter`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PayloadFilter {
+    /// Bit `1 << type` for each socket type wanted; 0: every type.
+    pub sock_types: u32,
+    /// Bytes copied of each message, at most [`PAYLOAD_SNAP_MAX`].
+    pub snaplen: u32,
+    /// The name must start with `prefix[..prefix_len]` (0: any name, or none).
+    pub prefix_len: u32,
+    pub _pad: u32,
+    pub prefix: [u8; UNIX_PATH_MAX],
+    pub _tail: u32,
+}
+
+impl PayloadFilter {
+    pub const fn zeroed() -> Self {
+        // SAFETY: all fields are integers.
+        unsafe { core::mem::zeroed() }
+    }
+}
+
+/// Where the payload calls' `sys_enter_*` records keep (fd, buffer or
+/// vector, count), for kernels before 5.15 whose exits cannot read the
+/// caller's registers. sendmsg's third is its `flags`, unused.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PayloadRecords {
+    pub write: [u64; 3],
+    pub writev: [u64; 3],
+    pub sendto: [u64; 3],
+    pub sendmsg: [u64; 3],
+    pub sendmmsg: [u64; 3],
+    pub exit_ret: u64,
+}
+
+impl PayloadRecords {
+    pub const fn zeroed() -> Self {
+        // SAFETY: all fields are integers.
+        unsafe { core::mem::zeroed() }
+    }
+}
+
+/// Indices into the `PAYLOAD_COUNTERS` per-CPU array.
+pub mod payload_counter {
+    /// The ring buffer had no room: a message was lost.
+    pub const LOST: u32 = 0;
+    /// A user buffer could not be read: a message went uncaptured.
+    pub const READ_ERRORS: u32 = 1;
+    pub const MAX: u32 = 2;
+}
+
+#[cfg(feature = "user")]
+mod payload_pod {
+    // SAFETY: #[repr(C)] plain old data with explicit padding, valid for
+    // every bit pattern.
+    unsafe impl aya::Pod for super::PayloadHeader {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::PayloadFilter {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::PayloadRecords {}
+}
+
+#[cfg(test)]
+mod payload_tests {
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn payload_layouts_have_no_hidden_padding() {
+        assert_eq!(size_of::<PayloadHeader>(), 5 * 8 + 10 * 4 + TASK_COMM_LEN + UNIX_PATH_MAX + 4);
+        assert_eq!(size_of::<PayloadHeader>() % 8, 0);
+        assert_eq!(size_of::<PayloadFilter>(), 4 * 4 + UNIX_PATH_MAX + 4);
+        assert_eq!(size_of::<PayloadRecords>(), 16 * 8);
+    }
+}

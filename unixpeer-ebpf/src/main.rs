@@ -20,6 +20,7 @@ mod emit;
 mod fork;
 mod iter;
 mod kernel;
+mod payload;
 mod probes;
 mod syscalls;
 mod sysfns;

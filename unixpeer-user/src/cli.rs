@@ -221,6 +221,7 @@ pub enum Command {
         #[arg(long, value_enum, value_name = "WHAT", default_value_t = By::Comm)]
         by: By,
     },
+    Capture(crate::payload::CaptureArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -258,7 +259,7 @@ fn parse_container(s: &str) -> Result<ContainerPattern, String> {
     ContainerPattern::new(s).map_err(|e| e.to_string())
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
@@ -292,7 +293,7 @@ pub(crate) fn size_shift(unit: &str) -> Option<u32> {
     }
 }
 
-fn parse_size(s: &str) -> Result<u64, String> {
+pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
     let (n, unit) =
         number_and_unit(s).ok_or_else(|| format!("bad size {s:?}: expected a number of bytes such as 64M or 512K"))?;
     let shift = size_shift(unit).ok_or_else(|| format!("bad size unit {unit:?} in {s:?} (use K, M or G)"))?;

@@ -186,6 +186,18 @@ impl Glob {
         Ok(Self { tokens })
     }
 
+    /// The text every match starts with: the pattern up to its first
+    /// wildcard or class.
+    pub(crate) fn literal_prefix(&self) -> String {
+        self.tokens
+            .iter()
+            .map_while(|t| match t {
+                Token::Char(c) => Some(*c),
+                _ => None,
+            })
+            .collect()
+    }
+
     pub(crate) fn matches(&self, text: &str) -> bool {
         let text: Vec<char> = text.chars().collect();
         // Classic linear backtracking: remember the last star and retry it

@@ -15,6 +15,8 @@ pub mod identity;
 pub mod model;
 pub mod netns;
 pub mod output;
+pub mod payload;
+pub mod pcapng;
 pub mod privileges;
 pub mod snapshot;
 pub mod timeline;

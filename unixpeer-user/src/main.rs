@@ -37,6 +37,7 @@ fn main() -> ExitCode {
         (Some(Command::Export { read, format, output, force, by }), _) => {
             timeline::cmd::export(read, *format, output, *force, *by).map_err(Into::into)
         }
+        (Some(Command::Capture(c)), _) => unixpeer_user::payload::run(c).map_err(Into::into),
         (None, paths) if !paths.is_empty() => replay_main(&args, paths),
         (None, _) if args.follow || args.top => follow_main(&args),
         (None, _) => snapshot_main(&args),

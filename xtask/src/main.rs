@@ -97,6 +97,9 @@ enum BenchKind {
     /// What a running capture costs syscalls it does not trace, per
     /// strategy, beside the empty-tracepoint floor; host and QEMU guests.
     Tax,
+    /// A ping-pong on one socket untraced and under `unixtrace capture` of
+    /// another path, then under a capture of its own: rate and losses.
+    Capture,
 }
 
 fn main() -> Result<()> {
@@ -130,6 +133,9 @@ fn main() -> Result<()> {
         }
         Command::Bench { what: BenchKind::Tax } => {
             bench::tax::run(&root, &run::build_release(&root, &["unixpeer-user", "unixpeer-tests"])?)
+        }
+        Command::Bench { what: BenchKind::Capture } => {
+            bench::capture::run(&run::build_release(&root, &["unixpeer-user", "unixpeer-tests"])?)
         }
         Command::VmTest { kernels, keep_going, filter } => vm::run(&root, &vm::VmOpts { kernels, keep_going, filter }),
     }

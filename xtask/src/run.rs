@@ -110,8 +110,19 @@ pub fn test(root: &Path, with_vm: bool) -> Result<()> {
         if is_root() {
             // The HTML export test renders the page in a real browser; the
             // metrics test has a real Prometheus server scrape unixtrace;
-            // the D-Bus test runs a real bus, service and client.
-            apt_install(&["chromium", "prometheus", "curl", "dbus-daemon", "dbus-bin", "python3-dbus"])?;
+            // the D-Bus test runs a real bus, service and client; the
+            // capture test decodes its files with the real tshark, one of
+            // them a real PostgreSQL's.
+            apt_install(&[
+                "chromium",
+                "prometheus",
+                "curl",
+                "dbus-daemon",
+                "dbus-bin",
+                "python3-dbus",
+                "tshark",
+                "postgresql",
+            ])?;
             // The traffic test moves bytes through socat.
             apt_install(&["socat"])?;
         }

@@ -6,6 +6,7 @@ mod backend;
 pub(crate) mod iter;
 mod kfunc;
 mod misses;
+pub mod payload;
 pub(crate) mod traffic;
 
 use std::{os::fd::AsRawFd, path::Path};

@@ -1,6 +1,7 @@
 //! Benchmarks that run the baseline and unixtrace side by side in one run
 //! and report their ratio, with loss and peak RSS beside every figure.
 
+pub mod capture;
 pub mod consume;
 pub mod follow;
 pub mod messages;

@@ -93,8 +93,9 @@ uptime_s() { cut -d' ' -f1 /proc/uptime; }
 # records through --follow, but what it tests (the file format, crash safety,
 # replay and export) sits above the capture layer, which `live` covers in every
 # column; the host runs it under the tracepoint strategy, the auto column here
-# under fentry. A binary not named here runs in every column.
-ONCE=" snapshot vm_smoke no_btf timeline "
+# under fentry. `capture_kernel` runs `unixtrace capture`, whose programs are the
+# same under every strategy. A binary not named here runs in every column.
+ONCE=" snapshot vm_smoke no_btf timeline capture_kernel "
 
 # Per-test durations in the console log (libtest's --report-time), if this
 # libtest still takes the option: it is unstable, hence RUSTC_BOOTSTRAP.

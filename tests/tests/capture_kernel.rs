@@ -1,0 +1,185 @@
+//! `unixtrace capture`'s kernel programs: what each send call on each
+//! socket type sent, its length, its receiver's name, and loss counted to
+//! the message, read back from the pcapng directly. The guests run these
+//! on every kernel of the VM matrix (they carry no tshark: `capture.rs`
+//! has the real tshark decode captures on the host).
+
+use std::process::Stdio;
+
+use unixpeer_tests::capture::*;
+use unixpeer_tests::sys;
+use unixpeer_tests::tracer::sockaddr;
+
+/// The payload of a packet of the synthetic encapsulation, past its IPv4
+/// and TCP (protocol 6) or UDP headers.
+fn payload(p: &Packet) -> (u8, &[u8]) {
+    let proto = p.data[9];
+    (proto, &p.data[if proto == 6 { 40 } else { 28 }..])
+}
+
+/// Sends `parts` on `fd` with `call`; returns the bytes sent.
+fn send_with(fd: i32, call: &str, parts: &[&[u8]]) -> usize {
+    let mut iov: Vec<libc::iovec> =
+        parts.iter().map(|p| libc::iovec { iov_base: p.as_ptr() as *mut _, iov_len: p.len() }).collect();
+    let whole = parts.concat();
+    // SAFETY: every pointer is to a live buffer or iovec array of the
+    // length given, for the duration of the call.
+    let n = unsafe {
+        match call {
+            "write" => libc::write(fd, whole.as_ptr().cast(), whole.len()),
+            "writev" => libc::writev(fd, iov.as_ptr(), iov.len() as i32),
+            "sendto" => libc::sendto(fd, whole.as_ptr().cast(), whole.len(), 0, std::ptr::null(), 0),
+            "sendmsg" => {
+                let mut msg: libc::msghdr = std::mem::zeroed();
+                msg.msg_iov = iov.as_mut_ptr();
+                msg.msg_iovlen = iov.len() as _;
+                libc::sendmsg(fd, &msg, 0)
+            }
+            // Each part a message of its own.
+            "sendmmsg" => {
+                let mut msgs: Vec<libc::mmsghdr> = iov
+                    .iter_mut()
+                    .map(|v| {
+                        let mut m: libc::mmsghdr = std::mem::zeroed();
+                        m.msg_hdr.msg_iov = v;
+                        m.msg_hdr.msg_iovlen = 1;
+                        m
+                    })
+                    .collect();
+                // The syscall itself: musl's sendmmsg() is a loop of sendmsg.
+                let sent = libc::syscall(libc::SYS_sendmmsg, fd, msgs.as_mut_ptr(), msgs.len(), 0);
+                assert_eq!(sent, msgs.len() as libc::c_long, "sendmmsg sent {sent}");
+                msgs.iter().map(|m| m.msg_len as isize).sum()
+            }
+            _ => unreachable!("no call {call}"),
+        }
+    };
+    assert_eq!(n, whole.len() as isize, "{call} sent {n}: {}", std::io::Error::last_os_error());
+    whole.len()
+}
+
+#[test]
+fn every_send_call_on_every_socket_type_is_captured() {
+    let s = Scratch::new("calls");
+    let file = s.path("calls.pcapng");
+    let me = std::process::id().to_string();
+    let cap = Capture::start(&["-w", file.to_str().expect("utf-8"), "-p", &me], Stdio::null());
+    let mut want = Vec::new();
+    let mut keep = Vec::new();
+    for (ty, name, proto) in
+        [(libc::SOCK_STREAM, "stream", 6u8), (libc::SOCK_DGRAM, "dgram", 17), (libc::SOCK_SEQPACKET, "seqpacket", 6)]
+    {
+        let (a, b) = sys::socketpair(ty).expect("socketpair");
+        for call in ["write", "writev", "sendto", "sendmsg", "sendmmsg"] {
+            let first = format!("{call}-");
+            let parts: [&[u8]; 2] = [first.as_bytes(), name.as_bytes()];
+            send_with(a, call, &parts);
+            if call == "sendmmsg" {
+                want.push((proto, call, first.clone()));
+                want.push((proto, call, name.to_owned()));
+            } else {
+                want.push((proto, call, format!("{call}-{name}")));
+            }
+        }
+        keep.push((a, b));
+    }
+    let err = cap.stop();
+    for (a, b) in keep {
+        sys::close(a);
+        sys::close(b);
+    }
+    assert_eq!(closing_counts(&err), (18, 0), "{err}");
+    let got: Vec<(u8, String, String)> = packets(&file)
+        .iter()
+        // The handshakes carry nothing.
+        .filter(|p| p.interface == 0 && !payload(p).1.is_empty())
+        .map(|p| {
+            let (proto, bytes) = payload(p);
+            let call = p.comment.rsplit("; ").next().and_then(|t| t.split(' ').next()).unwrap_or_default();
+            (proto, call.to_owned(), String::from_utf8_lossy(bytes).into_owned())
+        })
+        .collect();
+    let want: Vec<(u8, String, String)> = want.into_iter().map(|(p, c, s)| (p, c.to_owned(), s)).collect();
+    assert_eq!(got, want);
+}
+#[test]
+fn messages_lost_to_a_full_buffer_are_counted_in_the_file_and_on_stderr() {
+    const SENT: usize = 3000;
+    let s = Scratch::new("loss");
+    let file = s.path("loss.pcapng");
+    let me = std::process::id().to_string();
+    // One page of ring buffer holds three of these: most must be lost.
+    let args = ["-w", file.to_str().expect("utf-8"), "-p", &me, "-s", "1024", "--buffer-size", "4K"];
+    let cap = Capture::start(&args, Stdio::null());
+    let (a, b) = sys::socketpair(libc::SOCK_DGRAM).expect("socketpair");
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        for _ in 0..SENT {
+            sys::read_fd(b, &mut buf).expect("read");
+        }
+        b
+    });
+    for i in 0..SENT {
+        let msg = [(i % 256) as u8; 1000];
+        assert_eq!(sys::write_fd(a, &msg).expect("write"), 1000);
+    }
+    let b = reader.join().expect("reader");
+    let err = cap.stop();
+    sys::close(a);
+    sys::close(b);
+    let (captured, lost) = closing_counts(&err);
+    assert!(lost > 0, "a 4 KiB buffer kept up with {SENT} messages of 1000 bytes: {err}");
+    assert!(err.contains("messages lost: the kernel's buffer (4 KiB) was full"), "{err}");
+    assert_eq!(captured + lost, SENT, "every message captured or counted lost: {err}");
+    assert_eq!(packets(&file).len(), captured);
+    assert_eq!(last_ifdrop(&file), Some(lost as u64), "{err}");
+}
+
+#[test]
+fn an_unconnected_datagram_is_named_by_its_receiver() {
+    let s = Scratch::new("dgram");
+    let path = s.path("receiver.sock");
+    let receiver = sys::bound(libc::SOCK_DGRAM, path.to_str().expect("utf-8")).expect("bind");
+    let file = s.path("dgram.pcapng");
+    let cap =
+        Capture::start(&["-w", file.to_str().expect("utf-8"), "--path", path.to_str().expect("utf-8")], Stdio::null());
+    let sender = sys::socket(libc::SOCK_DGRAM).expect("socket");
+    let (addr, len) = sockaddr(path.to_str().expect("utf-8"));
+    let payload = b"to whoever listens";
+    let mut iov = libc::iovec { iov_base: payload.as_ptr() as *mut _, iov_len: payload.len() };
+    // SAFETY: msghdr zeroed, then pointed at live locals for the call.
+    let n = unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_name = &addr as *const _ as *mut _;
+        msg.msg_namelen = len;
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        libc::sendmsg(sender, &msg, 0)
+    };
+    assert_eq!(n, payload.len() as isize, "{}", std::io::Error::last_os_error());
+    let err = cap.stop();
+    sys::close(sender);
+    sys::close(receiver);
+    let got = packets(&file);
+    assert_eq!(got.len(), 1, "{got:?} {err}");
+    assert_eq!(self::payload(&got[0]), (17, &payload[..]));
+    assert!(got[0].comment.contains(&format!("via {}; sendmsg of 18 bytes", path.display())), "{got:?}");
+}
+
+#[test]
+fn a_sendmmsg_past_what_is_copied_counts_the_rest_lost() {
+    let s = Scratch::new("mmsg");
+    let file = s.path("mmsg.pcapng");
+    let me = std::process::id().to_string();
+    let cap = Capture::start(&["-w", file.to_str().expect("utf-8"), "-p", &me, "--type", "dgram"], Stdio::null());
+    let (a, b) = sys::socketpair(libc::SOCK_DGRAM).expect("socketpair");
+    let parts: [&[u8]; 6] = [b"m0", b"m1", b"m2", b"m3", b"m4", b"m5"];
+    send_with(a, "sendmmsg", &parts);
+    let err = cap.stop();
+    sys::close(a);
+    sys::close(b);
+    assert_eq!(closing_counts(&err), (4, 2), "{err}");
+    let got: Vec<Vec<u8>> = packets(&file).iter().map(|p| payload(p).1.to_vec()).collect();
+    assert_eq!(got, [b"m0", b"m1", b"m2", b"m3"]);
+    assert_eq!(last_ifdrop(&file), Some(2));
+}
