@@ -8,7 +8,7 @@ use std::process::Stdio;
 
 use unixpeer_tests::capture::*;
 use unixpeer_tests::sys;
-use unixpeer_tests::tracer::sockaddr;
+use unixpeer_tests::tracer::{inode_of, sockaddr};
 
 /// The payload of a packet of the synthetic encapsulation, past its IPv4
 /// and TCP (protocol 6) or UDP headers.
@@ -182,4 +182,50 @@ fn a_sendmmsg_past_what_is_copied_counts_the_rest_lost() {
     let got: Vec<Vec<u8>> = packets(&file).iter().map(|p| payload(p).1.to_vec()).collect();
     assert_eq!(got, [b"m0", b"m1", b"m2", b"m3"]);
     assert_eq!(last_ifdrop(&file), Some(2));
+}
+
+#[test]
+fn without_w_each_message_is_a_json_line_with_its_exact_bytes() {
+    let s = Scratch::new("lines");
+    let path = s.path("lines.sock");
+    let name = path.to_str().expect("utf-8");
+    let listener = sys::listener(libc::SOCK_STREAM, name, 4).expect("listen");
+    let out = s.path("lines.jsonl");
+    let file = std::fs::File::create(&out).expect("create the output");
+    let cap = Capture::start(&["-X", "--json", "--path", name], Stdio::from(file));
+    let client = sys::connect(libc::SOCK_STREAM, name).expect("connect");
+    let server = sys::accept(listener).expect("accept");
+    let payload = b"hello \x1b[2J\x00\xff";
+    assert_eq!(sys::write_fd(client, payload).expect("write"), payload.len());
+    let err = cap.stop();
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&out)
+        .expect("read the output")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{lines:?} {err}");
+    let m = &lines[0];
+    let hex: String = payload.iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(
+        (m["kind"].as_str(), m["data_hex"].as_str(), m["call"].as_str()),
+        (Some("message"), Some(hex.as_str()), Some("write")),
+        "{m}"
+    );
+    assert_eq!(
+        (m["pid"].as_u64(), m["fd"].as_i64()),
+        (Some(u64::from(std::process::id())), Some(i64::from(client))),
+        "{m}"
+    );
+    assert_eq!(
+        (m["inode"].as_u64(), m["peer_inode"].as_u64()),
+        (Some(inode_of(client)), Some(inode_of(server))),
+        "{m}"
+    );
+    assert_eq!(
+        (m["len"].as_u64(), m["truncated"].as_bool(), m["path"].as_str()),
+        (Some(payload.len() as u64), Some(false), Some(name))
+    );
+    for fd in [client, server, listener] {
+        sys::close(fd);
+    }
 }

@@ -22,11 +22,21 @@ const DEFAULT_SNAPLEN: u32 = unixpeer_common::PAYLOAD_SNAP_MAX;
 #[derive(Debug, Args)]
 pub struct CaptureArgs {
     /// Where to write the pcapng; `-` for stdout (`| tshark -i -`).
+    /// Without it, one line per message on stdout, as tcpdump prints.
     #[arg(short = 'w', long = "write", value_name = "FILE")]
-    pub write: PathBuf,
+    pub write: Option<PathBuf>,
+
+    /// Without -w: each message's first bytes (-s) in hex and ASCII, as
+    /// tcpdump -X shows them; with --json, as `data_hex`.
+    #[arg(short = 'X', conflicts_with = "write")]
+    pub hex: bool,
+
+    /// Without -w: one JSON object per message (see docs/capture.md).
+    #[arg(long, conflicts_with = "write")]
+    pub json: bool,
 
     /// Let -w replace an existing file.
-    #[arg(long)]
+    #[arg(long, requires = "write")]
     pub force: bool,
 
     /// Only messages this process sends.
@@ -135,7 +145,11 @@ mod tests {
         assert_eq!(parse(&["-w", "f"]).unwrap().snaplen, 65535);
         assert!(parse(&["-w", "f", "-s", "65536"]).unwrap_err().contains("0 to 65535"));
         assert!(parse(&["-w", "f", "-s", "-1"]).is_err());
-        assert!(parse(&["--pid", "1"]).is_err(), "-w is required");
+        assert!(parse(&["--pid", "1"]).unwrap().write.is_none(), "without -w: lines on stdout");
+        let a = parse(&["-X", "--json"]).unwrap();
+        assert!(a.hex && a.json);
+        assert!(parse(&["-w", "f", "-X"]).is_err(), "-X is for lines, not the pcapng");
+        assert!(parse(&["--force"]).is_err(), "--force needs -w");
         assert!(parse(&["-w", "f", "--path", "[x"]).is_err());
     }
 }

@@ -1,6 +1,7 @@
 //! `unixtrace capture`: the bytes sent on UNIX sockets, into pcapng.
 
 mod args;
+mod lines;
 mod peers;
 
 use std::{
@@ -50,21 +51,20 @@ struct Tally {
 
 pub fn run(args: &CaptureArgs) -> Result<(), PayloadError> {
     let opts = args.options();
-    let to_stdout = args.write.as_os_str() == "-";
+    let file = args.write.as_deref().filter(|w| w.as_os_str() != "-");
     // Opened before the capture starts: a name already taken fails fast.
-    let out: Box<dyn Write> = if to_stdout {
-        Box::new(BufWriter::with_capacity(1 << 16, std::io::stdout()))
-    } else {
-        Box::new(BufWriter::with_capacity(1 << 16, create(&args.write, args.force)?))
+    let out: Box<dyn Write> = match file {
+        None => Box::new(BufWriter::with_capacity(1 << 16, std::io::stdout())),
+        Some(f) => Box::new(BufWriter::with_capacity(1 << 16, create(f, args.force)?)),
     };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(PayloadError::Runtime)?;
     let result = rt.block_on(capture(args, &opts, out));
     if let Err(e) = &result
-        && !to_stdout
+        && let Some(f) = file
         && matches!(e, PayloadError::Capture(_))
     {
         // Nothing was captured: leave no file behind.
-        let _ = std::fs::remove_file(&args.write);
+        let _ = std::fs::remove_file(f);
     }
     match result {
         Err(PayloadError::Pcapng(e)) if e.is_broken_pipe() => Ok(()),
@@ -97,10 +97,20 @@ async fn capture(args: &CaptureArgs, opts: &PayloadOptions, out: Box<dyn Write>)
         userappl: concat!("unixtrace ", env!("CARGO_PKG_VERSION")),
         comment: &format!("unixtrace {}", escape::escaped(&command.join(" "))),
     };
-    let mut writer = PcapngWriter::new(out, &info, opts.snaplen, wall(clock.start_mono_ns))?;
-    writer.flush()?;
+    let mut sink = match &args.write {
+        Some(_) => {
+            let mut w = PcapngWriter::new(out, &info, opts.snaplen, wall(clock.start_mono_ns))?;
+            w.flush()?;
+            Sink::Pcapng(w)
+        }
+        None => Sink::Lines { out, buf: Vec::with_capacity(1 << 16), dropped: 0 },
+    };
     // As tcpdump says it is listening: from here on, nothing sent is missed.
-    let dest = if args.write.as_os_str() == "-" { "stdout".into() } else { escape::path(&args.write) };
+    let dest = match &args.write {
+        None => "stdout, one line per message".into(),
+        Some(w) if w.as_os_str() == "-" => "stdout".into(),
+        Some(w) => escape::path(w),
+    };
     eprintln!("unixtrace: capturing to {dest}, {} bytes of each message", opts.snaplen);
     let mut sigterm = signal(SignalKind::terminate()).map_err(PayloadError::Runtime)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(PayloadError::Runtime)?;
@@ -136,6 +146,38 @@ async fn capture(args: &CaptureArgs, opts: &PayloadOptions, out: Box<dyn Write>)
             }
             peers.learn(h.inode, Who { pid: h.pid, comm: Comm::new(&h.comm), fd: h.fd });
             let peer = peers.lookup(h.peer_inode, &mut || cap.task_socket_fds().ok());
+            if let Sink::Lines { buf, .. } = &mut sink {
+                let (comm, peer_comm) = (Comm::new(&h.comm), peer.map(|p| p.comm));
+                let (comm, peer_comm) = (comm.to_str(), peer_comm.as_ref().map(Comm::to_str));
+                let text = (!path.is_empty()).then(|| name_text(&path));
+                let shown = lines::Shown {
+                    since_start: h.ts_ns.saturating_sub(clock.start_mono_ns) as f64 / 1e9,
+                    time: clock.rfc3339(h.ts_ns),
+                    pid: h.pid,
+                    comm: &comm,
+                    fd: h.fd,
+                    inode: h.inode,
+                    peer: peer
+                        .map(|p| p.pid)
+                        .zip(peer_comm.as_deref())
+                        .zip(peer.map(|p| p.fd))
+                        .map(|((a, b), c)| (a, b, c)),
+                    peer_inode: h.peer_inode,
+                    path: text.as_deref(),
+                    call: call_name(h.call),
+                    len: h.len,
+                    data,
+                };
+                if args.json {
+                    lines::write_json(buf, &shown, args.hex);
+                } else {
+                    lines::write_text(buf, &shown, args.hex);
+                }
+                tally.messages += 1;
+                tally.bytes += u64::from(h.len);
+                tally.truncated += u64::from(h.cap_len < h.len);
+                continue;
+            }
             let comment = comment(&h, peer, &path);
             let msg = Message {
                 ts_ns: wall(h.ts_ns),
@@ -151,7 +193,7 @@ async fn capture(args: &CaptureArgs, opts: &PayloadOptions, out: Box<dyn Write>)
                 path: &path,
                 comment: &comment,
             };
-            writer.message(&msg)?;
+            sink.message(&msg)?;
             tally.messages += 1;
             tally.bytes += u64::from(h.len);
             tally.truncated += u64::from(h.cap_len < h.len);
@@ -159,25 +201,79 @@ async fn capture(args: &CaptureArgs, opts: &PayloadOptions, out: Box<dyn Write>)
         batch.clear();
         let lost = cap.take_lost()?;
         if lost > 0 {
-            writer.loss(wall(crate::follow::render::clock_ns(libc::CLOCK_MONOTONIC)), lost)?;
+            sink.loss(wall(crate::follow::render::clock_ns(libc::CLOCK_MONOTONIC)), lost, args.json)?;
             eprintln!(
                 "unixtrace: {lost} messages lost: the kernel's buffer ({} KiB) was full (--buffer-size enlarges it), \
                  or a sendmmsg sent more than the 4 messages it copies",
                 cap.buffer_size >> 10
             );
         }
-        writer.flush()?;
+        sink.flush()?;
         if stop {
             break;
         }
     }
-    let dropped = writer.dropped();
-    writer.finish(wall(crate::follow::render::clock_ns(libc::CLOCK_MONOTONIC)))?;
+    let dropped = sink.finish(wall(crate::follow::render::clock_ns(libc::CLOCK_MONOTONIC)))?;
     eprintln!(
         "unixtrace: captured {} messages ({} bytes sent, {} truncated to -s {}), {} lost",
         tally.messages, tally.bytes, tally.truncated, opts.snaplen, dropped
     );
     Ok(())
+}
+
+/// Where messages go: a pcapng file (`-w`), or lines on stdout.
+enum Sink {
+    Pcapng(PcapngWriter<Box<dyn Write>>),
+    Lines { out: Box<dyn Write>, buf: Vec<u8>, dropped: u64 },
+}
+
+impl Sink {
+    fn message(&mut self, m: &Message<'_>) -> Result<(), PayloadError> {
+        match self {
+            Self::Pcapng(w) => Ok(w.message(m)?),
+            Self::Lines { .. } => Ok(()),
+        }
+    }
+
+    fn loss(&mut self, ts_ns: u64, lost: u64, json: bool) -> Result<(), PayloadError> {
+        match self {
+            Self::Pcapng(w) => Ok(w.loss(ts_ns, lost)?),
+            Self::Lines { buf, dropped, .. } => {
+                *dropped += lost;
+                if json {
+                    let v = serde_json::json!({"kind": "lost", "schema": crate::output::JSON_SCHEMA, "count": lost});
+                    let _ = writeln!(buf, "{v}");
+                } else {
+                    let _ = writeln!(buf, "{lost} messages lost");
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn flush(&mut self) -> Result<(), PayloadError> {
+        match self {
+            Self::Pcapng(w) => Ok(w.flush()?),
+            Self::Lines { out, buf, .. } => {
+                let r = out.write_all(buf).and_then(|()| out.flush());
+                buf.clear();
+                r.map_err(|e| PayloadError::Pcapng(PcapngError::Write(e)))
+            }
+        }
+    }
+
+    /// Closes it; returns the messages counted lost.
+    fn finish(mut self, ts_ns: u64) -> Result<u64, PayloadError> {
+        self.flush()?;
+        match self {
+            Self::Pcapng(w) => {
+                let dropped = w.dropped();
+                w.finish(ts_ns)?;
+                Ok(dropped)
+            }
+            Self::Lines { dropped, .. } => Ok(dropped),
+        }
+    }
 }
 
 /// The connection's name as the kernel gave it: a path up to its NUL, or
