@@ -297,9 +297,10 @@ fn short(e: &CaptureError) -> String {
     s.lines().next().unwrap_or_default().to_owned()
 }
 
-fn unload<'a>(ebpf: &mut Ebpf, programs: impl Iterator<Item = &'a str>) {
+pub(super) fn unload<S: AsRef<str>>(ebpf: &mut Ebpf, programs: impl Iterator<Item = S>) {
     for name in programs {
-        let _ = match ebpf.program_mut(name) {
+        let _ = match ebpf.program_mut(name.as_ref()) {
+            Some(Program::BtfTracePoint(p)) => p.unload(),
             Some(Program::FEntry(p)) => p.unload(),
             Some(Program::FExit(p)) => p.unload(),
             Some(Program::KProbe(p)) => p.unload(),

@@ -5,13 +5,13 @@
 
 use aya::{
     Btf, Ebpf,
-    programs::{BtfTracePoint, FEntry, FExit, KProbe, Program},
+    programs::{BtfTracePoint, FEntry, FExit, KProbe},
 };
 
 use super::{
     CaptureError,
     attach_btf::Target,
-    backend::{Strategy, program},
+    backend::{Strategy, program, unload},
     program_error,
 };
 use crate::btf::KernelBtf;
@@ -52,7 +52,7 @@ pub(crate) fn attach(ebpf: &mut Ebpf, btf: &Btf, kbtf: &KernelBtf, strategy: Str
     let tracepoints = match attach_sock_tracepoints(ebpf, btf) {
         Ok(()) => return Ok("sock:sock_send_length, sock_recv_length and sk_data_ready (tp_btf)"),
         Err(e) => {
-            unload(ebpf, SOCK_TRACEPOINTS.iter().map(|n| n.to_string()));
+            unload(ebpf, SOCK_TRACEPOINTS.iter());
             format!("no sock:sock_send_length tracepoint before 6.3 ({})", first_line(&e))
         }
     };
@@ -71,18 +71,6 @@ pub(crate) fn attach(ebpf: &mut Ebpf, btf: &Btf, kbtf: &KernelBtf, strategy: Str
         unload(ebpf, names.chain(readable));
         format!("{tracepoints}; {}", first_line(&e))
     })
-}
-
-fn unload(ebpf: &mut Ebpf, names: impl Iterator<Item = String>) {
-    for name in names {
-        let _ = match ebpf.program_mut(&name) {
-            Some(Program::BtfTracePoint(p)) => p.unload(),
-            Some(Program::FExit(p)) => p.unload(),
-            Some(Program::FEntry(p)) => p.unload(),
-            Some(Program::KProbe(p)) => p.unload(),
-            _ => Ok(()),
-        };
-    }
 }
 
 fn first_line(e: &CaptureError) -> String {
