@@ -157,13 +157,20 @@ fn an_unconnected_datagram_is_named_by_its_receiver() {
         libc::sendmsg(sender, &msg, 0)
     };
     assert_eq!(n, payload.len() as isize, "{}", std::io::Error::last_os_error());
+    // sendto carries the address in its fifth argument.
+    let again = b"and again";
+    // SAFETY: the buffer and the address are live locals of the lengths given.
+    let n = unsafe { libc::sendto(sender, again.as_ptr().cast(), again.len(), 0, &addr as *const _ as *const _, len) };
+    assert_eq!(n, again.len() as isize, "{}", std::io::Error::last_os_error());
     let err = cap.stop();
     sys::close(sender);
     sys::close(receiver);
     let got = packets(&file);
-    assert_eq!(got.len(), 1, "{got:?} {err}");
+    assert_eq!(got.len(), 2, "{got:?} {err}");
     assert_eq!(self::payload(&got[0]), (17, &payload[..]));
     assert!(got[0].comment.contains(&format!("via {}; sendmsg of 18 bytes", path.display())), "{got:?}");
+    assert_eq!(self::payload(&got[1]), (17, &again[..]));
+    assert!(got[1].comment.contains(&format!("via {}; sendto of 9 bytes", path.display())), "{got:?}");
 }
 
 #[test]

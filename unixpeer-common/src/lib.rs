@@ -232,7 +232,7 @@ pub struct KernelOffsets {
     pub file_one_ref: u64,
     /// `struct pt_regs`: where the first four syscall arguments sit
     /// (x86_64: di, si, dx, r10), for the syscall functions' hooks.
-    pub pt_regs_args: [u64; 4],
+    pub pt_regs_args: [u64; 6],
     /// 1 when the kernel has `bpf_get_current_task_btf` (5.11+): the fd
     /// table walk is then plain loads instead of one helper call a step.
     pub has_current_task_btf: u64,
@@ -492,7 +492,8 @@ impl PayloadFilter {
 pub struct PayloadRecords {
     pub write: [u64; 3],
     pub writev: [u64; 3],
-    pub sendto: [u64; 3],
+    /// Also its `addr` and `addr_len`: where an unconnected datagram went.
+    pub sendto: [u64; 5],
     pub sendmsg: [u64; 3],
     pub sendmmsg: [u64; 3],
     pub exit_ret: u64,

@@ -30,7 +30,7 @@ pub enum Regs {
 }
 
 impl Regs {
-    /// Argument `n` (0-3). An unreadable one is all ones: no fd, and an
+    /// Argument `n` (0-5). An unreadable one is all ones: no fd, and an
     /// address no read succeeds at.
     #[inline(always)]
     pub fn arg(self, n: usize) -> u64 {
@@ -38,7 +38,9 @@ impl Regs {
             0 => off!(pt_regs_args)[0],
             1 => off!(pt_regs_args)[1],
             2 => off!(pt_regs_args)[2],
-            _ => off!(pt_regs_args)[3],
+            3 => off!(pt_regs_args)[3],
+            4 => off!(pt_regs_args)[4],
+            _ => off!(pt_regs_args)[5],
         };
         match self {
             Self::Btf(regs) => kernel::load(regs + offset),

@@ -15,9 +15,9 @@
 //! `struct iovec`, `struct user_msghdr` and `struct mmsghdr` are UAPI.
 //! Cannot see: io_uring sends, splice/sendfile into a socket, and
 //! 32-bit (compat) syscalls, which the syscalls:* tracepoints skip. An
-//! unconnected datagram is named by the receiver's address in sendmsg's
-//! and sendmmsg's headers; sendto's address, its fifth argument, is not
-//! among the registers the programs read, so those show no name.
+//! unconnected datagram is named by the receiver's address: sendto's
+//! fifth argument (r8 from 5.15, carried from entry before), or the
+//! `msg_name` of sendmsg's and sendmmsg's headers.
 //! Checked on: 6.18.44 (host) and Debian's 6.1.0-57 cloud kernel (QEMU), exits
 //! reading registers; Debian's 5.10.0-46 cloud kernel (QEMU), entries carrying
 //! the arguments.
@@ -96,9 +96,10 @@ static PAYLOAD: RingBuf = RingBuf::with_byte_size(4096, 0);
 #[map]
 static PAYLOAD_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(payload_counter::MAX, 0);
 
-/// (fd, buffer, count) from entry to exit, per thread, before 5.15.
+/// (fd, buffer, count, address, address length) from entry to exit, per
+/// thread, before 5.15; the last two only for sendto.
 #[map]
-static PAYLOAD_ARGS: LruHashMap<u64, [u64; 3]> = LruHashMap::with_max_entries(8192, 0);
+static PAYLOAD_ARGS: LruHashMap<u64, [u64; 5]> = LruHashMap::with_max_entries(8192, 0);
 
 #[inline(always)]
 fn count(index: u32) {
@@ -134,21 +135,25 @@ fn user<T>(addr: u64) -> Option<T> {
 }
 
 #[inline(always)]
-fn enter(ctx: &TracePointContext, fields: [u64; 3]) -> u32 {
+fn enter<const N: usize>(ctx: &TracePointContext, fields: [u64; N]) -> u32 {
     if actor_wanted(Current::get()) {
-        let args = [record_field(ctx, fields[0]), record_field(ctx, fields[1]), record_field(ctx, fields[2])];
+        let mut args = [0u64; 5];
+        for (a, at) in args.iter_mut().zip(fields) {
+            *a = record_field(ctx, at);
+        }
         let _ = PAYLOAD_ARGS.insert(&bpf_get_current_pid_tgid(), &args, 0);
     }
     0
 }
 
-/// The returning call's (fd, buffer, count) and its return value.
+/// The returning call's (fd, buffer, count), sendto's (address, address
+/// length) after them (zeros for the other calls), and its return value.
 #[inline(always)]
-fn exit(ctx: &TracePointContext, cur: Current) -> Option<([u64; 3], i64)> {
+fn exit(ctx: &TracePointContext, cur: Current) -> Option<([u64; 5], i64)> {
     let args = match cur.user_regs() {
         Some(regs) if actor_wanted(cur) => {
             let r = Regs::Btf(regs);
-            [r.arg(0), r.arg(1), r.arg(2)]
+            [r.arg(0), r.arg(1), r.arg(2), r.arg(4), r.arg(5)]
         }
         Some(_) => return None,
         None => {
@@ -156,7 +161,7 @@ fn exit(ctx: &TracePointContext, cur: Current) -> Option<([u64; 3], i64)> {
             // SAFETY: the reference into the LRU element is held only for
             // the copy; elements are preallocated, so the memory stays the
             // map's even if another CPU evicts it meanwhile, and any bytes
-            // are a valid [u64; 3], each used only through checked reads.
+            // are a valid [u64; 5], each used only through checked reads.
             let args = unsafe { PAYLOAD_ARGS.get(&key) }.copied()?;
             let _ = PAYLOAD_ARGS.remove(&key);
             args
@@ -187,11 +192,21 @@ fn path_wanted(path: &[u8; UNIX_PATH_MAX], len: u32) -> bool {
     true
 }
 
+/// Where the caller said a message goes, read only when the socket has no
+/// peer: the `struct user_msghdr` at an address, or a sockaddr and its
+/// length (sendto's).
+#[derive(Clone, Copy)]
+enum To {
+    Peer,
+    Msghdr(u64),
+    Sockaddr(u64, u64),
+}
+
 /// The staging entry of this CPU with its header filled for a message on
-/// `fd` (sent with the `struct user_msghdr` at `msg`, if not 0), or `None`
-/// when `fd` is no UNIX socket or the filters say no.
+/// `fd` sent `to`, or `None` when `fd` is no UNIX socket or the filters
+/// say no.
 #[inline(always)]
-fn describe(cur: Current, fd: u64, which: u32, msg: u64) -> Option<&'static mut Staging> {
+fn describe(cur: Current, fd: u64, which: u32, to: To) -> Option<&'static mut Staging> {
     let sock = kernel::unix_socket_of_file(cur.file_of_fd(fd as u32)?)?;
     let types = rodata!(PAYLOAD_FILTER.sock_types);
     if types != 0 && types & (1 << (sock.sock_type & 31)) == 0 {
@@ -205,11 +220,15 @@ fn describe(cur: Current, fd: u64, which: u32, msg: u64) -> Option<&'static mut 
     // An unconnected datagram names its receiver in the message: that
     // name, not the sender's own, says where it went.
     let mut to_named = false;
-    if e.peer_sk == 0 && msg != 0 {
-        // struct user_msghdr (UAPI): msg_name at 0, msg_namelen at 8.
-        if let (Some(name), Some(len)) = (user::<u64>(msg), user::<u32>(msg + 8))
-            && name != 0
-        {
+    if e.peer_sk == 0 {
+        let (name, len) = match to {
+            To::Peer => (0, 0),
+            // struct user_msghdr (UAPI): msg_name at 0, msg_namelen at 8.
+            To::Msghdr(msg) => (user::<u64>(msg).unwrap_or(0), user::<u32>(msg + 8).unwrap_or(0)),
+            // sendto's addr_len is an int.
+            To::Sockaddr(name, len) => (name, len as u32),
+        };
+        if name != 0 {
             copy_sockaddr(e, name, len, true);
             to_named = e.path_len != 0;
         }
@@ -320,15 +339,17 @@ fn submit(stage: &mut Staging, len: u64, cap: u32) {
     }
 }
 
-/// write/sendto(fd, buf, count) sent `ret` bytes from one buffer.
+/// write/sendto(fd, buf, count[, flags, addr, addr_len]) sent `ret` bytes
+/// from one buffer.
 #[inline(always)]
 fn sent_buffer(ctx: &TracePointContext, which: u32) {
     let cur = Current::get();
-    let Some(([fd, buf, _], ret)) = exit(ctx, cur) else { return };
+    let Some(([fd, buf, _, addr, addr_len], ret)) = exit(ctx, cur) else { return };
     if ret <= 0 {
         return;
     }
-    let Some(stage) = describe(cur, fd, which, 0) else { return };
+    let to = if which == call::SENDTO { To::Sockaddr(addr, addr_len) } else { To::Peer };
+    let Some(stage) = describe(cur, fd, which, to) else { return };
     let want = (ret as u64).min(u64::from(snaplen())) as u32;
     let cap = copy(stage, 0, buf, want);
     submit(stage, ret as u64, cap);
@@ -355,11 +376,11 @@ pub fn payload_exit_sendto(ctx: TracePointContext) -> u32 {
 #[tracepoint(category = "syscalls", name = "sys_exit_writev")]
 pub fn payload_exit_writev(ctx: TracePointContext) -> u32 {
     let cur = Current::get();
-    let Some(([fd, iov, iovlen], ret)) = exit(&ctx, cur) else { return 0 };
+    let Some(([fd, iov, iovlen, ..], ret)) = exit(&ctx, cur) else { return 0 };
     if ret <= 0 {
         return 0;
     }
-    let Some(stage) = describe(cur, fd, call::WRITEV, 0) else { return 0 };
+    let Some(stage) = describe(cur, fd, call::WRITEV, To::Peer) else { return 0 };
     let snap = (ret as u64).min(u64::from(snaplen())) as u32;
     let cap = copy_iov::<MAX_IOV>(stage, iov, iovlen, snap);
     submit(stage, ret as u64, cap);
@@ -369,11 +390,11 @@ pub fn payload_exit_writev(ctx: TracePointContext) -> u32 {
 #[tracepoint(category = "syscalls", name = "sys_exit_sendmsg")]
 pub fn payload_exit_sendmsg(ctx: TracePointContext) -> u32 {
     let cur = Current::get();
-    let Some(([fd, msg, _], ret)) = exit(&ctx, cur) else { return 0 };
+    let Some(([fd, msg, ..], ret)) = exit(&ctx, cur) else { return 0 };
     if ret <= 0 {
         return 0;
     }
-    let Some(stage) = describe(cur, fd, call::SENDMSG, msg) else { return 0 };
+    let Some(stage) = describe(cur, fd, call::SENDMSG, To::Msghdr(msg)) else { return 0 };
     let snap = (ret as u64).min(u64::from(snaplen())) as u32;
     let cap = match msghdr_iov(msg) {
         Some([iov, iovlen]) => copy_iov::<MAX_IOV>(stage, iov, iovlen, snap),
@@ -389,11 +410,13 @@ pub fn payload_exit_sendmsg(ctx: TracePointContext) -> u32 {
 #[tracepoint(category = "syscalls", name = "sys_exit_sendmmsg")]
 pub fn payload_exit_sendmmsg(ctx: TracePointContext) -> u32 {
     let cur = Current::get();
-    let Some(([fd, mmsg, _], ret)) = exit(&ctx, cur) else { return 0 };
+    let Some(([fd, mmsg, ..], ret)) = exit(&ctx, cur) else { return 0 };
     if ret <= 0 {
         return 0;
     }
-    let Some(stage) = describe(cur, fd, call::SENDMMSG, mmsg) else { return 0 };
+    // The first message's address names them all (each header has its
+    // own, but one record names one receiver).
+    let Some(stage) = describe(cur, fd, call::SENDMMSG, To::Msghdr(mmsg)) else { return 0 };
     for i in 0..MAX_MMSG {
         if i >= ret as u64 {
             break;

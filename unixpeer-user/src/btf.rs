@@ -11,10 +11,10 @@ use unixpeer_common::{CastTypes, KernelOffsets, iter_abi};
 
 pub(crate) const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
-/// The `struct pt_regs` fields holding a syscall's first four arguments, in
-/// the x86_64 syscall ABI (the fourth travels in r10).
+/// The `struct pt_regs` fields holding a syscall's six arguments, in the
+/// x86_64 syscall ABI (the fourth travels in r10).
 #[cfg(target_arch = "x86_64")]
-const SYSCALL_REGS: [&str; 4] = ["di", "si", "dx", "r10"];
+const SYSCALL_REGS: [&str; 6] = ["di", "si", "dx", "r10", "r8", "r9"];
 #[cfg(not(target_arch = "x86_64"))]
 compile_error!("unixtrace reads syscall arguments from x86_64's struct pt_regs: add this architecture's to btf.rs");
 
@@ -279,6 +279,8 @@ impl KernelBtf {
                 self.offset("pt_regs", SYSCALL_REGS[1])?,
                 self.offset("pt_regs", SYSCALL_REGS[2])?,
                 self.offset("pt_regs", SYSCALL_REGS[3])?,
+                self.offset("pt_regs", SYSCALL_REGS[4])?,
+                self.offset("pt_regs", SYSCALL_REGS[5])?,
             ],
             has_current_task_btf: u64::from(self.has_current_task_btf()),
             has_task_pt_regs: u64::from(self.has_task_pt_regs()),

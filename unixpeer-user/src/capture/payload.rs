@@ -64,20 +64,20 @@ pub struct PayloadCapture {
 
 /// Where the payload calls' records keep their arguments and `ret`.
 fn records(root: &Path) -> Result<PayloadRecords, tracefs::TracefsError> {
-    let at = |call: &str, fields: [&str; 3]| -> Result<[u64; 3], tracefs::TracefsError> {
+    fn at<const N: usize>(root: &Path, call: &str, fields: [&str; N]) -> Result<[u64; N], tracefs::TracefsError> {
         let name = format!("sys_enter_{call}");
-        Ok([
-            tracefs::field_offset(root, "syscalls", &name, fields[0])?,
-            tracefs::field_offset(root, "syscalls", &name, fields[1])?,
-            tracefs::field_offset(root, "syscalls", &name, fields[2])?,
-        ])
-    };
+        let mut out = [0; N];
+        for (o, field) in out.iter_mut().zip(fields) {
+            *o = tracefs::field_offset(root, "syscalls", &name, field)?;
+        }
+        Ok(out)
+    }
     Ok(PayloadRecords {
-        write: at("write", ["fd", "buf", "count"])?,
-        writev: at("writev", ["fd", "vec", "vlen"])?,
-        sendto: at("sendto", ["fd", "buff", "len"])?,
-        sendmsg: at("sendmsg", ["fd", "msg", "flags"])?,
-        sendmmsg: at("sendmmsg", ["fd", "mmsg", "vlen"])?,
+        write: at(root, "write", ["fd", "buf", "count"])?,
+        writev: at(root, "writev", ["fd", "vec", "vlen"])?,
+        sendto: at(root, "sendto", ["fd", "buff", "len", "addr", "addr_len"])?,
+        sendmsg: at(root, "sendmsg", ["fd", "msg", "flags"])?,
+        sendmmsg: at(root, "sendmmsg", ["fd", "mmsg", "vlen"])?,
         exit_ret: tracefs::field_offset(root, "syscalls", "sys_exit_write", "ret")?,
     })
 }
