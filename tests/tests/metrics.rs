@@ -17,6 +17,7 @@ use unixpeer_tests::tracer::*;
 const PROMETHEUS: &str = "/usr/bin/prometheus";
 const CONNECTIONS: usize = 100;
 const FAILURES: usize = 3;
+const DATAGRAMS: usize = 3;
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port()
@@ -93,6 +94,33 @@ fn prometheus_scrapes_the_connections_unixtrace_counted() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("scratch dir");
     let (ours, theirs) = (free_port(), free_port());
+    // A datagram receiver bound before unixtrace starts, as journald's
+    // /dev/log is: the snapshot names its holder.
+    let dgram = dir.join("log.sock").to_string_lossy().into_owned();
+    let ready = pipe();
+    let receiver = fork_child("metricsdgram", || {
+        let Ok(fd) = unixpeer_tests::sys::bound(libc::SOCK_DGRAM, &dgram) else { return 4 };
+        // Not for ever if the test fails before it sends.
+        let limit = libc::timeval { tv_sec: 60, tv_usec: 0 };
+        // SAFETY: a live timeval of the length given.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&raw const limit).cast(),
+                size_of_val(&limit) as _,
+            )
+        };
+        report(&ready.write, "ready");
+        for _ in 0..DATAGRAMS {
+            if unixpeer_tests::sys::read_fd(fd, &mut [0u8; 64]).ok() != Some(10) {
+                return 5;
+            }
+        }
+        0
+    });
+    assert_eq!(read_lines(&ready, 1), ["ready"], "the datagram receiver did not start");
     let target = format!("127.0.0.1:{ours}");
     let tracer = spawn_unixtrace(&["--metrics", &target], Stdio::null());
     let own = format!("http://{target}/metrics");
@@ -141,6 +169,46 @@ fn prometheus_scrapes_the_connections_unixtrace_counted() {
         &log,
     );
     assert_eq!((failed["client"].as_str(), failed["errno"].as_str()), (Some("metricsclient"), Some("ENOENT")));
+    // Each connection: one byte each way, counted at the client's close.
+    for direction in ["client_to_server", "server_to_client"] {
+        let labels = wait_for_value(
+            theirs,
+            &format!("unixtrace_bytes_total{{path=\"{path}\",direction=\"{direction}\"}}"),
+            &CONNECTIONS.to_string(),
+            &log,
+        );
+        assert_eq!(labels["client"].as_str(), Some("metricsclient"), "{labels}");
+        wait_for_value(
+            theirs,
+            &format!("unixtrace_messages_total{{path=\"{path}\",direction=\"{direction}\"}}"),
+            &CONNECTIONS.to_string(),
+            &log,
+        );
+    }
+
+    // Datagrams sent by address: a pair of its own, its bytes the sender's.
+    let sender = fork_child("metricssender", || {
+        let Ok(fd) = unixpeer_tests::sys::socket(libc::SOCK_DGRAM) else { return 4 };
+        let (addr, len) = unixpeer_tests::sys::sockaddr(&dgram);
+        for _ in 0..DATAGRAMS {
+            // SAFETY: a live 10-byte buffer and address of the lengths given.
+            let n = unsafe { libc::sendto(fd, b"0123456789".as_ptr().cast(), 10, 0, (&raw const addr).cast(), len) };
+            if n != 10 {
+                return 5;
+            }
+        }
+        unixpeer_tests::sys::close(fd);
+        0
+    });
+    assert_eq!(wait_child(sender), 0, "the sender's datagrams did not all go");
+    assert_eq!(wait_child(receiver), 0, "the receiver did not get every datagram");
+    let labels = wait_for_value(theirs, &format!("unixtrace_connections_total{{path=\"{dgram}\"}}"), "1", &log);
+    assert_eq!((labels["client"].as_str(), labels["server"].as_str()), (Some("metricssender"), Some("metricsdgram")));
+    let bytes = (DATAGRAMS * 10).to_string();
+    let q = format!("unixtrace_bytes_total{{path=\"{dgram}\",direction=\"client_to_server\"}}");
+    wait_for_value(theirs, &q, &bytes, &log);
+    let q = format!("unixtrace_messages_total{{path=\"{dgram}\",direction=\"client_to_server\"}}");
+    wait_for_value(theirs, &q, &DATAGRAMS.to_string(), &log);
     wait_for_value(theirs, "unixtrace_lost_events_total", "0", &log);
 
     drop(prometheus);

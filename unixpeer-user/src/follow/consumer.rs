@@ -52,9 +52,14 @@ pub struct Consumer<'a, W: Write> {
     top: Option<super::top::Top>,
     dgram_pairs: Option<crate::capture::traffic::DgramPairs>,
     /// Receivers each datagram socket sent to by address (its `dgram_send`
-    /// events), whose counts its close takes. Bounded by `SENDERS`.
-    sent_to: std::collections::HashMap<u64, Vec<u64>>,
+    /// events) and the name each was sent to, whose counts its close
+    /// takes. Bounded by `SENDERS`.
+    sent_to: std::collections::HashMap<u64, Vec<Receiver>>,
 }
+
+/// A receiver a datagram socket sent to by address: its inode and the
+/// name the datagrams went to.
+type Receiver = (u64, Option<std::sync::Arc<str>>);
 
 /// Datagram senders whose receivers are remembered; past this, the oldest
 /// knowledge is dropped (their closes then lack per-receiver counts).
@@ -111,9 +116,9 @@ impl<'a, W: Write> Consumer<'a, W> {
                 let receivers = self.sent_to.entry(sender).or_default();
                 if let Some(r) = e.peer_inode
                     && receivers.len() < RECEIVERS
-                    && !receivers.contains(&r)
+                    && !receivers.iter().any(|(known, _)| *known == r)
                 {
-                    receivers.push(r);
+                    receivers.push((r, e.path.clone()));
                 }
             }
             (EventKind::Close, Some(sender)) => e.sent_to = self.take_sent_to(sender),
@@ -129,9 +134,9 @@ impl<'a, W: Write> Consumer<'a, W> {
         };
         receivers
             .into_iter()
-            .filter_map(|receiver| {
+            .filter_map(|(receiver, path)| {
                 let (bytes, msgs) = pairs.take(sender, receiver)?;
-                Some(events::DgramTotal { receiver, bytes, msgs, holder: None, path: None })
+                Some(events::DgramTotal { receiver, bytes, msgs, holder: None, path })
             })
             .collect()
     }

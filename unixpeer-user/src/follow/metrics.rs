@@ -49,6 +49,15 @@ struct PairLabels {
     path: String,
 }
 
+/// A pair's labels and which way the bytes or messages went.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FlowLabels {
+    client: String,
+    server: String,
+    path: String,
+    direction: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FailureLabels {
     client: String,
@@ -60,7 +69,14 @@ struct FailureLabels {
 struct Pair {
     connections: u64,
     active: i64,
+    /// Counted in the kernel, added when the client's socket closes:
+    /// client to server, then server to client.
+    bytes: [u64; 2],
+    msgs: [u64; 2],
 }
+
+/// The `direction` label of `Pair::bytes` and `Pair::msgs`, in their order.
+const DIRECTIONS: [&str; 2] = ["client_to_server", "server_to_client"];
 
 type FailureKey = (Comm, Option<Arc<str>>, i32);
 
@@ -103,14 +119,20 @@ impl Metrics {
     /// An event as output shows it (past the filters).
     pub(crate) fn observe(&mut self, r: &Resolved) {
         let e = &r.event;
+        let server = || match &r.peer {
+            Peer::Holders(h) => h.first().map(|h| h.comm),
+            Peer::Listener(h) => Some(h.comm),
+            Peer::Unknown => None,
+        };
         match e.kind {
+            // A datagram socket's first send to an address: a connection
+            // of a sort, with nothing left open.
+            EventKind::DgramSend => {
+                let at = self.pair((e.comm, server(), e.path.clone()));
+                self.pair_counts[at].1.connections += 1;
+            }
             EventKind::Connect | EventKind::DgramConnect => {
-                let server = match &r.peer {
-                    Peer::Holders(h) => h.first().map(|h| h.comm),
-                    Peer::Listener(h) => Some(h.comm),
-                    Peer::Unknown => None,
-                };
-                let at = self.pair((e.comm, server, e.path.clone()));
+                let at = self.pair((e.comm, server(), e.path.clone()));
                 let pair = &mut self.pair_counts[at].1;
                 pair.connections += 1;
                 if let Some(inode) = e.inode {
@@ -128,7 +150,20 @@ impl Metrics {
             }
             EventKind::Close => {
                 if let Some(at) = e.inode.and_then(|i| self.open.remove(&i)) {
-                    self.pair_counts[at].1.active -= 1;
+                    let pair = &mut self.pair_counts[at].1;
+                    pair.active -= 1;
+                    if let Some(t) = e.traffic {
+                        pair.bytes[0] += t.bytes_sent;
+                        pair.bytes[1] += t.bytes_received;
+                        pair.msgs[0] += t.msgs_sent;
+                        pair.msgs[1] += t.msgs_received;
+                    }
+                }
+                for to in &e.sent_to {
+                    let at = self.pair((e.comm, to.holder.as_ref().map(|h| h.comm), to.path.clone()));
+                    let pair = &mut self.pair_counts[at].1;
+                    pair.bytes[0] += to.bytes;
+                    pair.msgs[0] += to.msgs;
                 }
             }
             _ => {}
@@ -202,16 +237,44 @@ impl Metrics {
         let mut registry = Registry::default();
         let connections = Family::<PairLabels, Counter>::default();
         let active = Family::<PairLabels, Gauge>::default();
+        let bytes = Family::<FlowLabels, Counter>::default();
+        let msgs = Family::<FlowLabels, Counter>::default();
         // Two keys may give the same labels (names that differ only in
         // bytes that are not UTF-8): their series add up.
         for (labels, pair) in &self.pair_counts {
             connections.get_or_create(labels).inc_by(pair.connections);
             active.get_or_create(labels).inc_by(pair.active);
+            for (i, direction) in DIRECTIONS.into_iter().enumerate() {
+                if pair.bytes[i] == 0 && pair.msgs[i] == 0 {
+                    continue;
+                }
+                let flow = FlowLabels {
+                    client: labels.client.clone(),
+                    server: labels.server.clone(),
+                    path: labels.path.clone(),
+                    direction,
+                };
+                bytes.get_or_create(&flow).inc_by(pair.bytes[i]);
+                msgs.get_or_create(&flow).inc_by(pair.msgs[i]);
+            }
         }
         registry.register(
             "unixtrace_connections",
-            "Connections made (connect), by client command, server command and socket path",
+            "Connections made (connect, or a datagram socket's first send to an address), by client command, \
+             server command and socket path",
             connections,
+        );
+        registry.register(
+            "unixtrace_bytes",
+            "Bytes that went across connections closed so far (counted in the kernel where it can), by client, \
+             server, path and direction",
+            bytes,
+        );
+        registry.register(
+            "unixtrace_messages",
+            "Send or receive calls that moved bytes on connections closed so far, by client, server, path and \
+             direction",
+            msgs,
         );
         registry.register(
             "unixtrace_active_connections",
@@ -338,7 +401,10 @@ async fn answer(mut stream: TcpStream, text: &Mutex<String>) -> std::io::Result<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{events::Event, holders::Holder};
+    use crate::{
+        events::{DgramTotal, Event, Traffic},
+        holders::Holder,
+    };
 
     fn connect(inode: u64, client: &str, server: &str, path: &str) -> Resolved {
         let mut e = Event::sample(EventKind::Connect, 1, 10, client, inode, 0);
@@ -363,6 +429,37 @@ mod tests {
         let labels = r#"{client="curl",server="dockerd",path="/run/docker.sock"}"#;
         assert!(text.contains(&format!("unixtrace_connections_total{labels} 3\n")), "{text}");
         assert!(text.contains(&format!("unixtrace_active_connections{labels} 2\n")), "{text}");
+    }
+
+    #[test]
+    fn bytes_count_at_the_clients_close_and_datagrams_by_address_by_receiver() {
+        let mut m = Metrics::new(100);
+        m.observe(&connect(100, "curl", "dockerd", "/run/docker.sock"));
+        let mut close = Event::sample(EventKind::Close, 2, 10, "curl", 100, 0);
+        close.traffic = Some(Traffic { bytes_sent: 300, bytes_received: 4900, msgs_sent: 3, msgs_received: 1 });
+        m.observe(&Resolved { event: close, peer: Peer::Unknown });
+        let mut send = Event::sample(EventKind::DgramSend, 3, 11, "logger", 200, 0);
+        send.path = Some("/dev/log".into());
+        let journald = Holder { pid: 1, comm: "journald".into(), fd: Some(3) };
+        m.observe(&Resolved { event: send, peer: Peer::Holders(vec![journald].into()) });
+        let mut close = Event::sample(EventKind::Close, 4, 11, "logger", 200, 0);
+        close.sent_to =
+            vec![DgramTotal { receiver: 7, bytes: 60, msgs: 3, holder: Some(journald), path: Some("/dev/log".into()) }];
+        m.observe(&Resolved { event: close, peer: Peer::Unknown });
+        let text = published(&mut m);
+        let docker = r#"client="curl",server="dockerd",path="/run/docker.sock""#;
+        for want in [
+            format!("unixtrace_bytes_total{{{docker},direction=\"client_to_server\"}} 300\n"),
+            format!("unixtrace_bytes_total{{{docker},direction=\"server_to_client\"}} 4900\n"),
+            format!("unixtrace_messages_total{{{docker},direction=\"client_to_server\"}} 3\n"),
+            format!("unixtrace_messages_total{{{docker},direction=\"server_to_client\"}} 1\n"),
+            r#"unixtrace_connections_total{client="logger",server="journald",path="/dev/log"} 1"#.to_owned(),
+            r#"unixtrace_bytes_total{client="logger",server="journald",path="/dev/log",direction="client_to_server"} 60"#
+                .to_owned(),
+        ] {
+            assert!(text.contains(&want), "{want} in:\n{text}");
+        }
+        assert!(!text.contains(r#"path="/dev/log",direction="server_to_client""#), "nothing came back: {text}");
     }
 
     #[test]

@@ -582,9 +582,13 @@ impl Tracker {
 
     fn close(&mut self, e: &mut Event) -> Peer {
         self.embryos.remove(&e.sk);
+        // A receiver that closed first (it read what it waited for and
+        // exited) is named from the graveyard and its name at the send.
         for d in &mut e.sent_to {
-            d.holder = self.model.holders(d.receiver).first().copied();
-            d.path = self.model.get(d.receiver).and_then(|s| s.path.clone());
+            d.holder = self.holders_of(Some(d.receiver)).and_then(|h| h.first().copied());
+            if let Some(path) = self.model.get(d.receiver).and_then(|s| s.path.clone()) {
+                d.path = Some(path);
+            }
         }
         let Some(inode) = e.inode else { return Peer::Unknown };
         self.orphans.remove(&inode);
