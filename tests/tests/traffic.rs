@@ -192,7 +192,10 @@ fn traffic_top_shows_the_busy_connection_with_both_ends_and_every_byte_once() {
     let path = format!("/tmp/unixpeer-top-{}.sock", std::process::id());
     let listener = listen_on(&path, libc::SOCK_STREAM, 8);
     let mut c = follow_command();
-    c.args(["--top", "--json", "--interval", "500ms", "--iterations", "6"]).stdout(std::process::Stdio::piped());
+    // Only the connections to this path: the decoy's bytes, busier than
+    // any, must not show.
+    c.args(["--top", "--json", "--interval", "500ms", "--iterations", "6", "--path", &path])
+        .stdout(std::process::Stdio::piped());
     let mut top = c.spawn().expect("start unixtrace --top");
     let mut lines = std::io::BufRead::lines(std::io::BufReader::new(top.stdout.take().expect("stdout")));
     let Some(Ok(first)) = lines.next() else {
@@ -225,8 +228,19 @@ fn traffic_top_shows_the_busy_connection_with_both_ends_and_every_byte_once() {
         std::thread::sleep(Duration::from_millis(700));
         if ok { 0 } else { 2 }
     });
+    let decoy_go = Gate::new();
+    let decoy = fork_child("top-decoy", || {
+        let Ok((a, b)) = sys::socketpair(libc::SOCK_STREAM) else { return 1 };
+        decoy_go.wait();
+        let mut did = Did::default();
+        let ok = (0..20).all(|_| did.send(a, &[b'd'; SENT / 10]) && did.receive(b, (SENT / 10) as u64));
+        std::thread::sleep(Duration::from_millis(700));
+        if ok { 0 } else { 2 }
+    });
     let counts = capture["traffic"].is_string();
     go.open();
+    decoy_go.open();
+    assert_eq!(wait_child(decoy), 0, "decoy failed");
     assert_eq!(wait_child(client), 0, "client failed");
     assert_eq!(wait_child(server), 0, "server failed");
     let _ = std::fs::remove_file(&path);
@@ -237,6 +251,9 @@ fn traffic_top_shows_the_busy_connection_with_both_ends_and_every_byte_once() {
         return;
     }
     assert!(status.success(), "--top --iterations 6 must end by itself: {status:?}");
+    for r in rows.iter().filter(|r| r["kind"] == "top" || r["kind"] == "top_path") {
+        assert_eq!(r["path"].as_str(), Some(path.as_str()), "--path {path} showed another connection: {r}");
+    }
     let ours: Vec<&Value> =
         rows.iter().filter(|r| r["kind"] == "top" && r["path"].as_str() == Some(path.as_str())).collect();
     assert!(!ours.is_empty(), "no row for {path}: {rows:?}");

@@ -75,7 +75,7 @@ impl ContainerPattern {
 }
 
 impl Filter {
-    pub(crate) fn matches(&self, model: &Model, a: u64, b: Option<u64>) -> bool {
+    pub fn matches(&self, model: &Model, a: u64, b: Option<u64>) -> bool {
         let either = |test: &dyn Fn(u64) -> bool| test(a) || b.is_some_and(test);
         (self.pids.is_empty() || either(&|i| model.holders(i).iter().any(|h| self.pids.contains(&h.pid))))
             && (self.comms.is_empty()
@@ -83,7 +83,14 @@ impl Filter {
                     model.holders(i).iter().any(|h| self.comms.iter().any(|c| comm_eq(c, h.comm.as_bytes())))
                 }))
             && self.path.as_ref().is_none_or(|g| {
-                either(&|i| model.get(i).and_then(|s| s.name.as_ref()).is_some_and(|n| g.matches(&n.to_string())))
+                // The live model's sockets may have only the name their
+                // events carried (`path`), a client's the one it connected to.
+                either(&|i| {
+                    model.get(i).is_some_and(|s| {
+                        s.name.as_ref().is_some_and(|n| g.matches(&n.to_string()))
+                            || s.path.as_deref().is_some_and(|p| g.matches(p))
+                    })
+                })
             })
             && (self.types.is_empty() || either(&|i| model.get(i).is_some_and(|s| self.types.contains(&s.sock_type))))
             && (!self.listening || either(&|i| model.get(i).is_some_and(|s| s.state == KernelState::Listen)))

@@ -171,6 +171,7 @@ fn follow_main(args: &Args) -> anyhow::Result<()> {
     let hooks = Hooks {
         snapshot: &mut take_snapshot,
         filter: &|r, ids| filter.matches_event(r, ids),
+        connection_filter: &|model, a, b| filter.matches(model, a, b),
         recorder: recorder.as_mut().map(|r| r as &mut dyn Recorder),
     };
     let result = rt.block_on(follow::run(&opts, hooks));

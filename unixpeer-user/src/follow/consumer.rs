@@ -48,14 +48,18 @@ pub struct Consumer<'a, W: Write> {
     /// The kernel's per-socket counts: taken for releases the model
     /// infers, read whole by `--top`.
     released: Option<crate::capture::traffic::TrafficMap>,
-    /// `--top`: a refreshed table instead of event lines.
-    top: Option<super::top::Top>,
+    /// `--top`: a refreshed table instead of event lines, and which
+    /// connections it shows.
+    top: Option<(super::top::Top, &'a ConnectionFilter<'a>)>,
     dgram_pairs: Option<crate::capture::traffic::DgramPairs>,
     /// Receivers each datagram socket sent to by address (its `dgram_send`
     /// events) and the name each was sent to, whose counts its close
     /// takes. Bounded by `SENDERS`.
     sent_to: std::collections::HashMap<u64, Vec<Receiver>>,
 }
+
+/// The user's filter on a connection of the model: a socket, its peer.
+pub(crate) type ConnectionFilter<'f> = dyn Fn(&crate::model::Model, u64, Option<u64>) -> bool + 'f;
 
 /// A receiver a datagram socket sent to by address: its inode and the
 /// name the datagrams went to.
@@ -141,16 +145,17 @@ impl<'a, W: Write> Consumer<'a, W> {
             .collect()
     }
 
-    /// Show the busiest connections instead of events (`--top`).
-    pub(crate) fn set_top(&mut self, top: super::top::Top) {
-        self.top = Some(top);
+    /// Show the busiest connections instead of events (`--top`), those
+    /// `wanted` says yes to.
+    pub(crate) fn set_top(&mut self, top: super::top::Top, wanted: &'a ConnectionFilter<'a>) {
+        self.top = Some((top, wanted));
     }
 
     /// `--top`: one refresh from the kernel's counts at `now_ns`.
     pub(crate) fn refresh_top(&mut self, now_ns: u64) {
-        let Some(top) = self.top.as_mut() else { return };
+        let Some((top, wanted)) = self.top.as_mut() else { return };
         let counts = self.released.as_ref().map(|m| m.read_all()).unwrap_or_default();
-        top.refresh(&mut self.lines, counts, self.tracker.model(), now_ns, self.opts.json);
+        top.refresh(&mut self.lines, counts, (self.tracker.model(), *wanted), now_ns, self.opts.json);
         self.spill();
     }
 
@@ -176,7 +181,8 @@ impl<'a, W: Write> Consumer<'a, W> {
     /// Stop once `--count` lines were printed, or `--top` made its
     /// `--iterations`.
     pub(crate) fn done(&self) -> bool {
-        self.opts.count.is_some_and(|c| self.summary.printed >= c) || self.top.as_ref().is_some_and(|t| t.finished())
+        self.opts.count.is_some_and(|c| self.summary.printed >= c)
+            || self.top.as_ref().is_some_and(|(t, _)| t.finished())
     }
 
     /// One record as the ring buffer hands it over.
@@ -288,7 +294,7 @@ impl<'a, W: Write> Consumer<'a, W> {
         if (bookkeeping && self.opts.verbose < 2) || !(self.filter)(r, self.tracker.processes()) || self.done() {
             return;
         }
-        if let Some(top) = self.top.as_mut() {
+        if let Some((top, _)) = self.top.as_mut() {
             if r.event.kind == EventKind::Close {
                 top.closed(r);
             }

@@ -151,6 +151,9 @@ pub struct Hooks<'a> {
     /// Gets the capture's iterator records (or why they could not be had).
     pub snapshot: &'a mut SnapshotHook<'a>,
     pub filter: &'a dyn Fn(&Resolved, &crate::identity::Processes) -> bool,
+    /// The same filter on a connection of the model (a socket and its
+    /// peer): which rows `--top` shows.
+    pub connection_filter: &'a dyn Fn(&crate::model::Model, u64, Option<u64>) -> bool,
     pub recorder: Option<&'a mut dyn Recorder>,
 }
 
@@ -169,7 +172,7 @@ pub async fn run<'a>(opts: &'a FollowOptions, hooks: Hooks<'a>) -> Result<Follow
     let mut capture = Capture::start(&opts.capture)?;
     let clock = Clock::now();
     let infer = capture.chosen.backend.infers_releases();
-    let Hooks { snapshot, filter, mut recorder } = hooks;
+    let Hooks { snapshot, filter, connection_filter, mut recorder } = hooks;
     if let Some(r) = recorder.as_mut() {
         r.start(&capture.chosen, &clock, infer).map_err(FollowError::Recorder)?;
     }
@@ -208,7 +211,7 @@ pub async fn run<'a>(opts: &'a FollowOptions, hooks: Hooks<'a>) -> Result<Follow
     let mut top_tick = match top {
         Some(top) => {
             let interval = top.interval();
-            sink.set_top(top);
+            sink.set_top(top, connection_filter);
             let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             Some(tick)

@@ -9,7 +9,7 @@ use std::io::Write as _;
 
 use serde_json::json;
 
-use super::{Holder, Peer, Resolved, render};
+use super::{Holder, Peer, Resolved, consumer::ConnectionFilter, render};
 use crate::events::Traffic;
 use crate::model::Model;
 use crate::output::{JSON_SCHEMA, escape};
@@ -130,7 +130,7 @@ impl Top {
         &mut self,
         out: &mut Vec<u8>,
         now: Vec<(u64, Traffic)>,
-        model: &Model,
+        (model, wanted): (&Model, &ConnectionFilter<'_>),
         now_ns: u64,
         json: bool,
     ) {
@@ -164,9 +164,22 @@ impl Top {
         };
         let mut seen = HashMap::with_capacity(now.len());
         for (inode, t) in now {
-            let moved = minus(t, self.last.get(&inode).copied().unwrap_or_default());
-            seen.insert(inode, t);
+            let before = self.last.get(&inode).copied();
+            let moved = minus(t, before.unwrap_or_default());
             let peer = model.get(inode).and_then(|s| s.peer_inode()).unwrap_or(0);
+            // The closes that reach `closed` have passed the filter already.
+            if !wanted(model, inode, (peer != 0).then_some(peer)) {
+                // A socket the model does not know yet (its accept still
+                // waits for the connect) may match once it does: what it
+                // moved meanwhile is shown then.
+                if model.contains(inode) {
+                    seen.insert(inode, t);
+                } else if let Some(before) = before {
+                    seen.insert(inode, before);
+                }
+                continue;
+            }
+            seen.insert(inode, t);
             let path = model.get(inode).and_then(|s| s.path.as_deref().map(str::to_owned));
             add(end_of(model, inode), end_of(model, peer), path, moved);
         }
@@ -354,6 +367,10 @@ mod tests {
         m
     }
 
+    fn all(_: &Model, _: u64, _: Option<u64>) -> bool {
+        true
+    }
+
     fn json_rows(out: &[u8]) -> Vec<serde_json::Value> {
         out.split(|&b| b == b'\n').filter(|l| !l.is_empty()).map(|l| serde_json::from_slice(l).unwrap()).collect()
     }
@@ -364,7 +381,13 @@ mod tests {
         top.prime(vec![(1, t(100, 50, 1, 1)), (2, t(50, 100, 1, 1))]);
         let mut out = Vec::new();
         // The server sent 1000 more, the client read 900 of them so far.
-        top.refresh(&mut out, vec![(1, t(1100, 60, 3, 2)), (2, t(60, 1000, 2, 3))], &model(), 1_000_000_000, true);
+        top.refresh(
+            &mut out,
+            vec![(1, t(1100, 60, 3, 2)), (2, t(60, 1000, 2, 3))],
+            (&model(), &all),
+            1_000_000_000,
+            true,
+        );
         let rows = json_rows(&out);
         assert_eq!(rows.len(), 2, "one connection row and one path row: {rows:?}");
         let r = &rows[0];
@@ -384,15 +407,47 @@ mod tests {
         let peer = Peer::Holders(smallvec::smallvec![Holder { pid: 10, comm: "server".into(), fd: Some(3) }]);
         top.closed(&Resolved { event: close, peer });
         let mut out = Vec::new();
-        top.refresh(&mut out, Vec::new(), &Model::default(), 2_000_000_000, false);
+        top.refresh(&mut out, Vec::new(), (&Model::default(), &all), 2_000_000_000, false);
         let text = String::from_utf8(out).unwrap();
         assert!(text.contains("by messages/s"), "{text}");
         // 60 bytes in 3 messages over 2 s.
         let row = text.lines().find(|l| l.contains("client[20]:3")).unwrap_or_else(|| panic!("{text}"));
         assert!(row.contains("server[10]:3") && row.contains("/run/app.sock"), "{row}");
         assert_eq!(row.split_whitespace().take(3).collect::<Vec<_>>(), ["30", "B", "2"], "{row}");
-        top.refresh(&mut Vec::new(), Vec::new(), &Model::default(), 3_000_000_000, false);
+        top.refresh(&mut Vec::new(), Vec::new(), (&Model::default(), &all), 3_000_000_000, false);
         assert!(top.finished());
+    }
+
+    #[test]
+    fn only_the_connections_the_filter_wants_are_shown() {
+        let mut top = Top::new(opts(SortBy::Bytes), 0);
+        let mut m = model();
+        // A third socket, alone, held by a process the filter leaves out.
+        m.insert_socket(Socket::sample(3, KernelState::Established, None));
+        m.holders_mut(3).push(Holder { pid: 30, comm: "other".into(), fd: Some(4) });
+        let server_or_client = |m: &Model, a: u64, b: Option<u64>| {
+            [Some(a), b].into_iter().flatten().any(|i| m.holders(i).iter().any(|h| h.pid == 20))
+        };
+        let mut out = Vec::new();
+        let now = vec![(1, t(100, 0, 1, 0)), (2, t(0, 100, 0, 1)), (3, t(5000, 0, 9, 0))];
+        top.refresh(&mut out, now, (&m, &server_or_client), 1_000_000_000, true);
+        let rows = json_rows(&out);
+        let comms: Vec<_> = rows.iter().filter_map(|r| r["a"]["comm"].as_str()).collect();
+        assert_eq!(comms, ["server"], "{rows:?}");
+    }
+
+    #[test]
+    fn a_socket_the_model_learns_late_shows_what_it_moved_before() {
+        let mut top = Top::new(opts(SortBy::Bytes), 0);
+        let named = |m: &Model, a: u64, _: Option<u64>| !m.holders(a).is_empty();
+        let mut out = Vec::new();
+        // Its accept is still waiting for the connect: not in the model.
+        top.refresh(&mut out, vec![(1, t(0, 500, 0, 2))], (&Model::default(), &named), 1_000_000_000, true);
+        assert!(json_rows(&out).iter().all(|r| r["kind"] != "top"), "{out:?}");
+        out.clear();
+        top.refresh(&mut out, vec![(1, t(0, 700, 0, 3))], (&model(), &named), 2_000_000_000, true);
+        let rows = json_rows(&out);
+        assert_eq!(rows[0]["bytes_b_to_a"].as_u64(), Some(700), "{rows:?}");
     }
 
     #[test]
