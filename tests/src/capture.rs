@@ -48,6 +48,8 @@ impl Drop for Scratch {
 /// A running `unixtrace capture`, started once its programs are attached.
 pub struct Capture {
     child: Child,
+    /// Its first line: where it captures, and at which hooks.
+    first: String,
     stderr: std::thread::JoinHandle<String>,
 }
 
@@ -73,7 +75,7 @@ impl Capture {
             kill_and_reap(&mut child);
             panic!("unixtrace capture did not start: {first}{}", stderr.join().unwrap_or_default());
         }
-        Self { child, stderr }
+        Self { child, first, stderr }
     }
 
     /// Ctrl-C, then its exit status and stderr.
@@ -82,7 +84,7 @@ impl Capture {
         std::thread::sleep(Duration::from_millis(200));
         interrupt(&self.child);
         let status = self.child.wait().expect("wait for unixtrace");
-        let err = self.stderr.join().unwrap_or_default();
+        let err = self.first + &self.stderr.join().unwrap_or_default();
         assert!(status.success(), "unixtrace capture failed: {err}");
         err
     }

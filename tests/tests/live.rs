@@ -670,13 +670,6 @@ fn burst(listener: i32, path: &str, iterations: usize) -> i32 {
     0
 }
 
-/// Whether the running kernel is at least `major.minor`.
-fn kernel_at_least(major: u32, minor: u32) -> bool {
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("osrelease");
-    let mut parts = release.trim().split(['.', '-']).map(|p| p.parse::<u32>().unwrap_or(0));
-    (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) >= (major, minor)
-}
-
 /// UNIX sockets of this network namespace, as the kernel lists them.
 fn kernel_sockets() -> usize {
     std::fs::read_to_string("/proc/net/unix").expect("/proc/net/unix").lines().count().saturating_sub(1)

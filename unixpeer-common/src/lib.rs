@@ -230,9 +230,12 @@ pub struct KernelOffsets {
     /// The raw counter value that means "one reference": 0 for file_ref_t
     /// (it stores refs - 1), 1 for atomic_long_t.
     pub file_one_ref: u64,
-    /// `struct pt_regs`: where the first four syscall arguments sit
-    /// (x86_64: di, si, dx, r10), for the syscall functions' hooks.
+    /// `struct pt_regs`: where the six syscall arguments sit (x86_64: di,
+    /// si, dx, r10, r8, r9), for the syscall functions' hooks.
     pub pt_regs_args: [u64; 6],
+    /// `struct pt_regs`: the syscall's number (x86_64: orig_ax), for hooks
+    /// inside a call that need to know which.
+    pub pt_regs_syscall_nr: u64,
     /// 1 when the kernel has `bpf_get_current_task_btf` (5.11+): the fd
     /// table walk is then plain loads instead of one helper call a step.
     pub has_current_task_btf: u64,

@@ -7,7 +7,7 @@ use std::path::Path;
 use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray, RingBuf},
-    programs::TracePoint,
+    programs::{BtfTracePoint, TracePoint},
 };
 use tokio::io::unix::AsyncFd;
 use unixpeer_common::{PayloadFilter, PayloadHeader, PayloadRecords, payload_counter};
@@ -21,7 +21,17 @@ use crate::{
     privileges, tracefs,
 };
 
-/// (program, syscall) of the exits, always attached.
+/// 6.3+: one tp_btf program at `sock:sock_send_length`, which only socket
+/// sends reach, instead of the syscalls' tracepoints below, which put every
+/// syscall of the system on the slow path.
+const SEND_LENGTH: &str = "payload_send_length";
+const SEND_LENGTH_TRACEPOINT: &str = "sock_send_length";
+
+/// What `PayloadCapture::hooks` says of each way.
+const HOOKS_TP_BTF: &str = "sock:sock_send_length (tp_btf)";
+const HOOKS_SYSCALLS: &str = "syscalls:sys_exit_{write,writev,sendto,sendmsg,sendmmsg}";
+
+/// (program, syscall) of the exits, before 6.3.
 const EXITS: &[(&str, &str)] = &[
     ("payload_exit_write", "write"),
     ("payload_exit_writev", "writev"),
@@ -60,6 +70,8 @@ pub struct PayloadCapture {
     counters: PerCpuArray<MapData, u64>,
     lost_seen: u64,
     pub buffer_size: u64,
+    /// Where the messages are taken, for people and the file's header.
+    pub hooks: &'static str,
 }
 
 /// Where the payload calls' records keep their arguments and `ret`.
@@ -82,6 +94,18 @@ fn records(root: &Path) -> Result<PayloadRecords, tracefs::TracefsError> {
     })
 }
 
+/// The tp_btf program, where the kernel has the tracepoint (6.3+).
+fn attach_send_length(ebpf: &mut Ebpf, btf: &aya::Btf) -> Result<(), CaptureError> {
+    let target = format!("tp_btf {SEND_LENGTH_TRACEPOINT}");
+    let p = ebpf
+        .program_mut(SEND_LENGTH)
+        .ok_or_else(|| program_error(SEND_LENGTH, &target, aya::programs::ProgramError::NotLoaded))?;
+    let tp: &mut BtfTracePoint = p.try_into().map_err(|e| program_error(SEND_LENGTH, &target, e))?;
+    tp.load(SEND_LENGTH_TRACEPOINT, btf).map_err(|e| program_error(SEND_LENGTH, &target, e))?;
+    tp.attach().map_err(|e| program_error(SEND_LENGTH, &target, e))?;
+    Ok(())
+}
+
 fn payload_filter(opts: &PayloadOptions) -> PayloadFilter {
     let mut f = PayloadFilter::zeroed();
     f.sock_types = opts.sock_types;
@@ -98,20 +122,24 @@ impl PayloadCapture {
         let kbtf = KernelBtf::open(Path::new(VMLINUX_BTF))?;
         let root = tracefs::ensure_mounted()?;
         let recs = records(&root)?;
-        let btf = attach_btf::stand_in(&kbtf, &[attach_btf::Target::Func(iter::ITER_TARGET_FUNC)])?;
+        let targets = [
+            attach_btf::Target::Func(iter::ITER_TARGET_FUNC),
+            attach_btf::Target::Typedef("btf_trace_sock_send_length"),
+        ];
+        let btf = attach_btf::stand_in(&kbtf, &targets)?;
         let mut offsets = kbtf.kernel_offsets()?;
-        let ebpf = match Self::load(&kbtf, &offsets, &recs, opts) {
+        let ebpf = match Self::load(&kbtf, &btf, &offsets, &recs, opts) {
             Err(CaptureError::Verifier { program, log_tail, .. }) if offsets.cast_loads != 0 => {
                 log::info!(
                     "the verifier refused program `{program}` with bpf_rdonly_cast walks; loading again with \
                      probe reads. Its log ended:\n{log_tail}"
                 );
                 offsets.cast_loads = 0;
-                Self::load(&kbtf, &offsets, &recs, opts)?
+                Self::load(&kbtf, &btf, &offsets, &recs, opts)?
             }
             other => other?,
         };
-        let mut ebpf = ebpf;
+        let (mut ebpf, hooks) = ebpf;
         let ring = RingBuf::try_from(ebpf.take_map("PAYLOAD").ok_or(CaptureError::MissingMap("PAYLOAD"))?)?;
         let counters = PerCpuArray::try_from(
             ebpf.take_map("PAYLOAD_COUNTERS").ok_or(CaptureError::MissingMap("PAYLOAD_COUNTERS"))?,
@@ -124,15 +152,18 @@ impl PayloadCapture {
             counters,
             lost_seen: 0,
             buffer_size: buffer_size(opts.buffer_size),
+            hooks,
         })
     }
 
+    /// The object loaded and its programs attached, and which hooks.
     fn load(
         kbtf: &KernelBtf,
+        btf: &aya::Btf,
         offsets: &unixpeer_common::KernelOffsets,
         recs: &PayloadRecords,
         opts: &PayloadOptions,
-    ) -> Result<Ebpf, CaptureError> {
+    ) -> Result<(Ebpf, &'static str), CaptureError> {
         let object = object_for(kbtf, offsets);
         let cpus = aya::util::nr_cpus().map_or(1, |n| n.get()) as u32;
         let filter = kernel_filter(&CaptureOptions { pid: opts.pid, comm: opts.comm.clone(), ..Default::default() });
@@ -149,6 +180,10 @@ impl PayloadCapture {
             .override_global("PAYLOAD_RECORDS", recs, true)
             .load(object.bytes())
             .map_err(load_error)?;
+        match attach_send_length(&mut ebpf, btf) {
+            Ok(()) => return Ok((ebpf, HOOKS_TP_BTF)),
+            Err(e) => log::info!("capturing at the syscalls' exits: {e}"),
+        }
         let mut attach = |set: &[(&str, &str)]| -> Result<(), CaptureError> {
             for (name, call) in set {
                 let event = format!("{}_{call}", if name.contains("_enter_") { "sys_enter" } else { "sys_exit" });
@@ -166,7 +201,7 @@ impl PayloadCapture {
             attach(ENTRIES)?;
         }
         attach(EXITS)?;
-        Ok(ebpf)
+        Ok((ebpf, HOOKS_SYSCALLS))
     }
 
     /// Waits for data or the drain interval, then hands every record to `f`.

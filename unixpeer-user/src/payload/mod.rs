@@ -95,7 +95,7 @@ async fn capture(args: &CaptureArgs, opts: &PayloadOptions, out: Box<dyn Write>)
     let info = SectionInfo {
         os: &format!("Linux {}", release.trim()),
         userappl: concat!("unixtrace ", env!("CARGO_PKG_VERSION")),
-        comment: &format!("unixtrace {}", escape::escaped(&command.join(" "))),
+        comment: &format!("unixtrace {}; messages taken at {}", escape::escaped(&command.join(" ")), cap.hooks),
     };
     let mut sink = match &args.write {
         Some(_) => {
@@ -111,7 +111,7 @@ async fn capture(args: &CaptureArgs, opts: &PayloadOptions, out: Box<dyn Write>)
         Some(w) if w.as_os_str() == "-" => "stdout".into(),
         Some(w) => escape::path(w),
     };
-    eprintln!("unixtrace: capturing to {dest}, {} bytes of each message", opts.snaplen);
+    eprintln!("unixtrace: capturing to {dest}, {} bytes of each message, at {}", opts.snaplen, cap.hooks);
     let mut sigterm = signal(SignalKind::terminate()).map_err(PayloadError::Runtime)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(PayloadError::Runtime)?;
     let started = Instant::now();
