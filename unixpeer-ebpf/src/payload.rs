@@ -178,9 +178,31 @@ fn exit(ctx: &TracePointContext, cur: Current) -> Option<([u64; 5], i64)> {
     Some((args, record_field(ctx, rodata!(PAYLOAD_RECORDS.exit_ret)) as i64))
 }
 
+/// A name buffer that sits at a multiple of 8 bytes in its 8-aligned
+/// struct (checked below), so that the filter compares it a word at a time:
+/// BPF has no unaligned loads, and a byte at a time is four times the work
+/// for every message on a socket the filter does not want.
+struct AlignedName<'a>(&'a [u8; UNIX_PATH_MAX]);
+
+const _: () = assert!(core::mem::offset_of!(PayloadHeader, path).is_multiple_of(8));
+const _: () = assert!(core::mem::align_of::<PayloadHeader>().is_multiple_of(8));
+const _: () = assert!(core::mem::offset_of!(unixpeer_common::UnixEvent, path).is_multiple_of(8));
+const _: () = assert!(core::mem::align_of::<unixpeer_common::UnixEvent>().is_multiple_of(8));
+
+impl<'a> AlignedName<'a> {
+    fn of_header(h: &'a PayloadHeader) -> Self {
+        AlignedName(&h.path)
+    }
+
+    fn of_event(e: &'a unixpeer_common::UnixEvent) -> Self {
+        AlignedName(&e.path)
+    }
+}
+
 /// Whether a name passes the prefix filter.
 #[inline(always)]
-fn path_wanted(path: &[u8; UNIX_PATH_MAX], len: u32) -> bool {
+fn path_wanted(name: AlignedName<'_>, len: u32) -> bool {
+    let path = name.0;
     let want = rodata!(PAYLOAD_FILTER.prefix_len);
     if want == 0 {
         return true;
@@ -188,12 +210,34 @@ fn path_wanted(path: &[u8; UNIX_PATH_MAX], len: u32) -> bool {
     if len < want {
         return false;
     }
-    let prefix = rodata!(PAYLOAD_FILTER.prefix);
-    for i in 0..UNIX_PATH_MAX {
+    let prefix = &raw const PAYLOAD_FILTER.prefix;
+    const WORDS: usize = UNIX_PATH_MAX / 8;
+    for w in 0..WORDS {
+        let at = w * 8;
+        if at as u32 >= want {
+            return true;
+        }
+        // SAFETY: `at + 8 <= UNIX_PATH_MAX`: both reads stay inside their
+        // arrays, the first 8-aligned (`AlignedName`); the prefix sits in
+        // frozen .rodata, as `rodata!` says, and is read as bytes.
+        let (a, b) = unsafe {
+            (
+                core::ptr::read(path.as_ptr().add(at).cast::<u64>()),
+                core::ptr::read_volatile(prefix.cast::<u8>().add(at).cast::<[u8; 8]>()),
+            )
+        };
+        let left = want - at as u32;
+        let mask = if left >= 8 { u64::MAX } else { (1u64 << (left * 8)) - 1 };
+        if (a ^ u64::from_ne_bytes(b)) & mask != 0 {
+            return false;
+        }
+    }
+    // The bytes past the whole words.
+    for (i, &byte) in path.iter().enumerate().skip(WORDS * 8) {
         if i as u32 >= want {
             break;
         }
-        if path[i] != prefix[i] {
+        if byte != rodata!(PAYLOAD_FILTER.prefix[i]) {
             return false;
         }
     }
@@ -216,10 +260,66 @@ enum To {
 #[inline(always)]
 fn describe(cur: Current, fd: u64, which: u32, to: To) -> Option<&'static mut Staging> {
     let sock = kernel::unix_socket_of_file(cur.file_of_fd(fd as u32)?)?;
-    let types = rodata!(PAYLOAD_FILTER.sock_types);
-    if types != 0 && types & (1 << (sock.sock_type & 31)) == 0 {
+    if !socket_wanted(&sock, kernel::peer_of(sock.sk)) {
         return None;
     }
+    describe_socket(cur, fd, sock, which, to)
+}
+
+/// Whether `stage`'s path buffer, read from the kernel name at
+/// `sockaddr` (`len` bytes, a `struct sockaddr_un`), starts with the
+/// filter's prefix.
+#[inline(always)]
+fn kernel_name_wanted(stage: &mut Staging, (sockaddr, len): (u64, u32)) -> bool {
+    let want = rodata!(PAYLOAD_FILTER.prefix_len);
+    // sun_path follows the 2-byte family.
+    let have = len.saturating_sub(2);
+    if have < want {
+        return false;
+    }
+    let n = want & 0x7f;
+    if n as usize > UNIX_PATH_MAX {
+        return false;
+    }
+    let dst = stage.header.path.as_mut_ptr().cast();
+    // SAFETY: n <= UNIX_PATH_MAX bytes into the header's path buffer, as
+    // the verifier checks too; the helper fails instead of faulting on an
+    // unreadable kernel address, and zeroes the buffer then.
+    let rc = unsafe { aya_ebpf::helpers::generated::bpf_probe_read_kernel(dst, n, (sockaddr + 2) as *const _) };
+    rc == 0 && path_wanted(AlignedName::of_header(&stage.header), want)
+}
+
+/// The filters that the socket alone decides, before anything is read for
+/// an event: its type, and for a connected one the name it goes by (its
+/// own if bound, else its peer's, as `name_from_kernel` picks). An
+/// unconnected one's name is the destination in the call: decided later.
+#[inline(always)]
+fn socket_wanted(sock: &kernel::UnixSocket, peer_sk: u64) -> bool {
+    let types = rodata!(PAYLOAD_FILTER.sock_types);
+    if types != 0 && types & (1 << (sock.sock_type & 31)) == 0 {
+        return false;
+    }
+    if rodata!(PAYLOAD_FILTER.prefix_len) == 0 || peer_sk == 0 {
+        return true;
+    }
+    let Some(named) = kernel::bound_name(sock.sk).or_else(|| kernel::bound_name(peer_sk)) else { return false };
+    // SAFETY: the helper takes no arguments.
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    let Some(stage) = PAYLOAD_STAGING.get_ptr_mut(cpu) else { return false };
+    // SAFETY: this CPU's entry, as in `describe_socket`; only its path
+    // buffer is used, which `describe_socket` fills again.
+    kernel_name_wanted(unsafe { &mut *stage }, named)
+}
+
+/// `describe` for a socket already found, that `socket_wanted`.
+#[inline(always)]
+fn describe_socket(
+    cur: Current,
+    fd: u64,
+    sock: kernel::UnixSocket,
+    which: u32,
+    to: To,
+) -> Option<&'static mut Staging> {
     // `begin` applies the command filter and reads the process's command
     // as the connection events name it; the event itself is not sent.
     let e = begin(cur, EventKind::Connect, Backend::Tracepoint)?;
@@ -244,7 +344,7 @@ fn describe(cur: Current, fd: u64, which: u32, to: To) -> Option<&'static mut St
     if !to_named {
         name_from_kernel(e);
     }
-    if !path_wanted(&e.path, e.path_len) {
+    if !path_wanted(AlignedName::of_event(e), e.path_len) {
         return None;
     }
     // SAFETY: the helper takes no arguments.
@@ -500,6 +600,12 @@ pub fn payload_send_length(ctx: BtfTracePointContext) -> i32 {
     if !actor_wanted(cur) {
         return 0;
     }
+    // The socket is the tracepoint's: no fd table walk to find it, and
+    // the filters it decides alone come before anything else is read.
+    let sock = kernel::UnixSocket::of_socket(kernel::socket_of_sk(sk), sk);
+    if !socket_wanted(&sock, kernel::peer_of(sk)) {
+        return 0;
+    }
     // 6.3+ always has bpf_task_pt_regs (5.15).
     let Some(regs) = cur.user_regs() else { return 0 };
     let nr: u64 = kernel::load(regs + off!(pt_regs_syscall_nr));
@@ -519,7 +625,7 @@ pub fn payload_send_length(ctx: BtfTracePointContext) -> i32 {
         // io_uring, splice, sendfile: not these calls' arguments.
         _ => return 0,
     };
-    let Some(stage) = describe(cur, r.arg(0), which, to) else { return 0 };
+    let Some(stage) = describe_socket(cur, r.arg(0), sock, which, to) else { return 0 };
     let len = ret as u64;
     let snap = len.min(u64::from(snaplen())) as u32;
     let cap = if iovlen == 0 { copy(stage, 0, buf, snap) } else { copy_iov::<MAX_IOV>(stage, buf, iovlen, snap) };

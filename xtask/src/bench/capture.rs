@@ -11,7 +11,9 @@
 //! Then a capture of the busy socket itself: its rate, and every message
 //! sent either captured or reported lost, none unaccounted. Beside them, a
 //! capture filtered to a process that sends nothing, whose programs return
-//! at once: near the floor that any syscall hook costs.
+//! at once: near the floor that any syscall hook costs. Each series runs
+//! pinned (both threads of the workload on one CPU, unixtrace on another)
+//! and unpinned, with the capture's messages lost and peak RSS.
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
@@ -23,7 +25,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use super::median;
+use super::{GENERATOR_CPU, TRACER_CPU, median, pin_to};
 
 const PAIRS: usize = 5;
 const RUN: Duration = Duration::from_secs(2);
@@ -43,11 +45,39 @@ fn cpu_seconds() -> f64 {
     ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
 }
 
-/// Round trips over a fresh connection to a listener at `path` for `RUN`.
-fn ping_pong(path: &Path) -> Result<Rate> {
+/// The calling thread on `cpu` alone.
+fn pin_thread(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is empty; sched_setaffinity(0) sets the
+    // calling thread's mask from it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+/// Round trips over a fresh connection to a listener at `path` for `RUN`,
+/// both ends on `cpu` if given, in threads of their own so that the
+/// caller's affinity stays as it was.
+fn ping_pong(path: &Path, cpu: Option<usize>) -> Result<Rate> {
+    let path = path.to_owned();
+    std::thread::spawn(move || {
+        if let Some(c) = cpu {
+            pin_thread(c);
+        }
+        ping_pong_here(&path, cpu)
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the ping-pong client panicked"))?
+}
+
+fn ping_pong_here(path: &Path, cpu: Option<usize>) -> Result<Rate> {
     let _ = std::fs::remove_file(path);
     let listener = UnixListener::bind(path).with_context(|| format!("bind {}", path.display()))?;
     let server = std::thread::spawn(move || -> std::io::Result<()> {
+        if let Some(c) = cpu {
+            pin_thread(c);
+        }
         let (mut conn, _) = listener.accept()?;
         let mut buf = [0u8; MESSAGE];
         while conn.read_exact(&mut buf).is_ok() {
@@ -78,15 +108,13 @@ struct Capturer {
 }
 
 impl Capturer {
-    fn start(unixtrace: &Path, filter: &[&std::ffi::OsStr]) -> Result<Self> {
-        let mut child = Command::new(unixtrace)
-            .arg("capture")
-            .args(filter)
-            .args(["-w", "-"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("start unixtrace capture")?;
+    fn start(unixtrace: &Path, filter: &[&std::ffi::OsStr], cpu: Option<usize>) -> Result<Self> {
+        let mut cmd = Command::new(unixtrace);
+        cmd.arg("capture").args(filter).args(["-w", "-"]).stdout(Stdio::null()).stderr(Stdio::piped());
+        if let Some(c) = cpu {
+            pin_to(&mut cmd, c);
+        }
+        let mut child = cmd.spawn().context("start unixtrace capture")?;
         let mut stderr = BufReader::new(child.stderr.take().context("piped stderr")?);
         let mut line = String::new();
         stderr.read_line(&mut line)?;
@@ -97,9 +125,13 @@ impl Capturer {
         Ok(Self { child, stderr })
     }
 
-    /// Stops it; returns (messages captured, messages lost).
-    fn stop(mut self) -> Result<(u64, u64)> {
+    /// Stops it; returns (messages captured, messages lost, peak RSS in KiB).
+    fn stop(mut self) -> Result<(u64, u64, u64)> {
         std::thread::sleep(Duration::from_millis(100));
+        let peak_kib = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .ok()
+            .and_then(|s| s.lines().find_map(|l| l.strip_prefix("VmHWM:")?.trim().strip_suffix(" kB")?.parse().ok()))
+            .unwrap_or(0);
         // SAFETY: kill(2) on our own child's pid.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
         let mut rest = String::new();
@@ -113,7 +145,7 @@ impl Capturer {
                 let r = l.strip_prefix("unixtrace: captured ")?;
                 let captured = r.split(' ').next()?.parse().ok()?;
                 let lost = r.rsplit(", ").next()?.strip_suffix(" lost")?.parse().ok()?;
-                Some((captured, lost))
+                Some((captured, lost, peak_kib))
             })
             .with_context(|| format!("no closing line from unixtrace capture: {rest}"))
     }
@@ -136,36 +168,55 @@ pub fn run(release: &Path) -> Result<()> {
         ("other-pid", vec!["-p".as_ref(), idle_pid.as_ref()]),
         ("other-path", vec!["--path".as_ref(), quiet.as_os_str()]),
     ];
-    let mut verdict = 0.0;
-    for (name, filter) in &series {
-        let mut ratios = Vec::new();
-        for _ in 0..PAIRS {
-            let base = ping_pong(&busy)?;
-            let cap = Capturer::start(&unixtrace, filter)?;
-            let traced = ping_pong(&busy)?;
-            let (captured, lost) = cap.stop()?;
-            let ratio = traced.cpu_rate / base.cpu_rate;
-            println!(
-                "capture {name} untraced={:.0}/s traced={:.0}/s ratio={ratio:.3} captured={captured} lost={lost}",
-                base.cpu_rate, traced.cpu_rate
-            );
-            ratios.push(ratio);
-            untraced.push(base.cpu_rate);
+    let mut verdicts = Vec::new();
+    println!(
+        "capture: 64-byte ping-pong; pinned: both threads on CPU {GENERATOR_CPU}, unixtrace on CPU {TRACER_CPU}; \
+         unpinned: neither; {PAIRS} pairs of {} s runs",
+        RUN.as_secs()
+    );
+    for pinned in [true, false] {
+        let mode = if pinned { "pinned" } else { "unpinned" };
+        let (work, tracer) = if pinned { (Some(GENERATOR_CPU), Some(TRACER_CPU)) } else { (None, None) };
+        for (name, filter) in &series {
+            let mut ratios = Vec::new();
+            for _ in 0..PAIRS {
+                let base = ping_pong(&busy, work)?;
+                let cap = Capturer::start(&unixtrace, filter, tracer)?;
+                let traced = ping_pong(&busy, work)?;
+                let (captured, lost, peak_kib) = cap.stop()?;
+                let ratio = traced.cpu_rate / base.cpu_rate;
+                println!(
+                    "capture {mode} {name} untraced={:.0}/s traced={:.0}/s ratio={ratio:.3} captured={captured} \
+                     lost={lost} peak_rss={:.1}MiB",
+                    base.cpu_rate,
+                    traced.cpu_rate,
+                    peak_kib as f64 / 1024.0
+                );
+                ratios.push(ratio);
+                untraced.push(base.cpu_rate);
+            }
+            let verdict = median(ratios);
+            println!("capture {mode} {name} median ratio={verdict:.3}");
+            if *name == "other-path" {
+                verdicts.push((mode, verdict));
+            }
         }
-        verdict = median(ratios);
-        println!("capture {name} median ratio={verdict:.3}");
     }
     let _ = idle.kill();
     let _ = idle.wait();
-    println!("capture other-path goal >= {GOAL}: {}", if verdict >= GOAL { "met" } else { "MISSED" });
-    let cap = Capturer::start(&unixtrace, &["--path".as_ref(), busy.as_os_str()])?;
-    let traced = ping_pong(&busy)?;
-    let (captured, lost) = cap.stop()?;
+    for (mode, verdict) in verdicts {
+        println!("capture {mode} other-path goal >= {GOAL}: {}", if verdict >= GOAL { "met" } else { "MISSED" });
+    }
+    let cap = Capturer::start(&unixtrace, &["--path".as_ref(), busy.as_os_str()], None)?;
+    let traced = ping_pong(&busy, None)?;
+    let (captured, lost, peak_kib) = cap.stop()?;
     let sent = traced.round_trips * 2;
     println!(
-        "capture busy-path traced={:.0}/s ratio={:.3} messages={sent} captured={captured} lost={lost}",
+        "capture unpinned busy-path traced={:.0}/s ratio={:.3} messages={sent} captured={captured} lost={lost} \
+         peak_rss={:.1}MiB",
         traced.cpu_rate,
-        traced.cpu_rate / median(untraced)
+        traced.cpu_rate / median(untraced),
+        peak_kib as f64 / 1024.0
     );
     let _ = std::fs::remove_dir_all(&dir);
     if captured + lost != sent {
