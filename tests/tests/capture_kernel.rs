@@ -46,7 +46,7 @@ fn send_with(fd: i32, call: &str, parts: &[&[u8]]) -> usize {
                         m
                     })
                     .collect();
-                // The syscall itself: musl's sendmmsg() is a loop of sendmsg.
+                // The syscall itself, whatever the libc makes of sendmmsg().
                 let sent = libc::syscall(libc::SYS_sendmmsg, fd, msgs.as_mut_ptr(), msgs.len(), 0);
                 assert_eq!(sent, msgs.len() as libc::c_long, "sendmmsg sent {sent}");
                 msgs.iter().map(|m| m.msg_len as isize).sum()

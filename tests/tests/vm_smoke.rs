@@ -1,5 +1,5 @@
 //! Placeholder that proves the QEMU harness (`cargo xtask vm-test`) end to end:
-//! a static musl test binary runs in the guest and sees what unixtrace needs.
+//! a test binary runs in the guest and sees what unixtrace needs.
 //! On the host it checks only what any Linux machine has.
 
 use std::path::Path;

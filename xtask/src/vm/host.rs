@@ -7,21 +7,17 @@ use anyhow::{Context, Result, bail};
 
 /// The toolchain the workspace needs (xtask itself builds with the default one).
 pub const TOOLCHAIN: &str = "+1.99";
-/// Guest binaries are static musl executables: no libc to copy into the initramfs.
-pub const MUSL: &str = "x86_64-unknown-linux-musl";
 
 /// Debian packages the host needs, with the name of a program each provides.
 /// `ss` and `lsof` are the ground truth of the snapshot tests: the guest runs the
 /// host's own binaries (see `initramfs::copy_host_binary`).
-const HOST_PACKAGES: [(&str, &str); 7] = [
+const HOST_PACKAGES: [(&str, &str); 6] = [
     ("qemu-system-x86", "qemu-system-x86_64"),
     ("busybox-static", "busybox"),
     ("cpio", "cpio"),
     ("xz-utils", "xz"),
     ("iproute2", "ss"),
     ("lsof", "lsof"),
-    // C code in the static guest binaries (zstd-sys) is built with musl-gcc.
-    ("musl-tools", "musl-gcc"),
 ];
 
 /// Where Debian installs programs, searched in this order. On a merged-/usr host
@@ -140,16 +136,6 @@ pub fn ensure_packages() -> Result<()> {
         apt_update()?;
         install()
     })
-}
-
-/// Adds the musl target to the pinned toolchain when missing.
-pub fn ensure_musl_target() -> Result<()> {
-    let installed =
-        output(Command::new("rustup").args(["target", "list", "--installed", "--toolchain", &TOOLCHAIN[1..]]))?;
-    if installed.lines().any(|l| l.trim() == MUSL) {
-        return Ok(());
-    }
-    run(Command::new("rustup").args(["target", "add", "--toolchain", &TOOLCHAIN[1..], MUSL]))
 }
 
 #[cfg(test)]

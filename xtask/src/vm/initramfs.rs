@@ -1,5 +1,6 @@
-//! The guest's initramfs: a busybox init script, the static musl test binaries,
-//! `unixtrace` and the host's `ss` and `lsof` with their libraries (shared by every
+//! The guest's initramfs: a busybox init script, the test binaries and
+//! `unixtrace` as `cargo xtask test` built them for the host's own tests, and
+//! the host's `ss` and `lsof`, each with its shared libraries (shared by every
 //! kernel), then per kernel its config and modules.
 //! Linux unpacks concatenated cpio archives in order, so each kernel's initrd is the
 //! common archive followed by its own small one.
@@ -11,7 +12,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-use super::host::{self, MUSL, TOOLCHAIN};
+use super::host::{self, TOOLCHAIN};
 use super::kernel::Kernel;
 
 /// PID 1 in the guest.
@@ -48,16 +49,14 @@ fn executables(json: &str, kind: &str) -> Vec<(String, PathBuf)> {
         .collect()
 }
 
+/// The same commands, flags and target as the host's integration tests
+/// (`cargo xtask test`), so that in CI the guests reuse their build.
 fn cargo_json(root: &Path, args: &[&str]) -> Result<String> {
-    host::output(
-        Command::new("cargo")
-            .current_dir(root)
-            .arg(TOOLCHAIN)
-            .args(args)
-            .args(["--release", "--target", MUSL, "--message-format=json-render-diagnostics"])
-            // zstd-sys compiles C: for musl, with Debian's musl-tools wrapper.
-            .env("CC_x86_64_unknown_linux_musl", "musl-gcc"),
-    )
+    host::output(Command::new("cargo").current_dir(root).arg(TOOLCHAIN).args(args).args([
+        "--release",
+        "--locked",
+        "--message-format=json-render-diagnostics",
+    ]))
 }
 
 /// Integration tests the guests do not run: `metrics` needs Debian's
@@ -65,9 +64,9 @@ fn cargo_json(root: &Path, args: &[&str]) -> Result<String> {
 /// the consumer (the capture it reads from is `live`'s, run in every column).
 const HOST_ONLY: &[&str] = &["dbus", "metrics", "capture", "traffic_tools"];
 
-/// Builds the integration tests and `unixtrace` as static musl binaries.
+/// Builds the integration tests and `unixtrace` for the host (the guests get
+/// their shared libraries too: `copy_with_libraries`).
 pub fn build_guest_binaries(root: &Path) -> Result<GuestBinaries> {
-    host::ensure_musl_target()?;
     let json = cargo_json(root, &["test", "-p", "unixpeer-tests", "--no-run"])?;
     let tests: Vec<_> =
         executables(&json, "test").into_iter().filter(|(name, _)| !HOST_ONLY.contains(&name.as_str())).collect();
@@ -75,7 +74,7 @@ pub fn build_guest_binaries(root: &Path) -> Result<GuestBinaries> {
         bail!("cargo built no integration test of unixpeer-tests");
     }
     let helpers = executables(&json, "bin").into_iter().map(|(_, exe)| exe).collect();
-    let json = cargo_json(root, &["build", "-p", "unixpeer-user", "--bin", "unixtrace"])?;
+    let json = cargo_json(root, &["build", "--bins", "-p", "unixpeer-user", "-p", "unixpeer-tests"])?;
     let (_, unixtrace) = executables(&json, "bin")
         .into_iter()
         .find(|(name, _)| name == "unixtrace")
@@ -89,17 +88,26 @@ fn copy_into(src: &Path, dest: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Copies the host's program `name` into `root` at its host path, with every shared
-/// library it loads (the dynamic loader included) at theirs; the guest's glibc
-/// loader finds them in its built-in directories without an ld.so.cache.
-fn copy_host_binary(root: &Path, name: &str) -> Result<()> {
-    let exe = host::host_binary(name).with_context(|| format!("the host has no `{name}`"))?;
-    let libs = host::shared_libraries(&exe)?;
-    for file in std::iter::once(&exe).chain(&libs) {
-        // fs::copy follows links: a library's soname link becomes a plain file.
-        copy_into(file, &root.join(file.strip_prefix("/")?))?;
+/// Copies the program `exe` into `root` at `dest`, with every shared
+/// library it loads (the dynamic loader included) at their host paths; the
+/// guest's glibc loader finds them in its built-in directories without an
+/// ld.so.cache.
+fn copy_with_libraries(root: &Path, exe: &Path, dest: &Path) -> Result<()> {
+    copy_into(exe, &root.join(dest.strip_prefix("/").unwrap_or(dest)))?;
+    for lib in host::shared_libraries(exe)? {
+        let at = root.join(lib.strip_prefix("/")?);
+        if !at.exists() {
+            // fs::copy follows links: a library's soname link becomes a plain file.
+            copy_into(&lib, &at)?;
+        }
     }
     Ok(())
+}
+
+/// The host's program `name`, at its host path, with its libraries.
+fn copy_host_binary(root: &Path, name: &str) -> Result<()> {
+    let exe = host::host_binary(name).with_context(|| format!("the host has no `{name}`"))?;
+    copy_with_libraries(root, &exe, &exe)
 }
 
 /// Packs the directory `staging` into a gzip-compressed newc cpio archive `out`.
@@ -138,15 +146,15 @@ pub fn common_archive(vm_dir: &Path, bins: &GuestBinaries) -> Result<PathBuf> {
     fs::write(root.join("init"), INIT)?;
     fs::set_permissions(root.join("init"), fs::Permissions::from_mode(0o755))?;
     copy_into(Path::new("/bin/busybox"), &root.join("bin/busybox"))?;
-    copy_into(&bins.unixtrace, &root.join("bin/unixtrace"))?;
+    copy_with_libraries(&root, &bins.unixtrace, Path::new("/bin/unixtrace"))?;
     for tool in HOST_TOOLS {
         copy_host_binary(&root, tool)?;
     }
     for (name, exe) in &bins.tests {
-        copy_into(exe, &root.join("tests").join(name))?;
+        copy_with_libraries(&root, exe, &Path::new("/tests").join(name))?;
     }
     for exe in &bins.helpers {
-        copy_into(exe, &root.join(exe.strip_prefix("/")?))?;
+        copy_with_libraries(&root, exe, exe)?;
     }
     let out = vm_dir.join("initramfs").join("common.cpio.gz");
     pack(&root, &out)?;
