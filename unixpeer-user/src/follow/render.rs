@@ -291,6 +291,9 @@ pub(crate) fn write_text(out: &mut Vec<u8>, r: &Resolved, clock: &Clock, wall: b
         Some(p) => escape::push(out, p),
         None => out.push(b'-'),
     }
+    if let Some(p) = &e.passed {
+        push_passed(out, p);
+    }
     if e.errno != 0 {
         out.extend_from_slice(b"  ");
         out.extend_from_slice(errno_name(e.errno).as_bytes());
@@ -312,6 +315,28 @@ pub(crate) fn write_text(out: &mut Vec<u8>, r: &Resolved, clock: &Clock, wall: b
     push_sent_to(out, &e.sent_to);
     push_tags(out, r, ids);
     out.push(b'\n');
+}
+
+/// "  passed memfd \"memfd:shm\" inode 42", then whether it arrived.
+fn push_passed(out: &mut Vec<u8>, p: &crate::events::Passed) {
+    out.extend_from_slice(b"  passed ");
+    out.extend_from_slice(p.kind().as_bytes());
+    if let Some(name) = p.name.as_deref().filter(|n| !n.is_empty()) {
+        out.extend_from_slice(b" \"");
+        escape::push(out, name);
+        out.push(b'"');
+    }
+    out.extend_from_slice(b" inode ");
+    push_int(out, p.file.inode);
+    if p.file.peer_inode != 0 {
+        out.extend_from_slice(b" peer ");
+        push_int(out, p.file.peer_inode);
+    }
+    match p.received {
+        Some(true) => {}
+        Some(false) => out.extend_from_slice(b"  never received (receiving socket closed)"),
+        None => out.extend_from_slice(b"  receipt not seen"),
+    }
 }
 
 /// "3 msgs / 1.2 KiB sent, 5 msgs / 48 KiB received".
@@ -404,6 +429,13 @@ pub(crate) fn write_json(out: &mut Vec<u8>, r: &Resolved, clock: &Clock, ids: &P
     opt_str(out, ",\"error\":", (e.errno != 0).then(|| errno_name(e.errno)).as_deref());
     str(out, ",\"event\":", event_name(e.kind));
     opt_int(out, ",\"fd\":", e.fd);
+    // Only on pass_fd lines: the descriptor passed.
+    if let Some(p) = &e.passed {
+        int(out, ",\"file_inode\":", p.file.inode);
+        str(out, ",\"file_kind\":", p.kind());
+        opt_str(out, ",\"file_name\":", p.name.as_deref().filter(|n| !n.is_empty()));
+        opt_int(out, ",\"file_peer_inode\":", (p.file.peer_inode != 0).then_some(p.file.peer_inode));
+    }
     opt_str(out, ",\"inferred\":", e.inferred.map(Inferred::as_str));
     opt_int(out, ",\"inode\":", e.inode);
     out.extend_from_slice(b",\"kind\":\"event\"");
@@ -438,6 +470,12 @@ pub(crate) fn write_json(out: &mut Vec<u8>, r: &Resolved, clock: &Clock, ids: &P
     hex(out, ",\"peer_sk\":", e.peer_sk);
     unit_user(out, ",\"peer_unit\":", ",\"peer_user\":", peer);
     int(out, ",\"pid\":", e.pid);
+    if let Some(p) = &e.passed {
+        match p.received {
+            Some(r) => bool(out, ",\"received\":", r),
+            None => null(out, ",\"received\":"),
+        }
+    }
     int(out, ",\"schema\":", JSON_SCHEMA);
     if e.sent_to.is_empty() {
         null(out, ",\"sent_to\":");

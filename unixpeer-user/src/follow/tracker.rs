@@ -8,7 +8,7 @@ use foldhash::{HashMap, HashSet};
 
 use unixpeer_common::EventKind;
 
-use super::{graveyard::Graveyard, listeners::Listeners, pending::PendingAccepts};
+use super::{graveyard::Graveyard, listeners::Listeners, passes::PendingPasses, pending::PendingAccepts};
 use crate::{
     events::{Event, Inferred},
     holders::Comm,
@@ -71,6 +71,8 @@ pub struct Tracker {
     /// model infer their release (the kernel reported nothing for them):
     /// taken by that release, and emptied after each event.
     released_traffic: HashMap<u64, crate::events::Carried>,
+    /// Descriptors sent over SCM_RIGHTS, waiting for their receipt.
+    passes: PendingPasses,
 }
 
 /// Connections not accepted yet that the model follows at most.
@@ -336,9 +338,16 @@ impl Tracker {
                 if let Some(a) = e.inode.and_then(|i| self.pending.take_accepted(i)) {
                     self.resolve_accept(a, out);
                 }
+                if let Some(inode) = e.inode {
+                    self.never_received(inode, &e, out);
+                }
                 self.close(&mut e)
             }
             EventKind::FdClose => self.on_fd_close(&e),
+            EventKind::FdSent => return self.on_fd_sent(e, out),
+            EventKind::FdReceived => return self.on_fd_received(e, out),
+            // Made here, never applied.
+            EventKind::PassFd => return,
             EventKind::Fork => {
                 if let Some(child) = e.child_pid {
                     self.fork(e.pid, child);
@@ -356,6 +365,53 @@ impl Tracker {
             }
         };
         out.push(Resolved { event: e, peer });
+    }
+
+    /// A descriptor sent: it waits for its receipt. Nothing is shown yet.
+    fn on_fd_sent(&mut self, e: Event, out: &mut Vec<Resolved>) {
+        if let Some(oldest) = self.passes.push(e) {
+            // Its receipt was not seen while PASSES others waited.
+            self.show_pass(oldest, None, Peer::Unknown, out);
+        }
+    }
+
+    /// A descriptor received: joined to its send, shown as one `pass_fd`
+    /// named by the sender, with the receiver as its peer. A receipt whose
+    /// send was not seen (before the capture, or filtered out in the
+    /// kernel) is not shown.
+    fn on_fd_received(&mut self, r: Event, out: &mut Vec<Resolved>) {
+        let Some(file) = r.passed.as_ref().map(|p| p.file.file) else { return };
+        let Some(mut sent) = self.passes.take_received(file, r.inode) else { return };
+        sent.ts_ns = r.ts_ns;
+        if r.inode.is_some() {
+            sent.peer_inode = r.inode;
+        }
+        let receiver = Holder::of(r.pid, r.comm, r.fd);
+        self.show_pass(sent, Some(true), Peer::Holders(smallvec::smallvec![receiver]), out);
+    }
+
+    /// Socket `inode` closes (`e`): what was sent to it and not received
+    /// never will be. Named by who closed it.
+    fn never_received(&mut self, inode: u64, e: &Event, out: &mut Vec<Resolved>) {
+        for mut sent in self.passes.take_receiver(inode) {
+            sent.ts_ns = e.ts_ns;
+            let closer = Holder::of(e.pid, e.comm, None);
+            self.show_pass(sent, Some(false), Peer::Holders(smallvec::smallvec![closer]), out);
+        }
+    }
+
+    fn show_pass(&self, mut sent: Event, received: Option<bool>, peer: Peer, out: &mut Vec<Resolved>) {
+        sent.kind = EventKind::PassFd;
+        if let Some(p) = sent.passed.as_mut() {
+            p.received = received;
+        }
+        // The name of the connection, as other events carry it: the
+        // sender's socket's, else its peer's.
+        sent.path = [sent.inode, sent.peer_inode]
+            .into_iter()
+            .flatten()
+            .find_map(|i| self.model.get(i).and_then(|s| s.path.clone()));
+        out.push(Resolved { event: sent, peer });
     }
 
     fn peer_holders(&self, inode: Option<u64>) -> Peer {
