@@ -15,6 +15,14 @@ use unixpeer_tests::{sys, tracer::*};
 
 const WAIT: Duration = Duration::from_secs(60);
 
+/// What a pass_fd line says of the descriptor and its two ends.
+fn gist(v: &Value) -> Vec<Value> {
+    ["pid", "fd", "peer_pid", "peer_fd", "inode", "peer_inode", "file_kind", "file_inode", "file_name", "received"]
+        .iter()
+        .map(|k| v[*k].clone())
+        .collect()
+}
+
 fn pass_of(f: &mut Follower, sender: i32, fd: i64) -> Value {
     f.wait_for(&format!("the pass_fd of fd {fd} by {sender}"), WAIT, |v| {
         v["kind"] == "event" && v["event"] == "pass_fd" && v["pid"] == sender && v["fd"] == fd
@@ -84,8 +92,10 @@ fn pass_fd_names_sender_receiver_and_each_descriptor() {
 }
 
 #[test]
-fn pass_fd_to_a_socket_closed_unread_is_never_received() {
-    let mut f = Follower::start(&[]);
+fn pass_fd_to_a_socket_closed_unread_is_never_received_and_replays_alike() {
+    let recording = format!("/tmp/unixpeer-passfd-{}.jsonl", std::process::id());
+    let _ = std::fs::remove_file(&recording);
+    let mut f = Follower::start(&["-w", &recording]);
     let p = pipe();
     let child = fork_child("pf-lost", || {
         let Ok((r, w)) = sys::pipe() else { return 1 };
@@ -111,4 +121,18 @@ fn pass_fd_to_a_socket_closed_unread_is_never_received() {
     assert_eq!(v["file_inode"], n[1], "{v}");
     assert_eq!((v["inode"].as_u64(), v["peer_inode"].as_u64()), (Some(n[2]), Some(n[3])), "{v}");
     assert_eq!(v["type"], "dgram", "{v}");
+    // The recording keeps both sides; its replay joins them alike.
+    f.stop();
+    let live: Vec<Vec<Value>> = f.seen.iter().filter(|v| v["event"] == "pass_fd").map(gist).collect();
+    let out = unixtrace(&["-r", &recording, "--json"]);
+    let _ = std::fs::remove_file(&recording);
+    assert!(out.status.success(), "replay failed: {}", String::from_utf8_lossy(&out.stderr));
+    let replayed: Vec<Vec<Value>> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(json_line)
+        .filter(|v| v["event"] == "pass_fd")
+        .map(|v| gist(&v))
+        .collect();
+    assert_eq!(replayed, live, "replay against live");
+    assert!(live.contains(&gist(&v)));
 }
