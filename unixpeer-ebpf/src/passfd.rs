@@ -22,7 +22,9 @@
 //! and descriptors past the first `MAX_FDS` of it (the record says how many
 //! there were). Peeked receives (MSG_PEEK) are skipped: the real receive
 //! follows.
-//! Checked on: 6.18.44 (host).
+//! Checked on: 6.18.44 (host, exits reading registers); Debian's 5.10.0-46
+//! (entries carrying the arguments), 6.1.0-57 and 6.12.118 cloud kernels in
+//! QEMU under every strategy (`tests/tests/pass_fd.rs`).
 
 use unixpeer_common::{Backend, EventKind, PassedFile, UNIX_PATH_MAX};
 

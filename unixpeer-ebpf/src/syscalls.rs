@@ -28,7 +28,8 @@
 //! 5.15 also the matching sys_enter_* (kernel/trace/trace_syscalls.c).
 //! Checked on: 6.18.44 (host), Debian 5.10.0, 6.1.0 and 6.12 cloud kernels (QEMU).
 //! The `passfd_*` programs on syscalls:sys_{enter,exit}_{sendmsg,recvmsg}
-//! (see `passfd`) attach under every strategy; checked on 6.18.44 (host).
+//! (see `passfd`) attach under every strategy; checked on 6.18.44 (host)
+//! and Debian 5.10.0, 6.1.0 and 6.12 cloud kernels (QEMU).
 
 use aya_ebpf::{
     EbpfContext,

@@ -658,6 +658,47 @@ mod tests {
     }
 
     #[test]
+    fn a_pass_fd_names_both_ends_and_the_descriptor_with_hostile_names_inert() {
+        let clock = Clock { start_mono_ns: 0, wall_offset_ns: 0 };
+        let mut event = Event::sample(EventKind::PassFd, 1, 42, "sender", 1001, 1002);
+        event.fd = Some(5);
+        let mut p = crate::events::Passed::sample();
+        p.name = Some("memfd:\u{1b}[31mred\"\n".into());
+        p.file.mode = 0o100777;
+        p.received = Some(true);
+        event.passed = Some(Box::new(p));
+        let receiver = Holder { pid: 43, comm: "recv\u{1b}]0;x\u{7}".into(), fd: Some(9) };
+        let r = Resolved { event, peer: Peer::Holders(smallvec::smallvec![receiver]) };
+        let mut text = Vec::new();
+        write_text(&mut text, &r, &clock, false, &Processes::default());
+        let text = String::from_utf8(text).expect("utf-8");
+        assert!(!text.bytes().any(|b| b == 0x1b || b == 0x07), "no terminal escape gets through: {text:?}");
+        assert!(text.contains("pass_fd"), "{text}");
+        assert!(text.contains("42/sender:5"), "{text}");
+        assert!(text.contains("passed memfd \"memfd:"), "{text}");
+        assert!(text.contains(" inode 4242"), "{text}");
+        assert_eq!(text.lines().count(), 1, "{text:?}");
+        let mut json = Vec::new();
+        write_json(&mut json, &r, &clock, &Processes::default());
+        let v: serde_json::Value = serde_json::from_slice(&json).expect("json");
+        assert_eq!(
+            [&v["event"], &v["pid"], &v["fd"], &v["peer_pid"], &v["peer_fd"], &v["received"]],
+            [&json!("pass_fd"), &json!(42), &json!(5), &json!(43), &json!(9), &json!(true)]
+        );
+        assert_eq!(
+            [&v["file_kind"], &v["file_inode"], &v["file_name"]],
+            [&json!("memfd"), &json!(4242), &json!("memfd:\u{1b}[31mred\"\n")]
+        );
+        assert!(v["file_peer_inode"].is_null());
+        // Other events carry none of these keys.
+        let mut json = Vec::new();
+        let connect = Resolved { event: Event::sample(EventKind::Connect, 1, 42, "c", 1, 2), peer: Peer::Unknown };
+        write_json(&mut json, &connect, &clock, &Processes::default());
+        let line = String::from_utf8(json).expect("utf-8");
+        assert!(!line.contains("file_") && !line.contains("\"received\""), "{line}");
+    }
+
+    #[test]
     fn names_errnos() {
         assert_eq!(errno_name(libc::ECONNREFUSED), "ECONNREFUSED");
         assert_eq!(errno_name(4095), "errno 4095");
