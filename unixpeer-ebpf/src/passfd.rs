@@ -5,9 +5,13 @@
 //! receiving socket closes with it in flight).
 //!
 //! Hooks are the syscalls' exits (`syscalls:sys_exit_sendmsg`,
-//! `sys_exit_recvmsg`, kernel/trace/trace_syscalls.c), under every
-//! strategy: only after a successful sendmsg were the descriptors sent, and
-//! only after recvmsg returns are they installed in the receiver's table.
+//! `sys_exit_recvmsg`, kernel/trace/trace_syscalls.c; programs in
+//! `syscalls`), under the tracepoint and kprobe strategies and wherever
+//! fexit fails; under fentry, fexit on their syscall functions
+//! `__x64_sys_sendmsg`/`__x64_sys_recvmsg` (programs in `sysfns`), so that
+//! no syscall tracepoint sends every syscall down the slow path: only after
+//! a successful sendmsg were the descriptors sent, and only after recvmsg
+//! returns are they installed in the receiver's table.
 //! The arguments come from the caller's saved registers (5.15+) or, before,
 //! from `sys_enter_sendmsg`/`sys_enter_recvmsg`, which leave them in
 //! `syscalls::IN_CALL` only when the message has a control buffer.
@@ -54,7 +58,7 @@ pub fn has_control(msg: u64) -> bool {
 /// sendmsg(fd, msg, flags) or recvmsg(fd, msg, flags) returned `ret`.
 /// After recvmsg, msg_controllen holds the length the kernel wrote.
 #[inline(always)]
-pub fn passed(cur: Current, kind: EventKind, [fd, msg, flags]: [u64; 3], ret: i64) {
+pub fn passed(cur: Current, kind: EventKind, [fd, msg, flags]: [u64; 3], ret: i64, backend: Backend) {
     if ret < 0 || (kind == EventKind::FdReceived && flags & MSG_PEEK != 0) {
         return;
     }
@@ -93,7 +97,7 @@ pub fn passed(cur: Current, kind: EventKind, [fd, msg, flags]: [u64; 3], ret: i6
         }
         let Some(passed_fd) = user::<i32>(rights + i * 4) else { break };
         let Some(file) = cur.file_of_fd(passed_fd as u32) else { continue };
-        let Some(e) = begin(cur, kind, Backend::Tracepoint) else { return };
+        let Some(e) = begin(cur, kind, backend) else { return };
         describe(e, sock);
         e.listen_fd = fd as i32;
         e.fd = passed_fd;

@@ -232,7 +232,7 @@ fn exit_passfd(ctx: &TracePointContext, kind: EventKind) {
         return;
     }
     if let Some((args, rc)) = exit(ctx, cur, [0, 1, 2]) {
-        passfd::passed(cur, kind, args, rc);
+        passfd::passed(cur, kind, args, rc, Backend::Tracepoint);
     }
 }
 

@@ -139,6 +139,12 @@ const FENTRY_SYSFNS: &[(&str, &str, Hook)] = &[
     ("fentry_filp_close", "filp_close", Hook::Entry),
 ];
 
+/// Under fentry, fexit on the syscall functions instead (one argument:
+/// the caller's registers), so that fentry keeps clear of syscall
+/// tracepoints.
+const PASSFD_FEXIT: &[(&str, &str, Hook)] =
+    &[("fexit_sys_sendmsg", sys!("sendmsg"), Hook::Exit), ("fexit_sys_recvmsg", sys!("recvmsg"), Hook::Exit)];
+
 /// Functions whose argument count the fentry/fexit programs assume: fexit
 /// finds the return value right after the arguments.
 const FENTRY_ARGS: &[(&str, usize)] = &[
@@ -154,7 +160,7 @@ const FENTRY_ARGS: &[(&str, usize)] = &[
 /// stand-in BTF handed to aya.
 pub(crate) fn attach_targets() -> Vec<Target<'static>> {
     let mut targets: Vec<Target<'static>> =
-        FENTRY.iter().chain(FENTRY_SYSFNS).map(|(_, func, _)| Target::Func(func)).collect();
+        FENTRY.iter().chain(FENTRY_SYSFNS).chain(PASSFD_FEXIT).map(|(_, func, _)| Target::Func(func)).collect();
     targets.push(Target::Typedef(FORK_TRACEPOINT_TYPEDEF));
     targets.extend(super::traffic::attach_targets());
     targets.push(Target::Func(super::iter::ITER_TARGET_FUNC));
@@ -246,7 +252,7 @@ pub(crate) fn attach(
     attach_tracepoints(ebpf, TRACEPOINTS)?;
     attach_fork(ebpf, btf)?;
     chosen.traffic = super::traffic::attach(ebpf, btf, kbtf, chosen.backend);
-    attach_passfd(ebpf, kbtf, records);
+    attach_passfd(ebpf, btf, kbtf, chosen.backend, records);
     log::info!("backend {}: {}", chosen.backend, chosen.why);
     match &chosen.traffic {
         Ok(how) => log::info!("bytes and messages counted by {how}"),
@@ -257,7 +263,22 @@ pub(crate) fn attach(
 
 /// SCM_RIGHTS: an addition like counting. Where it cannot attach, the
 /// capture runs on without `pass_fd` events and says why.
-fn attach_passfd(ebpf: &mut Ebpf, kbtf: &KernelBtf, records: Result<(), &String>) {
+fn attach_passfd(ebpf: &mut Ebpf, btf: &Btf, kbtf: &KernelBtf, strategy: Strategy, records: Result<(), &String>) {
+    if strategy == Strategy::Fentry
+        && PASSFD_FEXIT.iter().all(|(_, func, _)| {
+            kbtf.first_param_is_struct_pointer(func) && kbtf.param_count(func).is_ok_and(|n| n == 1)
+        })
+    {
+        match attach_trampolines(ebpf, btf, PASSFD_FEXIT) {
+            Ok(()) => {
+                return log::info!("descriptors passed over SCM_RIGHTS seen by fexit on __x64_sys_{{sendmsg,recvmsg}}");
+            }
+            Err(e) => {
+                unload(ebpf, PASSFD_FEXIT.iter().map(|(p, _, _)| *p));
+                log::info!("fexit on __x64_sys_{{sendmsg,recvmsg}} failed ({}): trying their tracepoints", short(&e));
+            }
+        }
+    }
     let attached = match records {
         Ok(()) if kbtf.has_task_pt_regs() => attach_tracepoints(ebpf, PASSFD_EXITS),
         Ok(()) => attach_tracepoints(ebpf, PASSFD_ENTRIES).and_then(|()| attach_tracepoints(ebpf, PASSFD_EXITS)),
