@@ -299,3 +299,74 @@ pub fn become_user_with_caps(uid: u32, gid: u32, caps: &[u32]) -> io::Result<()>
     }
     Ok(())
 }
+
+/// Most descriptors [`send_fds`] and [`recv_fds`] handle in one message.
+pub const MAX_PASSED: usize = 8;
+
+/// sendmsg(2) of one byte with `fds` in an SCM_RIGHTS header, as Python's
+/// `socket.send_fds` does. No allocation: safe in a forked child.
+pub fn send_fds(sock: RawFd, fds: &[RawFd]) -> io::Result<usize> {
+    assert!(fds.len() <= MAX_PASSED);
+    let mut byte = *b"f";
+    let mut iov = libc::iovec { iov_base: byte.as_mut_ptr().cast(), iov_len: 1 };
+    // 8-aligned, as cmsghdr needs; room for MAX_PASSED fds.
+    let mut control = [0u64; 8];
+    let data = std::mem::size_of_val(fds) as u32;
+    // SAFETY: CMSG_SPACE is arithmetic.
+    let space = unsafe { libc::CMSG_SPACE(data) } as usize;
+    // SAFETY: an all-zero msghdr is valid; its pointers are set below.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &raw mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = space as _;
+    // SAFETY: `control` holds `space` (<= 64) bytes, 8-aligned, so
+    // CMSG_FIRSTHDR returns its start and the header and the fds fit; the
+    // copy reads `fds` and writes inside `control`.
+    let rc = unsafe {
+        let c = libc::CMSG_FIRSTHDR(&raw const msg);
+        (*c).cmsg_level = libc::SOL_SOCKET;
+        (*c).cmsg_type = libc::SCM_RIGHTS;
+        (*c).cmsg_len = libc::CMSG_LEN(data) as _;
+        std::ptr::copy_nonoverlapping(fds.as_ptr(), libc::CMSG_DATA(c).cast::<RawFd>(), fds.len());
+        libc::sendmsg(sock, &raw const msg, 0)
+    };
+    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(rc as usize) }
+}
+
+/// recvmsg(2) of one message; the descriptors its SCM_RIGHTS header
+/// carried go to `fds`, and their count is returned.
+pub fn recv_fds(sock: RawFd, fds: &mut [RawFd; MAX_PASSED]) -> io::Result<usize> {
+    let mut buf = [0u8; 16];
+    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    let mut control = [0u64; 8];
+    // SAFETY: an all-zero msghdr is valid; its pointers are set below.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &raw mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control) as _;
+    // SAFETY: the buffers live across the call and have the lengths given.
+    let rc = unsafe { libc::recvmsg(sock, &raw mut msg, 0) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: after recvmsg, CMSG_FIRSTHDR is null or points at a header
+    // the kernel wrote inside `control`, whose data is `cmsg_len` long.
+    unsafe {
+        let c = libc::CMSG_FIRSTHDR(&raw const msg);
+        if c.is_null() || (*c).cmsg_level != libc::SOL_SOCKET || (*c).cmsg_type != libc::SCM_RIGHTS {
+            return Ok(0);
+        }
+        let n = (((*c).cmsg_len as usize).saturating_sub(libc::CMSG_LEN(0) as usize) / 4).min(MAX_PASSED);
+        std::ptr::copy_nonoverlapping(libc::CMSG_DATA(c).cast::<RawFd>(), fds.as_mut_ptr(), n);
+        Ok(n)
+    }
+}
+
+/// memfd_create(2) by its syscall (musl's libc may lack the wrapper).
+pub fn memfd(name: &std::ffi::CStr) -> io::Result<RawFd> {
+    // SAFETY: a NUL-terminated name and no flags.
+    let fd = unsafe { libc::syscall(libc::SYS_memfd_create, name.as_ptr(), 0) };
+    if fd < 0 { Err(io::Error::last_os_error()) } else { Ok(fd as RawFd) }
+}

@@ -44,6 +44,47 @@ pub enum EventKind {
     /// (`peer_inode`, bound to `path`) for the first time; later datagrams
     /// of the pair are only counted.
     DgramSend = 12,
+    /// sendmsg() on a UNIX socket (`inode`, connected to `peer_inode`,
+    /// called on fd `listen_fd`) passed fd `fd` over SCM_RIGHTS: one event
+    /// per descriptor. `peer_fd` is its index in the message and
+    /// `child_pid` how many the message's first SCM_RIGHTS header carried.
+    /// What the descriptor is rides in `traffic` (see [`PassedFile`]) and
+    /// its dentry's name in `path` (never an abstract name: a plain
+    /// NUL-terminated string). Joined in userspace, never shown alone.
+    FdSent = 13,
+    /// recvmsg() on a UNIX socket (`inode`, on fd `listen_fd`) installed
+    /// a passed descriptor as fd `fd`; the other fields as for `FdSent`.
+    FdReceived = 14,
+    /// Made by userspace, never by the kernel: an `FdSent` joined to its
+    /// `FdReceived`, or to the receiving socket's close (never received).
+    PassFd = 15,
+}
+
+/// How an `FdSent`/`FdReceived` record reuses [`UnixEvent::traffic`]
+/// (which only a `Close` needs) instead of growing every event: the
+/// passed `struct file *` (the join key), its inode number and mode, and
+/// for a UNIX socket its peer's inode.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PassedFile {
+    pub file: u64,
+    pub inode: u64,
+    pub mode: u32,
+    pub peer_inode: u64,
+}
+
+impl PassedFile {
+    pub const fn to_traffic(self) -> Traffic {
+        Traffic {
+            bytes_sent: self.file,
+            bytes_received: self.inode,
+            msgs_sent: self.mode as u64,
+            msgs_received: self.peer_inode,
+        }
+    }
+
+    pub const fn from_traffic(t: &Traffic) -> Self {
+        Self { file: t.bytes_sent, inode: t.bytes_received, mode: t.msgs_sent as u32, peer_inode: t.msgs_received }
+    }
 }
 
 impl EventKind {
@@ -61,6 +102,9 @@ impl EventKind {
             10 => Self::Fork,
             11 => Self::Rename,
             12 => Self::DgramSend,
+            13 => Self::FdSent,
+            14 => Self::FdReceived,
+            15 => Self::PassFd,
             _ => return None,
         })
     }
@@ -256,6 +300,10 @@ pub struct KernelOffsets {
     /// `pid` and `newcomm` in the `task:task_rename` record.
     pub tp_task_rename_pid: u64,
     pub tp_task_rename_newcomm: u64,
+    /// `file.f_path.dentry` and `dentry.d_name.name`: the name of a file
+    /// passed over SCM_RIGHTS.
+    pub file_f_path_dentry: u64,
+    pub dentry_d_name_name: u64,
 }
 
 /// BTF ids, in the running kernel's vmlinux BTF, of the structs the kernel
@@ -350,6 +398,14 @@ pub struct SyscallRecords {
     pub socketpair_family: u64,
     pub socketpair_usockvec: u64,
     pub listen_fd: u64,
+    /// sendmsg(fd, msg, flags) and recvmsg(fd, msg, flags), for kernels
+    /// before 5.15 (SCM_RIGHTS).
+    pub sendmsg_fd: u64,
+    pub sendmsg_msg: u64,
+    pub sendmsg_flags: u64,
+    pub recvmsg_fd: u64,
+    pub recvmsg_msg: u64,
+    pub recvmsg_flags: u64,
     /// `ret`, the same in every `sys_exit_*` record.
     pub exit_ret: u64,
 }
@@ -400,19 +456,19 @@ mod tests {
 
     #[test]
     fn offsets_layout_has_no_hidden_padding() {
-        assert_eq!(size_of::<KernelOffsets>(), 46 * 8);
-        assert_eq!(size_of::<SyscallRecords>(), 10 * 8);
+        assert_eq!(size_of::<KernelOffsets>(), 51 * 8);
+        assert_eq!(size_of::<SyscallRecords>(), 16 * 8);
         assert_eq!(size_of::<KernelFilter>(), 4 * 4 + 2 * TASK_COMM_LEN);
         assert_eq!(size_of::<TaskSocketFd>(), 8 + 4 + 4 + TASK_COMM_LEN);
     }
 
     #[test]
     fn event_kind_round_trips() {
-        for k in 1..=12 {
+        for k in 1..=15 {
             assert_eq!(EventKind::from_u32(k).map(|e| e as u32), Some(k));
         }
         assert_eq!(EventKind::from_u32(0), None);
-        assert_eq!(EventKind::from_u32(13), None);
+        assert_eq!(EventKind::from_u32(16), None);
     }
 }
 
@@ -539,6 +595,6 @@ mod payload_tests {
         assert_eq!(size_of::<PayloadHeader>(), 5 * 8 + 10 * 4 + TASK_COMM_LEN + UNIX_PATH_MAX + 4);
         assert_eq!(size_of::<PayloadHeader>() % 8, 0);
         assert_eq!(size_of::<PayloadFilter>(), 4 * 4 + UNIX_PATH_MAX + 4);
-        assert_eq!(size_of::<PayloadRecords>(), 16 * 8);
+        assert_eq!(size_of::<PayloadRecords>(), 18 * 8);
     }
 }

@@ -20,6 +20,7 @@ mod emit;
 mod fork;
 mod iter;
 mod kernel;
+mod passfd;
 mod payload;
 mod probes;
 mod syscalls;

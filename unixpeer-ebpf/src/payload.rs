@@ -134,7 +134,7 @@ fn record_field(ctx: &TracePointContext, at: u64) -> u64 {
 }
 
 #[inline(always)]
-fn user<T>(addr: u64) -> Option<T> {
+pub(crate) fn user<T>(addr: u64) -> Option<T> {
     // SAFETY: `addr` is whatever the caller passed to the syscall: the
     // helper returns an error where it is not readable instead of
     // faulting, aya's wrapper takes the copy only after a success, and

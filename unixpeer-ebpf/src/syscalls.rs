@@ -27,6 +27,9 @@
 //! syscalls:sys_exit_{connect,accept,accept4,socketpair,listen}; before
 //! 5.15 also the matching sys_enter_* (kernel/trace/trace_syscalls.c).
 //! Checked on: 6.18.44 (host), Debian 5.10.0, 6.1.0 and 6.12 cloud kernels (QEMU).
+//! The `passfd_*` programs on syscalls:sys_{enter,exit}_{sendmsg,recvmsg}
+//! (see `passfd`) attach under every strategy; checked on 6.18.44 (host)
+//! and Debian 5.10.0, 6.1.0 and 6.12 cloud kernels (QEMU).
 
 use aya_ebpf::{
     EbpfContext,
@@ -41,6 +44,7 @@ use crate::{
     calls,
     emit::{actor_wanted, begin, submit},
     kernel::Current,
+    passfd,
 };
 
 // SAFETY: unmangled so that the loader can find it by name
@@ -190,6 +194,57 @@ pub fn sys_exit_listen(ctx: TracePointContext) -> u32 {
     if let Some(([fd, _, _], rc)) = exit(&ctx, cur, [0, 0, 0]) {
         calls::listened(&ctx, cur, fd as u32, rc, Backend::Tracepoint);
     }
+    0
+}
+
+// --- SCM_RIGHTS (`passfd`): attached under every strategy, as their own
+// group. Before 5.15 the entries leave (fd, msg, flags) in IN_CALL only
+// for a message with a control buffer, so other sendmsg calls cost one
+// user read and no map update.
+
+#[inline(always)]
+fn enter_with_control(args: [u64; 3]) {
+    if passfd::has_control(args[1]) {
+        enter(args);
+    }
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_sendmsg")]
+pub fn passfd_enter_sendmsg(ctx: TracePointContext) -> u32 {
+    enter_with_control([field!(ctx, sendmsg_fd), field!(ctx, sendmsg_msg), field!(ctx, sendmsg_flags)]);
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_recvmsg")]
+pub fn passfd_enter_recvmsg(ctx: TracePointContext) -> u32 {
+    enter_with_control([field!(ctx, recvmsg_fd), field!(ctx, recvmsg_msg), field!(ctx, recvmsg_flags)]);
+    0
+}
+
+#[inline(always)]
+fn exit_passfd(ctx: &TracePointContext, kind: EventKind) {
+    let cur = Current::get();
+    // From the registers (5.15+) the control buffer is tested here; from
+    // IN_CALL, the entry already did.
+    if let Some(regs) = cur.user_regs()
+        && !passfd::has_control(calls::Regs::Btf(regs).arg(1))
+    {
+        return;
+    }
+    if let Some((args, rc)) = exit(ctx, cur, [0, 1, 2]) {
+        passfd::passed(cur, kind, args, rc, Backend::Tracepoint);
+    }
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_sendmsg")]
+pub fn passfd_exit_sendmsg(ctx: TracePointContext) -> u32 {
+    exit_passfd(&ctx, EventKind::FdSent);
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_recvmsg")]
+pub fn passfd_exit_recvmsg(ctx: TracePointContext) -> u32 {
+    exit_passfd(&ctx, EventKind::FdReceived);
     0
 }
 

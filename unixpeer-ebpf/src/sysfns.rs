@@ -16,7 +16,8 @@
 //! seen where its new file is installed (`fd_install`), joined to the
 //! listener its syscall noted at entry.
 //!
-//! Attaches to: `__x64_sys_{close,accept,accept4,socketpair,listen,dup2,dup3}`
+//! Attaches to: `__x64_sys_{close,accept,accept4,socketpair,listen,dup2,dup3}`,
+//! `__x64_sys_{sendmsg,recvmsg}` (fexit, SCM_RIGHTS)
 //! (arch/x86/include/asm/syscall_wrapper.h), `filp_close` (fs/open.c),
 //! `fd_install` (fs/file.c, kprobe only). Checked on: Debian 5.10.0, 6.1.0
 //! and 6.12 cloud kernels in QEMU.
@@ -27,12 +28,13 @@ use aya_ebpf::{
     maps::LruHashMap,
     programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext},
 };
-use unixpeer_common::Backend;
+use unixpeer_common::{Backend, EventKind};
 
 use crate::{
     calls::{self, Regs},
     emit::actor_wanted,
     kernel::Current,
+    passfd,
 };
 
 // --- fentry/fexit: the saved registers are a BTF pointer.
@@ -109,6 +111,36 @@ pub fn fentry_sys_dup2(ctx: FEntryContext) -> i32 {
 #[fentry(function = "__x64_sys_dup3")]
 pub fn fentry_sys_dup3(ctx: FEntryContext) -> i32 {
     dup_entry(Regs::Btf(ctx.arg(0)));
+    0
+}
+
+/// sendmsg(fd, msg, flags) and recvmsg(fd, msg, flags): descriptors
+/// passed over SCM_RIGHTS (`passfd`), at exit, under fentry only (the
+/// kprobe strategy uses the syscall tracepoints: a kretprobe would hold an
+/// instance for every blocked recvmsg). Checked on Debian 6.1 and 6.12
+/// cloud kernels in QEMU; Debian 5.10's BTF leaves `struct pt_regs`
+/// incomplete, and there the tracepoints are used.
+#[inline(always)]
+fn fexit_passfd(ctx: &FExitContext, kind: EventKind) {
+    let regs = Regs::Btf(ctx.arg(0));
+    if !passfd::has_control(regs.arg(1)) {
+        return;
+    }
+    if let Some(cur) = wanted() {
+        let ret: i64 = ctx.arg(RET);
+        passfd::passed(cur, kind, [regs.arg(0), regs.arg(1), regs.arg(2)], ret, Backend::Fentry);
+    }
+}
+
+#[fexit(function = "__x64_sys_sendmsg")]
+pub fn fexit_sys_sendmsg(ctx: FExitContext) -> i32 {
+    fexit_passfd(&ctx, EventKind::FdSent);
+    0
+}
+
+#[fexit(function = "__x64_sys_recvmsg")]
+pub fn fexit_sys_recvmsg(ctx: FExitContext) -> i32 {
+    fexit_passfd(&ctx, EventKind::FdReceived);
     0
 }
 

@@ -32,6 +32,7 @@ fn event(i: u64) -> Event {
         traffic: None,
         sent_to: Vec::new(),
         inferred: None,
+        passed: None,
     }
 }
 

@@ -294,6 +294,8 @@ impl KernelBtf {
             btf: cast.unwrap_or_default(),
             tp_task_rename_pid: 0,
             tp_task_rename_newcomm: 0,
+            file_f_path_dentry: self.offset("file", "f_path.dentry")?,
+            dentry_d_name_name: self.offset("dentry", "d_name.name")?,
         })
     }
 

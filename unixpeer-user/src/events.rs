@@ -1,8 +1,8 @@
 //! Kernel records decoded into owned events: the second stage of
 //! kernel → events → model → output.
 
-pub use unixpeer_common::Traffic;
 use unixpeer_common::{EventKind, UNIX_PATH_MAX, UnixEvent};
+pub use unixpeer_common::{PassedFile, Traffic};
 
 use crate::holders::Comm;
 use std::sync::Arc;
@@ -44,6 +44,64 @@ pub struct Event {
     /// Not seen by the kernel but deduced (a release at process exit under
     /// the tracepoint strategy): says from what.
     pub inferred: Option<Inferred>,
+    /// `FdSent`, `FdReceived` and `PassFd`: the descriptor passed (boxed:
+    /// every other event carries a null pointer only).
+    pub passed: Option<Box<Passed>>,
+}
+
+/// A descriptor passed over SCM_RIGHTS, as the kernel described it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Passed {
+    /// Its `struct file *`, inode number and mode, and for a UNIX socket
+    /// its peer's inode.
+    pub file: PassedFile,
+    /// The file's dentry name: a file's own name (not its directory),
+    /// `memfd:NAME`, `[eventfd]`; empty for a pipe.
+    pub name: Option<Arc<str>>,
+    /// The fd of the socket the message went through.
+    pub socket_fd: Option<i32>,
+    /// Its place in the message, and how many descriptors the message's
+    /// SCM_RIGHTS header carried.
+    pub index: u32,
+    pub count: u32,
+    /// `PassFd` only: true when received, false when the receiving
+    /// socket closed with it in flight, None when unknown (its receipt
+    /// was not seen before the table of waiting sends overflowed).
+    pub received: Option<bool>,
+}
+
+impl Passed {
+    /// What the descriptor is, from its mode and name: `file`, `directory`,
+    /// `pipe`, `fifo`, `socket`, `memfd`, `dmabuf`, `char_device`,
+    /// `block_device`, `symlink`, an anonymous inode's name without its
+    /// brackets (`eventfd`, `timerfd`, `signalfd`, `pidfd`, `eventpoll`,
+    /// ...), or `anon_inode`.
+    pub fn kind(&self) -> &str {
+        let name = self.name.as_deref().unwrap_or("");
+        if let Some(anon) = name.strip_prefix('[').and_then(|n| n.strip_suffix(']')) {
+            return anon;
+        }
+        if name == "dmabuf" || name.starts_with("dmabuf:") {
+            return "dmabuf";
+        }
+        match self.file.mode & 0o170000 {
+            0o140000 => "socket",
+            0o010000 if name.is_empty() => "pipe",
+            0o010000 => "fifo",
+            0o100000 if name.starts_with("memfd:") => "memfd",
+            0o100000 => "file",
+            0o040000 => "directory",
+            0o020000 => "char_device",
+            0o060000 => "block_device",
+            0o120000 => "symlink",
+            _ => "anon_inode",
+        }
+    }
+}
+
+/// Whether events of this kind carry a [`Passed`].
+pub(crate) fn passes_fd(kind: EventKind) -> bool {
+    matches!(kind, EventKind::FdSent | EventKind::FdReceived | EventKind::PassFd)
 }
 
 /// Datagrams one socket sent to one receiver by address, in its life.
@@ -94,6 +152,20 @@ impl Inferred {
 }
 
 #[cfg(test)]
+impl Passed {
+    pub(crate) fn sample() -> Self {
+        Passed {
+            file: PassedFile { file: 0xffff_8881_0000_4000, inode: 4242, mode: 0o100644, peer_inode: 0 },
+            name: Some("notes.txt".into()),
+            socket_fd: Some(3),
+            index: 0,
+            count: 1,
+            received: None,
+        }
+    }
+}
+
+#[cfg(test)]
 impl Event {
     /// A stream-socket event of process `pid` on fd 3, for model tests.
     pub(crate) fn sample(kind: EventKind, ts_ns: u64, pid: u32, comm: &str, inode: u64, peer_inode: u64) -> Event {
@@ -119,6 +191,7 @@ impl Event {
             traffic: None,
             sent_to: Vec::new(),
             inferred: None,
+            passed: None,
         }
     }
 }
@@ -180,6 +253,20 @@ pub(crate) fn decode_cached(bytes: &[u8], cache: &mut PathCache) -> Result<Event
     let kind = EventKind::from_u32(raw.kind).ok_or(DecodeError::Kind(raw.kind))?;
     let fd = |v: i32| (v >= 0).then_some(v);
     let ino = |v: u64| (v != 0).then_some(v);
+    // A passed descriptor's record reuses the path, peer_fd, listen_fd
+    // and child_pid slots (see `EventKind::FdSent`).
+    let passed = passes_fd(kind).then(|| {
+        let name = &raw.path[..(raw.path_len as usize).min(UNIX_PATH_MAX)];
+        Box::new(Passed {
+            file: PassedFile::from_traffic(&raw.traffic),
+            name: Some(String::from_utf8_lossy(name).into()),
+            socket_fd: fd(raw.listen_fd),
+            index: raw.peer_fd.max(0) as u32,
+            count: raw.child_pid,
+            received: None,
+        })
+    });
+    let socket_event = passed.is_none();
     Ok(Event {
         ts_ns: raw.ts_ns,
         kind,
@@ -191,19 +278,20 @@ pub(crate) fn decode_cached(bytes: &[u8], cache: &mut PathCache) -> Result<Event
         sock_type: SockType::from_kernel(raw.sock_type as u8),
         errno: raw.errno,
         fd: fd(raw.fd),
-        peer_fd: fd(raw.peer_fd),
-        listen_fd: fd(raw.listen_fd),
+        peer_fd: fd(raw.peer_fd).filter(|_| socket_event),
+        listen_fd: fd(raw.listen_fd).filter(|_| socket_event),
         inode: ino(raw.inode),
         peer_inode: ino(raw.peer_inode),
         sk: raw.sk,
         peer_sk: raw.peer_sk,
-        path: cache.get(&raw.path[..(raw.path_len as usize).min(UNIX_PATH_MAX)]),
-        child_pid: (raw.child_pid != 0).then_some(raw.child_pid),
+        path: if socket_event { cache.get(&raw.path[..(raw.path_len as usize).min(UNIX_PATH_MAX)]) } else { None },
+        child_pid: (socket_event && raw.child_pid != 0).then_some(raw.child_pid),
         // The kernel fills it for every close; the consumer drops it where
         // nothing counts.
         traffic: (kind == EventKind::Close).then_some(raw.traffic),
         sent_to: Vec::new(),
         inferred: None,
+        passed,
     })
 }
 
@@ -241,6 +329,17 @@ pub fn encode(e: &Event) -> UnixEvent {
     }
     raw.child_pid = e.child_pid.unwrap_or(0);
     raw.traffic = e.traffic.unwrap_or_default();
+    if let Some(p) = &e.passed {
+        raw.traffic = p.file.to_traffic();
+        raw.listen_fd = p.socket_fd.unwrap_or(-1);
+        raw.peer_fd = p.index as i32;
+        raw.child_pid = p.count;
+        let name = p.name.as_deref().unwrap_or("").as_bytes();
+        let n = name.len().min(UNIX_PATH_MAX - 1);
+        raw.path = [0; UNIX_PATH_MAX];
+        raw.path[..n].copy_from_slice(&name[..n]);
+        raw.path_len = n as u32;
+    }
     raw
 }
 
@@ -283,6 +382,9 @@ pub(crate) fn event_name(kind: EventKind) -> &'static str {
         EventKind::Fork => "fork",
         EventKind::Rename => "rename",
         EventKind::DgramSend => "dgram_send",
+        EventKind::FdSent => "fd_sent",
+        EventKind::FdReceived => "fd_received",
+        EventKind::PassFd => "pass_fd",
     }
 }
 
@@ -320,9 +422,51 @@ mod tests {
         });
         let traffic = Traffic { bytes_sent: 1 << 40, bytes_received: 7, msgs_sent: 3, msgs_received: 1 };
         samples.push(Event { kind: EventKind::Close, traffic: Some(traffic), ..samples[0].clone() });
+        for kind in [EventKind::FdSent, EventKind::FdReceived] {
+            samples.push(Event { kind, path: None, passed: Some(Box::new(Passed::sample())), ..samples[0].clone() });
+        }
         for e in samples {
             assert_eq!(decode(record_bytes(&encode(&e))).expect("decode"), e);
         }
+    }
+
+    #[test]
+    fn decodes_a_passed_descriptor() {
+        let mut e = raw(EventKind::FdSent);
+        e.fd = 5;
+        e.listen_fd = 3;
+        e.peer_fd = 1;
+        e.child_pid = 2;
+        e.traffic = PassedFile { file: 0xffff_8881_dead_0000, inode: 77, mode: 0o100644, peer_inode: 0 }.to_traffic();
+        e.path[..12].copy_from_slice(b"memfd:shared");
+        e.path_len = 12;
+        let ev = decode(&bytes(&e)).expect("decode");
+        let p = ev.passed.as_deref().expect("passed");
+        assert_eq!((ev.fd, ev.peer_fd, ev.listen_fd, ev.traffic, ev.path), (Some(5), None, None, None, None));
+        assert_eq!(
+            (p.file.file, p.file.inode, p.socket_fd, p.index, p.count),
+            (0xffff_8881_dead_0000, 77, Some(3), 1, 2)
+        );
+        assert_eq!((p.name.as_deref(), p.kind()), (Some("memfd:shared"), "memfd"));
+    }
+
+    #[test]
+    fn names_what_a_descriptor_is() {
+        let kind = |mode: u32, name: &str| {
+            let mut p = Passed::sample();
+            p.file.mode = mode;
+            p.name = Some(name.into());
+            p.kind().to_owned()
+        };
+        assert_eq!(kind(0o100644, "notes.txt"), "file");
+        assert_eq!(kind(0o100777, "memfd:wayland-shm"), "memfd");
+        assert_eq!(kind(0o010600, ""), "pipe");
+        assert_eq!(kind(0o010644, "myfifo"), "fifo");
+        assert_eq!(kind(0o140777, ""), "socket");
+        assert_eq!(kind(0o600, "[eventfd]"), "eventfd");
+        assert_eq!(kind(0o100600, "[timerfd]"), "timerfd");
+        assert_eq!(kind(0o600, "dmabuf"), "dmabuf");
+        assert_eq!(kind(0o600, "weird"), "anon_inode");
     }
 
     #[test]

@@ -91,6 +91,12 @@ pub(crate) fn syscall_records(root: &Path) -> Result<unixpeer_common::SyscallRec
         socketpair_family: at("sys_enter_socketpair", "family")?,
         socketpair_usockvec: at("sys_enter_socketpair", "usockvec")?,
         listen_fd: at("sys_enter_listen", "fd")?,
+        sendmsg_fd: at("sys_enter_sendmsg", "fd")?,
+        sendmsg_msg: at("sys_enter_sendmsg", "msg")?,
+        sendmsg_flags: at("sys_enter_sendmsg", "flags")?,
+        recvmsg_fd: at("sys_enter_recvmsg", "fd")?,
+        recvmsg_msg: at("sys_enter_recvmsg", "msg")?,
+        recvmsg_flags: at("sys_enter_recvmsg", "flags")?,
         exit_ret: exit_ret(root)?,
     })
 }
@@ -99,7 +105,14 @@ pub(crate) fn syscall_records(root: &Path) -> Result<unixpeer_common::SyscallRec
 fn exit_ret(root: &Path) -> Result<u64, TracefsError> {
     let at = |name: &str| field_offset(root, "syscalls", name, "ret");
     let ret = at("sys_exit_connect")?;
-    for name in ["sys_exit_accept", "sys_exit_accept4", "sys_exit_socketpair", "sys_exit_listen"] {
+    for name in [
+        "sys_exit_accept",
+        "sys_exit_accept4",
+        "sys_exit_socketpair",
+        "sys_exit_listen",
+        "sys_exit_sendmsg",
+        "sys_exit_recvmsg",
+    ] {
         let other = at(name)?;
         if other != ret {
             return Err(TracefsError::Layout(format!("`ret` at {other} in {name}, at {ret} in sys_exit_connect")));

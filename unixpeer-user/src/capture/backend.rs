@@ -88,6 +88,16 @@ const SYSCALL_EXITS: &[(&str, &str, &str)] = &[
 
 /// Before 5.15 (no `bpf_task_pt_regs`) the exits cannot read the caller's
 /// arguments: these entries leave them in a map for the exits.
+/// Descriptors passed over SCM_RIGHTS (the eBPF crate's `passfd`), under
+/// every strategy: the exits; before 5.15 the entries too, which carry the
+/// arguments.
+const PASSFD_EXITS: &[(&str, &str, &str)] =
+    &[("passfd_exit_sendmsg", "syscalls", "sys_exit_sendmsg"), ("passfd_exit_recvmsg", "syscalls", "sys_exit_recvmsg")];
+const PASSFD_ENTRIES: &[(&str, &str, &str)] = &[
+    ("passfd_enter_sendmsg", "syscalls", "sys_enter_sendmsg"),
+    ("passfd_enter_recvmsg", "syscalls", "sys_enter_recvmsg"),
+];
+
 const SYSCALL_ENTRIES: &[(&str, &str, &str)] = &[
     ("sys_enter_connect", "syscalls", "sys_enter_connect"),
     ("sys_enter_accept", "syscalls", "sys_enter_accept"),
@@ -129,6 +139,12 @@ const FENTRY_SYSFNS: &[(&str, &str, Hook)] = &[
     ("fentry_filp_close", "filp_close", Hook::Entry),
 ];
 
+/// Under fentry, fexit on the syscall functions instead (one argument:
+/// the caller's registers), so that fentry keeps clear of syscall
+/// tracepoints.
+const PASSFD_FEXIT: &[(&str, &str, Hook)] =
+    &[("fexit_sys_sendmsg", sys!("sendmsg"), Hook::Exit), ("fexit_sys_recvmsg", sys!("recvmsg"), Hook::Exit)];
+
 /// Functions whose argument count the fentry/fexit programs assume: fexit
 /// finds the return value right after the arguments.
 const FENTRY_ARGS: &[(&str, usize)] = &[
@@ -144,7 +160,7 @@ const FENTRY_ARGS: &[(&str, usize)] = &[
 /// stand-in BTF handed to aya.
 pub(crate) fn attach_targets() -> Vec<Target<'static>> {
     let mut targets: Vec<Target<'static>> =
-        FENTRY.iter().chain(FENTRY_SYSFNS).map(|(_, func, _)| Target::Func(func)).collect();
+        FENTRY.iter().chain(FENTRY_SYSFNS).chain(PASSFD_FEXIT).map(|(_, func, _)| Target::Func(func)).collect();
     targets.push(Target::Typedef(FORK_TRACEPOINT_TYPEDEF));
     targets.extend(super::traffic::attach_targets());
     targets.push(Target::Func(super::iter::ITER_TARGET_FUNC));
@@ -236,12 +252,45 @@ pub(crate) fn attach(
     attach_tracepoints(ebpf, TRACEPOINTS)?;
     attach_fork(ebpf, btf)?;
     chosen.traffic = super::traffic::attach(ebpf, btf, kbtf, chosen.backend);
+    attach_passfd(ebpf, btf, kbtf, chosen.backend, records);
     log::info!("backend {}: {}", chosen.backend, chosen.why);
     match &chosen.traffic {
         Ok(how) => log::info!("bytes and messages counted by {how}"),
         Err(why) => log::warn!("bytes and messages are not counted: {why}"),
     }
     Ok(chosen)
+}
+
+/// SCM_RIGHTS: an addition like counting. Where it cannot attach, the
+/// capture runs on without `pass_fd` events and says why.
+fn attach_passfd(ebpf: &mut Ebpf, btf: &Btf, kbtf: &KernelBtf, strategy: Strategy, records: Result<(), &String>) {
+    if strategy == Strategy::Fentry
+        && PASSFD_FEXIT.iter().all(|(_, func, _)| {
+            kbtf.first_param_is_struct_pointer(func) && kbtf.param_count(func).is_ok_and(|n| n == 1)
+        })
+    {
+        match attach_trampolines(ebpf, btf, PASSFD_FEXIT) {
+            Ok(()) => {
+                return log::info!("descriptors passed over SCM_RIGHTS seen by fexit on __x64_sys_{{sendmsg,recvmsg}}");
+            }
+            Err(e) => {
+                unload(ebpf, PASSFD_FEXIT.iter().map(|(p, _, _)| *p));
+                log::info!("fexit on __x64_sys_{{sendmsg,recvmsg}} failed ({}): trying their tracepoints", short(&e));
+            }
+        }
+    }
+    let attached = match records {
+        Ok(()) if kbtf.has_task_pt_regs() => attach_tracepoints(ebpf, PASSFD_EXITS),
+        Ok(()) => attach_tracepoints(ebpf, PASSFD_ENTRIES).and_then(|()| attach_tracepoints(ebpf, PASSFD_EXITS)),
+        Err(why) => Err(CaptureError::NoBackend(why.clone())),
+    };
+    match attached {
+        Ok(()) => log::info!("descriptors passed over SCM_RIGHTS seen at syscalls:sys_exit_{{sendmsg,recvmsg}}"),
+        Err(e) => {
+            unload(ebpf, PASSFD_ENTRIES.iter().chain(PASSFD_EXITS).map(|(p, _, _)| *p));
+            log::warn!("descriptors passed over SCM_RIGHTS are not reported: {}", short(&e));
+        }
+    }
 }
 
 fn unavailable(backend: Strategy, e: CaptureError) -> CaptureError {
@@ -304,6 +353,7 @@ pub(super) fn unload<S: AsRef<str>>(ebpf: &mut Ebpf, programs: impl Iterator<Ite
             Some(Program::FEntry(p)) => p.unload(),
             Some(Program::FExit(p)) => p.unload(),
             Some(Program::KProbe(p)) => p.unload(),
+            Some(Program::TracePoint(p)) => p.unload(),
             _ => Ok(()),
         };
     }

@@ -8,6 +8,7 @@ mod consumer;
 mod graveyard;
 mod listeners;
 mod metrics;
+mod passes;
 mod pending;
 pub mod render;
 mod resync;

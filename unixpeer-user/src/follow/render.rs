@@ -291,6 +291,9 @@ pub(crate) fn write_text(out: &mut Vec<u8>, r: &Resolved, clock: &Clock, wall: b
         Some(p) => escape::push(out, p),
         None => out.push(b'-'),
     }
+    if let Some(p) = &e.passed {
+        push_passed(out, p);
+    }
     if e.errno != 0 {
         out.extend_from_slice(b"  ");
         out.extend_from_slice(errno_name(e.errno).as_bytes());
@@ -312,6 +315,28 @@ pub(crate) fn write_text(out: &mut Vec<u8>, r: &Resolved, clock: &Clock, wall: b
     push_sent_to(out, &e.sent_to);
     push_tags(out, r, ids);
     out.push(b'\n');
+}
+
+/// "  passed memfd \"memfd:shm\" inode 42", then whether it arrived.
+fn push_passed(out: &mut Vec<u8>, p: &crate::events::Passed) {
+    out.extend_from_slice(b"  passed ");
+    out.extend_from_slice(p.kind().as_bytes());
+    if let Some(name) = p.name.as_deref().filter(|n| !n.is_empty()) {
+        out.extend_from_slice(b" \"");
+        escape::push(out, name);
+        out.push(b'"');
+    }
+    out.extend_from_slice(b" inode ");
+    push_int(out, p.file.inode);
+    if p.file.peer_inode != 0 {
+        out.extend_from_slice(b" peer ");
+        push_int(out, p.file.peer_inode);
+    }
+    match p.received {
+        Some(true) => {}
+        Some(false) => out.extend_from_slice(b"  never received (receiving socket closed)"),
+        None => out.extend_from_slice(b"  receipt not seen"),
+    }
 }
 
 /// "3 msgs / 1.2 KiB sent, 5 msgs / 48 KiB received".
@@ -404,6 +429,13 @@ pub(crate) fn write_json(out: &mut Vec<u8>, r: &Resolved, clock: &Clock, ids: &P
     opt_str(out, ",\"error\":", (e.errno != 0).then(|| errno_name(e.errno)).as_deref());
     str(out, ",\"event\":", event_name(e.kind));
     opt_int(out, ",\"fd\":", e.fd);
+    // Only on pass_fd lines: the descriptor passed.
+    if let Some(p) = &e.passed {
+        int(out, ",\"file_inode\":", p.file.inode);
+        str(out, ",\"file_kind\":", p.kind());
+        opt_str(out, ",\"file_name\":", p.name.as_deref().filter(|n| !n.is_empty()));
+        opt_int(out, ",\"file_peer_inode\":", (p.file.peer_inode != 0).then_some(p.file.peer_inode));
+    }
     opt_str(out, ",\"inferred\":", e.inferred.map(Inferred::as_str));
     opt_int(out, ",\"inode\":", e.inode);
     out.extend_from_slice(b",\"kind\":\"event\"");
@@ -438,6 +470,12 @@ pub(crate) fn write_json(out: &mut Vec<u8>, r: &Resolved, clock: &Clock, ids: &P
     hex(out, ",\"peer_sk\":", e.peer_sk);
     unit_user(out, ",\"peer_unit\":", ",\"peer_user\":", peer);
     int(out, ",\"pid\":", e.pid);
+    if let Some(p) = &e.passed {
+        match p.received {
+            Some(r) => bool(out, ",\"received\":", r),
+            None => null(out, ",\"received\":"),
+        }
+    }
     int(out, ",\"schema\":", JSON_SCHEMA);
     if e.sent_to.is_empty() {
         null(out, ",\"sent_to\":");
@@ -617,6 +655,47 @@ mod tests {
             })
             .collect();
         assert_eq!(sizes, ["0 B", "1023 B", "1.0 KiB", "11 KiB", "3.0 GiB"]);
+    }
+
+    #[test]
+    fn a_pass_fd_names_both_ends_and_the_descriptor_with_hostile_names_inert() {
+        let clock = Clock { start_mono_ns: 0, wall_offset_ns: 0 };
+        let mut event = Event::sample(EventKind::PassFd, 1, 42, "sender", 1001, 1002);
+        event.fd = Some(5);
+        let mut p = crate::events::Passed::sample();
+        p.name = Some("memfd:\u{1b}[31mred\"\n".into());
+        p.file.mode = 0o100777;
+        p.received = Some(true);
+        event.passed = Some(Box::new(p));
+        let receiver = Holder { pid: 43, comm: "recv\u{1b}]0;x\u{7}".into(), fd: Some(9) };
+        let r = Resolved { event, peer: Peer::Holders(smallvec::smallvec![receiver]) };
+        let mut text = Vec::new();
+        write_text(&mut text, &r, &clock, false, &Processes::default());
+        let text = String::from_utf8(text).expect("utf-8");
+        assert!(!text.bytes().any(|b| b == 0x1b || b == 0x07), "no terminal escape gets through: {text:?}");
+        assert!(text.contains("pass_fd"), "{text}");
+        assert!(text.contains("42/sender:5"), "{text}");
+        assert!(text.contains("passed memfd \"memfd:"), "{text}");
+        assert!(text.contains(" inode 4242"), "{text}");
+        assert_eq!(text.lines().count(), 1, "{text:?}");
+        let mut json = Vec::new();
+        write_json(&mut json, &r, &clock, &Processes::default());
+        let v: serde_json::Value = serde_json::from_slice(&json).expect("json");
+        assert_eq!(
+            [&v["event"], &v["pid"], &v["fd"], &v["peer_pid"], &v["peer_fd"], &v["received"]],
+            [&json!("pass_fd"), &json!(42), &json!(5), &json!(43), &json!(9), &json!(true)]
+        );
+        assert_eq!(
+            [&v["file_kind"], &v["file_inode"], &v["file_name"]],
+            [&json!("memfd"), &json!(4242), &json!("memfd:\u{1b}[31mred\"\n")]
+        );
+        assert!(v["file_peer_inode"].is_null());
+        // Other events carry none of these keys.
+        let mut json = Vec::new();
+        let connect = Resolved { event: Event::sample(EventKind::Connect, 1, 42, "c", 1, 2), peer: Peer::Unknown };
+        write_json(&mut json, &connect, &clock, &Processes::default());
+        let line = String::from_utf8(json).expect("utf-8");
+        assert!(!line.contains("file_") && !line.contains("\"received\""), "{line}");
     }
 
     #[test]

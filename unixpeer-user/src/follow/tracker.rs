@@ -8,7 +8,7 @@ use foldhash::{HashMap, HashSet};
 
 use unixpeer_common::EventKind;
 
-use super::{graveyard::Graveyard, listeners::Listeners, pending::PendingAccepts};
+use super::{graveyard::Graveyard, listeners::Listeners, passes::PendingPasses, pending::PendingAccepts};
 use crate::{
     events::{Event, Inferred},
     holders::Comm,
@@ -71,6 +71,8 @@ pub struct Tracker {
     /// model infer their release (the kernel reported nothing for them):
     /// taken by that release, and emptied after each event.
     released_traffic: HashMap<u64, crate::events::Carried>,
+    /// Descriptors sent over SCM_RIGHTS, waiting for their receipt.
+    passes: PendingPasses,
 }
 
 /// Connections not accepted yet that the model follows at most.
@@ -336,9 +338,16 @@ impl Tracker {
                 if let Some(a) = e.inode.and_then(|i| self.pending.take_accepted(i)) {
                     self.resolve_accept(a, out);
                 }
+                if let Some(inode) = e.inode {
+                    self.never_received(inode, &e, out);
+                }
                 self.close(&mut e)
             }
             EventKind::FdClose => self.on_fd_close(&e),
+            EventKind::FdSent => return self.on_fd_sent(e, out),
+            EventKind::FdReceived => return self.on_fd_received(e, out),
+            // Made here, never applied.
+            EventKind::PassFd => return,
             EventKind::Fork => {
                 if let Some(child) = e.child_pid {
                     self.fork(e.pid, child);
@@ -356,6 +365,92 @@ impl Tracker {
             }
         };
         out.push(Resolved { event: e, peer });
+    }
+
+    /// A descriptor sent: joined to its receipt if that came first, else
+    /// reported never received if its receiving socket is already gone,
+    /// else it waits for one of the two. Nothing is shown while it waits.
+    fn on_fd_sent(&mut self, s: Event, out: &mut Vec<Resolved>) {
+        let Some(file) = s.passed.as_ref().map(|p| p.file.file) else { return };
+        if let Some(r) = self.passes.take_receipt(file, s.peer_inode) {
+            return self.joined(s, r, out);
+        }
+        // The receiver's close can reach us before the sender's exit hook.
+        if let Some(gone) = s.peer_inode.filter(|i| !self.model.contains(*i))
+            && let Some(h) = self.graveyard.get(gone).and_then(|hs| hs.first().copied())
+        {
+            let closer = Holder { fd: None, ..h };
+            return self.show_pass(s, Some(false), Peer::Holders(smallvec::smallvec![closer]), out);
+        }
+        if let Some(oldest) = self.passes.push_send(s) {
+            // Its receipt was not seen while PASSES others waited.
+            self.show_pass(oldest, None, Peer::Unknown, out);
+        }
+    }
+
+    /// A descriptor received: joined to its send, shown as one `pass_fd`
+    /// named by the sender, with the receiver as its peer. A receipt whose
+    /// send has not come waits for it (see `passes`).
+    fn on_fd_received(&mut self, r: Event, out: &mut Vec<Resolved>) {
+        let Some(file) = r.passed.as_ref().map(|p| p.file.file) else { return };
+        self.socket_received(&r);
+        match self.passes.take_send(file, r.inode) {
+            Some(s) => self.joined(s, r, out),
+            None => self.passes.push_receipt(r),
+        }
+    }
+
+    /// Send `sent` and receipt `r` of one descriptor: one `pass_fd`, at
+    /// the receipt's time.
+    fn joined(&mut self, mut sent: Event, r: Event, out: &mut Vec<Resolved>) {
+        sent.ts_ns = sent.ts_ns.max(r.ts_ns);
+        if r.inode.is_some() {
+            sent.peer_inode = r.inode;
+        }
+        let receiver = Holder::of(r.pid, r.comm, r.fd);
+        self.show_pass(sent, Some(true), Peer::Holders(smallvec::smallvec![receiver]), out);
+    }
+
+    /// A UNIX socket the model knows, received: its receiver holds it from
+    /// now on (else the model would learn so only when it acted on it), and
+    /// it is no orphan waiting for its release any more.
+    fn socket_received(&mut self, r: &Event) {
+        let Some(p) = r.passed.as_deref() else { return };
+        let inode = p.file.inode;
+        if p.file.mode & 0o170000 != 0o140000 || !self.model.contains(inode) {
+            return;
+        }
+        self.orphans.remove(&inode);
+        self.by_pid.entry(r.pid).or_default().insert(inode);
+        let holder = Holder::of(r.pid, r.comm, r.fd);
+        let holders = self.model.holders_mut(inode);
+        if !holders.iter().any(|h| h.pid == holder.pid && h.fd == holder.fd) {
+            holders.push(holder);
+        }
+    }
+
+    /// Socket `inode` closes (`e`): what was sent to it and not received
+    /// never will be. Named by who closed it.
+    fn never_received(&mut self, inode: u64, e: &Event, out: &mut Vec<Resolved>) {
+        for mut sent in self.passes.take_sends_to(inode) {
+            sent.ts_ns = e.ts_ns;
+            let closer = Holder::of(e.pid, e.comm, None);
+            self.show_pass(sent, Some(false), Peer::Holders(smallvec::smallvec![closer]), out);
+        }
+    }
+
+    fn show_pass(&self, mut sent: Event, received: Option<bool>, peer: Peer, out: &mut Vec<Resolved>) {
+        sent.kind = EventKind::PassFd;
+        if let Some(p) = sent.passed.as_mut() {
+            p.received = received;
+        }
+        // The name of the connection, as other events carry it: the
+        // sender's socket's, else its peer's.
+        sent.path = [sent.inode, sent.peer_inode]
+            .into_iter()
+            .flatten()
+            .find_map(|i| self.model.get(i).and_then(|s| s.path.clone()));
+        out.push(Resolved { event: sent, peer });
     }
 
     fn peer_holders(&self, inode: Option<u64>) -> Peer {
@@ -474,6 +569,7 @@ impl Tracker {
         while let Some(a) = self.pending.pop_older_than(now_ns.saturating_sub(ACCEPT_WAIT_NS)) {
             self.resolve_accept(a, out);
         }
+        self.passes.expire_receipts(now_ns);
     }
 
     /// Orphaned sockets (see `orphans`) due for a look at `now_ns`, with
@@ -890,6 +986,48 @@ mod tests {
         let server = Holder { pid: 10, comm: "server".into(), fd: Some(3) };
         t.resync(&snapshot(vec![(100, KernelState::Listen, None, Some("/run/s.sock"), server)]), 1);
         late_accept(&mut t);
+    }
+
+    fn passed(kind: EventKind, pid: u32, inode: u64, peer_inode: u64, fd: i32, file: u64) -> Event {
+        let mut e = ev(kind, pid, "p", inode, peer_inode);
+        e.fd = Some(fd);
+        e.path = None;
+        let mut p = crate::events::Passed::sample();
+        p.file.file = file;
+        p.file.inode = 500;
+        p.file.mode = 0o140777;
+        e.passed = Some(Box::new(p));
+        e
+    }
+
+    #[test]
+    fn a_pass_is_shown_at_its_receipt_or_at_the_receivers_close() {
+        let mut t = Tracker::new(true);
+        t.applied(ev(EventKind::Socketpair, 1, "p", 100, 200));
+        t.applied(ev(EventKind::Socketpair, 1, "p", 500, 501));
+        assert!(t.applied(passed(EventKind::FdSent, 1, 100, 200, 5, 0xf1)).is_empty(), "shown when received");
+        let r = one(&mut t, passed(EventKind::FdReceived, 2, 200, 100, 7, 0xf1));
+        assert_eq!((r.event.kind, r.event.pid, r.event.fd, r.event.inode), (EventKind::PassFd, 1, Some(5), Some(100)));
+        assert_eq!(r.peer, Peer::Holders(smallvec::smallvec![Holder { pid: 2, comm: "p".into(), fd: Some(7) }]));
+        assert_eq!(r.event.passed.as_ref().and_then(|p| p.received), Some(true));
+        assert!(t.model.holders(500).iter().any(|h| h.pid == 2 && h.fd == Some(7)), "the receiver holds the socket");
+        // A receipt before its send (the receiver's recvmsg returned first)
+        // waits for it.
+        assert!(t.applied(passed(EventKind::FdReceived, 2, 200, 100, 8, 0xf3)).is_empty());
+        let r = one(&mut t, passed(EventKind::FdSent, 1, 100, 200, 4, 0xf3));
+        assert_eq!((r.event.kind, r.event.fd), (EventKind::PassFd, Some(4)));
+        assert_eq!(r.peer, Peer::Holders(smallvec::smallvec![Holder { pid: 2, comm: "p".into(), fd: Some(8) }]));
+        // Sent, then the receiving end closes unread.
+        assert!(t.applied(passed(EventKind::FdSent, 1, 100, 200, 6, 0xf2)).is_empty());
+        let out = t.applied(ev(EventKind::Close, 2, "p", 200, 0));
+        assert_eq!(out.iter().map(|r| r.event.kind).collect::<Vec<_>>(), [EventKind::PassFd, EventKind::Close]);
+        assert_eq!(out[0].event.passed.as_ref().and_then(|p| p.received), Some(false));
+        assert_eq!(out[0].event.fd, Some(6));
+        // A send whose receiving socket's close came first: never received.
+        let r = one(&mut t, passed(EventKind::FdSent, 1, 100, 200, 3, 0xf4));
+        assert_eq!(r.event.passed.as_ref().and_then(|p| p.received), Some(false));
+        // Named by its last holder the model knew (the socketpair's maker).
+        assert_eq!(r.peer, Peer::Holders(smallvec::smallvec![Holder { pid: 1, comm: "p".into(), fd: None }]));
     }
 
     #[test]

@@ -301,7 +301,10 @@ impl Builder {
             | EventKind::FdClose
             | EventKind::Fork
             | EventKind::Rename
-            | EventKind::DgramSend => {}
+            | EventKind::DgramSend
+            | EventKind::FdSent
+            | EventKind::FdReceived
+            | EventKind::PassFd => {}
         }
     }
 }

@@ -10,7 +10,7 @@ use unixpeer_common::EventKind;
 use super::{FORMAT_NAME, FORMAT_VERSION};
 use crate::capture::Strategy;
 use crate::events::Inferred;
-use crate::events::{Carried, DgramTotal, Event, SockType, Traffic, event_name};
+use crate::events::{Carried, DgramTotal, Event, Passed, PassedFile, SockType, Traffic, event_name};
 use crate::follow::Holder;
 use crate::identity::Identity;
 use crate::model::{KernelState, Model, SockName, Socket, Vfs};
@@ -306,6 +306,8 @@ pub(crate) fn parse_event_kind(s: &str) -> Option<EventKind> {
         "fd_close" => EventKind::FdClose,
         "fork" => EventKind::Fork,
         "rename" => EventKind::Rename,
+        "fd_sent" => EventKind::FdSent,
+        "fd_received" => EventKind::FdReceived,
         _ => return None,
     })
 }
@@ -364,7 +366,29 @@ pub(crate) fn write_event(out: &mut Vec<u8>, e: &Event) {
         write_traffic(out, t);
     }
     write_sent_to(out, &e.sent_to);
+    if let Some(p) = &e.passed {
+        write_passed(out, p);
+    }
     out.extend_from_slice(b"}\n");
+}
+
+/// A passed descriptor's keys (`fd_sent`, `fd_received`).
+fn write_passed(out: &mut Vec<u8>, p: &Passed) {
+    int(out, ",\"file\":", p.file.file);
+    int(out, ",\"file_inode\":", p.file.inode);
+    int(out, ",\"file_mode\":", p.file.mode);
+    if p.file.peer_inode != 0 {
+        int(out, ",\"file_peer_inode\":", p.file.peer_inode);
+    }
+    if let Some(name) = &p.name {
+        out.extend_from_slice(b",\"file_name\":");
+        json_str(out, name);
+    }
+    if let Some(fd) = p.socket_fd {
+        int(out, ",\"socket_fd\":", fd);
+    }
+    int(out, ",\"index\":", p.index);
+    int(out, ",\"count\":", p.count);
 }
 
 fn write_traffic(out: &mut Vec<u8>, t: &Traffic) {
@@ -460,6 +484,33 @@ struct Line<'a> {
     sent_to: Vec<[u64; 3]>,
     msgs_sent: Option<u64>,
     msgs_received: Option<u64>,
+    file: Option<u64>,
+    file_inode: Option<u64>,
+    file_mode: Option<u32>,
+    file_peer_inode: Option<u64>,
+    file_name: Option<String>,
+    socket_fd: Option<i32>,
+    index: Option<u32>,
+}
+
+impl Line<'_> {
+    /// `fd_sent` and `fd_received`: the descriptor, which they must name.
+    fn passed(&self, kind: EventKind) -> Result<Option<Box<Passed>>, String> {
+        if !crate::events::passes_fd(kind) {
+            return Ok(None);
+        }
+        let (Some(file), Some(inode), Some(mode)) = (self.file, self.file_inode, self.file_mode) else {
+            return Err("a passed descriptor's record lacks `file`, `file_inode` or `file_mode`".into());
+        };
+        Ok(Some(Box::new(Passed {
+            file: PassedFile { file, inode, mode, peer_inode: self.file_peer_inode.unwrap_or(0) },
+            name: self.file_name.as_deref().map(Into::into),
+            socket_fd: self.socket_fd,
+            index: self.index.unwrap_or(0),
+            count: self.count.unwrap_or(0) as u32,
+            received: None,
+        })))
+    }
 }
 
 /// One record after the header.
@@ -563,6 +614,7 @@ fn event(l: &Line<'_>) -> Result<Event, String> {
             None => None,
             Some(why) => Some(Inferred::parse(why).ok_or_else(|| format!("unknown `inferred` reason {why:?}"))?),
         },
+        passed: l.passed(kind)?,
     })
 }
 
@@ -634,6 +686,7 @@ pub(crate) mod tests {
             traffic: None,
             sent_to: Vec::new(),
             inferred: None,
+            passed: None,
         }
     }
 
@@ -656,12 +709,25 @@ pub(crate) mod tests {
         variants.push(Event { kind: EventKind::Close, traffic: Some(traffic), ..sample_event() });
         let to = |receiver, bytes, msgs| DgramTotal { receiver, bytes, msgs, holder: None, path: None };
         variants.push(Event { kind: EventKind::Close, sent_to: vec![to(7, 60, 3), to(9, 1, 1)], ..sample_event() });
+        let mut passed = Passed::sample();
+        variants.push(Event { kind: EventKind::FdSent, passed: Some(Box::new(passed.clone())), ..sample_event() });
+        passed.file.peer_inode = 99;
+        passed.name = Some("a \"hostile\"\n\u{1b}[31mname".into());
+        passed.socket_fd = None;
+        variants.push(Event { kind: EventKind::FdReceived, passed: Some(Box::new(passed)), ..sample_event() });
         for e in variants {
             let mut line = Vec::new();
             write_event(&mut line, &e);
             assert_eq!(line.iter().filter(|&&b| b == b'\n').count(), 1, "one line: {}", String::from_utf8_lossy(&line));
             assert_eq!(parse_record(&line), Ok(Record::Event(e)));
         }
+    }
+
+    #[test]
+    fn a_passed_descriptor_must_say_which_file() {
+        let line =
+            br#"{"k":"e","ev":"fd_sent","ts":1,"pid":1,"tid":1,"uid":0,"comm":"x","netns":1,"type":"stream","fd":4}"#;
+        assert!(parse_record(line).is_err_and(|e| e.contains("file")));
     }
 
     #[test]

@@ -62,7 +62,7 @@ fn cargo_json(root: &Path, args: &[&str]) -> Result<String> {
 /// Integration tests the guests do not run: `metrics` needs Debian's
 /// Prometheus server, which the guests do not carry, and tests nothing below
 /// the consumer (the capture it reads from is `live`'s, run in every column).
-const HOST_ONLY: &[&str] = &["dbus", "metrics", "capture", "traffic_tools"];
+const HOST_ONLY: &[&str] = &["dbus", "metrics", "capture", "traffic_tools", "pass_fd_python"];
 
 /// Builds the integration tests and `unixtrace` for the host (the guests get
 /// their shared libraries too: `copy_with_libraries`).
