@@ -80,8 +80,14 @@ fn inodes(farm: &Farm, label: &str) -> BTreeSet<u64> {
 }
 
 /// The line of `table` that shows socket `inode`.
+/// The table's row whose INODE column (the third) is `inode`: a guest's
+/// small inode numbers are often the start of another's (1137, 11372).
 fn row(table: &str, inode: u64) -> &str {
-    table.lines().find(|l| l.contains(&inode.to_string())).unwrap_or_else(|| panic!("no row for {inode}:\n{table}"))
+    let inode_text = inode.to_string();
+    table
+        .lines()
+        .find(|l| l.split_whitespace().nth(2) == Some(inode_text.as_str()))
+        .unwrap_or_else(|| panic!("no row for {inode}:\n{table}"))
 }
 
 #[test]
