@@ -235,6 +235,10 @@ fn boot_all(
     // The slowest group of every kernel first, so that the short ones fill
     // in at the end.
     let jobs = BOOTS.iter().flat_map(|columns| (0..guests.len()).map(move |i| (i, *columns)));
+    // The timeline tests test the file format, replay and export, above the
+    // capture layer (init.sh, `ONCE`): the host runs them on its kernel and
+    // the oldest guest on its own, where the recordings differ most.
+    let oldest = (0..guests.len()).min_by_key(|&i| kernel_version(&guests[i].kernel.release));
     let queue = std::sync::Mutex::new(jobs.collect::<std::collections::VecDeque<_>>());
     let stop = std::sync::atomic::AtomicBool::new(false);
     let parts: Vec<(usize, Row)> = std::thread::scope(|scope| {
@@ -247,7 +251,9 @@ fn boot_all(
                             break;
                         }
                         let Some((i, columns)) = queue.lock().map_or(None, |mut q| q.pop_front()) else { break };
-                        let row = boot_one(vm_dir, &guests[i], columns, (marker, cmdline), timeout);
+                        let timeline = if Some(i) == oldest { " UNIXPEER_TIMELINE=1" } else { "" };
+                        let cmdline = format!("{cmdline}{timeline}");
+                        let row = boot_one(vm_dir, &guests[i], columns, (marker, &cmdline), timeout);
                         let failed = row.problem.is_some() || row.cells.iter().any(|c| c.status == Status::Fail);
                         if failed && !keep_going {
                             stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -271,6 +277,12 @@ fn boot_all(
         row.elapsed = Some(row.elapsed.unwrap_or_default() + part.elapsed.unwrap_or_default());
     }
     rows
+}
+
+/// (major, minor) of a kernel release such as `5.10.0-46-cloud-amd64`.
+fn kernel_version(release: &str) -> (u32, u32) {
+    let mut parts = release.split(|c: char| !c.is_ascii_digit()).map(|p| p.parse().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
 }
 
 /// One boot of `guest` running `columns` (comma-separated), its console in
@@ -382,5 +394,18 @@ fn print_table(rows: &[Row]) {
         for c in &row.cells {
             println!("{} {}: {}", row.kernel, c.column, c.summary());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::kernel_version;
+
+    #[test]
+    fn kernel_versions_order_as_numbers() {
+        assert_eq!(kernel_version("5.10.0-46-cloud-amd64"), (5, 10));
+        assert_eq!(kernel_version("6.12.118+deb12-cloud-amd64"), (6, 12));
+        assert!(kernel_version("5.10.0-46-cloud-amd64") < kernel_version("6.1.0-57-cloud-amd64"));
+        assert!(kernel_version("6.1.0-57-cloud-amd64") < kernel_version("6.12.118+deb12-cloud-amd64"));
     }
 }
