@@ -246,3 +246,60 @@ fn without_w_each_message_is_a_json_line_with_its_exact_bytes() {
         sys::close(fd);
     }
 }
+
+/// Connects to a fresh listener at `name`; returns (client, server).
+fn connected_pair(name: &str) -> (i32, i32) {
+    let listener = sys::listener(libc::SOCK_STREAM, name, 4).expect("listen");
+    let client = sys::connect(libc::SOCK_STREAM, name).expect("connect");
+    let server = sys::accept(listener).expect("accept");
+    sys::close(listener);
+    (client, server)
+}
+
+/// The kernel leaves out what `--path` does not name before anything is
+/// copied. A flood on names that differ from the wanted one in their last
+/// byte or their first would overflow a 4 KiB buffer if a single message
+/// of it were copied: nothing may be lost, and the wanted name's messages
+/// are all captured. Abstract names of 107 bytes reach the last bytes of
+/// `sun_path`, which the programs compare apart from the rest.
+#[test]
+fn names_path_leaves_out_are_never_copied() {
+    let s = Scratch::new("prefix");
+    let dir = s.path("");
+    let dir = dir.to_str().expect("utf-8").trim_end_matches('/');
+    let long = "n".repeat(105);
+    let cases = [
+        (format!("{dir}/sock-0001"), format!("{dir}/sock-0002"), format!("{dir}/tock-0001")),
+        (format!("@{long}1"), format!("@{long}2"), format!("@m{}", &long[1..])),
+    ];
+    for (i, (wanted, last_differs, first_differs)) in cases.into_iter().enumerate() {
+        let file = s.path(&format!("prefix-{i}.pcapng"));
+        let cap = Capture::start(
+            &["-w", file.to_str().expect("utf-8"), "--path", &wanted, "--buffer-size", "4K"],
+            Stdio::null(),
+        );
+        let flood = [7u8; 100];
+        let mut open = Vec::new();
+        for other in [&last_differs, &first_differs] {
+            let (client, server) = connected_pair(other);
+            for _ in 0..200 {
+                assert_eq!(sys::write_fd(client, &flood).expect("write"), flood.len());
+            }
+            open.push((client, server));
+        }
+        let (client, server) = connected_pair(&wanted);
+        for i in 0..3u8 {
+            assert_eq!(sys::write_fd(client, &[i; 10]).expect("write"), 10);
+        }
+        open.push((client, server));
+        let err = cap.stop();
+        for (a, b) in open {
+            sys::close(a);
+            sys::close(b);
+        }
+        assert_eq!(closing_counts(&err), (3, 0), "--path {wanted}: {err}");
+        let got: Vec<Vec<u8>> =
+            packets(&file).iter().map(|p| payload(p).1.to_vec()).filter(|p| !p.is_empty()).collect();
+        assert_eq!(got, [vec![0u8; 10], vec![1u8; 10], vec![2u8; 10]], "--path {wanted}");
+    }
+}

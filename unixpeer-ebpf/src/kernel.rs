@@ -83,7 +83,7 @@ pub fn cast(ptr: u64, btf_id: u64) -> u64 {
 
 /// Whether the walks cast and load (see [`cast`]) rather than probe-read.
 #[inline(always)]
-fn cast_loads() -> bool {
+pub fn cast_loads() -> bool {
     off!(cast_loads) != 0
 }
 
@@ -402,10 +402,33 @@ pub fn unix_addr(sk: u64) -> u64 {
 /// `sockaddr_un` starts and how long it is, in kernel memory.
 #[inline(always)]
 pub fn bound_name(sk: u64) -> Option<(u64, u32)> {
+    bound_address(sk).map(|(addr, len)| (addr + off!(unix_address_name), len))
+}
+
+/// The `struct unix_address` `sk` is bound to and the length of its
+/// `sockaddr_un`.
+#[inline(always)]
+pub fn bound_address(sk: u64) -> Option<(u64, u32)> {
     let addr = field_ptr(sk, off!(btf.unix_sock), off!(unix_sock_addr))?;
     let len: i32 = field(addr, off!(btf.unix_address), off!(unix_address_len))?;
     if len <= 0 {
         return None;
     }
-    Some((addr + off!(unix_address_name), len as u32))
+    Some((addr, len as u32))
+}
+
+/// The 8 bytes of `sun_path` from byte `at` of the `struct unix_address`
+/// at `addr`, with a plain load through a cast pointer (`cast_loads` only).
+/// `at` must be a constant to the verifier, which walks `name`, a flexible
+/// array of `struct sockaddr_un`, into `sun_path` and allows the load while
+/// it stays inside it (`at` <= 100).
+#[inline(always)]
+pub fn sun_path_u64(addr: u64, at: u64) -> u64 {
+    load(cast(addr, off!(btf.unix_address)) + off!(unix_address_name) + 2 + at)
+}
+
+/// As `sun_path_u64`, 4 bytes.
+#[inline(always)]
+pub fn sun_path_u32(addr: u64, at: u64) -> u32 {
+    load(cast(addr, off!(btf.unix_address)) + off!(unix_address_name) + 2 + at)
 }

@@ -289,6 +289,51 @@ fn kernel_name_wanted(stage: &mut Staging, (sockaddr, len): (u64, u32)) -> bool 
     rc == 0 && path_wanted(AlignedName::of_header(&stage.header), want)
 }
 
+/// `kernel_name_wanted` without the copy, where the kernel has
+/// `bpf_rdonly_cast` (6.2+): the name's words compared where they lie, each
+/// load at an offset the verifier sees as a constant (hence the macro, not
+/// a loop that LLVM may keep rolled). On the send path of every socket
+/// that the filter leaves out, this saves the staging lookup and a
+/// bpf_probe_read_kernel call. The last words first: names in one
+/// directory differ at their end, so a socket left out costs one or two
+/// loads, not a walk along the shared directory.
+#[inline(always)]
+fn kernel_name_wanted_in_place(addr: u64, len: u32) -> bool {
+    let want = rodata!(PAYLOAD_FILTER.prefix_len);
+    // sun_path follows the 2-byte family.
+    if len.saturating_sub(2) < want {
+        return false;
+    }
+    let prefix = &raw const PAYLOAD_FILTER.prefix;
+    const _: () = assert!(UNIX_PATH_MAX == 108);
+    // Bytes 104..108, the last of sun_path.
+    if want > 104 {
+        let mask = if want >= 108 { u32::MAX } else { (1u32 << ((want - 104) * 8)) - 1 };
+        // SAFETY: bytes 104..108 of the 108-byte prefix array, which sits
+        // in frozen .rodata, as `rodata!` says; read as bytes.
+        let b = unsafe { core::ptr::read_volatile(prefix.cast::<u8>().add(104).cast::<[u8; 4]>()) };
+        if (kernel::sun_path_u32(addr, 104) ^ u32::from_ne_bytes(b)) & mask != 0 {
+            return false;
+        }
+    }
+    macro_rules! words {
+        ($($w:literal)+) => {$(
+            let at: u32 = $w * 8;
+            if at < want {
+                let left = want - at;
+                let mask = if left >= 8 { u64::MAX } else { (1u64 << (left * 8)) - 1 };
+                // SAFETY: bytes at..at + 8 <= 104 of the prefix array, as above.
+                let b = unsafe { core::ptr::read_volatile(prefix.cast::<u8>().add(at as usize).cast::<[u8; 8]>()) };
+                if (kernel::sun_path_u64(addr, u64::from(at)) ^ u64::from_ne_bytes(b)) & mask != 0 {
+                    return false;
+                }
+            }
+        )+};
+    }
+    words!(12 11 10 9 8 7 6 5 4 3 2 1 0);
+    true
+}
+
 /// The filters that the socket alone decides, before anything is read for
 /// an event: its type, and for a connected one the name it goes by (its
 /// own if bound, else its peer's, as `name_from_kernel` picks). An
@@ -302,7 +347,13 @@ fn socket_wanted(sock: &kernel::UnixSocket, peer_sk: u64) -> bool {
     if rodata!(PAYLOAD_FILTER.prefix_len) == 0 || peer_sk == 0 {
         return true;
     }
-    let Some(named) = kernel::bound_name(sock.sk).or_else(|| kernel::bound_name(peer_sk)) else { return false };
+    let Some((addr, len)) = kernel::bound_address(sock.sk).or_else(|| kernel::bound_address(peer_sk)) else {
+        return false;
+    };
+    if kernel::cast_loads() {
+        return kernel_name_wanted_in_place(addr, len);
+    }
+    let named = (addr + off!(unix_address_name), len);
     // SAFETY: the helper takes no arguments.
     let cpu = unsafe { bpf_get_smp_processor_id() };
     let Some(stage) = PAYLOAD_STAGING.get_ptr_mut(cpu) else { return false };

@@ -5,15 +5,18 @@
 //! socket between two threads of this process, its rate counted in the
 //! process's CPU time (the kernel's work for its syscalls included, time
 //! stolen by other guests not). First, pairs of runs untraced and traced
-//! by a capture whose --path matches only a quiet socket: every write of
-//! the system then goes through the payload programs' fd lookup and the
-//! filter, none through the copy (goal: >= 0.95 of the untraced rate).
-//! Then a capture of the busy socket itself: its rate, and every message
-//! sent either captured or reported lost, none unaccounted. Beside them, a
-//! capture filtered to a process that sends nothing, whose programs return
-//! at once: near the floor that any syscall hook costs. Each series runs
-//! pinned (both threads of the workload on one CPU, unixtrace on another)
-//! and unpinned, with the capture's messages lost and peak RSS.
+//! by a capture whose --path matches only a quiet socket in the same
+//! directory: every socket send of the system then runs the payload
+//! program's filter, none the copy (goal: >= 0.95 of the untraced rate).
+//! Pairs alternate which run comes first, so that drift in the machine's
+//! speed, and what a capture's start and teardown leave behind, weigh on
+//! both sides alike. Then a capture of the busy socket itself: its rate,
+//! and every message sent either captured or reported lost, none
+//! unaccounted. Beside them, a capture filtered to a process that sends
+//! nothing, whose program returns at its first tests: the floor of any
+//! hook on the send path, against which to read the other. Each series
+//! runs pinned (both threads of the workload on one CPU, unixtrace on
+//! another) and unpinned, with the capture's messages lost and peak RSS.
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
@@ -27,7 +30,7 @@ use anyhow::{Context, Result, bail};
 
 use super::{GENERATOR_CPU, TRACER_CPU, median, pin_to};
 
-const PAIRS: usize = 5;
+const PAIRS: usize = 8;
 const RUN: Duration = Duration::from_secs(2);
 const MESSAGE: usize = 64;
 const GOAL: f64 = 0.95;
@@ -179,11 +182,19 @@ pub fn run(release: &Path) -> Result<()> {
         let (work, tracer) = if pinned { (Some(GENERATOR_CPU), Some(TRACER_CPU)) } else { (None, None) };
         for (name, filter) in &series {
             let mut ratios = Vec::new();
-            for _ in 0..PAIRS {
-                let base = ping_pong(&busy, work)?;
+            for i in 0..PAIRS {
+                // Every other pair runs traced first, so that a drift in the
+                // machine's speed, or what a capture's start and teardown
+                // leave behind, weighs on both sides alike.
+                let untraced_first = i % 2 == 0;
+                let before = if untraced_first { Some(ping_pong(&busy, work)?) } else { None };
                 let cap = Capturer::start(&unixtrace, filter, tracer)?;
                 let traced = ping_pong(&busy, work)?;
                 let (captured, lost, peak_kib) = cap.stop()?;
+                let base = match before {
+                    Some(b) => b,
+                    None => ping_pong(&busy, work)?,
+                };
                 let ratio = traced.cpu_rate / base.cpu_rate;
                 println!(
                     "capture {mode} {name} untraced={:.0}/s traced={:.0}/s ratio={ratio:.3} captured={captured} \
