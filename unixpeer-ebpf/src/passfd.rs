@@ -6,12 +6,14 @@
 //!
 //! Hooks are the syscalls' exits (`syscalls:sys_exit_sendmsg`,
 //! `sys_exit_recvmsg`, kernel/trace/trace_syscalls.c; programs in
-//! `syscalls`), under the tracepoint and kprobe strategies and wherever
-//! fexit fails; under fentry, fexit on their syscall functions
-//! `__x64_sys_sendmsg`/`__x64_sys_recvmsg` (programs in `sysfns`), so that
-//! no syscall tracepoint sends every syscall down the slow path: only after
-//! a successful sendmsg were the descriptors sent, and only after recvmsg
-//! returns are they installed in the receiver's table.
+//! `syscalls`), under the tracepoint strategy and wherever the others'
+//! hooks fail; under fentry, fexit on their syscall functions
+//! `__x64_sys_sendmsg`/`__x64_sys_recvmsg` (programs in `sysfns`); under
+//! kprobe, a kprobe and kretprobe on `__x64_sys_sendmsg` and a kprobe on
+//! `__x64_sys_recvmsg`, whose descriptors `fd_install` sees installed
+//! (`installed`). So neither sends every syscall down the slow path. Only
+//! after a successful sendmsg were the descriptors sent, and a received
+//! one has its fd only once installed in the receiver's table.
 //! The arguments come from the caller's saved registers (5.15+) or, before,
 //! from `sys_enter_sendmsg`/`sys_enter_recvmsg`, which leave them in
 //! `syscalls::IN_CALL` only when the message has a control buffer.
@@ -46,7 +48,7 @@ const MAX_FDS: u64 = 8;
 const CMSG_HDR: u64 = 16;
 const SOL_SOCKET: u64 = 1;
 const SCM_RIGHTS: u64 = 1;
-const MSG_PEEK: u64 = 2;
+pub const MSG_PEEK: u64 = 2;
 
 /// Whether `msg` (a user `struct user_msghdr`) has a control buffer:
 /// msg_controllen (size_t at 40) is not 0. The first test on every call.
@@ -97,24 +99,52 @@ pub fn passed(cur: Current, kind: EventKind, [fd, msg, flags]: [u64; 3], ret: i6
         }
         let Some(passed_fd) = user::<i32>(rights + i * 4) else { break };
         let Some(file) = cur.file_of_fd(passed_fd as u32) else { continue };
-        let Some(e) = begin(cur, kind, backend) else { return };
-        describe(e, sock);
-        e.listen_fd = fd as i32;
-        e.fd = passed_fd;
-        e.peer_fd = i as i32;
-        e.child_pid = count as u32;
-        let (inode, mode) = file_inode(file);
-        let peer_inode = match kernel::unix_socket_of_file(file) {
-            Some(s) => match kernel::peer_of(s.sk) {
-                0 => 0,
-                peer => kernel::inode_of_socket(kernel::socket_of_sk(peer)),
-            },
-            None => 0,
-        };
-        e.traffic = PassedFile { file, inode, mode, peer_inode }.to_traffic();
-        file_name(e, file);
-        submit(e);
+        if !report(cur, kind, backend, (fd as i32, sock), (passed_fd, file), (i as i32, count as u32)) {
+            return;
+        }
     }
+}
+
+/// Under kprobe, a descriptor that recvmsg(2) on UNIX socket `fd` installs
+/// as `passed_fd` (`fd_install` inside `receive_fd`), the `index`th of the
+/// call. How many the message carried is not known yet (the control
+/// header is written after the descriptors): `count` is 0.
+#[inline(always)]
+pub fn installed(cur: Current, fd: u32, (passed_fd, file): (i32, u64), index: u32) {
+    let Some(sock) = cur.file_of_fd(fd).and_then(kernel::unix_socket_of_file) else { return };
+    report(cur, EventKind::FdReceived, Backend::Kprobe, (fd as i32, sock), (passed_fd, file), (index as i32, 0));
+}
+
+/// One record: descriptor `passed_fd` (`file`), the `index`th of `count`
+/// sent or received on `sock` (`fd`). False when `begin` makes none (the
+/// command filter, or no scratch slot): the call's others would not either.
+#[inline(always)]
+fn report(
+    cur: Current,
+    kind: EventKind,
+    backend: Backend,
+    (fd, sock): (i32, kernel::UnixSocket),
+    (passed_fd, file): (i32, u64),
+    (index, count): (i32, u32),
+) -> bool {
+    let Some(e) = begin(cur, kind, backend) else { return false };
+    describe(e, sock);
+    e.listen_fd = fd;
+    e.fd = passed_fd;
+    e.peer_fd = index;
+    e.child_pid = count;
+    let (inode, mode) = file_inode(file);
+    let peer_inode = match kernel::unix_socket_of_file(file) {
+        Some(s) => match kernel::peer_of(s.sk) {
+            0 => 0,
+            peer => kernel::inode_of_socket(kernel::socket_of_sk(peer)),
+        },
+        None => 0,
+    };
+    e.traffic = PassedFile { file, inode, mode, peer_inode }.to_traffic();
+    file_name(e, file);
+    submit(e);
+    true
 }
 
 /// `file->f_inode`: its number and mode.

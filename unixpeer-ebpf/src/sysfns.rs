@@ -17,7 +17,7 @@
 //! listener its syscall noted at entry.
 //!
 //! Attaches to: `__x64_sys_{close,accept,accept4,socketpair,listen,dup2,dup3}`,
-//! `__x64_sys_{sendmsg,recvmsg}` (fexit, SCM_RIGHTS)
+//! `__x64_sys_{sendmsg,recvmsg}` (SCM_RIGHTS: fexit; kprobe, and kretprobe on sendmsg)
 //! (arch/x86/include/asm/syscall_wrapper.h), `filp_close` (fs/open.c),
 //! `fd_install` (fs/file.c, kprobe only). Checked on: Debian 5.10.0, 6.1.0
 //! and 6.12 cloud kernels in QEMU.
@@ -33,7 +33,7 @@ use unixpeer_common::{Backend, EventKind};
 use crate::{
     calls::{self, Regs},
     emit::actor_wanted,
-    kernel::Current,
+    kernel::{self, Current, off},
     passfd,
 };
 
@@ -115,9 +115,9 @@ pub fn fentry_sys_dup3(ctx: FEntryContext) -> i32 {
 }
 
 /// sendmsg(fd, msg, flags) and recvmsg(fd, msg, flags): descriptors
-/// passed over SCM_RIGHTS (`passfd`), at exit, under fentry only (the
-/// kprobe strategy uses the syscall tracepoints: a kretprobe would hold an
-/// instance for every blocked recvmsg). Checked on Debian 6.1 and 6.12
+/// passed over SCM_RIGHTS (`passfd`), at exit, under fentry (the kprobe
+/// strategy's are below: a kretprobe would hold an instance for every
+/// blocked recvmsg). Checked on Debian 6.1 and 6.12
 /// cloud kernels in QEMU; Debian 5.10's BTF leaves `struct pt_regs`
 /// incomplete, and there the tracepoints are used.
 #[inline(always)]
@@ -249,6 +249,71 @@ pub fn kretprobe_sys_listen(ctx: RetProbeContext) -> u32 {
     0
 }
 
+/// sendmsg(fd, msg, flags) with a control buffer, under kprobe: the
+/// descriptors it sent, read at its return (`passfd`). sendmsg blocks only
+/// while the receiver's queue is full, so its kretprobe instance is held
+/// briefly; recvmsg, which may block for hours, has no return probe.
+#[kprobe(function = "__x64_sys_sendmsg")]
+pub fn kprobe_sys_sendmsg(ctx: ProbeContext) -> u32 {
+    if passfd::has_control(probe_regs(&ctx).arg(1)) {
+        stash_regs(&ctx);
+    }
+    0
+}
+
+#[kretprobe(function = "__x64_sys_sendmsg")]
+pub fn kretprobe_sys_sendmsg(ctx: RetProbeContext) -> u32 {
+    if let Some(regs) = stashed_regs() {
+        let ret: i64 = ctx.ret();
+        passfd::passed(
+            Current::get(),
+            EventKind::FdSent,
+            [regs.arg(0), regs.arg(1), regs.arg(2)],
+            ret,
+            Backend::Kprobe,
+        );
+    }
+    0
+}
+
+/// Each thread's recvmsg() in progress that may receive descriptors: its
+/// saved registers and how many it installed so far. Without a return
+/// probe nothing removes an entry: `fd_install` takes it only while the
+/// thread's current syscall is still recvmsg, and drops it otherwise.
+#[map]
+static RECEIVING: LruHashMap<u64, [u64; 2]> = LruHashMap::with_max_entries(4096, 0);
+
+/// x86_64's recvmsg (arch/x86/entry/syscalls/syscall_64.tbl), read from
+/// the saved registers' `orig_ax`.
+const NR_RECVMSG: u64 = 47;
+
+#[kprobe(function = "__x64_sys_recvmsg")]
+pub fn kprobe_sys_recvmsg(ctx: ProbeContext) -> u32 {
+    let regs = probe_regs(&ctx);
+    if regs.arg(2) & passfd::MSG_PEEK == 0 && passfd::has_control(regs.arg(1)) && wanted().is_some() {
+        let _ = RECEIVING.insert(&bpf_get_current_pid_tgid(), &[ctx.arg::<u64>(0).unwrap_or(0), 0], 0);
+    }
+    0
+}
+
+/// A descriptor received over SCM_RIGHTS: `fd_install` in the thread's
+/// recvmsg (`receive_fd`, fs/file.c), after the fd was written to the
+/// caller's control buffer.
+#[inline(always)]
+fn installed_by_recvmsg(key: u64, fd: u32, file: u64) -> bool {
+    // SAFETY: the reference into the map's element is held only for the
+    // copy; elements are preallocated integers, as in `stashed_regs`.
+    let Some([regs, n]) = (unsafe { RECEIVING.get(&key) }).copied() else { return false };
+    let nr = kernel::read::<u64>(regs + off!(pt_regs_syscall_nr)).unwrap_or(u64::MAX);
+    if nr != NR_RECVMSG {
+        let _ = RECEIVING.remove(&key);
+        return false;
+    }
+    let _ = RECEIVING.insert(&key, &[regs, n + 1], 0);
+    passfd::installed(Current::get(), Regs::Raw(regs).arg(0) as u32, (fd as i32, file), n as u32);
+    true
+}
+
 /// The listening fd of each thread's accept() in progress. Nothing removes
 /// the note of an accept that failed (no return probe): the next one of the
 /// thread replaces it, and `installed_by_accept` checks the listener.
@@ -276,19 +341,26 @@ pub fn kprobe_sys_accept4(ctx: ProbeContext) -> u32 {
 }
 
 /// `fd_install(unsigned int fd, struct file *file)`: in a thread that is
-/// in accept(), the accepted socket getting its fd.
+/// in recvmsg(), a descriptor received; in accept(), the accepted socket
+/// getting its fd. The recvmsg first, checked by the syscall running, so
+/// that a note left by an accept that failed cannot take a received
+/// socket for an accepted one.
 #[kprobe(function = "fd_install")]
 pub fn kprobe_fd_install(ctx: ProbeContext) -> u32 {
     let key = bpf_get_current_pid_tgid();
+    let (Some(fd), Some(file)) = (ctx.arg::<u32>(0), ctx.arg::<u64>(1)) else { return 0 };
+    if installed_by_recvmsg(key, fd, file) {
+        return 0;
+    }
     // SAFETY: the reference into the map's element is held only for the
     // copy. LRU elements are preallocated, so the memory stays the map's
     // while the program runs even if another CPU's insert evicts and
     // reuses it meanwhile; then the copy may be another fd, still a valid
     // u32, which installed_by_accept checks against the new socket's
     // address. Only this thread's programs insert or remove this key.
-    let Some(listen_fd) = (unsafe { ACCEPTING.get(&key) }).copied() else { return 0 };
-    let (Some(fd), Some(file)) = (ctx.arg::<u32>(0), ctx.arg::<u64>(1)) else { return 0 };
-    if calls::installed_by_accept(Current::get(), listen_fd, fd, file, Backend::Kprobe) {
+    if let Some(listen_fd) = (unsafe { ACCEPTING.get(&key) }).copied()
+        && calls::installed_by_accept(Current::get(), listen_fd, fd, file, Backend::Kprobe)
+    {
         let _ = ACCEPTING.remove(&key);
     }
     0

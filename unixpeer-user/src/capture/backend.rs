@@ -86,11 +86,9 @@ const SYSCALL_EXITS: &[(&str, &str, &str)] = &[
     ("sys_exit_listen", "syscalls", "sys_exit_listen"),
 ];
 
-/// Before 5.15 (no `bpf_task_pt_regs`) the exits cannot read the caller's
-/// arguments: these entries leave them in a map for the exits.
-/// Descriptors passed over SCM_RIGHTS (the eBPF crate's `passfd`), under
-/// every strategy: the exits; before 5.15 the entries too, which carry the
-/// arguments.
+/// Descriptors passed over SCM_RIGHTS (the eBPF crate's `passfd`) under
+/// the tracepoint strategy, and under fentry where fexit cannot attach:
+/// the exits; before 5.15 the entries too, which carry the arguments.
 const PASSFD_EXITS: &[(&str, &str, &str)] =
     &[("passfd_exit_sendmsg", "syscalls", "sys_exit_sendmsg"), ("passfd_exit_recvmsg", "syscalls", "sys_exit_recvmsg")];
 const PASSFD_ENTRIES: &[(&str, &str, &str)] = &[
@@ -98,6 +96,8 @@ const PASSFD_ENTRIES: &[(&str, &str, &str)] = &[
     ("passfd_enter_recvmsg", "syscalls", "sys_enter_recvmsg"),
 ];
 
+/// Before 5.15 (no `bpf_task_pt_regs`) the exits cannot read the caller's
+/// arguments: these entries leave them in a map for the exits.
 const SYSCALL_ENTRIES: &[(&str, &str, &str)] = &[
     ("sys_enter_connect", "syscalls", "sys_enter_connect"),
     ("sys_enter_accept", "syscalls", "sys_enter_accept"),
@@ -196,6 +196,16 @@ const KPROBE_SYSFNS: &[(&str, &str)] = &[
     ("kprobe_filp_close", "filp_close"),
 ];
 
+/// SCM_RIGHTS under kprobe, so that it attaches no syscall tracepoint:
+/// sendmsg at entry and return; recvmsg at entry only (a blocked recvmsg
+/// would hold a kretprobe instance for as long as it waits), its
+/// descriptors seen where `fd_install` (in `KPROBE_SYSFNS`) installs them.
+const PASSFD_KPROBE: &[(&str, &str)] = &[
+    ("kprobe_sys_sendmsg", sys!("sendmsg")),
+    ("kretprobe_sys_sendmsg", sys!("sendmsg")),
+    ("kprobe_sys_recvmsg", sys!("recvmsg")),
+];
+
 /// Counting is attached last, on the chosen strategy.
 const NOT_YET: super::traffic::Counting = Err(String::new());
 
@@ -252,7 +262,7 @@ pub(crate) fn attach(
     attach_tracepoints(ebpf, TRACEPOINTS)?;
     attach_fork(ebpf, btf)?;
     chosen.traffic = super::traffic::attach(ebpf, btf, kbtf, chosen.backend);
-    attach_passfd(ebpf, btf, kbtf, chosen.backend, records);
+    attach_passfd(ebpf, (btf, kbtf), chosen.backend, (tracefs_root, records));
     log::info!("backend {}: {}", chosen.backend, chosen.why);
     match &chosen.traffic {
         Ok(how) => log::info!("bytes and messages counted by {how}"),
@@ -263,7 +273,25 @@ pub(crate) fn attach(
 
 /// SCM_RIGHTS: an addition like counting. Where it cannot attach, the
 /// capture runs on without `pass_fd` events and says why.
-fn attach_passfd(ebpf: &mut Ebpf, btf: &Btf, kbtf: &KernelBtf, strategy: Strategy, records: Result<(), &String>) {
+fn attach_passfd(
+    ebpf: &mut Ebpf,
+    (btf, kbtf): (&Btf, &KernelBtf),
+    strategy: Strategy,
+    (tracefs_root, records): (&Path, Result<(), &String>),
+) {
+    if strategy == Strategy::Kprobe {
+        match attach_kprobes(ebpf, tracefs_root, PASSFD_KPROBE) {
+            Ok(()) => {
+                return log::info!(
+                    "descriptors passed over SCM_RIGHTS seen by kprobes on __x64_sys_{{sendmsg,recvmsg}} and fd_install"
+                );
+            }
+            Err(e) => {
+                unload(ebpf, PASSFD_KPROBE.iter().map(|(p, _)| *p));
+                log::info!("kprobes on __x64_sys_{{sendmsg,recvmsg}} failed ({}): trying their tracepoints", short(&e));
+            }
+        }
+    }
     if strategy == Strategy::Fentry
         && PASSFD_FEXIT.iter().all(|(_, func, _)| {
             kbtf.first_param_is_struct_pointer(func) && kbtf.param_count(func).is_ok_and(|n| n == 1)
