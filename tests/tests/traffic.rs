@@ -356,3 +356,73 @@ fn traffic_of_datagrams_sent_by_address_names_the_receiver_once() {
     );
     assert_eq!((to[0]["peer_pid"].as_i64(), to[0]["path"].as_str()), (Some(i64::from(receiver)), Some(path.as_str())));
 }
+
+/// A recording samples what open connections carried, once a second:
+/// `--at` an instant before the close shows each end's counts so far, in
+/// JSON and in the table, equal to what the processes did by then.
+#[test]
+fn at_a_time_before_the_close_a_recording_shows_what_each_end_carried_so_far() {
+    let path = format!("/tmp/unixpeer-traffic-at-{}.sock", std::process::id());
+    let recording = format!("/tmp/unixpeer-traffic-at-{}.jsonl", std::process::id());
+    let _ = std::fs::remove_file(&recording);
+    let listener = listen_on(&path, libc::SOCK_STREAM, 8);
+    let mut f = Follower::start(&["-w", &recording]);
+    let counts = counting(&f);
+    let p = pipe();
+    let server = fork_child("tr-at-server", || {
+        let Ok(c) = sys::accept(listener) else { return 1 };
+        let mut did = Did::default();
+        let ok = did.receive(c, 100) && did.send(c, &[b'r'; 30]);
+        report(&p.write, &did.line(&format!("server {}", inode_of(c))));
+        // Open well past two samples, then the client's EOF.
+        let _ = sys::read_fd(c, &mut [0u8; 1]);
+        sys::close(c);
+        if ok { 0 } else { 2 }
+    });
+    // SAFETY: the server has the listener; the parent does not need it.
+    unsafe { libc::close(listener) };
+    let client = fork_child("tr-at-client", || {
+        let Ok(c) = connect_to(&path, libc::SOCK_STREAM, false) else { return 1 };
+        let mut did = Did::default();
+        let ok = did.send(c, &[b'q'; 100]) && did.receive(c, 30);
+        report(&p.write, &did.line(&format!("client {}", inode_of(c))));
+        std::thread::sleep(Duration::from_millis(2500));
+        sys::close(c);
+        if ok { 0 } else { 2 }
+    });
+    assert_eq!(wait_child(client), 0, "client failed");
+    assert_eq!(wait_child(server), 0, "server failed");
+    let _ = std::fs::remove_file(&path);
+    let lines = read_lines(&p, 2);
+    let ends: Vec<(u64, Did)> = ["client", "server"]
+        .iter()
+        .map(|tag| Did::parse(lines.iter().find(|l| l.starts_with(tag)).expect("report")))
+        .collect();
+    let close = close_of(&mut f, "the client's close", ends[0].0);
+    close_of(&mut f, "the server's close", ends[1].0);
+    let (code, stderr) = f.stop();
+    assert_eq!(code, Some(0), "{stderr}");
+    let start = f.capture["start_ts"].as_u64().expect("start_ts");
+    // 300 ms before the close: the exchange was over 2.2 s before, past a
+    // sample, and both ends are still open.
+    let at = format!("+{}ns", close["ts"].as_u64().expect("ts") - start - 300_000_000);
+    let out = unixtrace(&["-r", &recording, "--json", "--at", &at]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows: Vec<Value> = String::from_utf8_lossy(&out.stdout).lines().map(json_line).collect();
+    let text = unixtrace(&["-r", &recording, "--at", &at]);
+    let text = String::from_utf8_lossy(&text.stdout).into_owned();
+    let _ = std::fs::remove_file(&recording);
+    for (inode, did) in &ends {
+        let row =
+            rows.iter().find(|r| r["inode"] == *inode).unwrap_or_else(|| panic!("no row {inode} at {at}: {rows:?}"));
+        assert_eq!(row["state"], "connected", "{row}");
+        assert_counts(row, counts.then_some(did));
+    }
+    // The table's row of the client's end says what it carried.
+    let client_row = text.lines().find(|l| l.contains(&format!(" {} ", ends[0].0)));
+    if counts {
+        let row = client_row.unwrap_or_else(|| panic!("no row for {} at {at}:\n{text}", ends[0].0));
+        let shown = ["1 msg / 100 B sent, 1 msg / 30 B received", "1 msg / 30 B sent, 1 msg / 100 B received"];
+        assert!(shown.iter().any(|s| row.contains(s)), "{row}");
+    }
+}

@@ -266,6 +266,9 @@ pub struct Model {
     bus_labels: HashMap<u64, Arc<BusLabel>>,
     /// Who the holders' processes are, by pid.
     processes: Processes,
+    /// What open sockets carried so far, where a recording sampled it
+    /// (`--at`); at most one entry per socket, dropped with it.
+    traffic: HashMap<u64, crate::events::Traffic>,
 }
 
 impl Model {
@@ -276,6 +279,7 @@ impl Model {
             pending: HashMap::new(),
             bus_labels: HashMap::new(),
             processes: Processes::default(),
+            traffic: HashMap::new(),
         };
         for socket in sockets {
             model.insert_socket(socket);
@@ -301,6 +305,7 @@ impl Model {
     pub(crate) fn remove(&mut self, inode: u64) -> Option<(Socket, HolderList)> {
         let holders = self.holders.remove(&inode).unwrap_or_default();
         self.bus_labels.remove(&inode);
+        self.traffic.remove(&inode);
         let socket = self.sockets.remove(&inode)?;
         self.forget_icons(&socket);
         Some((socket, holders))
@@ -315,6 +320,7 @@ impl Model {
             self.forget_icons(&s);
         }
         self.bus_labels.remove(&inode);
+        self.traffic.remove(&inode);
         self.holders.remove(&inode).unwrap_or_default()
     }
 
@@ -367,6 +373,18 @@ impl Model {
 
     pub(crate) fn set_bus_label(&mut self, inode: u64, label: BusLabel) {
         self.bus_labels.insert(inode, Arc::new(label));
+    }
+
+    /// What open socket `inode` carried so far, if the model has it.
+    pub(crate) fn set_traffic(&mut self, inode: u64, traffic: crate::events::Traffic) {
+        if self.sockets.contains_key(&inode) {
+            self.traffic.insert(inode, traffic);
+        }
+    }
+
+    /// What socket `inode` carried by the time the model shows, if sampled.
+    pub(crate) fn traffic(&self, inode: u64) -> Option<&crate::events::Traffic> {
+        self.traffic.get(&inode)
     }
 
     /// The names a bus gave the connection whose client end is `inode`.

@@ -56,6 +56,9 @@ pub struct Consumer<'a, W: Write> {
     /// events) and the name each was sent to, whose counts its close
     /// takes. Bounded by `SENDERS`.
     sent_to: std::collections::HashMap<u64, Vec<Receiver>>,
+    /// The counts last recorded per socket (`sample_counts`): bounded by
+    /// the kernel's map, which it mirrors.
+    sampled: std::collections::HashMap<u64, events::Traffic>,
 }
 
 /// The user's filter on a connection of the model: a socket, its peer.
@@ -99,7 +102,29 @@ impl<'a, W: Write> Consumer<'a, W> {
             top: None,
             dgram_pairs: None,
             sent_to: std::collections::HashMap::new(),
+            sampled: std::collections::HashMap::new(),
         }
+    }
+
+    /// Whether a recording samples the open sockets' counts: where the
+    /// kernel counts, once a second.
+    pub(crate) fn samples_counts(&self) -> bool {
+        self.recorder.is_some() && self.counting && self.released.is_some()
+    }
+
+    /// Records, at `ts_ns`, the counts of every socket whose counts changed
+    /// since the last sample: `--at` then shows what a connection still
+    /// open had carried. One pass over the kernel's map (at most its 65,536
+    /// sockets) a second.
+    pub(crate) fn sample_counts(&mut self, ts_ns: u64) {
+        let (Some(rec), Some(map)) = (self.recorder.as_mut(), self.released.as_ref()) else { return };
+        let now = map.read_all();
+        for (inode, t) in &now {
+            if self.sampled.get(inode) != Some(t) {
+                rec.counts(ts_ns, *inode, t);
+            }
+        }
+        self.sampled = now.into_iter().collect();
     }
 
     /// Where to take what datagram sockets sent to each receiver.
@@ -357,10 +382,13 @@ impl<'a, W: Write> Consumer<'a, W> {
     /// Between batches: the recorder may start its next part, seeded with
     /// the model, which has applied every event recorded so far.
     pub(crate) fn rotate(&mut self, now_ns: u64) -> Result<(), super::RecorderError> {
-        match self.recorder.as_mut() {
-            Some(r) => r.rotate(now_ns, &self.tracker),
-            None => Ok(()),
+        if let Some(r) = self.recorder.as_mut()
+            && r.rotate(now_ns, &self.tracker)?
+        {
+            // A new part: it gets every socket's counts at the next sample.
+            self.sampled.clear();
         }
+        Ok(())
     }
 
     pub fn recorder(&mut self) -> Option<&mut (dyn Recorder + 'a)> {

@@ -101,11 +101,15 @@ pub trait Recorder {
     fn resync(&mut self, ts_ns: u64, lost: u64, netns: u32);
     /// Called at least once a second: what was recorded reaches the file.
     fn flush(&mut self) -> Result<(), RecorderError>;
+    /// What open socket `inode` carried so far, sampled at `ts_ns` after
+    /// every event before it was recorded.
+    fn counts(&mut self, _ts_ns: u64, _inode: u64, _traffic: &crate::events::Traffic) {}
     /// Called between two batches of events, when the model (`tracker`)
     /// has applied every event recorded so far: a recorder that writes in
     /// parts (`--rotate`) may start the next one here, seeded with it.
-    fn rotate(&mut self, _now_ns: u64, _tracker: &Tracker) -> Result<(), RecorderError> {
-        Ok(())
+    /// Whether it did.
+    fn rotate(&mut self, _now_ns: u64, _tracker: &Tracker) -> Result<bool, RecorderError> {
+        Ok(false)
     }
     fn finish(&mut self, summary: &FollowSummary) -> Result<(), RecorderError>;
 }
@@ -336,6 +340,13 @@ fn every_second<W: Write>(
     }
     let lost = report_lost(sink, capture)?;
     resync.after_loss(lost, now, sink, capture)?;
+    if sink.samples_counts() {
+        // Every event before the sample first, so that a replay meets the
+        // sample after them (a close the sample no longer holds included).
+        let at = render::clock_ns(libc::CLOCK_MONOTONIC);
+        capture.drain_now(&mut |rec| sink.record(rec));
+        sink.sample_counts(at);
+    }
     if let Some(r) = sink.recorder() {
         r.flush().map_err(FollowError::Recorder)?;
     }

@@ -189,6 +189,12 @@ impl Tracker {
         &self.model
     }
 
+    /// What open socket `inode` carried so far (a recording's `counts`), for
+    /// `--at`; nothing if the model does not know it, or no longer.
+    pub(crate) fn note_counts(&mut self, inode: u64, traffic: crate::events::Traffic) {
+        self.model.set_traffic(inode, traffic);
+    }
+
     pub(crate) fn processes(&self) -> &crate::identity::Processes {
         self.model.processes()
     }

@@ -39,6 +39,19 @@ struct SocketRecord<'a> {
     dbus: Option<Dbus<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     peer_dbus: Option<Dbus<'a>>,
+    /// What the socket carried so far, where a recording sampled it
+    /// (`--at`): `bytes_sent`, `bytes_received`, `msgs_sent` and
+    /// `msgs_received`, as on its close.
+    #[serde(flatten)]
+    traffic: Option<Carried>,
+}
+
+#[derive(Serialize)]
+struct Carried {
+    bytes_sent: u64,
+    bytes_received: u64,
+    msgs_sent: u64,
+    msgs_received: u64,
 }
 
 #[derive(Serialize)]
@@ -141,6 +154,12 @@ fn record<'a>(model: &'a Model, s: &'a Socket) -> SocketRecord<'a> {
         vfs: s.vfs.map(|v| Vfs { dev: v.dev, ino: v.ino }),
         dbus: Dbus::of(model, Some(s.inode)),
         peer_dbus: Dbus::of(model, peer),
+        traffic: model.traffic(s.inode).map(|t| Carried {
+            bytes_sent: t.bytes_sent,
+            bytes_received: t.bytes_received,
+            msgs_sent: t.msgs_sent,
+            msgs_received: t.msgs_received,
+        }),
     }
 }
 

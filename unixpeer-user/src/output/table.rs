@@ -106,6 +106,16 @@ fn row(model: &Model, c: &Connection, list: Holders) -> Row {
         },
         (None, _) => String::new(),
     };
+    // What `a` carried so far, where a recording sampled it (`--at`).
+    let queue = match model.traffic(c.a) {
+        Some(t) => {
+            let mut moved = Vec::with_capacity(64);
+            crate::follow::render::push_traffic(&mut moved, t);
+            let moved = String::from_utf8_lossy(&moved);
+            if queue.is_empty() { moved.into_owned() } else { format!("{queue}; {moved}") }
+        }
+        None => queue,
+    };
     let sock_type = a.map_or_else(String::new, |s| s.sock_type.to_string());
     let inode = c.a.to_string();
     let holders = holders_cell(model, c.a, list);

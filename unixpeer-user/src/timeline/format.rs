@@ -407,6 +407,15 @@ pub(crate) fn write_released_traffic(out: &mut Vec<u8>, inode: u64, c: &Carried)
     out.extend_from_slice(b"}\n");
 }
 
+/// What open socket `inode` carried so far, sampled at `ts_ns` (see
+/// `Recorder::counts`): `--at` shows it for a connection still open.
+pub(crate) fn write_counts(out: &mut Vec<u8>, ts_ns: u64, inode: u64, t: &Traffic) {
+    int(out, "{\"k\":\"counts\",\"ts\":", ts_ns);
+    int(out, ",\"inode\":", inode);
+    write_traffic(out, t);
+    out.extend_from_slice(b"}\n");
+}
+
 fn write_sent_to(out: &mut Vec<u8>, sent_to: &[DgramTotal]) {
     if sent_to.is_empty() {
         return;
@@ -542,6 +551,12 @@ pub enum Record {
         inode: u64,
         carried: Carried,
     },
+    /// What open socket `inode` had carried by `ts_ns`.
+    Counts {
+        ts_ns: u64,
+        inode: u64,
+        traffic: Traffic,
+    },
     /// Written on a clean stop; a killed recorder leaves none.
     End {
         ts_ns: u64,
@@ -573,6 +588,11 @@ pub(crate) fn parse_record(line: &[u8]) -> Result<Record, String> {
                 traffic: l.traffic()?.ok_or("traffic record lacks `bytes_sent`")?,
                 sent_to: l.sent_to(),
             },
+        }),
+        "counts" => Ok(Record::Counts {
+            ts_ns: need(l.ts, "ts")?,
+            inode: need(l.inode, "inode")?,
+            traffic: l.traffic()?.ok_or("counts record lacks `bytes_sent`")?,
         }),
         "resync" => Ok(Record::Resync {
             ts_ns: need(l.ts, "ts")?,
@@ -735,6 +755,8 @@ pub(crate) mod tests {
         let line = br#"{"k":"e","ev":"close","ts":1,"pid":1,"tid":1,"uid":0,"comm":"x","netns":1,"type":"stream","bytes_sent":5}"#;
         assert!(parse_record(line).unwrap_err().contains("only some of `bytes_sent`"));
         assert!(parse_record(br#"{"k":"traffic","inode":3}"#).unwrap_err().contains("lacks `bytes_sent`"));
+        assert!(parse_record(br#"{"k":"counts","ts":1,"inode":3}"#).unwrap_err().contains("lacks `bytes_sent`"));
+        assert!(parse_record(br#"{"k":"counts","inode":3,"bytes_sent":1}"#).unwrap_err().contains("lacks `ts`"));
     }
 
     #[test]
@@ -752,6 +774,7 @@ pub(crate) mod tests {
         let to = DgramTotal { receiver: 3, bytes: 5, msgs: 1, holder: None, path: None };
         let carried = Carried { traffic, sent_to: vec![to] };
         write_released_traffic(&mut out, 11, &carried);
+        write_counts(&mut out, 8, 12, &traffic);
         out.extend_from_slice(SEEDS_DONE);
         let seed = SeedRecord {
             inode: 9,
@@ -777,6 +800,7 @@ pub(crate) mod tests {
                 Record::Lost { ts_ns: 5, count: 7 },
                 Record::End { ts_ns: 6, received: 100, lost: 7 },
                 Record::ReleasedTraffic { inode: 11, carried },
+                Record::Counts { ts_ns: 8, inode: 12, traffic },
                 Record::SeedsDone,
                 Record::Seed(seed)
             ]

@@ -99,7 +99,10 @@ impl Replay {
             };
             let ts = match &rec {
                 Record::Event(e) => e.ts_ns,
-                Record::Lost { ts_ns, .. } | Record::End { ts_ns, .. } | Record::Resync { ts_ns, .. } => *ts_ns,
+                Record::Lost { ts_ns, .. }
+                | Record::End { ts_ns, .. }
+                | Record::Resync { ts_ns, .. }
+                | Record::Counts { ts_ns, .. } => *ts_ns,
                 Record::Seed(_) | Record::SeedsDone | Record::Process(_) | Record::ReleasedTraffic { .. } => {
                     self.last_ts
                 }
@@ -126,6 +129,7 @@ impl Replay {
                 }
                 Record::Process(p) => self.tracker.processes_mut().learn(p.pid, p.id),
                 Record::ReleasedTraffic { inode, carried } => self.tracker.note_released_traffic(inode, carried),
+                Record::Counts { inode, traffic, .. } => self.tracker.note_counts(inode, traffic),
                 Record::Lost { ts_ns, count } => f(Step::Lost { ts_ns, count })?,
                 Record::Resync { ts_ns, lost, netns } => {
                     if let Some((released, r)) = self.resync(ts_ns, lost, netns)? {

@@ -203,6 +203,10 @@ impl TimelineWriter {
         format::write_released_traffic(&mut self.buf, inode, carried);
     }
 
+    pub(crate) fn counts(&mut self, ts_ns: u64, inode: u64, traffic: &crate::events::Traffic) {
+        format::write_counts(&mut self.buf, ts_ns, inode, traffic);
+    }
+
     pub(crate) fn lost(&mut self, ts_ns: u64, count: u64) {
         self.lost += count;
         if let Some(r) = &mut self.rotating {
@@ -415,9 +419,12 @@ impl Recorder for &RefCell<TimelineWriter> {
         Ok(self.borrow_mut().flush()?)
     }
 
-    fn rotate(&mut self, now_ns: u64, tracker: &Tracker) -> Result<(), RecorderError> {
-        self.borrow_mut().rotate(now_ns, || SeedRecord::from_tracker(tracker))?;
-        Ok(())
+    fn counts(&mut self, ts_ns: u64, inode: u64, traffic: &crate::events::Traffic) {
+        self.borrow_mut().counts(ts_ns, inode, traffic);
+    }
+
+    fn rotate(&mut self, now_ns: u64, tracker: &Tracker) -> Result<bool, RecorderError> {
+        Ok(self.borrow_mut().rotate(now_ns, || SeedRecord::from_tracker(tracker))?)
     }
 
     fn finish(&mut self, summary: &FollowSummary) -> Result<(), RecorderError> {
