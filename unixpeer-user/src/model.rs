@@ -382,6 +382,11 @@ impl Model {
         }
     }
 
+    /// Every count `other` has, for a model of the same sockets.
+    pub(crate) fn traffic_from(&mut self, other: &Model) {
+        self.traffic.clone_from(&other.traffic);
+    }
+
     /// What socket `inode` carried by the time the model shows, if sampled.
     pub(crate) fn traffic(&self, inode: u64) -> Option<&crate::events::Traffic> {
         self.traffic.get(&inode)

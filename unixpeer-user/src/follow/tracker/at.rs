@@ -54,14 +54,10 @@ impl Tracker {
                 s.icons = list.into_boxed_slice();
             }
         }
-        let inodes: Vec<u64> = sockets.iter().map(|s| s.inode).collect();
         let mut model = Model::new(sockets, holders);
         model.processes_mut().clone_from(self.model.processes());
-        for inode in inodes {
-            if let Some(t) = self.model.traffic(inode) {
-                model.set_traffic(inode, *t);
-            }
-        }
+        // The same sockets: what they carried comes along as it is.
+        model.traffic_from(&self.model);
         model
     }
 }
