@@ -376,15 +376,36 @@ fn short(e: &CaptureError) -> String {
 
 pub(super) fn unload<S: AsRef<str>>(ebpf: &mut Ebpf, programs: impl Iterator<Item = S>) {
     for name in programs {
-        let _ = match ebpf.program_mut(name.as_ref()) {
-            Some(Program::BtfTracePoint(p)) => p.unload(),
-            Some(Program::FEntry(p)) => p.unload(),
-            Some(Program::FExit(p)) => p.unload(),
-            Some(Program::KProbe(p)) => p.unload(),
-            Some(Program::TracePoint(p)) => p.unload(),
-            _ => Ok(()),
-        };
+        if let Some(p) = ebpf.program_mut(name.as_ref()) {
+            unload_one(p);
+        }
     }
+}
+
+/// Detaches and unloads every program of `ebpf` at once, each on its own
+/// thread. Removing a perf-event tracepoint or a kprobe waits for RCU
+/// grace periods (about 70 ms each on the host, 200 ms under TCG): one
+/// after the other, they held every exit up by their sum (0.7 s here, 2 s
+/// in a guest). Side by side they wait for the same grace periods.
+pub(super) fn unload_all(ebpf: &mut Ebpf) {
+    std::thread::scope(|s| {
+        for (_, p) in ebpf.programs_mut() {
+            s.spawn(move || unload_one(p));
+        }
+    });
+}
+
+fn unload_one(p: &mut Program) {
+    // An error here means already unloaded: there is nothing left to do.
+    let _ = match p {
+        Program::BtfTracePoint(p) => p.unload(),
+        Program::FEntry(p) => p.unload(),
+        Program::FExit(p) => p.unload(),
+        Program::KProbe(p) => p.unload(),
+        Program::TracePoint(p) => p.unload(),
+        Program::Iter(p) => p.unload(),
+        _ => Ok(()),
+    };
 }
 
 pub(super) fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, CaptureError>

@@ -144,6 +144,12 @@ pub(crate) struct Capture {
     dgram_pairs: Option<traffic::DgramPairs>,
 }
 
+impl Drop for Capture {
+    fn drop(&mut self) {
+        backend::unload_all(&mut self.ebpf);
+    }
+}
+
 /// What a load of the programs needs from this kernel, found once.
 struct Setup {
     kbtf: KernelBtf,

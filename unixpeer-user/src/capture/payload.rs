@@ -116,6 +116,12 @@ fn payload_filter(opts: &PayloadOptions) -> PayloadFilter {
     f
 }
 
+impl Drop for PayloadCapture {
+    fn drop(&mut self) {
+        super::backend::unload_all(&mut self.ebpf);
+    }
+}
+
 impl PayloadCapture {
     pub fn start(opts: &PayloadOptions) -> Result<Self, CaptureError> {
         privileges::check_capture()?;
