@@ -3,7 +3,8 @@
 //! (tests/src/bin/pingpong.rs) untraced and traced by `unixtrace --follow`
 //! (text output, its default per-connection counting on where it has it),
 //! interleaved, pinned and unpinned. Reports the round-trip rate's ratio,
-//! the events printed, loss and peak RSS; then checks, in one `--json`
+//! the events printed, loss and peak RSS, and the ratio with every event
+//! filtered out in the kernel (what attaching alone costs); then checks, in one `--json`
 //! run, that the close lines carry what each end sent and received, when
 //! this unixtrace reports it.
 
@@ -64,6 +65,9 @@ fn ping(pingpong: &Path, limit: &str, cpu: Option<usize>) -> Result<Pinged> {
 pub struct Report {
     pinned: Results,
     unpinned: Results,
+    /// Pinned ratios with the programs attached but every event filtered
+    /// out by their pid test: what attaching alone costs the round trip.
+    hooks_only: Vec<f64>,
     counts: Counts,
 }
 
@@ -104,6 +108,7 @@ pub fn measure(release: &Path) -> Result<Report> {
         "\nmessages: 64-byte ping-pong over one connection; pinned: both ends on CPU {GENERATOR_CPU}, unixtrace on CPU {TRACER_CPU}; unpinned: neither; {PAIRS} pairs of {SECONDS} s runs"
     );
     let mut results = [Results::default(), Results::default()];
+    let mut hooks_only = Vec::new();
     for pair in 1..=PAIRS {
         for (pinned, res) in [true, false].into_iter().zip(results.iter_mut()) {
             let cpu = |pin: usize| pinned.then_some(pin);
@@ -126,10 +131,21 @@ pub fn measure(release: &Path) -> Result<Report> {
             }
             res.add(&p, EVENTS_PER_RUN);
         }
+        // `-p 1` (init's events only): every program runs, and the
+        // tracepoint strategy's syscall tracepoints put every syscall on
+        // the slow path, but none gets past its pid test. The floor that
+        // counting adds to. Its own untraced run first.
+        let base = ping(&pingpong, SECONDS, Some(GENERATOR_CPU))?;
+        let idle = Tracer::start(&unixtrace, &["-p", "1"], Some(TRACER_CPU), None)?;
+        let floor = ping(&pingpong, SECONDS, Some(GENERATOR_CPU));
+        idle.stop()?;
+        let ratio = floor?.cpu_rate / base.cpu_rate;
+        println!("pair {pair} messages hooks only (every event filtered in the kernel): ratio {ratio:.3}");
+        hooks_only.push(ratio);
     }
     let counts = counts(&unixtrace, &pingpong)?;
     let [pinned, unpinned] = results;
-    Ok(Report { pinned, unpinned, counts })
+    Ok(Report { pinned, unpinned, hooks_only, counts })
 }
 
 /// One pinned run traced with `--json`: the close lines of the two ends
@@ -250,6 +266,10 @@ impl Report {
                 mib(r.peak_kib)
             );
         }
+        println!(
+            "| hooks only, pinned: every event filtered in the kernel | {:.3} | | | | | |",
+            median(self.hooks_only.clone())
+        );
         let said = |r: &Results| {
             let ratio = median(r.ratios.clone());
             format!("{} ({ratio:.3})", met(ratio, RATIO_GOAL))
