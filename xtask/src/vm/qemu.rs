@@ -17,7 +17,7 @@ use super::kernel::Kernel;
 /// periods: every start and stop of unixtrace waits for some (registering
 /// and removing tracepoints, kprobes and trampolines), which under TCG took
 /// about a second of each test; expedited, they take a fraction of that
-/// (6.12, start and stop: fentry 4.6 -> 3.8 s, kprobe 4.6 -> 3.2 s,
+/// (6.12, start and stop: fentry 5.3 -> 3.9 s, kprobe 4.6 -> 3.2 s,
 /// tracepoint 3.1 -> 2.3 s). Nothing the programs do depends on them.
 const CMDLINE: &str =
     "console=ttyS0 quiet panic=-1 rcupdate.rcu_expedited=1 lsm=lockdown,capability,landlock,yama,apparmor,bpf";
