@@ -126,6 +126,10 @@ pub enum Backend {
 /// half of a stream connection before accept). `sk` is the kernel address of
 /// `struct sock`, which exists from the start, so userspace joins a connect
 /// to its later accept through `peer_sk` == `sk`.
+///
+/// `path` comes last: a record is [`UNIX_EVENT_HEADER`] bytes and then only
+/// the `path_len` bytes of `path` in use, so that a close (most events, and
+/// no name) writes 144 bytes into the ring rather than 256.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct UnixEvent {
@@ -135,6 +139,9 @@ pub struct UnixEvent {
     pub peer_sk: u64,
     pub inode: u64,
     pub peer_inode: u64,
+    /// For `Close`: what the socket carried in its life, counted in the
+    /// kernel (zero where nothing was counted).
+    pub traffic: Traffic,
     pub kind: u32,
     /// Thread group id (what userspace calls pid).
     pub pid: u32,
@@ -156,14 +163,19 @@ pub struct UnixEvent {
     pub backend: u32,
     /// Bytes used in `path`; the first byte is 0 for abstract names.
     pub path_len: u32,
-    pub comm: [u8; TASK_COMM_LEN],
-    pub path: [u8; UNIX_PATH_MAX],
     /// The new process, for `Fork`.
     pub child_pid: u32,
-    /// For `Close`: what the socket carried in its life, counted in the
-    /// kernel (zero where nothing was counted).
-    pub traffic: Traffic,
+    /// Zero. Keeps `path` at a multiple of 8 bytes, where the capture
+    /// filter compares it a word at a time.
+    pub reserved: u32,
+    pub comm: [u8; TASK_COMM_LEN],
+    pub path: [u8; UNIX_PATH_MAX],
+    /// Zero, and never in a record: the size's tail, spelt out.
+    pub reserved_tail: u32,
 }
+
+/// The bytes of a [`UnixEvent`] before `path`: the shortest record.
+pub const UNIX_EVENT_HEADER: usize = core::mem::offset_of!(UnixEvent, path);
 
 /// What one socket sent and received, from its own point of view: bytes
 /// and calls that moved any (a stream's messages are its send and receive
@@ -192,6 +204,7 @@ impl UnixEvent {
             peer_sk: 0,
             inode: 0,
             peer_inode: 0,
+            traffic: Traffic::zeroed(),
             kind: 0,
             pid: 0,
             tid: 0,
@@ -204,11 +217,20 @@ impl UnixEvent {
             listen_fd: -1,
             backend: 0,
             path_len: 0,
+            child_pid: 0,
+            reserved: 0,
             comm: [0; TASK_COMM_LEN],
             path: [0; UNIX_PATH_MAX],
-            child_pid: 0,
-            traffic: Traffic::zeroed(),
+            reserved_tail: 0,
         }
+    }
+
+    /// How many bytes of this event a record carries: the header and the
+    /// part of `path` in use.
+    #[inline(always)]
+    pub fn record_len(&self) -> usize {
+        let n = self.path_len as usize;
+        UNIX_EVENT_HEADER + if n > UNIX_PATH_MAX { UNIX_PATH_MAX } else { n }
     }
 }
 
@@ -449,8 +471,10 @@ mod tests {
     // recording format; a silent change must fail here.
     #[test]
     fn event_layout_has_no_hidden_padding() {
-        let fields = 5 * 8 + 12 * 4 + TASK_COMM_LEN + UNIX_PATH_MAX + 4 + 4 * 8;
+        let fields = 5 * 8 + 4 * 8 + 14 * 4 + TASK_COMM_LEN + UNIX_PATH_MAX + 4;
         assert_eq!(size_of::<UnixEvent>(), fields);
+        assert_eq!(UNIX_EVENT_HEADER + UNIX_PATH_MAX + 4, size_of::<UnixEvent>());
+        assert_eq!(UNIX_EVENT_HEADER % 8, 0);
         assert_eq!(size_of::<UnixEvent>() % align_of::<UnixEvent>(), 0);
     }
 

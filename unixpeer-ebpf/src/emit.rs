@@ -171,9 +171,16 @@ fn fill_uid_comm(cur: Current, e: &mut UnixEvent) {
 /// threshold, since at connection rates the backlog sits above any threshold
 /// for most of each drain interval. 8 MiB fills in 20 ms only above ~1.5M
 /// events/s, far beyond what a core can generate.
+///
+/// Only the part of `path` in use is written (`UnixEvent::record_len`):
+/// most events carry no name, and each cache line the ring takes costs.
 #[inline(always)]
 pub fn submit(e: &UnixEvent) {
-    if EVENTS.output(e, BPF_RB_NO_WAKEUP as u64).is_err() {
+    // SAFETY: `record_len` is at most the size of `e` (the header and at
+    // most all of `path`), so the bytes are inside the one UnixEvent that
+    // `e` borrows, and any bytes are valid u8s.
+    let record = unsafe { core::slice::from_raw_parts(core::ptr::from_ref(e).cast::<u8>(), e.record_len()) };
+    if EVENTS.output(record, BPF_RB_NO_WAKEUP as u64).is_err() {
         count(counter::LOST);
     }
 }

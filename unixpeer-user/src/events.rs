@@ -1,7 +1,7 @@
 //! Kernel records decoded into owned events: the second stage of
 //! kernel → events → model → output.
 
-use unixpeer_common::{EventKind, UNIX_PATH_MAX, UnixEvent};
+use unixpeer_common::{EventKind, UNIX_EVENT_HEADER, UNIX_PATH_MAX, UnixEvent};
 pub use unixpeer_common::{PassedFile, Traffic};
 
 use crate::holders::Comm;
@@ -198,7 +198,7 @@ impl Event {
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum DecodeError {
-    #[error("ring buffer record is {got} bytes, expected {want}")]
+    #[error("ring buffer record is {got} bytes, expected {want} to {max}", max = size_of::<UnixEvent>())]
     Size { got: usize, want: usize },
     #[error("unknown event kind {0}")]
     Kind(u32),
@@ -235,19 +235,27 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Event, DecodeError> {
 
 /// `decode`, with names looked up in `cache` first.
 pub(crate) fn decode_cached(bytes: &[u8], cache: &mut PathCache) -> Result<Event, DecodeError> {
-    let want = size_of::<UnixEvent>();
-    if bytes.len() < want {
+    let want = UNIX_EVENT_HEADER;
+    if bytes.len() < want || bytes.len() > size_of::<UnixEvent>() {
         return Err(DecodeError::Size { got: bytes.len(), want });
     }
-    let copy;
-    let raw: &UnixEvent = if bytes.as_ptr().cast::<UnixEvent>().is_aligned() {
+    let mut copy;
+    let raw: &UnixEvent = if bytes.len() == size_of::<UnixEvent>() && bytes.as_ptr().cast::<UnixEvent>().is_aligned() {
         // SAFETY: UnixEvent is plain old data valid for any bit pattern, the
-        // slice holds at least its size and the pointer is aligned. Ring
-        // buffer records are 8-byte aligned: no copy of the record.
+        // slice holds its size and the pointer is aligned: no copy.
         unsafe { &*bytes.as_ptr().cast::<UnixEvent>() }
     } else {
-        // SAFETY: as above; read_unaligned copes with alignment.
-        copy = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<UnixEvent>()) };
+        // The kernel writes only the part of `path` in use; the rest of
+        // the event is zero, as the kernel's is.
+        copy = UnixEvent::zeroed();
+        // SAFETY: `bytes` is no longer than UnixEvent (checked above), the
+        // two do not overlap, and UnixEvent is plain old data valid for any
+        // bit pattern.
+        unsafe {
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), (&raw mut copy).cast::<u8>(), bytes.len());
+        }
+        // A name cannot run past the record.
+        copy.path_len = copy.path_len.min((bytes.len() - UNIX_EVENT_HEADER) as u32);
         &copy
     };
     let kind = EventKind::from_u32(raw.kind).ok_or(DecodeError::Kind(raw.kind))?;
@@ -343,10 +351,12 @@ pub fn encode(e: &Event) -> UnixEvent {
     raw
 }
 
-/// The bytes of a kernel record, as the ring buffer hands them over.
+/// The bytes of a kernel record, as the ring buffer hands them over: the
+/// header and the part of `path` in use.
 pub fn record_bytes(raw: &UnixEvent) -> &[u8] {
-    // SAFETY: UnixEvent is plain old data with explicit padding fields.
-    unsafe { std::slice::from_raw_parts((raw as *const UnixEvent).cast::<u8>(), size_of::<UnixEvent>()) }
+    // SAFETY: UnixEvent is plain old data with explicit padding fields, and
+    // `record_len` is at most its size.
+    unsafe { std::slice::from_raw_parts((raw as *const UnixEvent).cast::<u8>(), raw.record_len()) }
 }
 
 fn c_str(b: &[u8]) -> String {
@@ -506,9 +516,61 @@ mod tests {
         assert_eq!(decode(&bytes(&e)).expect("decode").path.as_deref(), Some("@bus@x"));
     }
 
+    /// A close as the kernel writes it, byte by byte: the 144-byte header
+    /// and no name. Pins the layout the kernel programs write.
+    #[test]
+    fn decodes_a_close_record_of_header_bytes_only() {
+        let mut b = vec![0u8; UNIX_EVENT_HEADER];
+        let mut put = |at: usize, v: &[u8]| b[at..at + v.len()].copy_from_slice(v);
+        put(0, &5_000u64.to_le_bytes()); // ts_ns
+        put(8, &0xffff_8880_0000_1000u64.to_le_bytes()); // sk
+        put(24, &4242u64.to_le_bytes()); // inode
+        put(40, &1200u64.to_le_bytes()); // traffic.bytes_sent
+        put(48, &48_000u64.to_le_bytes()); // traffic.bytes_received
+        put(56, &3u64.to_le_bytes()); // traffic.msgs_sent
+        put(64, &5u64.to_le_bytes()); // traffic.msgs_received
+        put(72, &(EventKind::Close as u32).to_le_bytes());
+        put(76, &300u32.to_le_bytes()); // pid
+        put(80, &301u32.to_le_bytes()); // tid
+        put(92, &1u32.to_le_bytes()); // sock_type
+        put(100, &7i32.to_le_bytes()); // fd
+        put(104, &(-1i32).to_le_bytes()); // peer_fd
+        put(108, &(-1i32).to_le_bytes()); // listen_fd
+        put(128, b"psql");
+        assert_eq!(b.len(), 144);
+        let ev = decode(&b).expect("decode");
+        assert_eq!((ev.kind, ev.ts_ns, ev.pid, ev.tid), (EventKind::Close, 5_000, 300, 301));
+        assert_eq!((ev.sk, ev.inode, ev.fd, ev.peer_fd), (0xffff_8880_0000_1000, Some(4242), Some(7), None));
+        assert_eq!((ev.comm.to_str().as_ref(), ev.sock_type, ev.path.as_deref()), ("psql", SockType::Stream, None));
+        let t = ev.traffic.expect("a close carries its counts");
+        assert_eq!((t.bytes_sent, t.bytes_received, t.msgs_sent, t.msgs_received), (1200, 48_000, 3, 5));
+    }
+
+    #[test]
+    fn a_record_carries_only_the_name_in_use_and_a_name_cannot_run_past_it() {
+        let mut e = raw(EventKind::Connect);
+        e.path[..9].copy_from_slice(b"/run/x.sk");
+        e.path_len = 9;
+        assert_eq!(bytes(&e).len(), UNIX_EVENT_HEADER + 9);
+        assert_eq!(decode(&bytes(&e)).expect("decode").path.as_deref(), Some("/run/x.sk"));
+        let mut cut = bytes(&e);
+        cut.truncate(UNIX_EVENT_HEADER + 4);
+        assert_eq!(decode(&cut).expect("decode").path.as_deref(), Some("/run"));
+        let whole = {
+            let mut w = bytes(&e);
+            w.resize(size_of::<UnixEvent>(), 0);
+            w
+        };
+        assert_eq!(decode(&whole).expect("decode").path.as_deref(), Some("/run/x.sk"));
+        let mut over = whole;
+        over.push(0);
+        assert!(matches!(decode(&over), Err(DecodeError::Size { got: 257, .. })));
+    }
+
     #[test]
     fn rejects_short_and_unknown_records() {
         assert!(matches!(decode(&[0u8; 10]), Err(DecodeError::Size { got: 10, .. })));
+        assert!(matches!(decode(&[0u8; 143]), Err(DecodeError::Size { got: 143, .. })));
         let mut e = raw(EventKind::Close);
         e.kind = 99;
         assert!(matches!(decode(&bytes(&e)), Err(DecodeError::Kind(99))));
