@@ -32,9 +32,13 @@ use unixpeer_user::{
     },
 };
 
-const RECORD: usize = size_of::<UnixEvent>();
-/// Records read from the scratch file at a time.
-const CHUNK: usize = 8192;
+/// A record in the stream is framed as the ring buffer frames it: an 8-byte
+/// header (the length, then 4 bytes the ring keeps for itself), the record,
+/// and zeros up to a multiple of 8. Records are of different lengths (the
+/// kernel writes only the part of the name in use).
+const FRAME_HEADER: usize = 8;
+/// Bytes read from the scratch file at a time: 8192 of the longest records.
+const CHUNK: usize = 8192 * (FRAME_HEADER + size_of::<UnixEvent>());
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -97,20 +101,36 @@ fn run(stream: &Path, outputs: &[String], scratch: &Path) -> Result<()> {
 /// seconds spent in it (reading the file is not counted).
 fn feed<W: Write>(raw: &Path, sink: &mut Consumer<'_, W>) -> Result<(f64, f64)> {
     let mut file = File::open(raw)?;
-    let mut buf = vec![0u8; RECORD * CHUNK];
+    let mut buf = vec![0u8; CHUNK];
     let (mut wall, mut cpu) = (0.0, 0u64);
+    // Bytes at the front of `buf` that the last read left: a record cut
+    // by the chunk's end.
+    let mut have = 0;
     loop {
-        let n = read_full(&mut file, &mut buf)?;
-        if n == 0 {
-            break;
-        }
+        let n = read_full(&mut file, &mut buf[have..])?;
+        have += n;
         let (t0, c0) = (Instant::now(), clock_ns(libc::CLOCK_THREAD_CPUTIME_ID));
-        for rec in buf[..n].as_chunks::<RECORD>().0 {
-            sink.record(rec);
+        let mut at = 0;
+        while let Some(len) = buf.get(at..at + 4).filter(|_| at + FRAME_HEADER <= have) {
+            let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
+            let start = at + FRAME_HEADER;
+            if start + len > have {
+                break;
+            }
+            sink.record(&buf[start..start + len]);
+            at = (start + len.next_multiple_of(8)).min(have);
         }
         sink.finish_batch()?;
         wall += t0.elapsed().as_secs_f64();
         cpu += clock_ns(libc::CLOCK_THREAD_CPUTIME_ID) - c0;
+        if n == 0 {
+            if at < have {
+                bail!("{}: the stream ends inside a record ({} bytes left)", raw.display(), have - at);
+            }
+            break;
+        }
+        buf.copy_within(at..have, 0);
+        have -= at;
     }
     let (t0, c0) = (Instant::now(), clock_ns(libc::CLOCK_THREAD_CPUTIME_ID));
     sink.finish();
@@ -131,7 +151,7 @@ fn read_full(f: &mut File, buf: &mut [u8]) -> Result<usize> {
             k => n += k,
         }
     }
-    Ok(n - n % RECORD)
+    Ok(n)
 }
 
 /// Where the seeds of a stream are kept, beside it.
@@ -155,7 +175,12 @@ fn encode(recording: &Path, raw: &Path) -> Result<u64> {
             Record::SeedsDone => in_seeds = false,
             Record::Event(e) => {
                 in_seeds = false;
-                out.write_all(events::record_bytes(&events::encode(&e)))?;
+                let raw = events::encode(&e);
+                let record = events::record_bytes(&raw);
+                out.write_all(&(record.len() as u32).to_le_bytes())?;
+                out.write_all(&[0; FRAME_HEADER - 4])?;
+                out.write_all(record)?;
+                out.write_all(&[0; 8][..record.len().next_multiple_of(8) - record.len()])?;
                 n += 1;
             }
             _ => {}
