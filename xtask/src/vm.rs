@@ -138,7 +138,9 @@ pub fn run(workspace_root: &Path, opts: &VmOpts) -> Result<()> {
 /// Boots each of `requests` in turn to run the helper binary `helper` of
 /// unixpeer-tests instead of the tests: its guest path goes on the command
 /// line as `{var}=PATH`, with `extra`, for the guest's init. Returns, per
-/// kernel, its release and the lines the guest marked `tag`.
+/// kernel, its release and the lines the guest marked `tag`. The guest's
+/// clocks count instructions (`GuestClock::Instructions`): the helpers
+/// measure.
 pub fn collect(
     workspace_root: &Path,
     requests: &[String],
@@ -165,7 +167,14 @@ pub fn collect(
             Err(row) => bail!("kernel {request}: {}", row.problem.or(row.unavailable).unwrap_or_default()),
         };
         let log = vm_dir.join("logs").join(format!("{}-{tag}.log", guest.kernel.release));
-        let boot = qemu::boot(&guest.kernel, &guest.initrd, (&marker, &cmdline), &log, timeout)?;
+        let boot = qemu::boot(
+            &guest.kernel,
+            &guest.initrd,
+            (&marker, &cmdline),
+            &log,
+            timeout,
+            qemu::GuestClock::Instructions,
+        )?;
         if let Some(problem) = boot.problem {
             print_tail(&log);
             bail!("{}: {problem}", guest.kernel.release);
@@ -292,7 +301,7 @@ fn boot_one(vm_dir: &Path, guest: &Guest, columns: &str, (marker, cmdline): (&st
     let first = columns.split(',').next().unwrap_or(columns);
     let log = vm_dir.join("logs").join(format!("{}-{first}.log", guest.kernel.release));
     let cmdline = format!("{cmdline} UNIXPEER_COLUMNS={columns}");
-    match qemu::boot(&guest.kernel, &guest.initrd, (marker, &cmdline), &log, timeout) {
+    match qemu::boot(&guest.kernel, &guest.initrd, (marker, &cmdline), &log, timeout, qemu::GuestClock::Host) {
         Ok(boot) => {
             row.cells = boot.cells;
             row.problem = boot.problem;
