@@ -13,8 +13,11 @@
 //! counting, no program): the syscall slow path alone, which no program on
 //! a syscall tracepoint can avoid. Rates are in the workload's CPU time
 //! (its own and its children's, user and system), so time stolen by other
-//! guests does not count. The workload is pinned to CPU 0, or left to the
-//! scheduler; unixtrace is never pinned.
+//! guests does not count. In the QEMU guests of `cargo xtask bench tax`
+//! the guest's clock counts the instructions it executes (`-icount`), so
+//! there a rate is operations per instruction: it repeats to within 0.1%
+//! where TCG's real time swings by up to half. The workload is pinned to
+//! CPU 0, or left to the scheduler; unixtrace is never pinned.
 //!
 //! One line per result:
 //! `tax KERNEL STRATEGY WORKLOAD ratio=R placement=P untraced=U/s traced=T/s lost=L peak_rss=M MiB`
