@@ -6,12 +6,18 @@
 //! Three workloads without a UNIX socket in them: getppid(2), a 1-byte
 //! pipe write and read, and `busybox tar` archiving a tree of 2,000 small
 //! files (open, fstat, read and close of each, and getdents: close(2) is a
-//! traced syscall). Each runs untraced and then traced by each strategy the
+//! traced syscall); and one made of nothing else, `bench follow`'s
+//! connection loop (seven events an iteration), so that what tracing
+//! costs where it works is measured per strategy too, in the guests'
+//! instruction-counting clocks as well as on the host. Each runs untraced and then traced by each strategy the
 //! kernel has (`--backend`), in pairs, so that drift in the
 //! machine's speed cancels; the "floor" is the same pairs with the syscall
 //! tracepoints the tracepoint strategy needs enabled empty (perf_event_open,
 //! counting, no program): the syscall slow path alone, which no program on
-//! a syscall tracepoint can avoid. Rates are in the workload's CPU time
+//! a syscall tracepoint can avoid. "kprobe-hooks" is the kprobe strategy
+//! with every program returning at its first test (`-p 1`: only init is
+//! traced): what the kprobes themselves cost, which no program attached to
+//! them can avoid, beside what kprobe costs in full. Rates are in the workload's CPU time
 //! (its own and its children's, user and system), so time stolen by other
 //! guests does not count. In the QEMU guests of `cargo xtask bench tax`
 //! the guest's clock counts the instructions it executes (`-icount`), so
@@ -30,7 +36,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-const WORKLOADS: [&str; 3] = ["getppid", "pipe", "tar"];
+const WORKLOADS: [&str; 4] = ["getppid", "pipe", "tar", "connloop"];
 const STRATEGIES: [&str; 3] = ["fentry", "kprobe", "tracepoint"];
 /// The per-syscall tracepoints a syscall-tracepoint strategy needs: close
 /// at entry, and the calls that return fds at exit.
@@ -42,6 +48,8 @@ const FLOOR_TRACEPOINTS: [&str; 6] = [
     "sys_exit_socketpair",
     "sys_exit_listen",
 ];
+/// The kprobe strategy traced for pid 1 only: the hooks without the work.
+const KPROBE_HOOKS: &str = "kprobe-hooks";
 const PERF_FLAG_FD_CLOEXEC: libc::c_ulong = 8;
 const TREE_DIRS: usize = 50;
 const TREE_FILES: usize = 40;
@@ -77,6 +85,9 @@ fn main() {
             }
             Err(why) => println!("tax {kernel} {s} - unsupported: {}", why.lines().last().unwrap_or("")),
         }
+    }
+    if modes.contains(&"kprobe") {
+        modes.push(KPROBE_HOOKS);
     }
     println!("taxbench: {pairs} pairs of {seconds} s runs per workload, strategy and placement; CPU-time rates");
     for pinned in [true, false] {
@@ -241,9 +252,30 @@ fn work(workload: &str, limit: Duration, tree: Option<PathBuf>) {
                 ops += (TREE_DIRS * TREE_FILES) as u64;
             }
         }
+        "connloop" => ops = connloop(limit),
         _ => die(&format!("unknown workload {workload}")),
     }
     println!("{ops}");
+}
+
+/// What unixtrace exists to see: `cargo xtask bench follow`'s connection
+/// loop, the `connloop` beside this program (tests/src/bin/connloop.rs,
+/// seven events an iteration). It is this child's child, so the wait4 of
+/// `Bench::rate` counts its CPU time. Returns the iterations done.
+fn connloop(limit: Duration) -> u64 {
+    let exe = std::env::current_exe().unwrap_or_else(|e| die(&format!("own path: {e}"))).with_file_name("connloop");
+    let out = Command::new(&exe)
+        .arg(limit.as_secs_f64().to_string())
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| die(&format!("run {}: {e}", exe.display())));
+    let said = String::from_utf8_lossy(&out.stdout);
+    // `iterations=N seconds=... rate=...`
+    said.split_whitespace()
+        .find_map(|w| w.strip_prefix("iterations="))
+        .and_then(|n| n.parse().ok())
+        .filter(|_| out.status.success())
+        .unwrap_or_else(|| die(&format!("connloop failed ({}): {said}", out.status)))
 }
 
 /// `unixtrace --follow -v` with one strategy, output to /dev/null.
@@ -254,9 +286,14 @@ struct Tracer {
 
 impl Tracer {
     /// Returns once attached and snapshotted, or why it could not start.
-    fn start(unixtrace: &Path, strategy: &str) -> Result<Self, String> {
+    /// `KPROBE_HOOKS` is the kprobe strategy filtered in the kernel to
+    /// init, which runs none of the workloads.
+    fn start(unixtrace: &Path, mode: &str) -> Result<Self, String> {
+        let (strategy, only): (&str, &[&str]) =
+            if mode == KPROBE_HOOKS { ("kprobe", &["-p", "1"]) } else { (mode, &[]) };
         let mut child = Command::new(unixtrace)
             .args(["--follow", "-v", "--backend", strategy])
+            .args(only)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
