@@ -192,6 +192,38 @@ fn failed_connect_to_a_missing_path_reports_enoent() {
     assert_eq!(close["type"], "stream", "{close}");
 }
 
+/// A connect that succeeds is named as its peer is bound, as the snapshot
+/// and `ss -x` name the same connection, whichever path the client took
+/// (here a symlink); a datagram socket's connect names its target so.
+#[test]
+fn a_connect_through_a_symlink_is_named_by_the_listener_bound_name() {
+    let bound = tmp_path("bound");
+    let link = tmp_path("link");
+    let dgram = tmp_path("dgram");
+    let dgram_link = tmp_path("dgram-link");
+    let listener = listen_on(&bound, libc::SOCK_STREAM, 16);
+    let target = listen_on(&dgram, libc::SOCK_DGRAM, 0);
+    for (to, from) in [(&bound, &link), (&dgram, &dgram_link)] {
+        std::os::unix::fs::symlink(to.as_str(), from.as_str()).expect("symlink");
+    }
+    let mut f = Follower::start(&[]);
+    let client = fork_child("ln-client", || {
+        let stream = connect_to(&link, libc::SOCK_STREAM, false).is_ok();
+        let datagram = connect_to(&dgram_link, libc::SOCK_DGRAM, false).is_ok();
+        if stream && datagram { 0 } else { 1 }
+    });
+    assert_eq!(wait_child(client), 0, "the client's connects through the symlinks must succeed");
+    let c = f.wait_for("the connect through the symlink", WAIT, |v| is_event(v, "connect", client));
+    assert_eq!(c["path"].as_str(), Some(bound.as_str()), "{c}");
+    let d = f.wait_for("the datagram connect through the symlink", WAIT, |v| is_event(v, "dgram_connect", client));
+    assert_eq!(d["path"].as_str(), Some(dgram.as_str()), "{d}");
+    // SAFETY: the test's own fds, no longer used.
+    unsafe {
+        libc::close(listener);
+        libc::close(target);
+    }
+}
+
 #[test]
 fn failed_connect_to_a_full_backlog_names_the_listener() {
     let name = format!("@unixpeer-live-{}-full", std::process::id());

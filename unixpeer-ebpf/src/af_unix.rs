@@ -4,7 +4,7 @@
 use unixpeer_common::{Backend, EventKind};
 
 use crate::{
-    emit::{begin, copy_sockaddr, describe, name_from_kernel, submit},
+    emit::{self, begin, copy_sockaddr, describe, name_from_kernel, submit},
     kernel::{self, Current, UnixSocket},
     traffic,
 };
@@ -26,8 +26,11 @@ pub fn connect_returned(socket: u64, uaddr: u64, addr_len: i32, rc: i64, dgram: 
     if rc < 0 {
         e.errno = (-rc) as i32;
     }
-    if addr_len > 0 {
-        copy_sockaddr(e, uaddr, addr_len as u32, false);
+    // As `calls::connected` names it, so that the strategies agree.
+    match emit::peer_address(if rc < 0 { 0 } else { e.peer_sk }) {
+        Some((sockaddr, len)) => copy_sockaddr(e, sockaddr, len, false),
+        None if addr_len > 0 => copy_sockaddr(e, uaddr, addr_len as u32, false),
+        None => {}
     }
     if e.path_len == 0 {
         name_from_kernel(e);

@@ -42,6 +42,17 @@ impl Regs {
             4 => off!(pt_regs_args)[4],
             _ => off!(pt_regs_args)[5],
         };
+        self.word(offset)
+    }
+
+    /// The syscall's return value, at its exit.
+    #[inline(always)]
+    pub fn ret(self) -> i64 {
+        self.word(off!(pt_regs_return)) as i64
+    }
+
+    #[inline(always)]
+    fn word(self, offset: u64) -> u64 {
         match self {
             Self::Btf(regs) => kernel::load(regs + offset),
             Self::Raw(regs) => kernel::read(regs + offset).unwrap_or(u64::MAX),
@@ -59,16 +70,25 @@ fn unix_fd(cur: Current, fd: u32) -> Option<(u64, kernel::UnixSocket)> {
 /// reports connects from the syscall; the others see them in af_unix.
 #[inline(always)]
 pub fn connected(cur: Current, fd: u32, uaddr: u64, len: u32, rc: i64, backend: Backend) {
-    // Only AF_UNIX addresses: everything else costs one user read.
+    let sock = unix_fd(cur, fd).map(|(_, s)| s);
+    // A UNIX socket that connected is named by its peer, from the kernel:
+    // reading the caller's address costs two reads of user memory, a
+    // fifth of this program on the connection loop.
+    let named = match sock {
+        Some(s) if rc == 0 => emit::peer_address(kernel::peer_of(s.sk)),
+        _ => None,
+    };
+    // Otherwise only AF_UNIX addresses: everything else costs one user
+    // read. (That also leaves out an AF_UNSPEC connect, which dissolves a
+    // datagram socket's association and leaves it no peer.)
     // SAFETY: `uaddr` is whatever the caller passed to connect(). The
     // helper returns an error for an unreadable address (NULL, unmapped,
     // a kernel address) instead of faulting, and aya's wrapper reads the
     // local it copies into only after a success; any two bytes are a
     // valid u16.
-    if unsafe { bpf_probe_read_user(uaddr as *const u16) } != Ok(AF_UNIX) {
+    if named.is_none() && unsafe { bpf_probe_read_user(uaddr as *const u16) } != Ok(AF_UNIX) {
         return;
     }
-    let sock = unix_fd(cur, fd).map(|(_, s)| s);
     let kind = if rc < 0 {
         EventKind::ConnectFailed
     } else if sock.is_some_and(|s| s.sock_type == SOCK_DGRAM) {
@@ -84,9 +104,11 @@ pub fn connected(cur: Current, fd: u32, uaddr: u64, len: u32, rc: i64, backend: 
     if rc < 0 {
         e.errno = (-rc) as i32;
     }
-    // The address the caller asked for names the connection even when it
-    // failed or when the peer is unbound.
-    copy_sockaddr(e, uaddr, len, true);
+    match named {
+        Some((sockaddr, len)) => copy_sockaddr(e, sockaddr, len, false),
+        // The address the caller asked for names a connect that failed.
+        None => copy_sockaddr(e, uaddr, len, true),
+    }
     if e.path_len == 0 {
         name_from_kernel(e);
     }

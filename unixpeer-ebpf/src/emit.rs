@@ -222,6 +222,21 @@ pub fn name_from_kernel(e: &mut UnixEvent) {
     }
 }
 
+/// The name of a connect that succeeded: its peer's address, which for a
+/// stream is the listener's (unix_stream_connect hands the embryo
+/// `otheru->addr`) and for a datagram socket the target's, as the snapshot
+/// and `ss -x` name the same connection. Read from the kernel, where the
+/// caller's address would cost reads of user memory (`connect` by
+/// tracepoint), and the same whether the caller went through a symlink or
+/// a relative path. `None` if the peer has no address.
+#[inline(always)]
+pub fn peer_address(peer_sk: u64) -> Option<(u64, u32)> {
+    if peer_sk == 0 {
+        return None;
+    }
+    kernel::bound_name(peer_sk)
+}
+
 /// Copies `sun_path` out of a `sockaddr_un` of `len` bytes, in kernel or user memory.
 #[inline(always)]
 pub fn copy_sockaddr(e: &mut UnixEvent, sockaddr: u64, len: u32, user: bool) {
