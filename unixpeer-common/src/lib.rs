@@ -302,6 +302,9 @@ pub struct KernelOffsets {
     /// `struct pt_regs`: the syscall's number (x86_64: orig_ax), for hooks
     /// inside a call that need to know which.
     pub pt_regs_syscall_nr: u64,
+    /// `struct pt_regs`: where a syscall's return value is stored before
+    /// its exit is traced (x86_64: ax).
+    pub pt_regs_return: u64,
     /// 1 when the kernel has `bpf_get_current_task_btf` (5.11+): the fd
     /// table walk is then plain loads instead of one helper call a step.
     pub has_current_task_btf: u64,
@@ -480,7 +483,7 @@ mod tests {
 
     #[test]
     fn offsets_layout_has_no_hidden_padding() {
-        assert_eq!(size_of::<KernelOffsets>(), 51 * 8);
+        assert_eq!(size_of::<KernelOffsets>(), 52 * 8);
         assert_eq!(size_of::<SyscallRecords>(), 16 * 8);
         assert_eq!(size_of::<KernelFilter>(), 4 * 4 + 2 * TASK_COMM_LEN);
         assert_eq!(size_of::<TaskSocketFd>(), 8 + 4 + 4 + TASK_COMM_LEN);

@@ -85,28 +85,26 @@ fn enter(args: [u64; 3]) {
 
 /// Arguments `which` of the call returning, and its return value: from
 /// the caller's saved registers where the kernel can name them (5.15+),
-/// else as its entry left them.
+/// else as its entry left them and from the record. The registers are
+/// loads where the record is a probe read.
 #[inline(always)]
 fn exit(ctx: &TracePointContext, cur: Current, which: [usize; 3]) -> Option<([u64; 3], i64)> {
-    let args = match cur.user_regs() {
-        Some(regs) if actor_wanted(cur) => {
-            let regs = calls::Regs::Btf(regs);
-            [regs.arg(which[0]), regs.arg(which[1]), regs.arg(which[2])]
+    if let Some(regs) = cur.user_regs() {
+        if !actor_wanted(cur) {
+            return None;
         }
-        Some(_) => return None,
-        None => {
-            let key = bpf_get_current_pid_tgid();
-            // SAFETY: the reference into the map's element is held only for
-            // the copy. LRU elements are preallocated, so the memory stays the
-            // map's while the program runs even if another CPU's insert evicts
-            // and reuses it meanwhile; then the copy may be another thread's
-            // arguments, still a valid [u64; 3], and every use of them is a
-            // checked read. Only this thread's programs write this key.
-            let args = unsafe { IN_CALL.get(&key) }.copied()?;
-            let _ = IN_CALL.remove(&key);
-            args
-        }
-    };
+        let regs = calls::Regs::Btf(regs);
+        return Some(([regs.arg(which[0]), regs.arg(which[1]), regs.arg(which[2])], regs.ret()));
+    }
+    let key = bpf_get_current_pid_tgid();
+    // SAFETY: the reference into the map's element is held only for the
+    // copy. LRU elements are preallocated, so the memory stays the map's
+    // while the program runs even if another CPU's insert evicts and
+    // reuses it meanwhile; then the copy may be another thread's
+    // arguments, still a valid [u64; 3], and every use of them is a
+    // checked read. Only this thread's programs write this key.
+    let args = unsafe { IN_CALL.get(&key) }.copied()?;
+    let _ = IN_CALL.remove(&key);
     Some((args, field!(ctx, exit_ret) as i64))
 }
 
@@ -114,7 +112,11 @@ fn exit(ctx: &TracePointContext, cur: Current, which: [usize; 3]) -> Option<([u6
 pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
     let cur = Current::get();
     if actor_wanted(cur) {
-        calls::closing(cur, field!(ctx, close_fd) as u32, Backend::Tracepoint);
+        let fd = match cur.user_regs() {
+            Some(regs) => calls::Regs::Btf(regs).arg(0),
+            None => field!(ctx, close_fd),
+        };
+        calls::closing(cur, fd as u32, Backend::Tracepoint);
     }
     0
 }

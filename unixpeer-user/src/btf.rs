@@ -18,6 +18,10 @@ const SYSCALL_REGS: [&str; 6] = ["di", "si", "dx", "r10", "r8", "r9"];
 /// The `struct pt_regs` field holding the syscall's number.
 #[cfg(target_arch = "x86_64")]
 const SYSCALL_NR_REG: &str = "orig_ax";
+/// The `struct pt_regs` field the syscall's return value is stored in
+/// (arch/x86/entry/syscall_64.c) before `sys_exit` is traced.
+#[cfg(target_arch = "x86_64")]
+const SYSCALL_RETURN_REG: &str = "ax";
 #[cfg(not(target_arch = "x86_64"))]
 compile_error!("unixtrace reads syscall arguments from x86_64's struct pt_regs: add this architecture's to btf.rs");
 
@@ -286,6 +290,7 @@ impl KernelBtf {
                 self.offset("pt_regs", SYSCALL_REGS[5])?,
             ],
             pt_regs_syscall_nr: self.offset("pt_regs", SYSCALL_NR_REG)?,
+            pt_regs_return: self.offset("pt_regs", SYSCALL_RETURN_REG)?,
             has_current_task_btf: u64::from(self.has_current_task_btf()),
             has_task_pt_regs: u64::from(self.has_task_pt_regs()),
             task_struct_cred: self.offset("task_struct", "cred")?,
