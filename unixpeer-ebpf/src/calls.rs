@@ -74,10 +74,13 @@ pub fn connected(cur: Current, fd: u32, uaddr: u64, len: u32, rc: i64, backend: 
     // A UNIX socket that connected is named by its peer, from the kernel:
     // reading the caller's address costs two reads of user memory, a
     // fifth of this program on the connection loop.
-    let named = match sock {
-        Some(s) if rc == 0 => emit::peer_address(kernel::peer_of(s.sk)),
-        _ => None,
-    };
+    // Plain values, not an Option, that every path sets: 5.10's verifier
+    // refuses the read of an unset stack slot that LLVM makes of one.
+    let (name, name_len, user) =
+        match sock.and_then(|s| if rc == 0 { emit::peer_address(kernel::peer_of(s.sk)) } else { None }) {
+            Some((sockaddr, n)) => (sockaddr, n, false),
+            None => (uaddr, len, true),
+        };
     // Otherwise only AF_UNIX addresses: everything else costs one user
     // read. (That also leaves out an AF_UNSPEC connect, which dissolves a
     // datagram socket's association and leaves it no peer.)
@@ -86,7 +89,7 @@ pub fn connected(cur: Current, fd: u32, uaddr: u64, len: u32, rc: i64, backend: 
     // a kernel address) instead of faulting, and aya's wrapper reads the
     // local it copies into only after a success; any two bytes are a
     // valid u16.
-    if named.is_none() && unsafe { bpf_probe_read_user(uaddr as *const u16) } != Ok(AF_UNIX) {
+    if user && unsafe { bpf_probe_read_user(uaddr as *const u16) } != Ok(AF_UNIX) {
         return;
     }
     let kind = if rc < 0 {
@@ -104,11 +107,8 @@ pub fn connected(cur: Current, fd: u32, uaddr: u64, len: u32, rc: i64, backend: 
     if rc < 0 {
         e.errno = (-rc) as i32;
     }
-    match named {
-        Some((sockaddr, len)) => copy_sockaddr(e, sockaddr, len, false),
-        // The address the caller asked for names a connect that failed.
-        None => copy_sockaddr(e, uaddr, len, true),
-    }
+    // The address the caller asked for names a connect that failed.
+    copy_sockaddr(e, name, name_len, user);
     if e.path_len == 0 {
         name_from_kernel(e);
     }
