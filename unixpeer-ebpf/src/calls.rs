@@ -107,7 +107,8 @@ pub fn connected(cur: Current, fd: u32, uaddr: u64, len: u32, rc: i64, backend: 
     if rc < 0 {
         e.errno = (-rc) as i32;
     }
-    // The address the caller asked for names a connect that failed.
+    // The peer's name, or for a connect that failed (or a peer without
+    // one) the address the caller asked for.
     copy_sockaddr(e, name, name_len, user);
     if e.path_len == 0 {
         name_from_kernel(e);

@@ -9,15 +9,16 @@
 //! traced syscall); and one made of nothing else, `bench follow`'s
 //! connection loop (seven events an iteration), so that what tracing
 //! costs where it works is measured per strategy too, in the guests'
-//! instruction-counting clocks as well as on the host. Each runs untraced and then traced by each strategy the
-//! kernel has (`--backend`), in pairs, so that drift in the
-//! machine's speed cancels; the "floor" is the same pairs with the syscall
-//! tracepoints the tracepoint strategy needs enabled empty (perf_event_open,
-//! counting, no program): the syscall slow path alone, which no program on
-//! a syscall tracepoint can avoid. "kprobe-hooks" is the kprobe strategy
-//! with every program returning at its first test (`-p 1`: only init is
-//! traced): what the kprobes themselves cost, which no program attached to
-//! them can avoid, beside what kprobe costs in full. Rates are in the workload's CPU time
+//! instruction-counting clocks as well as on the host. Each runs untraced
+//! and then traced by each strategy the kernel has (`--backend`), in
+//! pairs, so that drift in the machine's speed cancels; the "floor" is the
+//! same pairs with the syscall tracepoints the tracepoint strategy needs
+//! enabled empty (perf_event_open, counting, no program): the syscall slow
+//! path alone, which no program on a syscall tracepoint can avoid.
+//! "kprobe-hooks" is the kprobe strategy with every program returning at
+//! its first test (`-p 1`: only init is traced): what the kprobes
+//! themselves cost, which no program attached to them can avoid, beside
+//! what kprobe costs in full. Rates are in the workload's CPU time
 //! (its own and its children's, user and system), so time stolen by other
 //! guests does not count. In the QEMU guests of `cargo xtask bench tax`
 //! the guest's clock counts the instructions it executes (`-icount`), so

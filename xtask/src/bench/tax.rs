@@ -8,8 +8,9 @@
 //! Goals (issue 14): fentry and kprobe >= 0.97 on every workload; the
 //! tracepoint strategy within 3% of the floor measured in the same run.
 //! The connection loop, which is nothing but traced calls, against `bench
-//! follow`'s 0.84 under every strategy. Beside kprobe's verdict, "kprobe-hooks": the same kprobes with every
-//! program returning at once, what the mechanism costs by itself.
+//! follow`'s 0.84 under every strategy. Beside kprobe's verdict,
+//! "kprobe-hooks": the same kprobes with every program returning at once,
+//! what the mechanism costs by itself.
 
 use std::{path::Path, process::Command};
 
